@@ -1,0 +1,143 @@
+"""Typed, host-side molecule records (numpy only).
+
+A `Molecules` set stores many molecules in flat arrays (CSR layout): atom ``i`` of
+molecule ``m`` lives at row ``offsets[m] + i``. This keeps 130k QM9 molecules in a
+few contiguous arrays that load from one ``.npz`` in well under a second.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+# Elements this codebase knows by symbol (QM9, MD17, MD22, drug-like molecules).
+ELEMENT_SYMBOLS = (
+    "X", "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si",
+    "P", "S", "Cl", "Ar", "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu",
+    "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Tc", "Ru",
+    "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I")
+SYMBOL_TO_Z = {s: z for z, s in enumerate(ELEMENT_SYMBOLS) if z > 0}
+MAX_ATOMIC_NUMBER = len(ELEMENT_SYMBOLS) - 1
+
+
+class DataError(ValueError):
+    """A file or record that cannot be used; the message names the file, record and reason."""
+
+
+@dataclasses.dataclass
+class SkipReport:
+    """Records that were skipped while reading a source, with the reason for each."""
+    source: str
+    skipped: list = dataclasses.field(default_factory=list)  # [{"record": ..., "reason": ...}]
+    total: int = 0
+
+    def add(self, record, reason: str):
+        self.skipped.append({"record": record, "reason": reason})
+
+    @property
+    def count(self) -> int:
+        return len(self.skipped)
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"{self.source}: read {self.total} records, skipped none"
+        head = "; ".join(f"record {s['record']}: {s['reason']}" for s in self.skipped[:5])
+        more = f" (+{self.count - 5} more)" if self.count > 5 else ""
+        return (f"{self.source}: read {self.total} records, skipped {self.count}: {head}{more}")
+
+    def save(self, path: str):
+        with open(path, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+
+
+@dataclasses.dataclass
+class Molecules:
+    """A set of molecules in CSR layout.
+
+    Attributes:
+      atomic_numbers: [n_atoms_total] int, nuclear charges.
+      positions: [n_atoms_total, 3] float32, Å.
+      offsets: [n_molecules + 1] int64; molecule m is rows offsets[m]:offsets[m+1].
+      targets: [n_molecules, n_targets] float32 or None (units: see `target_units`).
+      target_names / target_units: names and units of the target columns.
+      ids: [n_molecules] int, the source's own identifier of each molecule.
+    """
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+    offsets: np.ndarray
+    targets: Optional[np.ndarray] = None
+    target_names: Sequence[str] = ()
+    target_units: Sequence[str] = ()
+    ids: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        if self.ids is None:
+            self.ids = np.arange(len(self), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def molecule(self, m: int):
+        """(atomic_numbers [n], positions [n, 3]) of molecule m."""
+        a, b = self.offsets[m], self.offsets[m + 1]
+        return self.atomic_numbers[a:b], self.positions[a:b]
+
+    def subset(self, indices) -> "Molecules":
+        """A new `Molecules` holding the given molecules, in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        counts = self.n_atoms[indices]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        rows = np.concatenate([np.arange(self.offsets[m], self.offsets[m + 1]) for m in indices]) \
+            if len(indices) else np.zeros(0, np.int64)
+        return Molecules(
+            atomic_numbers=self.atomic_numbers[rows], positions=self.positions[rows],
+            offsets=offsets,
+            targets=None if self.targets is None else self.targets[indices],
+            target_names=self.target_names, target_units=self.target_units,
+            ids=self.ids[indices])
+
+    def save_npz(self, path: str, **extra):
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, atomic_numbers=self.atomic_numbers, positions=self.positions,
+                 offsets=self.offsets, ids=self.ids,
+                 targets=self.targets if self.targets is not None else np.zeros((len(self), 0)),
+                 target_names=np.array(self.target_names, dtype=str),
+                 target_units=np.array(self.target_units, dtype=str), **extra)
+        os.replace(tmp, path)  # atomic: a half-written cache is never seen under its name.
+
+    @classmethod
+    def from_lists(cls, atomic_numbers, positions, targets=None, ids=None, target_names=(),
+                   target_units=()) -> "Molecules":
+        counts = [len(z) for z in atomic_numbers]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(
+            atomic_numbers=np.concatenate(atomic_numbers).astype(np.int16) if counts else np.zeros(0, np.int16),
+            positions=np.concatenate(positions).astype(np.float32) if counts else np.zeros((0, 3), np.float32),
+            offsets=offsets,
+            targets=None if targets is None else np.asarray(targets, np.float32),
+            target_names=tuple(target_names), target_units=tuple(target_units),
+            ids=None if ids is None else np.asarray(ids, np.int64))
+
+
+def check_molecule(atomic_numbers, positions) -> Optional[str]:
+    """The reason a molecule is unusable, or None if it is fine."""
+    atomic_numbers = np.asarray(atomic_numbers)
+    positions = np.asarray(positions)
+    if atomic_numbers.size == 0:
+        return "no atoms"
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        return f"coordinates have shape {positions.shape}, expected [n_atoms, 3]"
+    if positions.shape[0] != atomic_numbers.shape[0]:
+        return f"{atomic_numbers.shape[0]} atoms but {positions.shape[0]} coordinate rows"
+    if np.any(atomic_numbers < 1) or np.any(atomic_numbers > MAX_ATOMIC_NUMBER):
+        return f"atomic numbers out of range 1..{MAX_ATOMIC_NUMBER}: {sorted(set(atomic_numbers.tolist()))}"
+    if not np.all(np.isfinite(positions)):
+        return "non-finite coordinates"
+    return None

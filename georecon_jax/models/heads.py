@@ -1,0 +1,73 @@
+"""Output heads on (scalars [n, F], vectors [n, 3, F]) node features, and masked pooling."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from georecon_jax.models.et import Dense
+
+
+def safe_norm(vec, axis=-2, eps=1e-8):
+    """Vector norm with a finite gradient at zero (padding nodes have zero vectors)."""
+    return jnp.sqrt(jnp.sum(vec ** 2, axis=axis) + eps)
+
+
+class GatedEquivariantBlock(nn.Module):
+    """PaiNN's gated equivariant block, as torchmd-net's ``GatedEquivariantBlock``.
+
+    (x [n, F], vec [n, 3, F]) -> (x' [n, out], vec' [n, 3, out]); vec' is equivariant because it is
+    a linear map of vec scaled by invariant gates.
+    """
+    hidden: int
+    out: int
+    scalar_activation: bool = False
+
+    @nn.compact
+    def __call__(self, x, vec):
+        vec1 = safe_norm(Dense(self.hidden, use_bias=False, name="vec1_proj")(vec))  # [n, hidden]
+        vec2 = Dense(self.out, use_bias=False, name="vec2_proj")(vec)                # [n, 3, out]
+        h = nn.silu(Dense(self.hidden, name="update_0")(jnp.concatenate([x, vec1], axis=-1)))
+        x_out, gate = jnp.split(Dense(2 * self.out, name="update_1")(h), 2, axis=-1)
+        vec_out = gate[:, None, :] * vec2
+        if self.scalar_activation:
+            x_out = nn.silu(x_out)
+        return x_out, vec_out
+
+
+class VectorHead(nn.Module):
+    """Equivariant per-atom vector output [n, 3] (torchmd-net's ``EquivariantVectorOutput``)."""
+    hidden: int
+    num_blocks: int = 2
+
+    @nn.compact
+    def __call__(self, x, vec):
+        width = self.hidden
+        for i in range(self.num_blocks - 1):
+            width = max(self.hidden // 2 ** (i + 1), 1)
+            x, vec = GatedEquivariantBlock(width, width, scalar_activation=True, name=f"block_{i}")(x, vec)
+        _, vec = GatedEquivariantBlock(max(width // 2, 1), 1, name=f"block_{self.num_blocks - 1}")(x, vec)
+        return vec[..., 0]                                                           # [n, 3]
+
+
+class ScalarHead(nn.Module):
+    """Invariant per-atom scalars [n, out] from the scalar channel (an MLP)."""
+    hidden: int
+    out: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        return Dense(self.out, name="out")(nn.silu(Dense(self.hidden, name="hidden")(x)))
+
+
+def node_graph_index(n_node, n_total: int):
+    """Graph index of every node, [n_total], from n_node [n_graph] (static total size)."""
+    return jnp.repeat(jnp.arange(n_node.shape[0]), n_node, total_repeat_length=n_total)
+
+
+def masked_mean_pool(x, node_graph, node_mask, n_graph: int):
+    """Mean of node features per graph over real nodes only: [n, F] -> [n_graph, F]."""
+    w = node_mask.astype(x.dtype)
+    total = jax.ops.segment_sum(x * w[:, None], node_graph, num_segments=n_graph)
+    count = jax.ops.segment_sum(w, node_graph, num_segments=n_graph)
+    return total / jnp.maximum(count, 1.0)[:, None]

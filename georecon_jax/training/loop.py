@@ -1,0 +1,200 @@
+"""The training loop and its helpers: metrics writer, workdir lock, config record. No chemistry.
+
+One loop serves pretraining and fine-tuning: it pulls batch k from a background prefetcher,
+runs the jitted step, and around it logs (progress bar, ``metrics.jsonl``, TensorBoard events),
+evaluates, and checkpoints every N steps, at the end, and on SIGTERM (preemption).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import signal
+import time
+from typing import Callable, Dict, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from georecon_jax.graphs.batching import Prefetcher
+from georecon_jax.training.checkpoint import Checkpointer
+
+
+class ConfigMismatchError(RuntimeError):
+    pass
+
+
+class MetricsWriter:
+    """Appends metrics as JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``)."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, split: str, metrics: Dict[str, float]):
+        row = {"step": int(step), "split": split, "time": time.time(),
+               **{k: float(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+
+    def close(self):
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str, split: Optional[str] = None):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Refuses a second run in the same workdir while one is active (an OS file lock, released
+    even if the process is killed)."""
+    os.makedirs(workdir, exist_ok=True)
+    f = open(os.path.join(workdir, ".lock"), "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RuntimeError(f"another run is using the workdir {workdir} (it holds {workdir}/.lock)")
+    try:
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: str, compare_sections=("model", "objective"),
+                  allow_change: bool = False):
+    """Saves the resolved config as ``config.json``; on resume, refuses a config whose listed
+    sections differ from the saved one (naming every difference) unless ``allow_change``."""
+    path = os.path.join(workdir, "config.json")
+    new = json.loads(config.to_json_best_effort())
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diffs = []
+        for section in compare_sections:
+            a, b = _flatten(old.get(section) or {}), _flatten(new.get(section) or {})
+            for key in sorted(set(a) | set(b)):
+                if a.get(key) != b.get(key):
+                    diffs.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
+        if diffs and not allow_change:
+            raise ConfigMismatchError(
+                f"{workdir} holds a run with a different configuration:\n  " + "\n  ".join(diffs)
+                + "\nUse another --workdir, or pass --config.allow_config_change=True to resume anyway.")
+    with open(path + ".tmp", "w") as f:
+        json.dump(new, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def fit(*, state, train_step: Callable, make_batch: Callable[[int], object], place: Callable,
+        num_steps: int, checkpointer: Checkpointer, writer: MetricsWriter,
+        eval_fn: Optional[Callable] = None, eval_every: int = 0, checkpoint_every: int = 1000,
+        log_every: int = 50, max_consecutive_nonfinite: int = 10, prefetch: int = 4,
+        progress: bool = True, desc: str = "train"):
+    """Runs steps ``state.step .. num_steps - 1``; returns the final state.
+
+    Args:
+      make_batch: k -> host batch (numpy GraphsTuple with a leading device axis); runs in a thread.
+      place: host batch -> device batch (sharded over the mesh).
+      eval_fn: (state, step) -> metrics dict, written under split "validation".
+    """
+    start = int(jax.device_get(state.step))
+    if start >= num_steps:
+        return state
+    fetcher = Prefetcher(make_batch, start, num_steps, depth=prefetch)
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    window, consecutive_bad, t_last, steps_last = [], 0, time.time(), start
+    step = start
+    try:
+        with _Preemption() as preempt:
+            while step < num_steps:
+                k, host_batch = fetcher.get()
+                assert k == step, (k, step)
+                state, metrics = train_step(state, place(host_batch))
+                step += 1
+                window.append(metrics)
+                bad = bool(metrics["nonfinite"])
+                consecutive_bad = consecutive_bad + 1 if bad else 0
+                if consecutive_bad > max_consecutive_nonfinite:
+                    raise FloatingPointError(
+                        f"{consecutive_bad} consecutive steps (up to step {step}) had a non-finite "
+                        "loss or gradient; they were not applied. Lower the learning rate or check "
+                        "the data; the last good state is in the latest checkpoint.")
+                if step % log_every == 0 or step == num_steps:
+                    host = jax.device_get(window)
+                    mean = {key: float(np.mean([m[key] for m in host])) for key in host[0]}
+                    now = time.time()
+                    mean["steps_per_second"] = (step - steps_last) / max(now - t_last, 1e-9)
+                    t_last, steps_last, window = now, step, []
+                    writer.write(step, "train", mean)
+                    bar.set_postfix(loss=f"{mean['loss']:.4f}", it_s=f"{mean['steps_per_second']:.1f}")
+                bar.update(1)
+                if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
+                    writer.write(step, "validation", eval_fn(state, step))
+                if step % checkpoint_every == 0 or step == num_steps or preempt.requested:
+                    checkpointer.save(step, state)
+                if preempt.requested:
+                    bar.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+                    break
+    finally:
+        fetcher.close()
+        bar.close()
+    return state
+
+
+def first_and_last(workdir: str, key: str = "loss", split: str = "train"):
+    rows = [r for r in read_metrics(workdir, split) if key in r and math.isfinite(r[key])]
+    return (rows[0][key], rows[-1][key]) if rows else (None, None)

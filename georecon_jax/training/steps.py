@@ -1,0 +1,113 @@
+"""Jitted, data-parallel train and eval steps built from a per-graph loss.
+
+``loss_fn(params, graph, key) -> (per_graph_loss [n_graph], {name: per_graph_values [n_graph]})``
+runs on one device's padded sub-batch inside ``shard_map``. The step weights every real graph
+equally across all devices (padding graphs never count), sums gradients over devices, and applies
+AdamW once on the replicated parameters. The step key is ``fold_in(base_key, step)``, so the
+numbers of step k depend only on k.
+
+A step whose loss or gradient is not finite is not applied: parameters and optimizer state stay
+as they were, ``skipped_steps`` grows, and the metrics carry ``nonfinite = 1``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import jraph
+import optax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from georecon_jax.training.state import DATA_AXIS, TrainState
+
+
+def _drop_device_axis(tree):
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def _masked_sums(per_graph_loss, metrics: Dict[str, jax.Array], graph_mask):
+    w = graph_mask.astype(jnp.float32)
+    sums = {k: jnp.sum(jnp.where(graph_mask, v, 0.0)) for k, v in metrics.items()}
+    return jnp.sum(jnp.where(graph_mask, per_graph_loss, 0.0)), sums, jnp.sum(w)
+
+
+def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
+                    ema_decay: float = 0.0, trace_counter: Optional[list] = None):
+    """``train_step(state, batch) -> (state, metrics)``, jitted; batch has a leading device axis."""
+
+    def device_grads(params, batch, key):
+        graph = _drop_device_axis(batch)
+        mask = jraph.get_graph_padding_mask(graph)
+        n_real = jax.lax.psum(jnp.sum(mask.astype(jnp.float32)), DATA_AXIS)
+
+        def objective(p):
+            per_graph, metrics = loss_fn(p, graph, key)
+            loss_sum, metric_sums, _ = _masked_sums(per_graph, metrics, mask)
+            return loss_sum / n_real, metric_sums
+
+        (loss, metric_sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        grads = jax.lax.psum(grads, DATA_AXIS)
+        loss = jax.lax.psum(loss, DATA_AXIS)
+        metrics = {k: jax.lax.psum(v, DATA_AXIS) / n_real for k, v in metric_sums.items()}
+        metrics["num_graphs"] = n_real
+        return loss, grads, metrics
+
+    sharded = jax.shard_map(device_grads, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                            out_specs=(P(), P(), P()), check_vma=False)
+
+    def train_step(state: TrainState, batch):
+        if trace_counter is not None:
+            trace_counter.append(1)  # runs at trace time only: counts compilations
+        key = jax.random.fold_in(base_key, state.step)
+        loss, grads, metrics = sharded(state.params, batch, key)
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        new_state = state.apply_gradients(grads=grads)
+        if state.ema_params is not None and ema_decay > 0:
+            new_state = new_state.replace(ema_params=jax.tree_util.tree_map(
+                lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, new_state.params))
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = new_state.replace(
+            params=keep(new_state.params, state.params),
+            opt_state=keep(new_state.opt_state, state.opt_state),
+            ema_params=keep(new_state.ema_params, state.ema_params),
+            skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                       nonfinite=(~finite).astype(jnp.float32))
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array):
+    """``eval_step(params, batch, step) -> metrics`` (loss and metrics averaged over real graphs,
+    plus the sums needed to combine batches: ``num_graphs``)."""
+
+    def device_eval(params, batch, key):
+        graph = _drop_device_axis(batch)
+        mask = jraph.get_graph_padding_mask(graph)
+        per_graph, metrics = loss_fn(params, graph, key)
+        loss_sum, metric_sums, count = _masked_sums(per_graph, metrics, mask)
+        sums = dict(metric_sums, loss=loss_sum, num_graphs=count)
+        return {k: jax.lax.psum(v, DATA_AXIS) for k, v in sums.items()}
+
+    sharded = jax.shard_map(device_eval, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                            out_specs=P(), check_vma=False)
+
+    @jax.jit
+    def eval_step(params, batch, index):
+        return sharded(params, batch, jax.random.fold_in(base_key, index))
+
+    return eval_step
+
+
+def combine_eval_sums(sums_list):
+    """Averages over real graphs from a list of per-batch sums (host side)."""
+    total = {}
+    for s in sums_list:
+        for k, v in s.items():
+            total[k] = total.get(k, 0.0) + float(v)
+    n = max(total.pop("num_graphs", 0.0), 1.0)
+    out = {k: v / n for k, v in total.items()}
+    out["num_graphs"] = n
+    return out
