@@ -227,14 +227,13 @@ class GraphBatcher:
             yield self.batch(k)
 
     def padding_fraction(self, num_batches: int = 50):
-        """Mean fraction of padded nodes and edges over the first batches."""
+        """Mean fractions (nodes, edges) of the padded arrays that are padding, over the first batches."""
         pn, pe = [], []
         for k in range(min(num_batches, self.steps_per_epoch)):
             g = self.batch(k)
-            node_total, edge_total = g.n_node.sum(), g.n_edge.sum()
-            pn.append(g.n_node[:, -self.per_device - 1:].sum() and
-                      float(np.sum(g.n_node[:, self.per_device:]) / node_total))
-            pe.append(float(np.sum(g.n_edge[:, self.per_device:]) / edge_total))
+            real = g.globals.graph_id >= 0                                   # [devices, n_graph]
+            pn.append(1.0 - g.n_node[real].sum() / g.n_node.sum())
+            pe.append(1.0 - g.n_edge[real].sum() / max(g.n_edge.sum(), 1))
         return float(np.mean(pn)), float(np.mean(pe))
 
 
