@@ -1,0 +1,34 @@
+"""Evaluate fine-tuned checkpoints on their test split:
+
+  python -m experiments.evaluate --workdir=runs/ft_homo [--checkpoint=best|latest|<step>]
+  python -m experiments.evaluate --workdir=runs/ft_homo,runs/ft_lumo --table=runs/table.md
+
+Writes results.json, results.md and parity plots (PNG) into each workdir (into
+<workdir>/eval_<checkpoint> for a checkpoint other than the best); with several workdirs and
+--table, also one combined Markdown table.
+"""
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("workdir", None, "Fine-tuning workdir(s), comma-separated.")
+flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+flags.DEFINE_string("split", "test", "'test' or 'validation'.")
+flags.DEFINE_string("table", None, "Also write one Markdown table of all workdirs here.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    from georecon_jax.workflows import evaluate
+    results = [evaluate.evaluate(w, FLAGS.checkpoint, FLAGS.split) for w in FLAGS.workdir]
+    table = evaluate.markdown_table(results)
+    print(table)
+    if FLAGS.table:
+        with open(FLAGS.table, "w") as f:
+            f.write(table)
+
+
+if __name__ == "__main__":
+    app.run(main)
