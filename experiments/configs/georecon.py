@@ -94,7 +94,7 @@ def apply_size(c: ml_collections.ConfigDict, size: str) -> ml_collections.Config
         c.tensorboard = False
         c.data.limit = 400
         c.data.num_eval_molecules = 16
-        c.graph.num_buckets = 2
+        c.graph.num_buckets = 1
         c.model.encoder.update(num_layers=2, features=16, num_heads=2, num_rbf=8)
         if c.model.get("decoder") is not None:
             c.model.decoder.update(code_dim=16, num_heads=2, num_rbf=8)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import os
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -33,18 +35,56 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
                        optax.adamw(schedule, weight_decay=cfg.weight_decay))
 
 
+def strong_types(tree):
+    """Copies every array with a strong (non-weak) dtype. A weak-typed leaf (e.g. from
+    ``jnp.full(shape, 0.5)`` in an initialiser) turns strong after one update, and that change of
+    type would make the second step compile again."""
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), tree)
+
+
 def create_train_state(apply_fn, params, tx, use_ema: bool) -> TrainState:
-    return TrainState.create(apply_fn=apply_fn, params=params, tx=tx,
-                             ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
-                             skipped_steps=jnp.zeros((), jnp.int32))
+    params = strong_types(params)
+    state = TrainState.create(apply_fn=apply_fn, params=params, tx=tx,
+                              ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
+                              skipped_steps=jnp.zeros((), jnp.int32))
+    # A strong int32 step: flax's Python-int 0 would make the first step trace a second time.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def initialize_distributed(force: bool = False) -> bool:
+    """Joins a multi-host run (``jax.distributed.initialize()``) when the launch asks for one.
+
+    A multi-host launch is detected from the environment: ``JAX_COORDINATOR_ADDRESS`` (with
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, read by JAX itself), or ``GEORECON_MULTIHOST=1``
+    for clusters JAX configures on its own (TPU pod slices, SLURM, Open MPI). Must run before
+    anything else touches the devices; a no-op on one host and when already initialised.
+    Returns whether this process is part of a multi-process run.
+    """
+    wanted = force or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or \
+        os.environ.get("GEORECON_MULTIHOST", "") not in ("", "0")
+    if wanted and not jax.distributed.is_initialized():
+        kwargs = {}
+        if os.environ.get("JAX_NUM_PROCESSES"):
+            kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+        if os.environ.get("JAX_PROCESS_ID"):
+            kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+        jax.distributed.initialize(**kwargs)
+    return jax.process_count() > 1
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
-    """A 1-D data-parallel mesh over the first ``num_devices`` devices (default: all, every host)."""
-    devices = jax.devices()
+    """A 1-D data-parallel mesh over the first ``num_devices`` devices (default: all, every host).
+
+    On several hosts (see `initialize_distributed`, called here) the mesh spans every host's
+    devices, ordered host by host, so that host p feeds the mesh positions of its own devices.
+    """
+    initialize_distributed()
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     n = num_devices or len(devices)
     if n > len(devices):
         raise ValueError(f"asked for {n} devices but only {len(devices)} are visible")
+    if jax.process_count() > 1 and n != len(devices):
+        raise ValueError(f"a multi-host run uses every device: num_devices must be 0 or {len(devices)}")
     return Mesh(np.array(devices[:n]), (DATA_AXIS,))
 
 
@@ -53,8 +93,16 @@ def replicate(tree, mesh: Mesh):
 
 
 def shard_batch(batch, mesh: Mesh):
-    """Places a batch with a leading [num_devices] axis so that device d holds sub-batch d."""
-    return jax.device_put(batch, NamedSharding(mesh, P(DATA_AXIS)))
+    """Places a batch with a leading [num_devices] axis so that device d holds sub-batch d.
+
+    On several hosts each host passes only its own devices' sub-batches (leading axis = its
+    local device count, see ``GraphBatcher(process_index=...)``) and gets the global array back.
+    """
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    if jax.process_count() > 1:
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+    return jax.device_put(batch, sharding)
 
 
 def param_count(params) -> int:

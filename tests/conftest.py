@@ -1,0 +1,42 @@
+"""Shared fixtures: a per-session QM9 cache of the first molecules, real data paths, helpers."""
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+jax.config.update("jax_debug_nans", False)
+
+
+def require_shared(sub: str = "") -> Path:
+    """The path of a file or folder in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the real reference data lives in ../shared/data beside the repo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qm9_cache")
+    os.environ["GEORECON_CACHE"] = str(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def qm9_small(cache_dir):
+    """The first 400 QM9 molecules (real, from qm9pack) and their split."""
+    from georecon_jax.data.qm9 import load_qm9
+    return load_qm9(cache_dir=cache_dir, limit=400, verbose=False)
+
+
+def random_rotation(seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q.astype(np.float32)
