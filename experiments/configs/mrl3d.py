@@ -82,13 +82,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 def apply_size(c: ml_collections.ConfigDict, size: str) -> ml_collections.ConfigDict:
     if size == "quick":
-        c.num_steps = 300
-        c.batch_size = 32
+        c.num_steps = 200
+        c.batch_size = 16
         c.log_every = 10
         c.eval_every = 100
         c.checkpoint_every = 100
         c.data.pairs = "observed"
-        c.data.max_atoms = 28             # keeps the environment at 28 + 5·28 = 168 atom slots
+        c.data.max_atoms = 24             # keeps the environment at ≤ 24 + 5·24 = 144 atom slots
         c.data.num_eval_pairs = 128
         c.model.encoder3d.update(num_interactions=3)
         c.optim.learning_rate = 5e-4

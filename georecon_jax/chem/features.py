@@ -128,3 +128,15 @@ def canonical_smiles(smiles: str) -> Optional[str]:
     """RDKit canonical SMILES, or None when unparseable."""
     mol, _ = parse_smiles(smiles)
     return None if mol is None else Chem.MolToSmiles(mol)
+
+
+def murcko_scaffold(smiles: str) -> str:
+    """Bemis–Murcko scaffold SMILES (empty for acyclic molecules; the input if unparseable)."""
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+    mol, _ = parse_smiles(smiles)
+    if mol is None:
+        return smiles
+    try:
+        return MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)
+    except Exception:
+        return smiles
