@@ -12,6 +12,16 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 jax.config.update("jax_debug_nans", False)
 
 
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the session, shared with the subprocesses that the
+    end-to-end tests start: the tiny model compiles once, not once per run."""
+    import tempfile
+    d = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="georecon_jax_xla_"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    jax.config.update("jax_compilation_cache_dir", d)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
 def require_shared(sub: str = "") -> Path:
     """The path of a file or folder in ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA / sub

@@ -143,8 +143,11 @@ def fit(*, state, train_step: Callable, make_batch: Callable[[int], object], pla
         num_steps: int, checkpointer: Checkpointer, writer: MetricsWriter,
         eval_fn: Optional[Callable] = None, eval_every: int = 0, checkpoint_every: int = 1000,
         log_every: int = 50, max_consecutive_nonfinite: int = 10, prefetch: int = 4,
-        progress: bool = True, desc: str = "train"):
+        progress: bool = True, desc: str = "train", stop_after: Optional[int] = None):
     """Runs steps ``state.step .. num_steps - 1``; returns the final state.
+
+    ``stop_after`` ends the run early at that step (with a checkpoint) while keeping the schedule
+    of ``num_steps``: the same command without it later resumes and finishes the run.
 
     Args:
       make_batch: k -> host batch (numpy GraphsTuple with a leading device axis); runs in a thread.
@@ -152,15 +155,16 @@ def fit(*, state, train_step: Callable, make_batch: Callable[[int], object], pla
       eval_fn: (state, step) -> metrics dict, written under split "validation".
     """
     start = int(jax.device_get(state.step))
-    if start >= num_steps:
+    end = num_steps if stop_after is None else min(stop_after, num_steps)
+    if start >= end:
         return state
-    fetcher = Prefetcher(make_batch, start, num_steps, depth=prefetch)
+    fetcher = Prefetcher(make_batch, start, end, depth=prefetch)
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
     window, consecutive_bad, t_last, steps_last = [], 0, time.time(), start
     step = start
     try:
         with _Preemption() as preempt:
-            while step < num_steps:
+            while step < end:
                 k, host_batch = fetcher.get()
                 assert k == step, (k, step)
                 state, metrics = train_step(state, place(host_batch))
@@ -184,7 +188,7 @@ def fit(*, state, train_step: Callable, make_batch: Callable[[int], object], pla
                 bar.update(1)
                 if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
                     writer.write(step, "validation", eval_fn(state, step))
-                if step % checkpoint_every == 0 or step == num_steps or preempt.requested:
+                if step % checkpoint_every == 0 or step == end or preempt.requested:
                     checkpointer.save(step, state)
                 if preempt.requested:
                     bar.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")

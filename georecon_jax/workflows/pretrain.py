@@ -81,8 +81,9 @@ def reconstruction_report(model, params, config, molecules, indices, num_devices
             "num_molecules": len(rmsds), "num_sampling_steps": config.objective.num_sampling_steps}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str):
-    """Pretrains (or resumes) in ``workdir``; returns a summary dict."""
+def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None):
+    """Pretrains (or resumes) in ``workdir``; returns a summary dict. ``stop_after``: end early at
+    that step (checkpointed), keeping the learning-rate schedule of ``config.num_steps``."""
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
         record_config(config, workdir, allow_change=config.get("allow_config_change", False))
@@ -122,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                         eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
                         log_every=config.log_every,
                         max_consecutive_nonfinite=config.max_consecutive_nonfinite,
-                        desc=f"pretrain {config.objective.name}")
+                        desc=f"pretrain {config.objective.name}", stop_after=stop_after)
         finally:
             writer.close()
             ckpt.close()
