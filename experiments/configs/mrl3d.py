@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.environment.min_radius = 1.5        # Å; only one-atom molecules (radius 0) are affected
     c.environment.min_distance = 0.0      # Å; > 0 turns on clash rejection (3DMRL: none)
     c.environment.num_trials = 8          # placements tried per copy when rejecting clashes
+    c.environment.max_atoms = 96          # atom budget M per environment (real atoms compacted into it;
+                                          # a pair gets fewer copies if n1 + K·n2 > M, counted as copies_cut);
+                                          # 0: no compaction, M = N1 + K·N2 slots
 
     # Model.
     c.model = ml_collections.ConfigDict()
@@ -88,7 +91,8 @@ def apply_size(c: ml_collections.ConfigDict, size: str) -> ml_collections.Config
         c.eval_every = 100
         c.checkpoint_every = 100
         c.data.pairs = "observed"
-        c.data.max_atoms = 24             # keeps the environment at ≤ 24 + 5·24 = 144 atom slots
+        c.data.max_atoms = 24
+        c.environment.max_atoms = 64      # 95% of combisolv pairs (≤ 24 atoms) keep all 5 copies
         c.data.num_eval_pairs = 128
         c.model.encoder3d.update(num_interactions=3)
         c.optim.learning_rate = 5e-4
@@ -106,6 +110,7 @@ def apply_size(c: ml_collections.ConfigDict, size: str) -> ml_collections.Config
         c.data.num_workers = 1
         c.data.num_eval_pairs = 8
         c.environment.num_copies = 3
+        c.environment.max_atoms = 0
         c.model.relational.update(features=16, num_steps=2)
         c.model.encoder3d.update(features=16, num_interactions=2, num_gaussians=12, num_layers=1,
                                  num_heads=2, num_rbf=8)

@@ -128,38 +128,34 @@ class PairPredictor(nn.Module):
 
 
 class ForceHead(nn.Module):
-    """3DMRL's force prediction: for each atom i of each placed copy, an equivariant vector
+    """3DMRL's force prediction: for each environment atom i, an equivariant vector
 
         f_i = Σ_j w_ij (x_i − x_j) / |x_i − x_j|,   w_ij = MLP(s_i ⊕ φ(d_ij)),  s_i = MLP([h_i, h_a(i)])
 
-    over the environment atoms j within the cutoff, where h_i and h_a(i) are the 2D features of the
-    atom and of its anchor atom in the first molecule, and φ a Gaussian expansion of the distance.
-    Rotating the environment rotates f; f is trained to be the unit vector anchor -> atom.
+    over the other environment atoms j within the cutoff, where h_i and h_a(i) are the 2D features
+    of the atom and of its anchor atom in the first molecule, and φ a Gaussian expansion of the
+    distance. Rotating the environment rotates f. It is trained (on the copies' atoms) to be the
+    unit vector anchor -> atom.
 
-    Args (call): atom2d [B, K, N2, D] (2D features of copy atoms), anchor2d [B, K, D],
-      copy_positions [B, K, N2, 3], env_positions [B, M, 3], env_mask [B, M] (real atoms), and
-      self_index [B, K, N2] (the atom's own row in the environment, excluded from its sum).
-    Returns: [B, K, N2, 3].
+    Args (call): atom2d [B, M, D], anchor2d [B, M, D] (2D features per environment slot),
+      positions [B, M, 3] Å, node_mask [B, M]. Returns: [B, M, 3].
     """
     features: int = 64
     num_gaussians: int = 32
-    cutoff: float = 5.0
+    cutoff: float = 10.0
 
     @nn.compact
-    def __call__(self, atom2d, anchor2d, copy_positions, env_positions, env_mask, self_index):
+    def __call__(self, atom2d, anchor2d, positions, node_mask):
         from georecon_jax.models.et import cosine_cutoff
         from georecon_jax.models.schnet import GaussianSmearing
-        anchor = jnp.broadcast_to(anchor2d[:, :, None, :], atom2d.shape)
         s = Dense(self.features, name="pair_1")(nn.silu(Dense(self.features, name="pair_0")(
-            jnp.concatenate([atom2d, anchor], axis=-1))))                              # [B, K, N2, F]
-        diff = copy_positions[:, :, :, None, :] - env_positions[:, None, None, :, :]  # [B, K, N2, M, 3]
-        d2 = jnp.sum(diff ** 2, axis=-1)
-        M = env_positions.shape[1]
-        not_self = jnp.arange(M)[None, None, None, :] != self_index[..., None]
-        ok = (d2 > 1e-8) & not_self & env_mask[:, None, None, :]
+            jnp.concatenate([atom2d, anchor2d], axis=-1))))                            # [B, M, F]
+        M = positions.shape[1]
+        diffs = [positions[:, :, None, c] - positions[:, None, :, c] for c in range(3)]  # 3 × [B, M, M]
+        d2 = sum(x ** 2 for x in diffs)
+        ok = (d2 > 1e-8) & ~jnp.eye(M, dtype=bool) & node_mask[:, None, :] & node_mask[:, :, None]
         d = jnp.sqrt(jnp.where(ok, d2, 1.0))
-        units = jnp.where(ok[..., None], diff / d[..., None], 0.0)
-        rbf = GaussianSmearing(0.0, self.cutoff, self.num_gaussians)(d)               # [B, K, N2, M, G]
-        h = nn.silu(Dense(self.features, name="filter")(rbf) + s[:, :, :, None, :])
-        w = Dense(1, name="weight")(h)[..., 0] * cosine_cutoff(d, self.cutoff) * ok  # [B, K, N2, M]
-        return jnp.einsum("bknm,bknmc->bknc", w, units)
+        rbf = GaussianSmearing(0.0, self.cutoff, self.num_gaussians)(d)                # [B, M, M, G]
+        h = nn.silu(Dense(self.features, name="filter")(rbf) + s[:, :, None, :])
+        w = Dense(1, name="weight")(h)[..., 0] * cosine_cutoff(d, self.cutoff) * ok / d  # [B, M, M]
+        return jnp.stack([jnp.sum(w * x, axis=-1) for x in diffs], axis=-1)            # [B, M, 3]

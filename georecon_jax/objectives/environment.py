@@ -25,24 +25,27 @@ masked by the cutoff, so the edge budget is fixed and cannot overflow.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 
 class Environment(NamedTuple):
-    positions: jax.Array       # [M, 3] Å (batched: [B, M, 3]); molecule 1 then the K copies
+    positions: jax.Array       # [M, 3] Å (batched: [B, M, 3]); molecule 1's atoms, then the copies'
     node_mask: jax.Array       # [M] bool, real atom of molecule 1 or of a placed copy
     molecule: jax.Array        # [M] int32: 0 molecule 1, 1 a copy of molecule 2
+    slot_copy: jax.Array       # [M] int32: which copy the slot's atom belongs to (0 for molecule 1)
+    slot_atom: jax.Array       # [M] int32: the atom's index within its own molecule
+    targets: jax.Array         # [M, 3] unit vector anchor -> atom (copy atoms; 0 elsewhere)
+    target_mask: jax.Array     # [M] bool, slot carries a force target
     anchors: jax.Array         # [K] int32 atom ids in molecule 1
     copy_mask: jax.Array       # [K] bool, copy placed
     centroids: jax.Array       # [K, 3] Å
     rotations: jax.Array       # [K, 3, 3]
     radius: jax.Array          # [] Å, offset of every copy's centroid from its anchor
-    targets: jax.Array         # [K, N2, 3] unit vectors anchor -> atom
-    target_mask: jax.Array     # [K, N2] bool
     clashes: jax.Array         # [] int32, copies placed although no trial met min_distance
+    copies_cut: jax.Array      # [] int32, copies left out to fit the atom budget ``max_atoms``
 
 
 def quaternion_to_rotation(q):
@@ -86,12 +89,30 @@ def _min_distance(trials, mask, occupied, occ_mask):
 
 
 def sample_environment(key, pos1, mask1, in_ring1, pos2, mask2, *, num_copies: int = 5,
-                       min_radius: float = 0.0, min_distance: float = 0.0, num_trials: int = 8) -> Environment:
-    """One pair's environment. pos1 [N1, 3], mask1/in_ring1 [N1]; pos2 [N2, 3], mask2 [N2]."""
+                       min_radius: float = 0.0, min_distance: float = 0.0, num_trials: int = 8,
+                       max_atoms: Optional[int] = None) -> Environment:
+    """One pair's environment. pos1 [N1, 3], mask1/in_ring1 [N1]; pos2 [N2, 3], mask2 [N2].
+
+    ``max_atoms`` (default N1 + K·N2: no compaction) is the environment's atom budget M: a pair
+    gets at most (M − n1) // n2 copies (the rest are counted in ``copies_cut``), and its real atoms
+    are compacted into the first slots, so that M can be far below N1 + K·N2 (small molecules are
+    padded to the largest one). Without compaction, slot N1 + k·N2 + j holds atom j of copy k.
+    """
+    pos1, mask1, in_ring1, pos2, mask2 = map(jnp.asarray, (pos1, mask1, in_ring1, pos2, mask2))
     N1, N2, K = pos1.shape[0], pos2.shape[0], num_copies
     k_anchor, k_dir, k_rot = jax.random.split(key, 3)
     anchors, copy_mask = choose_anchors(k_anchor, mask1, in_ring1, K)
     copy_mask = copy_mask & jnp.any(mask2)
+    M = N1 + K * N2 if max_atoms is None else int(max_atoms)
+    if max_atoms is not None:
+        if M < N1 + N2:
+            raise ValueError(f"environment budget {M} < N1 + N2 = {N1 + N2}: not even one copy fits")
+        room = (M - jnp.sum(mask1)) // jnp.maximum(jnp.sum(mask2), 1)
+        fits = jnp.arange(K) < room
+        copies_cut = jnp.sum(copy_mask & ~fits).astype(jnp.int32)
+        copy_mask = copy_mask & fits
+    else:
+        copies_cut = jnp.zeros((), jnp.int32)
     w2 = mask2.astype(pos2.dtype)
     centroid2 = jnp.sum(pos2 * w2[:, None], 0) / jnp.maximum(jnp.sum(w2), 1.0)
     centered = jnp.where(mask2[:, None], pos2 - centroid2, 0.0)                      # [N2, 3]
@@ -122,16 +143,23 @@ def sample_environment(key, pos1, mask1, in_ring1, pos2, mask2, *, num_copies: i
 
     rel = copies - anchor_pos[:, None, :]
     dist = jnp.linalg.norm(rel, axis=-1)
-    target_mask = copy_mask[:, None] & mask2[None, :] & (dist > 1e-6)
+    copy_atoms = copy_mask[:, None] & mask2[None, :]                                  # [K, N2]
+    target_mask = copy_atoms & (dist > 1e-6)
     targets = jnp.where(target_mask[..., None], rel / jnp.where(target_mask, dist, 1.0)[..., None], 0.0)
-    copy_atoms = copy_mask[:, None] & mask2[None, :]
-    return Environment(
-        positions=jnp.concatenate([jnp.where(mask1[:, None], pos1, 0.0),
-                                   jnp.where(copy_atoms[..., None], copies, 0.0).reshape(K * N2, 3)], 0),
-        node_mask=jnp.concatenate([mask1, copy_atoms.reshape(-1)]),
-        molecule=jnp.concatenate([jnp.zeros((N1,), jnp.int32), jnp.ones((K * N2,), jnp.int32)]),
-        anchors=anchors, copy_mask=copy_mask, centroids=centroids, rotations=rotations, radius=radius,
-        targets=targets, target_mask=target_mask, clashes=clashes)
+    positions = jnp.concatenate([jnp.where(mask1[:, None], pos1, 0.0),
+                                 jnp.where(copy_atoms[..., None], copies, 0.0).reshape(K * N2, 3)], 0)
+    node_mask = jnp.concatenate([mask1, copy_atoms.reshape(-1)])
+    molecule = jnp.concatenate([jnp.zeros((N1,), jnp.int32), jnp.ones((K * N2,), jnp.int32)])
+    slot_copy = jnp.concatenate([jnp.zeros((N1,), jnp.int32), jnp.repeat(jnp.arange(K, dtype=jnp.int32), N2)])
+    slot_atom = jnp.concatenate([jnp.arange(N1, dtype=jnp.int32), jnp.tile(jnp.arange(N2, dtype=jnp.int32), K)])
+    all_targets = jnp.concatenate([jnp.zeros((N1, 3), pos1.dtype), targets.reshape(K * N2, 3)], 0)
+    all_tmask = jnp.concatenate([jnp.zeros((N1,), bool), target_mask.reshape(-1)])
+    slots = (positions, node_mask, molecule, slot_copy, slot_atom, all_targets, all_tmask)
+    if max_atoms is not None:   # real atoms first (stable: molecule 1, then copy 0, 1, ...), keep M
+        order = jnp.argsort(~node_mask, stable=True)[:M]
+        slots = tuple(x[order] for x in slots)
+    return Environment(*slots, anchors=anchors, copy_mask=copy_mask, centroids=centroids,
+                       rotations=rotations, radius=radius, clashes=clashes, copies_cut=copies_cut)
 
 
 def sample_environments(key, pos1, mask1, in_ring1, pos2, mask2, **kwargs) -> Environment:

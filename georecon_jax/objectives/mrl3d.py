@@ -33,8 +33,9 @@ def info_nce(z_a, z_b, mask, temperature: float = 0.2):
 
     Args: z_a, z_b [B, D] (row i of each is the positive pair), mask [B] bool (real pairs).
     """
-    a = z_a / jnp.maximum(jnp.linalg.norm(z_a, axis=-1, keepdims=True), 1e-8)
-    b = z_b / jnp.maximum(jnp.linalg.norm(z_b, axis=-1, keepdims=True), 1e-8)
+    # sqrt(|z|² + ε): a finite gradient also for all-zero rows (padding pairs)
+    a = z_a / jnp.sqrt(jnp.sum(z_a ** 2, axis=-1, keepdims=True) + 1e-12)
+    b = z_b / jnp.sqrt(jnp.sum(z_b ** 2, axis=-1, keepdims=True) + 1e-12)
     logits = a @ b.T / temperature                                                # [B, B]
     valid = mask[:, None] & mask[None, :]
     logits = jnp.where(valid, logits, NEG)
@@ -78,7 +79,7 @@ class Encoder3D(nn.Module):
 
 
 class MRL3DPretrainer(nn.Module):
-    """(PairBatch, Environment, env atomic numbers) -> dict(z2d, z3d [B, P], force [B, K, N2, 3])."""
+    """(PairBatch, Environment, env atomic numbers) -> dict(z2d, z3d [B, P], force [B, M, 3])."""
     cfg: ml_collections.ConfigDict   # config.model
 
     @nn.compact
@@ -89,14 +90,16 @@ class MRL3DPretrainer(nn.Module):
         z2d = MLP(tuple(c.projection_hidden), c.projection_dim, name="proj2d")(enc["pair_embedding"])
         h3d, adjacency = Encoder3D(c.encoder3d, name="encoder3d")(env, env_atomic_numbers)
         z3d = MLP(tuple(c.projection_hidden), c.projection_dim, name="proj3d")(h3d)
-        B, N1 = enc["nodes1"].shape[:2]
-        K, N2 = env.targets.shape[1:3]
-        anchor2d = jnp.take_along_axis(enc["nodes1"], env.anchors[..., None], axis=1)     # [B, K, D]
-        atom2d = jnp.broadcast_to(enc["nodes2"][:, None], (B, K) + enc["nodes2"].shape[1:])
-        copies = env.positions[:, N1:].reshape(B, K, N2, 3)
-        self_index = jnp.broadcast_to(N1 + jnp.arange(K * N2).reshape(K, N2), (B, K, N2))
+        # 2D features of every environment slot's atom and of its copy's anchor atom.
+        gather = lambda x, idx: jnp.take_along_axis(x, idx[..., None], axis=1)
+        slot_atom = jnp.where(env.node_mask, env.slot_atom, 0)
+        atom1 = gather(enc["nodes1"], jnp.minimum(slot_atom, enc["nodes1"].shape[1] - 1))
+        atom2 = gather(enc["nodes2"], jnp.minimum(slot_atom, enc["nodes2"].shape[1] - 1))
+        atom2d = jnp.where((env.molecule == 0)[..., None], atom1, atom2)               # [B, M, D]
+        anchor_atom = jnp.take_along_axis(env.anchors, env.slot_copy, axis=1)          # [B, M]
+        anchor2d = gather(enc["nodes1"], anchor_atom)
         force = ForceHead(c.force.features, c.force.num_gaussians, c.force.cutoff, name="force_head")(
-            atom2d, anchor2d, copies, env.positions, env.node_mask, self_index)
+            atom2d, anchor2d, env.positions, env.node_mask)
         n_edges = jnp.sum(adjacency, axis=(1, 2))
         return dict(z2d=z2d, z3d=z3d, force=force, n_edges=n_edges)
 
@@ -109,9 +112,11 @@ def environment_for(batch, key, env_cfg):
     env = sample_environments(key, d(g1.positions), d(g1.mask) & batch.pair_mask[:, None], d(g1.in_ring),
                               d(g2.positions), d(g2.mask) & batch.pair_mask[:, None],
                               num_copies=env_cfg.num_copies, min_radius=env_cfg.min_radius,
-                              min_distance=env_cfg.min_distance, num_trials=env_cfg.num_trials)
-    K = env_cfg.num_copies
-    z = jnp.concatenate([d(g1.atomic_numbers), jnp.tile(d(g2.atomic_numbers), (1, K))], axis=1)
+                              min_distance=env_cfg.min_distance, num_trials=env_cfg.num_trials,
+                              max_atoms=env_cfg.get("max_atoms") or None)
+    z1 = jnp.take_along_axis(d(g1.atomic_numbers), jnp.minimum(env.slot_atom, d(g1.mask).shape[1] - 1), axis=1)
+    z2 = jnp.take_along_axis(d(g2.atomic_numbers), jnp.minimum(env.slot_atom, d(g2.mask).shape[1] - 1), axis=1)
+    z = jnp.where(env.molecule == 0, z1, z2)
     return env, jnp.where(env.node_mask, z, 0)
 
 
@@ -124,9 +129,9 @@ def make_loss_fn(model: MRL3DPretrainer, config: ml_collections.ConfigDict):
         out = model.apply(params, batch, env, z)
         mask = batch.pair_mask
         contrastive = info_nce(out["z2d"], out["z3d"], mask, o.temperature)
-        err = jnp.sum((out["force"] - env.targets) ** 2, axis=-1)                   # [B, K, N2]
-        tm = env.target_mask & mask[:, None, None]
-        force = jnp.sum(jnp.where(tm, err, 0.0), axis=(1, 2)) / jnp.maximum(jnp.sum(tm, axis=(1, 2)), 1)
+        err = jnp.sum((out["force"] - env.targets) ** 2, axis=-1)                   # [B, M]
+        tm = env.target_mask & mask[:, None]
+        force = jnp.sum(jnp.where(tm, err, 0.0), axis=1) / jnp.maximum(jnp.sum(tm, axis=1), 1)
         per_pair = contrastive + o.force_weight * force
         # Retrieval accuracy 2D -> 3D within the sub-batch (a readable sign of alignment).
         a = out["z2d"] / jnp.linalg.norm(out["z2d"], axis=-1, keepdims=True)
@@ -136,7 +141,8 @@ def make_loss_fn(model: MRL3DPretrainer, config: ml_collections.ConfigDict):
         metrics = dict(contrastive=contrastive, force_mse=force, retrieval_top1=top1,
                        env_edges=out["n_edges"].astype(jnp.float32),
                        copies=jnp.sum(env.copy_mask, axis=1).astype(jnp.float32),
-                       clashes=env.clashes.astype(jnp.float32))
+                       clashes=env.clashes.astype(jnp.float32),
+                       copies_cut=env.copies_cut.astype(jnp.float32))
         return per_pair, metrics
 
     return loss_fn

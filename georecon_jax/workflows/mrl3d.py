@@ -193,7 +193,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
               f"cap left out), {len(val.indices)} validation pairs, {len(ds.molecules)} molecules; "
               f"budget per molecule (atoms, bonds): side 1 ({budget.n_node1}, {budget.n_edge1}), side 2 "
               f"({budget.n_node2}, {budget.n_edge2}); environment "
-              f"{budget.n_node1 + config.environment.num_copies * budget.n_node2} atom slots; batch "
+              f"{config.environment.get('max_atoms') or budget.n_node1 + config.environment.num_copies * budget.n_node2}"
+              f" atom slots; batch "
               f"{config.batch_size} over {num_devices} device(s)")
         key = jax.random.PRNGKey(config.seed)
         model, params = init_model(config, train, key)
