@@ -173,13 +173,26 @@ class GraphBatcher:
     Epoch ``e`` visits the molecules in the order of a permutation seeded by (seed, e); the
     last incomplete batch of an epoch is dropped in training (``drop_remainder``) and kept,
     padded, in evaluation. Each batch is split evenly over ``num_devices`` sub-batches.
+
+    Several hosts: ``num_devices`` counts the devices of every host; host ``process_index`` of
+    ``process_count`` (default: JAX's) packs only its own ``num_devices // process_count``
+    sub-batches (a contiguous slice, matching ``make_mesh``'s host-by-host device order). All
+    hosts choose the same padded shape, since the budget is chosen over the whole batch.
     """
 
     def __init__(self, molecules: Molecules, indices, batch_size: int, *, num_devices: int = 1,
                  shuffle: bool = True, seed: int = 0, drop_remainder: bool = True,
                  neighbor_list: str = "all_pairs", cutoff: float = 5.0, skin: float = 0.0,
                  num_buckets: int = 3, budgets: Optional[List[Budget]] = None,
-                 forces: Optional[np.ndarray] = None):
+                 forces: Optional[np.ndarray] = None, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None):
+        if process_count is None:
+            import jax
+            process_index, process_count = jax.process_index(), jax.process_count()
+        self.process_index, self.process_count = process_index or 0, process_count
+        if num_devices % process_count:
+            raise ValueError(f"{num_devices} devices do not split evenly over {process_count} hosts")
+        self.local_devices = num_devices // process_count
         if batch_size % num_devices:
             raise ValueError(f"batch_size {batch_size} is not divisible by {num_devices} devices")
         self.molecules, self.indices = molecules, np.asarray(indices, np.int64)
@@ -214,12 +227,14 @@ class GraphBatcher:
         raise ValueError(f"sub-batch of {need_n} nodes / {need_e} edges exceeds every budget")
 
     def batch(self, k: int) -> jraph.GraphsTuple:
-        """Batch k: a GraphsTuple whose arrays have a leading [num_devices] axis."""
+        """Batch k: a GraphsTuple whose arrays have a leading [num_devices] axis (on several hosts:
+        this host's devices only)."""
         idx = self.batch_indices(k)
         groups = [idx[d * self.per_device:(d + 1) * self.per_device] for d in range(self.num_devices)]
         budget = self._budget_for(groups)
+        local = groups[self.process_index * self.local_devices:(self.process_index + 1) * self.local_devices]
         return stack_graphs([pack_graphs(self.molecules, g, budget, self.neighbor_list, self.cutoff,
-                                         self.skin, self.forces) for g in groups])
+                                         self.skin, self.forces) for g in local])
 
     def epoch_batches(self) -> Iterator[jraph.GraphsTuple]:
         """One pass in fixed order (evaluation)."""

@@ -1,0 +1,387 @@
+"""Training throughput of georecon_jax vs torchmd-net 3.1.0, side by side in one run.
+
+  bash benchmarks/setup_torch_env.sh            # once: makes benchmarks/.torch_venv (torch CPU build)
+  GEORECON_CACHE=/tmp/gcache /work/venv/bin/python -m benchmarks.throughput
+
+Options: --sizes cpu,paper  --objectives coord,georecon  --rounds N  --steps-per-round N
+--no-torch  --out benchmarks/results/throughput_cpu  (writes .json and .md).
+
+What is measured, per (size, objective), on the first 960 QM9 training molecules, batch 32,
+in a fixed order that both frameworks share:
+  * molecules/s: 32 / median of the timed steps (forward + backward + AdamW). JAX and torch
+    run in alternating blocks ("rounds") of the same batches, so machine load hits both alike;
+    the ratio is also given per round (median reported).
+  * the JAX step is the project's own `make_train_step` (shard_map over a 1-device mesh) fed by
+    the project's `Prefetcher` (host batches prepared in a background thread): the time of an
+    iteration includes waiting for the next batch.
+  * compile time (AOT `lower().compile()` of every padded shape the batches use), FLOPs per step
+    from XLA's cost analysis (mean over the timed batches' shapes), achieved FLOP/s, peak RSS of
+    both processes, the padded node / edge fractions, and the host input-pipeline rate
+    (batches/s that `GraphBatcher.batch` + device placement sustain on one thread) against the
+    step rate.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TORCH_PYTHON = HERE / ".torch_venv" / "bin" / "python"
+BATCH_SIZE = 32
+NUM_MOLECULES = 960
+
+SIZES = {
+    "cpu": dict(num_layers=4, features=128, num_heads=8, num_rbf=32, cutoff=5.0),
+    "paper": dict(num_layers=8, features=256, num_heads=8, num_rbf=64, cutoff=5.0),
+}
+
+
+def make_config(objective: str, size: str, encoder_impl: str):
+    from experiments.configs import coord, georecon
+    cfg = (georecon if objective == "georecon" else coord).get_config()
+    cfg.batch_size = BATCH_SIZE
+    cfg.num_devices = 1
+    cfg.model.encoder.update(SIZES[size])
+    if encoder_impl != "default":
+        cfg.model.encoder.impl = encoder_impl
+    if objective == "georecon":
+        cfg.model.decoder.update(code_dim=SIZES[size]["features"], num_heads=SIZES[size]["num_heads"],
+                                 num_rbf=32)
+    cfg.optim.warmup_steps = 10
+    return cfg
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_description(torch_info=None) -> dict:
+    import flax
+    import jax
+    import jaxlib
+    import optax
+    d = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+         "cpu_model": cpu_model(), "logical_cores": os.cpu_count(),
+         "platform": platform.platform(), "python": platform.python_version(),
+         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+         "optax": optax.__version__, "jax_backend": jax.default_backend(),
+         "jax_devices": [str(x) for x in jax.devices()],
+         "gpu": "none: no GPU was available in this session; CPU numbers only",
+         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+         "load_average_at_start": os.getloadavg()}
+    if torch_info:
+        d.update(torch_info)
+    return d
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TorchWorker:
+    """benchmarks/torch_reference.py in the torch venv, driven by JSON lines."""
+
+    def __init__(self):
+        if not TORCH_PYTHON.exists():
+            raise FileNotFoundError(f"{TORCH_PYTHON} is missing: run bash benchmarks/setup_torch_env.sh")
+        # OpenMP's default spin-waiting makes torch 4-20x slower on a loaded machine (measured:
+        # 2-17 s instead of 0.5 s per CPU-scale step); passive waiting gives it its best time.
+        env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+        self.proc = subprocess.Popen([str(TORCH_PYTHON), str(HERE / "torch_reference.py")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=str(ROOT), env=env)
+
+    def call(self, **msg):
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("torch worker died (see its stderr above)")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"torch worker: {reply['error']}\n{reply.get('traceback', '')}")
+        return reply
+
+    def close(self):
+        try:
+            self.call(cmd="quit")
+        except Exception:
+            pass
+        self.proc.wait(timeout=30)
+
+
+def export_batches(batcher, num_batches: int, path: Path):
+    """The real molecules of each JAX batch, in order, for the torch side."""
+    zs, ps, bs, offsets = [], [], [], [0]
+    for k in range(num_batches):
+        g = batcher.batch(k)
+        n_node = g.n_node[0]
+        real = g.globals.graph_id[0] >= 0
+        n_real = int(n_node[real].sum())
+        zs.append(g.nodes.atomic_numbers[0][:n_real])
+        ps.append(g.nodes.positions[0][:n_real])
+        bs.append(np.repeat(np.arange(int(real.sum())), n_node[real]))
+        offsets.append(offsets[-1] + n_real)
+    np.savez(path, z=np.concatenate(zs), pos=np.concatenate(ps), batch=np.concatenate(bs),
+             node_offsets=np.asarray(offsets))
+
+
+def input_pipeline_rate(batcher, place, num_batches: int) -> float:
+    """Batches/s that one host thread prepares (pack + pad + device placement)."""
+    t = time.perf_counter()
+    for k in range(num_batches):
+        place(batcher.batch(k))
+    return num_batches / (time.perf_counter() - t)
+
+
+class JaxBench:
+    """The project's training step for one config, compiled ahead of time for every shape."""
+
+    def __init__(self, cfg, molecules, indices):
+        import jax
+        from georecon_jax.graphs.batching import GraphBatcher
+        from georecon_jax.objectives.denoising import make_loss_fn
+        from georecon_jax.training import steps as steps_lib
+        from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh,
+                                                 param_count, replicate, shard_batch)
+        from georecon_jax.workflows.pretrain import init_model
+        self.jax = jax
+        self.batcher = GraphBatcher(molecules, indices, BATCH_SIZE, num_devices=1, shuffle=False,
+                                    neighbor_list=cfg.graph.neighbor_list,
+                                    cutoff=cfg.model.encoder.cutoff, skin=cfg.graph.skin,
+                                    num_buckets=cfg.graph.num_buckets, seed=cfg.seed)
+        self.mesh = make_mesh(1)
+        self.place = lambda b: shard_batch(b, self.mesh)
+        key = jax.random.PRNGKey(cfg.seed)
+        model, params = init_model(cfg, self.batcher, key)
+        self.num_params = param_count(params)
+        tx = create_optimizer(cfg.optim, 1000)
+        self.state = replicate(create_train_state(model.apply, params, tx, False), self.mesh)
+        self.trace_counter = []
+        self.step_fn = steps_lib.make_train_step(make_loss_fn(model, cfg), self.mesh,
+                                                 jax.random.fold_in(key, 1), 0.0, self.trace_counter)
+        self.compiled, self.flops, self.bytes = {}, {}, {}
+        self.compile_seconds = 0.0
+
+    @staticmethod
+    def shape_key(batch):
+        return (batch.nodes.positions.shape, batch.senders.shape)
+
+    def compile_all(self, num_batches: int):
+        for k in range(num_batches):
+            batch = self.place(self.batcher.batch(k))
+            key = self.shape_key(batch)
+            if key in self.compiled:
+                continue
+            t = time.perf_counter()
+            compiled = self.step_fn.lower(self.state, batch).compile()
+            self.compile_seconds += time.perf_counter() - t
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            self.compiled[key] = compiled
+            self.flops[key] = float(cost.get("flops", float("nan")))
+            self.bytes[key] = float(cost.get("bytes accessed", float("nan")))
+
+    def step(self, batch):
+        self.state, metrics = self.compiled[self.shape_key(batch)](self.state, batch)
+        return metrics
+
+    def run(self, batch_ids):
+        """Times each iteration: wait for the prefetched batch, step, block on the result."""
+        from georecon_jax.graphs.batching import Prefetcher
+        n = self.batcher.steps_per_epoch
+        ids = list(batch_ids)
+        pre = Prefetcher(lambda i: self.place(self.batcher.batch(ids[i] % n)), 0, len(ids))
+        times, flops, loss = [], [], None
+        try:
+            for _ in ids:
+                t = time.perf_counter()
+                _, batch = pre.get()
+                metrics = self.step(batch)
+                loss = metrics["loss"]
+                self.jax.block_until_ready(loss)
+                times.append(time.perf_counter() - t)
+                flops.append(self.flops[self.shape_key(batch)])
+        finally:
+            pre.close()
+        return times, flops, float(loss)
+
+
+def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path, encoder_impl):
+    cfg = make_config(objective, size, encoder_impl)
+    print(f"\n== {size} scale ({SIZES[size]}), {objective} ==", flush=True)
+    jb = JaxBench(cfg, molecules, indices)
+    nb = jb.batcher.steps_per_epoch
+    t = time.perf_counter()
+    jb.compile_all(nb)
+    print(f"jax: {jb.num_params:,} params; {len(jb.compiled)} shapes compiled in {jb.compile_seconds:.1f} s "
+          f"(budgets {[(b.n_node, b.n_edge) for b in jb.batcher.budgets]})", flush=True)
+    pad_nodes, pad_edges = jb.batcher.padding_fraction(nb)
+    torch_info = {}
+    if torch_worker is not None:
+        t = time.perf_counter()
+        torch_info = torch_worker.call(cmd="setup", npz=str(npz_path), objective=objective,
+                                       decoder_num_rbf=32, decoder_num_layers=cfg.model.decoder.num_layers
+                                       if objective == "georecon" else 1,
+                                       code_dim=SIZES[size]["features"], learning_rate=4e-4, seed=0,
+                                       **SIZES[size])
+        torch_info["setup_seconds"] = time.perf_counter() - t
+        print(f"torch: {torch_info['num_params']:,} params", flush=True)
+    # Warm-up: every shape has run once; a few more steps each side.
+    jb.run(range(min(args.warmup, nb)))
+    if torch_worker is not None:
+        torch_worker.call(cmd="run", batches=list(range(min(args.warmup, nb))))
+    jax_times, jax_flops, torch_times, round_ratios = [], [], [], []
+    traces_before = len(jb.trace_counter)
+    for r in range(args.rounds):
+        ids = [(r * args.steps_per_round + i) % nb for i in range(args.steps_per_round)]
+        order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
+        rj = rt = None
+        for who in order:
+            if who == "jax":
+                tj, fj, loss = jb.run(ids)
+                jax_times += tj
+                jax_flops += fj
+                rj = float(np.median(tj))
+            elif torch_worker is not None:
+                tt = torch_worker.call(cmd="run", batches=ids)["times"]
+                torch_times += tt
+                rt = float(np.median(tt))
+        if rt is not None:
+            round_ratios.append(rt / rj)
+        print(f"  round {r}: jax {BATCH_SIZE / rj:7.1f} mol/s" +
+              (f"   torch {BATCH_SIZE / rt:7.1f} mol/s   ratio {rt / rj:.2f}" if rt else ""), flush=True)
+    pipe_rate = input_pipeline_rate(jb.batcher, jb.place, nb)
+    med_j = float(np.median(jax_times))
+    res = {
+        "size": size, "objective": objective, "encoder_impl": encoder_impl, **SIZES[size],
+        "batch_size": BATCH_SIZE, "num_molecules": NUM_MOLECULES, "jax_params": jb.num_params,
+        "jax_mol_per_s": BATCH_SIZE / med_j, "jax_step_median_s": med_j,
+        "jax_step_times_s": jax_times, "jax_final_loss": loss,
+        "jax_compile_seconds": jb.compile_seconds, "jax_num_shapes": len(jb.compiled),
+        "jax_recompiles_after_warmup": len(jb.trace_counter) - traces_before,
+        "jax_flops_per_step": float(np.mean(jax_flops)),
+        "jax_bytes_accessed_per_step": float(np.mean([jb.bytes[k] for k in jb.bytes])),
+        "jax_achieved_gflop_per_s": float(np.mean(jax_flops)) / med_j / 1e9,
+        "jax_peak_rss_mb": peak_rss_mb(),
+        "padded_node_fraction": pad_nodes, "padded_edge_fraction": pad_edges,
+        "budgets": [(b.n_node, b.n_edge, b.n_graph) for b in jb.batcher.budgets],
+        "input_pipeline_batches_per_s": pipe_rate,
+        "input_pipeline_over_step_rate": pipe_rate * med_j,
+    }
+    if torch_times:
+        med_t = float(np.median(torch_times))
+        res.update({"torch_params": torch_info["num_params"], "torch_mol_per_s": BATCH_SIZE / med_t,
+                    "torch_step_median_s": med_t, "torch_step_times_s": torch_times,
+                    "torch_peak_rss_mb": torch_worker.call(cmd="rss")["peak_rss_mb"],
+                    "ratio_jax_over_torch": med_t / med_j,
+                    "ratio_per_round_median": float(np.median(round_ratios)),
+                    "ratio_per_round": round_ratios})
+    print(f"  => jax {res['jax_mol_per_s']:.1f} mol/s"
+          + (f", torch {res['torch_mol_per_s']:.1f} mol/s, ratio {res['ratio_jax_over_torch']:.2f}"
+             if torch_times else "")
+          + f"; {res['jax_flops_per_step'] / 1e9:.2f} GFLOP/step, {res['jax_achieved_gflop_per_s']:.1f} GFLOP/s; "
+          f"pipeline {pipe_rate:.1f} batches/s = {res['input_pipeline_over_step_rate']:.1f}x step rate", flush=True)
+    return res
+
+
+def markdown(results, machine) -> str:
+    lines = [f"# Training throughput, CPU ({machine['date']})", "",
+             f"{machine['cpu_model']}, {machine['logical_cores']} logical cores (shared with other jobs; "
+             f"load average at start {machine['load_average_at_start'][0]:.1f}); jax {machine['jax']}, "
+             f"torch {machine.get('torch', '-')}, torchmd-net 3.1.0. {machine['gpu']}.", "",
+             "Batch 32, the first 960 QM9 training molecules, forward + backward + AdamW; "
+             "molecules/s = 32 / median step; JAX and torch timed in alternating rounds in one run.", "",
+             "| size | objective | JAX mol/s | torch mol/s | ratio | ratio (median of rounds) | compile s | "
+             "GFLOP/step | GFLOP/s | padded nodes | padded edges | input pipeline ÷ step rate | "
+             "peak RSS JAX / torch MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(
+            f"| {r['size']} ({r['num_layers']}×{r['features']}, {r['num_rbf']} RBF) | {r['objective']} | "
+            f"{r['jax_mol_per_s']:.1f} | {r.get('torch_mol_per_s', float('nan')):.1f} | "
+            f"{r.get('ratio_jax_over_torch', float('nan')):.2f} | {r.get('ratio_per_round_median', float('nan')):.2f} | "
+            f"{r['jax_compile_seconds']:.1f} | {r['jax_flops_per_step'] / 1e9:.2f} | "
+            f"{r['jax_achieved_gflop_per_s']:.1f} | {r['padded_node_fraction']:.2f} | "
+            f"{r['padded_edge_fraction']:.2f} | {r['input_pipeline_over_step_rate']:.1f} | "
+            f"{r['jax_peak_rss_mb']:.0f} / {r.get('torch_peak_rss_mb', float('nan')):.0f} |")
+    lines += ["", "Peak RSS is the process peak so far (the JAX process runs the configurations in "
+              "table order). Raw step times: throughput_cpu.json.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="cpu,paper")
+    p.add_argument("--objectives", default="coord,georecon")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps-per-round", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--encoder-impl", default="default",
+                   help="model.encoder.impl to benchmark ('default' keeps the config's own)")
+    p.add_argument("--out", default=str(HERE / "results" / "throughput_cpu"))
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from georecon_jax.data.qm9 import load_qm9
+
+    molecules, splits = load_qm9(cache_dir=os.environ.get("GEORECON_CACHE"), split_seed=0, verbose=False)
+    indices = np.asarray(splits["train"][:NUM_MOLECULES])
+    torch_worker = None if args.no_torch else TorchWorker()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    npz_path = out.parent / ".torch_batches.npz"
+    results = []
+
+    def write(torch_info, partial):
+        machine = machine_description(torch_info)
+        machine["load_average_at_end"] = os.getloadavg()
+        with open(str(out) + ".json", "w") as f:
+            json.dump({"machine": machine, "complete": not partial, "results": results}, f, indent=1)
+        md = markdown(results, machine)
+        with open(str(out) + ".md", "w") as f:
+            f.write(md)
+        return md
+
+    torch_info = {}
+    try:
+        from georecon_jax.graphs.batching import GraphBatcher
+        export_batches(GraphBatcher(molecules, indices, BATCH_SIZE, shuffle=False),
+                       NUM_MOLECULES // BATCH_SIZE, npz_path)
+        if torch_worker is not None:
+            info = torch_worker.call(cmd="setup", npz=str(npz_path), objective="coord", num_layers=1,
+                                     features=8, num_heads=2, num_rbf=4, cutoff=5.0)
+            torch_info = {"torch": info["torch"], "torch_threads": info["threads"],
+                          "torchmd_net": "3.1.0",
+                          "torch_omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        for size in args.sizes.split(","):
+            for objective in args.objectives.split(","):
+                results.append(bench_one(size, objective, molecules, indices, args, torch_worker,
+                                         npz_path, args.encoder_impl))
+                write(torch_info, partial=True)  # a result per configuration, as soon as it exists
+    finally:
+        if torch_worker is not None:
+            torch_worker.close()
+        if npz_path.exists():
+            npz_path.unlink()
+    print("\n" + write(torch_info, partial=False))
+
+if __name__ == "__main__":
+    main()
