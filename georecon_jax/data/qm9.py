@@ -89,7 +89,10 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
     cols = ["Index", "Elements", "XYZ_Ang"] + [c for c, _ in _QM9PACK_COLUMNS]
     frames, n_read = [], 0
     for f in files:
-        df = pd.read_csv(f, usecols=cols, nrows=None if limit is None else max(limit - n_read, 0))
+        try:
+            df = pd.read_csv(f, usecols=cols, nrows=None if limit is None else max(limit - n_read, 0))
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise DataError(f"{f}: not a qm9pack CSV ({type(e).__name__}: {str(e)[:200]})") from e
         df["_file"] = os.path.basename(f)
         df["_row"] = np.arange(len(df)) + 2  # 1-based line number in the CSV, after the header
         frames.append(df)
@@ -100,10 +103,14 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
     report = SkipReport(source=data_dir, total=len(df))
     z_list, pos_list, targets, ids = [], [], [], []
     factors = np.array([f for _, f in _QM9PACK_COLUMNS])
-    target_values = df[[c for c, _ in _QM9PACK_COLUMNS]].to_numpy(dtype=np.float64)
+    target_values = df[[c for c, _ in _QM9PACK_COLUMNS]].apply(pd.to_numeric, errors="coerce").to_numpy(
+        dtype=np.float64)  # unparseable numbers become NaN and the record is skipped below
     for k, (idx, elements, xyz, fname, row) in enumerate(
             zip(df["Index"], df["Elements"], df["XYZ_Ang"], df["_file"], df["_row"])):
         where = f"{fname} line {row} (QM9 index {idx})"
+        if not isinstance(elements, str) or not isinstance(xyz, str):
+            report.add(where, "missing element list" if not isinstance(elements, str) else "missing coordinates")
+            continue
         try:
             symbols = [s.strip() for s in _parse_list(elements) if s.strip()]
             unknown = [s for s in symbols if s not in SYMBOL_TO_Z]
@@ -111,7 +118,7 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
                 report.add(where, f"unknown element(s) {unknown}")
                 continue
             z = np.array([SYMBOL_TO_Z[s] for s in symbols], np.int16)
-            coords = [c for c in _parse_list(xyz) if c.strip()] if isinstance(xyz, str) else []
+            coords = [c for c in _parse_list(xyz) if c.strip()]
             pos = np.array(coords, dtype=np.float64)
             if pos.size != 3 * len(z):
                 report.add(where, f"{len(z)} atoms but {pos.size} coordinate values")

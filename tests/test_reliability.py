@@ -1,0 +1,131 @@
+"""Failure modes: corrupt/partial checkpoints, non-finite steps, malformed input files."""
+import os
+import string
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from georecon_jax.data import qm9
+from georecon_jax.data.records import DataError
+from georecon_jax.training import steps as steps_lib
+from georecon_jax.training.checkpoint import CheckpointError, Checkpointer
+from georecon_jax.training.loop import MetricsWriter, fit
+from georecon_jax.training.state import create_train_state, make_mesh, replicate
+import optax
+
+
+def _state(value=1.0):
+    params = {"w": jnp.full((3,), value, jnp.float32)}
+    return create_train_state(lambda p, x: x, params, optax.sgd(0.1), use_ema=False)
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path):
+    ck = Checkpointer(str(tmp_path))
+    ck.save(1, _state(1.0))
+    ck.save(2, _state(2.0))
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "2"):
+        for f in files:
+            open(os.path.join(root, f), "wb").write(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        step, state = ck.restore_latest(_state(0.0))
+    assert step == 1 and float(state.params["w"][0]) == 1.0
+
+
+def test_partial_checkpoint_is_never_the_latest(tmp_path):
+    ck = Checkpointer(str(tmp_path))
+    ck.save(1, _state(1.0))
+    os.makedirs(tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp" / "default")
+    ck2 = Checkpointer(str(tmp_path))
+    assert ck2.latest_step() == 1
+    step, _ = ck2.restore_latest(_state(0.0))
+    assert step == 1
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path):
+    ck = Checkpointer(str(tmp_path))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        ck.save(3, _state(float("nan")))
+    assert ck.all_steps() == []
+
+
+class _FakeGraph:
+    pass
+
+
+def _nan_step(max_bad):
+    """A train step on a toy loss that is NaN whenever the batch says so."""
+    import jraph
+    mesh = make_mesh(1)
+
+    def loss_fn(params, graph, key):
+        bad = graph.globals[0]
+        per_graph = jnp.sum(params["w"] ** 2) * jnp.ones(graph.n_node.shape[0]) + jnp.where(bad > 0, jnp.nan, 0.0)
+        return per_graph, {}
+
+    step = steps_lib.make_train_step(loss_fn, mesh, jax.random.PRNGKey(0))
+
+    def batch(bad):
+        g = jraph.GraphsTuple(nodes=np.zeros((1, 2, 1), np.float32), edges=None,
+                              senders=np.zeros((1, 1), np.int32), receivers=np.zeros((1, 1), np.int32),
+                              n_node=np.array([[1, 1]], np.int32), n_edge=np.array([[1, 0]], np.int32),
+                              globals=np.array([[bad, bad]], np.float32))
+        return g
+    return mesh, step, batch
+
+
+def test_non_finite_step_is_skipped_and_counted():
+    mesh, step, batch = _nan_step(3)
+    state = replicate(_state(1.0), mesh)
+    state, m = step(state, batch(1.0))
+    assert float(m["nonfinite"]) == 1.0 and int(state.skipped_steps) == 1
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), 1.0)  # untouched
+    state, m = step(state, batch(0.0))
+    assert float(m["nonfinite"]) == 0.0
+    assert float(state.params["w"][0]) < 1.0  # a finite step is applied
+
+
+def test_too_many_consecutive_non_finite_steps_stop_the_run(tmp_path):
+    mesh, step, batch = _nan_step(3)
+    state = replicate(_state(1.0), mesh)
+    writer = MetricsWriter(str(tmp_path), tensorboard=False)
+    with pytest.raises(FloatingPointError, match="consecutive steps"):
+        fit(state=state, train_step=step, make_batch=lambda k: batch(1.0), place=lambda b: b,
+            num_steps=50, checkpointer=Checkpointer(str(tmp_path)), writer=writer,
+            max_consecutive_nonfinite=3, progress=False)
+    assert Checkpointer(str(tmp_path)).all_steps() == []  # nothing non-finite was written
+
+
+csv_text = st.text(alphabet=string.printable, max_size=400)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=csv_text, keep_header=st.booleans())
+def test_qm9_csv_reader_never_crashes_on_malformed_files(tmp_path_factory, body, keep_header):
+    d = tmp_path_factory.mktemp("qm9csv")
+    header = ("XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Dipole_debye,"
+              "Polarizability_bohr3,HOMO_au,LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,ZPVE_au,"
+              "InternalEnergy_0K_au,InternalEnergy_298K_au,Enthalphy_298K_au,GibbsFreeEnergy_298K_au,"
+              "Heatcapacity_Cv_cal_mol_K\n")
+    (d / "qm9_part1.csv").write_text((header if keep_header else "") + body)
+    try:
+        mols, report = qm9.read_qm9pack(str(d))
+    except DataError as e:
+        assert "qm9_part1.csv" in str(e) or str(d) in str(e)
+        return
+    assert len(mols) + report.count == report.total
+    assert np.all(np.isfinite(mols.positions))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(csv_text, st.binary(max_size=300)))
+def test_qm9_xyz_reader_never_crashes_on_malformed_files(tmp_path_factory, body):
+    d = tmp_path_factory.mktemp("qm9xyz")
+    path = d / "dsgdb9nsd_000007.xyz"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    mols, report = qm9.read_qm9_xyz_dir(str(d))
+    assert len(mols) + report.count == 1
+    if report.count:
+        assert "dsgdb9nsd_000007.xyz" in report.skipped[0]["record"]
