@@ -58,6 +58,7 @@ def test_run_writes_checkpoints_metrics_config_and_reconstruction(full_run):
     assert summary["steps"] == 8 and summary["skipped_nonfinite_steps"] == 0
     assert summary["num_molecules"] == 8 and np.isfinite(summary["reconstruction_rmsd_angstrom"])
     assert json.load(open(os.path.join(workdir, "summary.json")))["steps"] == 8
+    assert os.path.getsize(os.path.join(workdir, "learning_curves.png")) > 1000
 
 
 def test_resume_continues_and_matches_an_uninterrupted_run(full_run, tmp_path, cache_dir):

@@ -20,8 +20,9 @@ from georecon_jax.models.pretrain import DenoisingPretrainer
 from georecon_jax.objectives.denoising import kabsch_rmsd, make_loss_fn, make_reconstruct_fn
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.checkpoint import Checkpointer
-from georecon_jax.training.loop import (MetricsWriter, first_and_last, fit, record_config,
-                                        workdir_lock)
+from georecon_jax.plots import learning_curves
+from georecon_jax.training.loop import (MetricsWriter, first_and_last, fit, read_metrics,
+                                        record_config, workdir_lock)
 from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh,
                                          param_count, replicate, shard_batch)
 
@@ -127,6 +128,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None):
         finally:
             writer.close()
             ckpt.close()
+        panels = {"loss (dimensionless, ε-MSE)": (("train", "loss", "train"), ("validation", "loss", "validation"))}
+        if config.objective.name == "georecon":
+            panels["GeoRecon terms (train)"] = tuple(
+                ("train", k, k) for k in ("recon_mse", "node_denoise_mse", "clean_mse"))
+        learning_curves(read_metrics(workdir), os.path.join(workdir, "learning_curves.png"), panels,
+                        title=f"{config.objective.name} pretraining on QM9")
         first, last = first_and_last(workdir)
         summary = {"objective": config.objective.name, "steps": int(jax.device_get(state.step)),
                    "first_train_loss": first, "final_train_loss": last,
