@@ -294,7 +294,8 @@ def load_pretrained(params, path: str, encoder_cfg, verbose: bool = True):
     ours = _flat(params["params"]["encoder"])
     theirs = _flat(src["encoder"])
     problems = [f"{k}: checkpoint {tuple(theirs[k].shape)}, model {tuple(ours[k].shape)}"
-                for k in sorted(set(ours) & set(theirs)) if tuple(theirs[k].shape) != tuple(ours[k].shape)]
+                for k in sorted(set(ours) & set(theirs), key=lambda k: (k.count("/"), k))
+                if tuple(theirs[k].shape) != tuple(ours[k].shape)]
     problems += [f"{k}: in the model, not in the checkpoint" for k in sorted(set(ours) - set(theirs))]
     problems += [f"{k}: in the checkpoint, not in the model" for k in sorted(set(theirs) - set(ours))]
     if problems:
