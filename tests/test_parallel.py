@@ -1,0 +1,105 @@
+"""Data parallelism on 4 simulated CPU devices: same update as one device, resumable on 1 device.
+
+The 4-device checks run in a subprocess with ``--xla_force_host_platform_device_count=4``,
+because the pytest process has already started JAX with one device.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(r"""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from experiments.configs import georecon
+    from georecon_jax.data.qm9 import load_qm9
+    from georecon_jax.graphs.batching import GraphBatcher
+    from georecon_jax.objectives.denoising import make_loss_fn
+    from georecon_jax.training import steps as steps_lib
+    from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh,
+                                             replicate, shard_batch)
+    from georecon_jax.workflows import pretrain
+    from georecon_jax.workflows.pretrain import init_model
+
+    cache_dir, workdir = sys.argv[1], sys.argv[2]
+    out = {"num_devices_visible": len(jax.devices())}
+    cfg = georecon.get_config("tiny")
+    cfg.data.cache_dir = cache_dir
+    cfg.objective.num_recon_molecules = 0
+    cfg.graph.num_buckets = 1  # one padded shape: fewer compilations, a faster test
+    molecules, splits = load_qm9(cache_dir=cache_dir, limit=cfg.data.limit, verbose=False)
+    idx = splits["train"]
+
+    # 1. One step on a global batch of 8: 4 devices x 2 molecules vs 1 device x 8 molecules.
+    key = jax.random.PRNGKey(0)
+    params = None
+    results, traces = {}, {}
+    for nd in (1, 4):
+        batcher = GraphBatcher(molecules, idx, cfg.batch_size, num_devices=nd, shuffle=False,
+                               num_buckets=1)
+        model, p0 = init_model(cfg, batcher, key)
+        params = p0 if params is None else params          # identical start on both layouts
+        mesh = make_mesh(nd)
+        tx = create_optimizer(cfg.optim, 100)
+        state = replicate(create_train_state(model.apply, params, tx, False), mesh)
+        counter = []
+        step = steps_lib.make_train_step(make_loss_fn(model, cfg), mesh, jax.random.fold_in(key, 1),
+                                         0.0, counter)
+        state, metrics = step(state, shard_batch(batcher.batch(0), mesh))
+        results[nd] = (jax.device_get(state.params), float(metrics["loss"]),
+                       float(metrics["num_graphs"]))
+        # Warm-up over every batch shape, then a second pass must not trace (compile) again.
+        for k in range(1, 3):
+            state, metrics = step(state, shard_batch(batcher.batch(k), mesh))
+        warm = len(counter)
+        for k in range(0, 3):
+            state, metrics = step(state, shard_batch(batcher.batch(k), mesh))
+        traces[nd] = {"after_warmup": warm, "after_second_pass": len(counter),
+                      "num_budgets": len(batcher.budgets)}
+    diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), results[1][0], results[4][0]))
+    out.update(max_param_diff=max(diffs), loss_1=results[1][1], loss_4=results[4][1],
+               graphs_1=results[1][2], graphs_4=results[4][2], traces=traces)
+
+    # 2. A run saved on 4 devices resumes on 1.
+    def tiny(num_steps, num_devices):
+        c = georecon.get_config("tiny")
+        c.data.cache_dir = cache_dir
+        c.objective.num_recon_molecules = 0
+        c.graph.num_buckets = 1
+        c.num_steps, c.checkpoint_every, c.eval_every = num_steps, 4, 0
+        c.num_devices = num_devices
+        return c
+    first = pretrain.run(tiny(4, 4), workdir)
+    second = pretrain.run(tiny(6, 1), workdir)
+    out.update(first_steps=first["steps"], second_steps=second["steps"],
+               second_loss=second["final_train_loss"])
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_data_parallel_matches_single_device_and_resumes_on_one(qm9_small, cache_dir, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, cache_dir, str(tmp_path / "run")],
+                          env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["num_devices_visible"] == 4
+    # Same molecules, same per-molecule noise: the 4-device update equals the 1-device one.
+    assert out["graphs_1"] == out["graphs_4"] == 8
+    assert abs(out["loss_1"] - out["loss_4"]) < 1e-5 * max(1.0, abs(out["loss_1"]))
+    assert out["max_param_diff"] < 1e-5, out["max_param_diff"]
+    # No step recompiles after warm-up: at most one trace per padded shape, none in a second pass.
+    for nd, t in out["traces"].items():
+        assert t["after_warmup"] <= t["num_budgets"], (nd, t)
+        assert t["after_second_pass"] == t["after_warmup"], (nd, t)
+    # Saved at step 4 on 4 devices, resumed and finished on 1.
+    assert out["first_steps"] == 4 and out["second_steps"] == 6
+    assert "resuming from the checkpoint at step 4" in proc.stdout
+    assert out["second_loss"] == out["second_loss"]  # finite, not NaN
