@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.preset = "freesolv"
     c.data.data_root = ml_collections.FieldReference(None, field_type=str)
     c.data.cache_dir = ml_collections.FieldReference(None, field_type=str)
-    c.data.limit = ml_collections.FieldReference(None, field_type=int)
+    c.data.limit = ml_collections.FieldReference(None, field_type=int)      # first N rows (tests)
+    c.data.max_pairs = ml_collections.FieldReference(None, field_type=int)  # random subset of N pairs
     c.data.max_atoms = 64
     c.data.explicit_h = False     # must equal the pretraining's (checked)
     c.data.conformer_seed = 0

@@ -277,6 +277,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         d = config.data
         ds = load_pairs(d.preset, data_root=d.get("data_root") or default_data_root(), cache=molecule_cache(d),
                         num_workers=d.num_workers, limit=d.get("limit"))
+        if d.get("max_pairs") and len(ds) > d.max_pairs:   # a random subset (files may be sorted by label)
+            keep = np.sort(np.random.default_rng(config.seed).choice(len(ds), d.max_pairs, replace=False))
+            print(f"{d.preset}: using a random subset of {d.max_pairs} of the {len(ds)} pairs (seed {config.seed})")
+            ds = ds.subset(keep)
         budget = PairBudget.from_dataset(ds, max_atoms=d.max_atoms)
         splits = make_splits(ds, config)
         pretrained = load_pretrained(config.init_from, config) if config.init_from else None
