@@ -209,6 +209,7 @@ def test_pretrained_encoder_of_another_width_fails_clearly(pretrained):
 
 # ------------------------------------------------------------------------ end to end
 
+@pytest.mark.slow
 def test_qm9_finetune_from_coord_then_evaluate_twice_identically(pretrained, tmp_path):
     cache = need_qm9()
     cfg = finetune_qm9.get_config("tiny")
@@ -233,6 +234,7 @@ def test_qm9_finetune_from_coord_then_evaluate_twice_identically(pretrained, tmp
     assert "| qm9 | U0 | best" in open(os.path.join(workdir, "results.md")).read()
 
 
+@pytest.mark.slow
 def test_rmd17_finetune_and_evaluate(tmp_path):
     cfg = finetune_md17.get_config("tiny")
     cfg.data.data_dir = os.path.dirname(need(RMD17 / "rmd17_ethanol_train_01.npz"))
