@@ -348,7 +348,8 @@ def _learning_curves(workdir, config, unit):
                   f"force MAE ({unit}/Å)": (("train", "force_mae", "train"),
                                             ("validation", "force_mae", "validation"))}
     plots.learning_curves(rows, os.path.join(workdir, "learning_curves.png"), panels,
-                          title=f"fine-tuning {config.task} {config.target}")
+                          title=f"fine-tuning {config.task} "
+                                f"{config.target if config.task == 'qm9' else config.molecule}")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
