@@ -61,7 +61,9 @@ class Molecules:
       atomic_numbers: [n_atoms_total] int, nuclear charges.
       positions: [n_atoms_total, 3] float32, Å.
       offsets: [n_molecules + 1] int64; molecule m is rows offsets[m]:offsets[m+1].
-      targets: [n_molecules, n_targets] float32 or None (units: see `target_units`).
+      targets: [n_molecules, n_targets] float64 or None (units: see `target_units`); float64 keeps
+        total energies (~1e4 eV) exact to well below a meV. Batches carry them as float32 after
+        the fine-tuning code has subtracted references on the host.
       target_names / target_units: names and units of the target columns.
       ids: [n_molecules] int, the source's own identifier of each molecule.
     """
@@ -121,7 +123,7 @@ class Molecules:
             atomic_numbers=np.concatenate(atomic_numbers).astype(np.int16) if counts else np.zeros(0, np.int16),
             positions=np.concatenate(positions).astype(np.float32) if counts else np.zeros((0, 3), np.float32),
             offsets=offsets,
-            targets=None if targets is None else np.asarray(targets, np.float32),
+            targets=None if targets is None else np.asarray(targets, np.float64),
             target_names=tuple(target_names), target_units=tuple(target_units),
             ids=None if ids is None else np.asarray(ids, np.int64))
 

@@ -240,10 +240,7 @@ def init_model(config, batcher: GraphBatcher, key):
     params = jax.jit(model.init, static_argnums=(8,))(
         key, graph.nodes.atomic_numbers, graph.nodes.positions, graph.senders, graph.receivers,
         m.edge_mask, m.node_mask, m.node_graph, m.n_graph)
-    # ExpNormalSmearing's initial means/betas are weakly typed; the optimizer state built from them
-    # would change type after the first update and make the train step compile twice.
-    params = jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)), params)
-    return model, params
+    return model, params  # create_train_state makes every leaf strongly typed
 
 
 # ---------------------------------------------------------------------------------------------
