@@ -117,13 +117,12 @@ def test_sigkill_then_resume_equals_uninterrupted(full_run, tmp_path, cache_dir)
     killed = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    if killed:
-        steps = sorted(int(p) for p in os.listdir(ckpt) if p.isdigit())
-        assert steps and steps[-1] < 8, steps
+    assert killed, "the run finished before it could be killed: the test would prove nothing"
+    steps = sorted(int(p) for p in os.listdir(ckpt) if p.isdigit())
+    assert steps and steps[-1] < 8, steps
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    if killed:
-        assert "resuming from the checkpoint at step" in out.stdout
+    assert "resuming from the checkpoint at step" in out.stdout
     step, resumed = _params(str(workdir))
     _, straight = _params(full_run[0])
     assert step == 8

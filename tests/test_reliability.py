@@ -129,3 +129,92 @@ def test_qm9_xyz_reader_never_crashes_on_malformed_files(tmp_path_factory, body)
     assert len(mols) + report.count == 1
     if report.count:
         assert "dsgdb9nsd_000007.xyz" in report.skipped[0]["record"]
+
+
+# ----------------------------------------------------------------- MD17-family readers (property-based)
+
+from georecon_jax.data import md17  # noqa: E402
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+value = st.one_of(finite, st.just(float("nan")), st.just(float("inf")))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n_atoms=st.integers(0, 4), n_frames=st.integers(0, 4), extra_atoms=st.integers(-1, 1),
+       extra_frames=st.integers(-1, 1), drop=st.sampled_from([None, "nuclear_charges", "coords",
+                                                             "energies", "forces"]),
+       fill=value, z=st.integers(-2, 120))
+def test_rmd17_reader_never_crashes_on_random_arrays(tmp_path_factory, n_atoms, n_frames, extra_atoms,
+                                                     extra_frames, drop, fill, z):
+    d = tmp_path_factory.mktemp("npz")
+    rng = np.random.default_rng(0)
+    arrays = {"nuclear_charges": np.full(n_atoms, z),
+              "coords": rng.normal(size=(n_frames, n_atoms, 3)),
+              "energies": np.full(max(n_frames + extra_frames, 0), fill),
+              "forces": rng.normal(size=(n_frames, max(n_atoms + extra_atoms, 0), 3))}
+    arrays.pop(drop, None)
+    path = d / "rmd17_random.npz"
+    np.savez(path, **arrays)
+    try:
+        frames, report = md17.read_force_file(str(path))
+    except DataError as e:
+        assert "rmd17_random.npz" in str(e)
+        return
+    assert len(frames) + report.count == report.total
+    assert np.all(np.isfinite(frames.forces)) and np.all(np.isfinite(frames.energies))
+    for s in report.skipped:
+        assert s["record"].startswith("frame ")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(csv_text, st.binary(max_size=300)))
+def test_extxyz_reader_never_crashes_on_malformed_files(tmp_path_factory, body):
+    d = tmp_path_factory.mktemp("xyz")
+    path = d / "random.extxyz"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    try:
+        frames, report = md17.read_force_file(str(path))
+    except DataError as e:
+        assert "random.extxyz" in str(e)
+        return
+    assert len(frames) + report.count == report.total
+
+
+def test_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    """Fine-tuning on rMD17 ethanol: kill -9 after a checkpoint, rerun, same parameters as a straight run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT, require_shared
+    from georecon_jax.training.checkpoint import restore_params
+    data_dir = require_shared("rmd17")
+
+    def cmd(workdir):
+        return [sys.executable, "-m", "experiments.finetune", "--config=experiments/configs/finetune_md17.py:tiny",
+                f"--config.data.data_dir={data_dir}", "--config.molecule=ethanol", "--config.num_steps=8",
+                "--config.checkpoint_every=2", "--config.eval_every=100", f"--workdir={workdir}"]
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    straight = tmp_path / "straight"
+    out = subprocess.run(cmd(straight), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and any(p.isdigit() for p in os.listdir(ckpt)):
+            break
+        time.sleep(0.05)
+    was_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert was_running, "the run finished before it could be killed: the test would prove nothing"
+    assert max(int(p) for p in os.listdir(ckpt) if p.isdigit()) < 8
+    out = subprocess.run(cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (sa, a), (sb, b) = restore_params(str(straight)), restore_params(str(killed))
+    assert sa == sb == 8
+    for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -202,8 +202,11 @@ def read_extxyz(path: str, energy_unit: str = "kcal/mol", energy_key: str = "ene
     order. The file records no units: ``energy_unit`` says what they are.
     """
     name = os.path.basename(path)
-    with open(path) as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}: not a text file ({e})") from e
     z_ref, Rs, Es, Fs = None, [], [], []
     i, frame = 0, 0
     while i < len(lines):
@@ -285,8 +288,11 @@ def read_force_file(path: str, energy_unit: str = "kcal/mol", strict: bool = Fal
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if path.endswith(".npz"):
-        with np.load(path) as d:
-            keys = set(d.files)
+        try:
+            with np.load(path) as d:
+                keys = set(d.files)
+        except Exception as e:  # truncated or not a zip archive
+            raise DataError(f"{os.path.basename(path)}: unreadable .npz ({type(e).__name__}: {e})") from e
         if "nuclear_charges" in keys or "coords" in keys:
             return read_rmd17_npz(path, energy_unit, strict)
         if {"z", "R"} & keys:
