@@ -97,3 +97,17 @@ def test_corrupt_cache_is_rebuilt_and_skip_report_saved(tmp_path, capsys):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no .xyz files"):
         qm9.read_qm9_xyz_dir(str(tmp_path))
+
+
+def test_cache_of_an_older_version_is_rebuilt(tmp_path, capsys):
+    mols, _ = qm9.load_qm9(cache_dir=str(tmp_path), limit=20, verbose=False)
+    path = tmp_path / "qm9_first20.npz"
+    with np.load(path) as f:
+        old = {k: f[k] for k in f.files}
+    old["cache_version"] = np.array(qm9.CACHE_VERSION - 1)
+    np.savez(path, **old)
+    again, _ = qm9.load_qm9(cache_dir=str(tmp_path), limit=20)
+    assert "outdated" in capsys.readouterr().out
+    assert np.array_equal(again.positions, mols.positions)
+    with np.load(path) as f:
+        assert int(f["cache_version"]) == qm9.CACHE_VERSION

@@ -240,19 +240,18 @@ def load_qm9(cache_dir: Optional[str] = None, source_dir: Optional[str] = None,
     if os.path.exists(path):
         try:
             mols, splits, meta = _load_cache(path)
-            if meta.get("source") == source and meta.get("split_seed") == split_seed:
-                if strict and meta.get("skipped", 0):
-                    raise DataError(f"{path}: {meta['skipped']} records were skipped when the cache "
-                                    "was built (see qm9_skipped.json) and strict mode is on")
-                return mols, splits
+        except Exception as e:  # corrupt, truncated or of an older version: rebuild it
+            meta = None
             if verbose:
-                print(f"QM9 cache {path} was built from {meta.get('source')} with split seed "
-                      f"{meta.get('split_seed')}; rebuilding for {source}, seed {split_seed}")
-        except DataError:
-            raise
-        except Exception as e:  # corrupt or truncated file
-            if verbose:
-                print(f"QM9 cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it")
+                print(f"QM9 cache {path} is unreadable or outdated ({type(e).__name__}: {e}); rebuilding it")
+        if meta is not None and meta.get("source") == source and meta.get("split_seed") == split_seed:
+            if strict and meta.get("skipped", 0):
+                raise DataError(f"{path}: {meta['skipped']} records were skipped when the cache "
+                                "was built (see qm9_skipped.json) and strict mode is on")
+            return mols, splits
+        if meta is not None and verbose:
+            print(f"QM9 cache {path} was built from {meta.get('source')} with split seed "
+                  f"{meta.get('split_seed')}; rebuilding for {source}, seed {split_seed}")
     if verbose:
         print(f"Building the QM9 cache at {path} from {source} (once; about a minute) ...")
     if source_dir:
