@@ -69,7 +69,7 @@ def main():
         json.dump(result, fh, indent=1)
     print(f"{a.preset}: batch {B} pairs, K=5, budget side1 {budget.n_node1} / side2 {budget.n_node2} atoms, "
           f"median of {a.repeats} after compilation, {jax.devices()[0].platform}")
-    print(f"| variant | env atom slots | ms / batch | environments / s | compile s |\n|---|---:|---:|---:|---:|")
+    print("| variant | env atom slots | ms / batch | environments / s | compile s |\n|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['variant']} | {r['env_slots']} | {r['median_ms']:.2f} | {r['envs_per_s']:,.0f} | {r['compile_s']:.1f} |")
     print(f"written {a.out}")

@@ -1,7 +1,6 @@
 """Padded batching: static budgets, jraph masks, determinism, and edges at perturbed positions."""
 import jax
 import jax.numpy as jnp
-import jraph
 import numpy as np
 
 from georecon_jax.graphs.batching import GraphBatcher, estimate_budgets, molecule_edges, pack_graphs

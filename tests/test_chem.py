@@ -1,6 +1,5 @@
 """RDKit featurisation and cached conformers."""
 import numpy as np
-import pytest
 from rdkit import Chem
 
 from georecon_jax.chem import features as F

@@ -1,6 +1,5 @@
 """The 3DMRL virtual environment: rigid copies, anchor geometry, uniform rotations, anchors off rings."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -11,7 +11,7 @@ import pytest
 
 from experiments.configs import coord, finetune_md17, finetune_qm9, georecon
 from georecon_jax.data import md17
-from georecon_jax.graphs.batching import GraphBatcher, pack_graphs, estimate_budgets
+from georecon_jax.graphs.batching import pack_graphs, estimate_budgets
 from georecon_jax.graphs.masks import graph_masks
 from georecon_jax.models.pretrain import DenoisingPretrainer
 from georecon_jax.models.property import PropertyModel

@@ -54,8 +54,8 @@ def test_one_step_finite_and_parameters_change(qm9_small, make_config):
 
 
 def test_no_recompilation_after_warm_up(qm9_small):
-    config = georecon_config.get_config("tiny")
-    _, batcher, model, params = _setup(qm9_small, config, num_buckets=3)
+    config = coord_config.get_config("tiny")  # the same step machinery as GeoRecon, cheaper to compile
+    _, batcher, model, params = _setup(qm9_small, config, num_buckets=2)
     mesh = make_mesh(1)
     counter = []
     state = replicate(create_train_state(model.apply, params, create_optimizer(config.optim, 100), False), mesh)

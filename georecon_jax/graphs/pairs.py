@@ -11,7 +11,7 @@ pairs (``pair_mask``; a last partial batch is filled with padding pairs).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, NamedTuple, Optional, Tuple
+from typing import Iterator, NamedTuple, Optional
 
 import jraph
 import numpy as np

@@ -12,7 +12,6 @@ implementation forgot the force head).
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from georecon_jax.models.et import Dense, EquivariantTransformer
+from georecon_jax.models.et import EquivariantTransformer
 from georecon_jax.models.relational import MLP, ForceHead, RelationalEncoder
 from georecon_jax.models.schnet import SchNet, masked_mean
 from georecon_jax.objectives.environment import radius_adjacency, sample_environments

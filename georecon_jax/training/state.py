@@ -5,7 +5,6 @@ from typing import Any, Optional
 
 import os
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections

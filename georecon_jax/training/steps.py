@@ -33,24 +33,36 @@ def _masked_sums(per_graph_loss, metrics: Dict[str, jax.Array], graph_mask):
 
 
 def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
-                    ema_decay: float = 0.0, trace_counter: Optional[list] = None):
-    """``train_step(state, batch) -> (state, metrics)``, jitted; batch has a leading device axis."""
+                    ema_decay: float = 0.0, trace_counter: Optional[list] = None,
+                    mask_fn: Callable = jraph.get_graph_padding_mask, fold_in_device: bool = False,
+                    count_name: str = "num_graphs"):
+    """``train_step(state, batch) -> (state, metrics)``, jitted; batch has a leading device axis.
+
+    Args:
+      mask_fn: one device's batch -> [n] bool mask of the real examples (default: jraph's graph
+        padding mask; pair batches pass their own).
+      fold_in_device: also fold the device index into the key (randomness that need not be
+        identical across device layouts, e.g. 3DMRL environments).
+      count_name: the metric that reports how many real examples the step saw.
+    """
 
     def device_grads(params, batch, key):
         graph = _drop_device_axis(batch)
-        mask = jraph.get_graph_padding_mask(graph)
+        if fold_in_device:
+            key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
+        mask = mask_fn(graph)
         n_real = jax.lax.psum(jnp.sum(mask.astype(jnp.float32)), DATA_AXIS)
 
         def objective(p):
             per_graph, metrics = loss_fn(p, graph, key)
             loss_sum, metric_sums, _ = _masked_sums(per_graph, metrics, mask)
-            return loss_sum / n_real, metric_sums
+            return loss_sum / jnp.maximum(n_real, 1.0), metric_sums
 
         (loss, metric_sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
         grads = jax.lax.psum(grads, DATA_AXIS)
         loss = jax.lax.psum(loss, DATA_AXIS)
-        metrics = {k: jax.lax.psum(v, DATA_AXIS) / n_real for k, v in metric_sums.items()}
-        metrics["num_graphs"] = n_real
+        metrics = {k: jax.lax.psum(v, DATA_AXIS) / jnp.maximum(n_real, 1.0) for k, v in metric_sums.items()}
+        metrics[count_name] = n_real
         return loss, grads, metrics
 
     sharded = jax.shard_map(device_grads, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),

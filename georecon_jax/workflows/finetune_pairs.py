@@ -238,7 +238,7 @@ def train_one_split(config, ds: PairDataset, budget, split, mesh, pretrained, de
 
     select = "rmse" if task == "regression" else "roc_auc"
     better = (lambda a, b: a < b) if task == "regression" else (lambda a, b: a > b)
-    best, best_val, best_test, best_epoch = None, None, None, -1
+    best, best_test, best_epoch = None, None, -1
     bar = tqdm(total=num_steps, desc=desc, dynamic_ncols=True)
     losses = []
     for k in range(num_steps):

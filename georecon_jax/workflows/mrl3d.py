@@ -4,10 +4,9 @@
 `run(config, workdir)` is what ``python -m experiments.pretrain --config=experiments/configs/mrl3d.py``
 calls (``config.workflow = "mrl3d"``). Running it again on the same workdir resumes.
 
-Pair batches are two GraphsTuples plus a pair mask, not one GraphsTuple, so the train step is built
-here (`make_pair_train_step`) on the pattern of `georecon_jax.training.steps`: shard_map over the
-'data' axis, per-pair losses averaged over real pairs of all devices, gradients summed over devices,
-non-finite steps skipped.
+Pair batches are two GraphsTuples plus a pair mask, not one GraphsTuple; `make_pair_train_step` is
+the shared `georecon_jax.training.steps.make_train_step` with the pair mask: per-pair losses averaged
+over real pairs of all devices, gradients summed over devices, non-finite steps skipped.
 """
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from georecon_jax.chem.conformers import MoleculeCache
@@ -29,7 +27,8 @@ from georecon_jax.graphs.pairs import PairBatcher, PairBudget
 from georecon_jax.objectives.mrl3d import MRL3DPretrainer, environment_for, make_loss_fn
 from georecon_jax.training.checkpoint import Checkpointer, restore_params
 from georecon_jax.training.loop import MetricsWriter, first_and_last, fit, record_config, workdir_lock
-from georecon_jax.training.state import (DATA_AXIS, TrainState, create_optimizer, create_train_state,
+from georecon_jax.training import steps as steps_lib
+from georecon_jax.training.state import (DATA_AXIS, create_optimizer, create_train_state,
                                          make_mesh, param_count, replicate, shard_batch)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -66,48 +65,11 @@ def _drop_device_axis(tree):
 
 
 def make_pair_train_step(loss_fn: Callable, mesh: Mesh, base_key, ema_decay: float = 0.0):
-    """``train_step(state, batch) -> (state, metrics)`` for PairBatches with a leading device axis.
-
-    ``loss_fn(params, batch, key) -> (per_pair [B], {name: [B]})``; the step key is
-    fold_in(fold_in(base_key, step), device index)."""
-
-    def device_grads(params, batch, key):
-        batch = _drop_device_axis(batch)
-        key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
-        mask = batch.pair_mask
-        n_real = jax.lax.psum(jnp.sum(mask.astype(jnp.float32)), DATA_AXIS)
-
-        def objective(p):
-            per_pair, metrics = loss_fn(p, batch, key)
-            sums = {k: jnp.sum(jnp.where(mask, v, 0.0)) for k, v in metrics.items()}
-            return jnp.sum(jnp.where(mask, per_pair, 0.0)) / jnp.maximum(n_real, 1.0), sums
-
-        (loss, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        grads = jax.lax.psum(grads, DATA_AXIS)
-        loss = jax.lax.psum(loss, DATA_AXIS)
-        metrics = {k: jax.lax.psum(v, DATA_AXIS) / jnp.maximum(n_real, 1.0) for k, v in sums.items()}
-        metrics["num_pairs"] = n_real
-        return loss, grads, metrics
-
-    sharded = jax.shard_map(device_grads, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
-                            out_specs=(P(), P(), P()), check_vma=False)
-
-    def train_step(state: TrainState, batch):
-        key = jax.random.fold_in(base_key, state.step)
-        loss, grads, metrics = sharded(state.params, batch, key)
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
-        new = state.apply_gradients(grads=grads)
-        if state.ema_params is not None and ema_decay > 0:
-            new = new.replace(ema_params=jax.tree_util.tree_map(
-                lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, new.params))
-        keep = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(finite, x, y), a, b)
-        new = new.replace(params=keep(new.params, state.params), opt_state=keep(new.opt_state, state.opt_state),
-                          ema_params=keep(new.ema_params, state.ema_params),
-                          skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
-        return new, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                         nonfinite=(~finite).astype(jnp.float32))
-
-    return jax.jit(train_step, donate_argnums=(0,))
+    """The shared data-parallel train step on PairBatches (real pairs: ``batch.pair_mask``); the
+    step key is fold_in(fold_in(base_key, step), device index)."""
+    return steps_lib.make_train_step(loss_fn, mesh, base_key, ema_decay,
+                                     mask_fn=lambda batch: batch.pair_mask, fold_in_device=True,
+                                     count_name="num_pairs")
 
 
 def make_pair_apply_step(fn: Callable, mesh: Mesh):
