@@ -218,3 +218,38 @@ def test_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert sa == sb == 8
     for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ----------------------------------------------------------------- pair CSV reader (property-based)
+
+from georecon_jax.chem.conformers import MoleculeCache  # noqa: E402
+from georecon_jax.data import pairs  # noqa: E402
+
+smiles = st.sampled_from(["CCO", "O", "c1ccccc1", "C1CC", "not-a-smiles", "", "[Xe]", "CC(=O)O", "C#N"])
+label = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.sampled_from(["", "abc", "-1"]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(smiles, smiles, label), max_size=6), junk=st.one_of(csv_text, st.binary(max_size=60)))
+def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk):
+    d = tmp_path_factory.mktemp("pairs")
+    body = "solute,solvent,Gsolv\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows)
+    path = d / "pairs.csv"
+    path.write_bytes(body.encode() + (junk if isinstance(junk, bytes) else junk.encode()))
+    cache = MoleculeCache(str(d / "cache"))
+    try:
+        ds = pairs.load_pairs(files=[str(path)], smiles_columns=("solute", "solvent"),
+                              label_columns=("Gsolv",), cache=cache, num_workers=1, verbose=False)
+    except DataError as e:
+        assert "pairs.csv" in str(e)
+        return
+    assert len(ds.index1) + ds.skip.count == ds.skip.total
+    assert np.all(np.isfinite(ds.labels))
+    for s in ds.skip.skipped:
+        assert s["record"].startswith("pairs.csv:")
+    with pytest.raises(DataError, match="strict"):
+        if ds.skip.count:
+            pairs.load_pairs(files=[str(path)], smiles_columns=("solute", "solvent"), label_columns=("Gsolv",),
+                             cache=cache, num_workers=1, verbose=False, strict=True)
+        else:
+            raise DataError("strict: nothing to skip")

@@ -91,20 +91,24 @@ class PairDataset:
 def _read_rows(path: str, smiles_columns, label_columns):
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file (see data_prep/mrl.py for where to get it)")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in (*smiles_columns, *label_columns) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; it has {reader.fieldnames}")
-        for i, row in enumerate(reader):
-            yield i + 2, row
+        i = 0
+        try:
+            missing = [c for c in (*smiles_columns, *label_columns) if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing}; it has {reader.fieldnames}")
+            for i, row in enumerate(reader):
+                yield i + 2, row
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{path}: unreadable after line {i + 2} ({type(e).__name__}: {e})") from e
 
 
 def load_pairs(preset: Optional[str] = None, *, data_root: str = "", files: Sequence[str] = (),
                smiles_columns: Sequence[str] = (), label_columns: Sequence[str] = (),
                log_labels: Optional[bool] = None, task: Optional[str] = None,
                cache: Optional[MoleculeCache] = None, num_workers: int = 2, limit: Optional[int] = None,
-               verbose: bool = True) -> PairDataset:
+               verbose: bool = True, strict: bool = False) -> PairDataset:
     """Reads pair CSV files (a preset, or explicit files and column names) into a `PairDataset`.
 
     Args:
@@ -112,6 +116,8 @@ def load_pairs(preset: Optional[str] = None, *, data_root: str = "", files: Sequ
       data_root: folder the preset's relative file names are resolved against.
       limit: keep only the first ``limit`` rows (over all files), for tests and quick runs.
       cache: where molecules are embedded and cached (default: a `MoleculeCache()`).
+      strict: raise `DataError` if any row had to be skipped (otherwise rows are skipped, counted,
+        printed, and listed in ``<cache dir>/<name>_skipped.json``).
     """
     if preset and preset not in PRESETS:
         raise ValueError(f"unknown pair preset {preset!r}: choose from {sorted(PRESETS)}")
@@ -148,6 +154,9 @@ def load_pairs(preset: Optional[str] = None, *, data_root: str = "", files: Sequ
             if not np.all(np.isfinite(labels)):
                 skip.add(where, f"non-finite label {labels.tolist()}")
                 continue
+            if np.any(np.abs(labels) > np.finfo(np.float32).max):
+                skip.add(where, f"label {labels.tolist()} out of float32 range")
+                continue
             raw.append((where, row[smiles_columns[0]], row[smiles_columns[1]], labels))
 
     canon = {}
@@ -180,6 +189,10 @@ def load_pairs(preset: Optional[str] = None, *, data_root: str = "", files: Sequ
         rows.append(where)
     if verbose:
         print(skip.summary())
+    os.makedirs(cache.cache_dir, exist_ok=True)
+    skip.save(os.path.join(cache.cache_dir, "".join(c if c.isalnum() else "_" for c in name) + "_skipped.json"))
+    if strict and skip.count:
+        raise DataError(f"strict mode: {skip.summary()}")
     return PairDataset(name=name, molecules=molecules, index1=np.asarray(index1, np.int64),
                        index2=np.asarray(index2, np.int64),
                        labels=np.asarray(labels, np.float32).reshape(len(labels), len(label_columns)),
