@@ -83,6 +83,23 @@ def test_incompatible_config_is_refused_naming_the_difference(full_run, cache_di
         pretrain.run(c, workdir)
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("objective.sigma_min", -0.1, "0 < sigma_min <= sigma_max"),
+    ("model.encoder.num_heads", 3, "not divisible by num_heads=3"),
+    ("batch_size", 0, "batch_size=0: must be positive"),
+])
+def test_invalid_config_values_are_refused_before_anything_runs(tmp_path, cache_dir, field, value, message):
+    c = _config(2, cache_dir)
+    *path, key = field.split(".")
+    node = c
+    for part in path:
+        node = node[part]
+    node[key] = value
+    with pytest.raises(ValueError, match=message):
+        pretrain.run(c, str(tmp_path / "bad"))
+    assert not os.path.exists(tmp_path / "bad")
+
+
 def test_two_runs_never_share_a_workdir(tmp_path, cache_dir):
     with workdir_lock(str(tmp_path)):
         with pytest.raises(RuntimeError, match="another run is using the workdir"):

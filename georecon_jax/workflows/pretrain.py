@@ -27,6 +27,32 @@ from georecon_jax.training.state import (create_optimizer, create_train_state, m
                                          param_count, replicate, shard_batch)
 
 
+def validate_config(config: ml_collections.ConfigDict):
+    """Refuses values that would fail later or silently train nonsense, naming the field."""
+    problems = []
+    ob, enc = config.objective, config.model.encoder
+    if ob.name not in ("georecon", "coord"):
+        problems.append(f"objective.name={ob.name!r}: use 'georecon' or 'coord'")
+    if not 0 < ob.sigma_min <= ob.sigma_max:
+        problems.append(f"objective.sigma_min={ob.sigma_min}, sigma_max={ob.sigma_max}: need 0 < sigma_min <= sigma_max (Å)")
+    if enc.features % enc.num_heads:
+        problems.append(f"model.encoder.features={enc.features} is not divisible by num_heads={enc.num_heads}")
+    dec = config.model.get("decoder")
+    if dec is not None and enc.features % dec.num_heads:
+        problems.append(f"model.decoder.num_heads={dec.num_heads} does not divide model.encoder.features={enc.features}")
+    if ob.name == "georecon" and dec is None:
+        problems.append("objective.name='georecon' needs model.decoder (coord.py sets it to None)")
+    for field in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if config[field] <= 0:
+            problems.append(f"{field}={config[field]}: must be positive")
+    if enc.cutoff <= 0:
+        problems.append(f"model.encoder.cutoff={enc.cutoff}: must be positive (Å)")
+    if config.optim.learning_rate <= 0:
+        problems.append(f"optim.learning_rate={config.optim.learning_rate}: must be positive")
+    if problems:
+        raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+
+
 def load_dataset(cfg: ml_collections.ConfigDict):
     if cfg.dataset != "qm9":
         raise ValueError(f"unknown pretraining dataset {cfg.dataset!r}: only 'qm9' is implemented")
@@ -85,6 +111,7 @@ def reconstruction_report(model, params, config, molecules, indices, num_devices
 def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None):
     """Pretrains (or resumes) in ``workdir``; returns a summary dict. ``stop_after``: end early at
     that step (checkpointed), keeping the learning-rate schedule of ``config.num_steps``."""
+    validate_config(config)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
         record_config(config, workdir, allow_change=config.get("allow_config_change", False))
