@@ -34,10 +34,9 @@ from georecon_jax.graphs.masks import graph_masks
 from georecon_jax.models.property import PropertyModel
 from georecon_jax.objectives.supervised import TargetStats, make_loss_fn
 from georecon_jax.training import steps as steps_lib
-from georecon_jax.training.checkpoint import Checkpointer, restore_params
+from georecon_jax.training.checkpoint import Checkpointer, restore_params, start_or_resume
 from georecon_jax.training.loop import MetricsWriter, fit, read_metrics, record_config, workdir_lock
-from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh,
-                                         param_count, replicate, shard_batch)
+from georecon_jax.training.state import make_mesh, param_count, shard_batch
 
 ENERGY_TARGETS = ("U0", "U", "H", "G")
 HEAD_FOR_TARGET = {"mu": "dipole", "r2": "spatial_extent"}
@@ -384,13 +383,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         print(f"model: {param_count(params):,} parameters (encoder "
               f"{param_count(params['params']['encoder']):,}); "
               f"{'pretrained' if pretrained_info else 'from scratch'}")
-        tx = create_optimizer(config.optim, config.num_steps)
-        state = replicate(create_train_state(model.apply, params, tx, config.optim.ema_decay > 0), mesh)
-        ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+        state, ckpt = start_or_resume(workdir, model.apply, params, config, mesh)
         best_ckpt = Checkpointer(os.path.join(workdir, "best"), max_to_keep=1)
-        restored_step, state = ckpt.restore_latest(state)
-        if restored_step is not None:
-            print(f"resuming from the checkpoint at step {restored_step}")
         loss_fn = make_loss_fn(model, config, data.stats, train=True)
         eval_loss_fn = make_loss_fn(model, config, data.stats, train=False)
         train_step = steps_lib.make_train_step(loss_fn, mesh, jax.random.fold_in(key, 1),

@@ -25,11 +25,10 @@ from georecon_jax.chem.conformers import MoleculeCache
 from georecon_jax.data.pairs import PairDataset, all_combinations, concat_datasets, load_pairs
 from georecon_jax.graphs.pairs import PairBatcher, PairBudget
 from georecon_jax.objectives.mrl3d import MRL3DPretrainer, environment_for, make_loss_fn
-from georecon_jax.training.checkpoint import Checkpointer, restore_params
+from georecon_jax.training.checkpoint import restore_params, start_or_resume
 from georecon_jax.training.loop import MetricsWriter, first_and_last, fit, record_config, workdir_lock
 from georecon_jax.training import steps as steps_lib
-from georecon_jax.training.state import (DATA_AXIS, create_optimizer, create_train_state,
-                                         make_mesh, param_count, replicate, shard_batch)
+from georecon_jax.training.state import DATA_AXIS, make_mesh, param_count, shard_batch
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -163,12 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         sub = params["params"]
         print(f"model: {param_count(params):,} parameters (2D relational {param_count(sub['relational']):,}, "
               f"3D encoder {param_count(sub['encoder3d']):,}, force head {param_count(sub['force_head']):,})")
-        tx = create_optimizer(config.optim, config.num_steps)
-        state = replicate(create_train_state(model.apply, params, tx, config.optim.ema_decay > 0), mesh)
-        ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-        restored, state = ckpt.restore_latest(state)
-        if restored is not None:
-            print(f"resuming from the checkpoint at step {restored}")
+        state, ckpt = start_or_resume(workdir, model.apply, params, config, mesh)
         loss_fn = make_loss_fn(model, config)
         train_step = make_pair_train_step(loss_fn, mesh, jax.random.fold_in(key, 1), config.optim.ema_decay)
         place = lambda b: shard_batch(b, mesh)

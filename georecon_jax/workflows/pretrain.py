@@ -19,12 +19,11 @@ from georecon_jax.graphs.batching import GraphBatcher
 from georecon_jax.models.pretrain import DenoisingPretrainer
 from georecon_jax.objectives.denoising import kabsch_rmsd, make_loss_fn, make_reconstruct_fn
 from georecon_jax.training import steps as steps_lib
-from georecon_jax.training.checkpoint import Checkpointer
+from georecon_jax.training.checkpoint import start_or_resume
 from georecon_jax.plots import learning_curves
 from georecon_jax.training.loop import (MetricsWriter, first_and_last, fit, read_metrics,
                                         record_config, workdir_lock)
-from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh,
-                                         param_count, replicate, shard_batch)
+from georecon_jax.training.state import make_mesh, param_count, shard_batch
 
 
 def validate_config(config: ml_collections.ConfigDict):
@@ -126,12 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None):
         model, params = init_model(config, train, key)
         print(f"model: {param_count(params):,} parameters "
               f"(encoder {param_count(params['params']['encoder']):,})")
-        tx = create_optimizer(config.optim, config.num_steps)
-        state = replicate(create_train_state(model.apply, params, tx, config.optim.ema_decay > 0), mesh)
-        ckpt = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-        restored_step, state = ckpt.restore_latest(state)
-        if restored_step is not None:
-            print(f"resuming from the checkpoint at step {restored_step}")
+        state, ckpt = start_or_resume(workdir, model.apply, params, config, mesh)
         loss_fn = make_loss_fn(model, config)
         train_step = steps_lib.make_train_step(loss_fn, mesh, jax.random.fold_in(key, 1),
                                                config.optim.ema_decay)
