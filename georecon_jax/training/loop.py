@@ -83,11 +83,12 @@ def workdir_lock(workdir: str):
         f.close()
 
 
-def _flatten(d, prefix=""):
+def flatten_dict(d, sep: str = ".", prefix: str = ""):
+    """{"a": {"b": 1}} -> {"a.b": 1} (nested dicts only; other values are leaves)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_dict(v, sep, f"{prefix}{k}{sep}"))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -104,7 +105,7 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, compare_secti
             old = json.load(f)
         diffs = []
         for section in compare_sections:
-            a, b = _flatten(old.get(section) or {}), _flatten(new.get(section) or {})
+            a, b = flatten_dict(old.get(section) or {}), flatten_dict(new.get(section) or {})
             for key in sorted(set(a) | set(b)):
                 if a.get(key) != b.get(key):
                     diffs.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")

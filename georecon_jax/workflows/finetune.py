@@ -35,7 +35,8 @@ from georecon_jax.models.property import PropertyModel
 from georecon_jax.objectives.supervised import TargetStats, make_loss_fn
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.checkpoint import Checkpointer, restore_params, start_or_resume
-from georecon_jax.training.loop import MetricsWriter, fit, read_metrics, record_config, workdir_lock
+from georecon_jax.training.loop import (MetricsWriter, fit, flatten_dict, read_metrics, record_config,
+                                        workdir_lock)
 from georecon_jax.training.state import make_mesh, param_count, shard_batch
 
 ENERGY_TARGETS = ("U0", "U", "H", "G")
@@ -245,16 +246,6 @@ def init_model(config, batcher: GraphBatcher, key):
 # ---------------------------------------------------------------------------------------------
 # Pretrained weights.
 
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _describe(flat) -> str:
     emb = flat.get("embedding/embedding")
     layers = len({k.split("/")[0] for k in flat if k.startswith("attention_")})
@@ -287,8 +278,8 @@ def load_pretrained(params, path: str, encoder_cfg, verbose: bool = True):
         raise PretrainedMismatchError(f"{path}: step {step} holds no 'params/encoder' subtree "
                                       "(is it a pretraining checkpoint?)")
     src = src["params"]
-    ours = _flat(params["params"]["encoder"])
-    theirs = _flat(src["encoder"])
+    ours = flatten_dict(params["params"]["encoder"], "/")
+    theirs = flatten_dict(src["encoder"], "/")
     problems = [f"{k}: checkpoint {tuple(theirs[k].shape)}, model {tuple(ours[k].shape)}"
                 for k in sorted(set(ours) & set(theirs), key=lambda k: (k.count("/"), k))
                 if tuple(theirs[k].shape) != tuple(ours[k].shape)]
@@ -314,7 +305,7 @@ def load_pretrained(params, path: str, encoder_cfg, verbose: bool = True):
         lambda ref, x: jnp.asarray(x, ref.dtype), params["params"]["encoder"], src["encoder"])
     loaded = ["encoder"]
     if "node_head" in params["params"] and "node_head" in src:
-        a, b = _flat(params["params"]["node_head"]), _flat(src["node_head"])
+        a, b = flatten_dict(params["params"]["node_head"], "/"), flatten_dict(src["node_head"], "/")
         if set(a) == set(b) and all(tuple(a[k].shape) == tuple(b[k].shape) for k in a):
             new["params"]["node_head"] = jax.tree_util.tree_map(
                 lambda ref, x: jnp.asarray(x, ref.dtype), params["params"]["node_head"], src["node_head"])
