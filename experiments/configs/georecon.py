@@ -16,6 +16,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_steps = 200_000
     c.batch_size = 70            # Coord's pretraining batch size
     c.num_devices = 0            # 0: all local devices
+    c.micro_batches = 0          # per device and step, run one after another; 0: automatic (CPU:
+                                 # >= 4 molecules each, keeps per-edge tensors in cache; else 1)
     c.log_every = 50
     c.eval_every = 2000
     c.checkpoint_every = 2000

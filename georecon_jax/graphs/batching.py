@@ -80,16 +80,45 @@ def edge_counts(molecules: Molecules, neighbor_list: str, cutoff: float, skin: f
                      for m in range(len(molecules))], np.int64)
 
 
-def estimate_budgets(n_atoms: np.ndarray, n_edges: np.ndarray, graphs_per_device: int,
-                     num_buckets: int = 3, num_samples: int = 2000, seed: int = 0) -> List[Budget]:
-    """A few budgets covering random sub-batches of ``graphs_per_device`` molecules.
+def balanced_split(n_edges: np.ndarray, num_groups: int, per_group: int) -> List[np.ndarray]:
+    """Positions 0..k-1 of a batch's molecules split into ``num_groups`` sub-batches of at most
+    ``per_group``, balancing their edge counts (largest first, each to the lightest sub-batch
+    with room). All sub-batches of a step share the padded shape of the fullest one, so balance
+    means less padding; which sub-batch a molecule lands in changes no result (gradients are
+    summed, noise is keyed by molecule). Deterministic; ties keep the batch order."""
+    n_edges = np.asarray(n_edges)
+    if len(n_edges) > num_groups * per_group:
+        raise ValueError(f"{len(n_edges)} molecules do not fit {num_groups} x {per_group}")
+    groups = [[] for _ in range(num_groups)]
+    load = np.zeros(num_groups)
+    for i in np.argsort(-n_edges, kind="stable"):
+        room = [g for g in range(num_groups) if len(groups[g]) < per_group]
+        g = min(room, key=lambda g: (load[g], g))
+        groups[g].append(i)
+        load[g] += n_edges[i]
+    return [np.sort(np.asarray(g, np.int64)) for g in groups]
 
-    Budgets sit at evenly spaced quantiles of the node and edge totals of sampled sub-batches;
-    the last one is the worst case (the largest molecules together), so every batch fits.
+
+def estimate_budgets(n_atoms: np.ndarray, n_edges: np.ndarray, graphs_per_device: int,
+                     num_buckets: int = 3, num_samples: int = 2000, seed: int = 0,
+                     sub_batches: int = 1) -> List[Budget]:
+    """A few budgets covering random batches of ``sub_batches`` x ``graphs_per_device`` molecules.
+
+    Budgets sit at evenly spaced quantiles of the largest node and edge totals among the
+    (balanced, see ``balanced_split``) sub-batches of sampled batches; the last one is the worst
+    case (the largest molecules together), so every batch fits.
     """
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(n_atoms), size=(num_samples, graphs_per_device))
-    nodes, edges = n_atoms[idx].sum(1), n_edges[idx].sum(1)
+    if sub_batches == 1:
+        idx = rng.integers(0, len(n_atoms), size=(num_samples, graphs_per_device))
+        nodes, edges = n_atoms[idx].sum(1), n_edges[idx].sum(1)
+    else:
+        nodes, edges = np.zeros(num_samples, np.int64), np.zeros(num_samples, np.int64)
+        for s in range(num_samples):
+            batch = rng.integers(0, len(n_atoms), size=sub_batches * graphs_per_device)
+            for g in balanced_split(n_edges[batch], sub_batches, graphs_per_device):
+                nodes[s] = max(nodes[s], n_atoms[batch[g]].sum())
+                edges[s] = max(edges[s], n_edges[batch[g]].sum())
     budgets = []
     for q in np.linspace(0.5, 0.995, max(num_buckets - 1, 0)) if num_buckets > 1 else []:
         budgets.append(Budget(_round_up(int(np.quantile(nodes, q)) + 1, 8),
@@ -167,12 +196,36 @@ def stack_graphs(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *graphs)
 
 
+def micro_batches_for(per_device: int, requested: int = 0, platform: str = "cpu",
+                      molecules_per_micro_batch: int = 4) -> int:
+    """How many sequential micro-batches each device's ``per_device`` molecules are split into.
+
+    ``requested`` > 0 is taken as is (it must divide ``per_device``). 0 means automatic: on CPU
+    the largest divisor of ``per_device`` that leaves at least ``molecules_per_micro_batch``
+    molecules per micro-batch (their per-edge tensors then stay in cache:
+    benchmarks/results/NOTES.md); on accelerators 1.
+    """
+    if requested < 0:
+        raise ValueError(f"micro_batches={requested}: must be >= 0 (0: automatic)")
+    if requested:
+        if per_device % requested:
+            raise ValueError(f"micro_batches={requested} does not divide the {per_device} molecules "
+                             "per device")
+        return requested
+    if platform != "cpu":
+        return 1
+    return max(m for m in range(1, per_device + 1)
+               if per_device % m == 0 and (per_device // m >= molecules_per_micro_batch or m == 1))
+
+
 class GraphBatcher:
     """Deterministic padded batches of a molecule set: batch ``k`` is a pure function of ``k``.
 
     Epoch ``e`` visits the molecules in the order of a permutation seeded by (seed, e); the
     last incomplete batch of an epoch is dropped in training (``drop_remainder``) and kept,
-    padded, in evaluation. Each batch is split evenly over ``num_devices`` sub-batches.
+    padded, in evaluation. Each batch is split over ``num_devices`` sub-batches (devices, or
+    devices x micro-batches) of ``batch_size / num_devices`` molecules with balanced edge counts
+    (``balanced_split``).
 
     Several hosts: ``num_devices`` counts the devices of every host; host ``process_index`` of
     ``process_count`` (default: JAX's) packs only its own ``num_devices // process_count``
@@ -206,7 +259,8 @@ class GraphBatcher:
         n_atoms = molecules.n_atoms[self.indices]
         self._n_edges = edge_counts(molecules, neighbor_list, cutoff, skin)
         self.budgets = budgets or estimate_budgets(
-            n_atoms, self._n_edges[self.indices], self.per_device, num_buckets, seed=seed)
+            n_atoms, self._n_edges[self.indices], self.per_device, num_buckets, seed=seed,
+            num_samples=2000 if num_devices == 1 else 500, sub_batches=num_devices)
         n = len(self.indices)
         self.steps_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
         if self.steps_per_epoch == 0:
@@ -230,7 +284,7 @@ class GraphBatcher:
         """Batch k: a GraphsTuple whose arrays have a leading [num_devices] axis (on several hosts:
         this host's devices only)."""
         idx = self.batch_indices(k)
-        groups = [idx[d * self.per_device:(d + 1) * self.per_device] for d in range(self.num_devices)]
+        groups = [idx[g] for g in balanced_split(self._n_edges[idx], self.num_devices, self.per_device)]
         budget = self._budget_for(groups)
         local = groups[self.process_index * self.local_devices:(self.process_index + 1) * self.local_devices]
         return stack_graphs([pack_graphs(self.molecules, g, budget, self.neighbor_list, self.cutoff,

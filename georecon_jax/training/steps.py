@@ -6,6 +6,13 @@ equally across all devices (padding graphs never count), sums gradients over dev
 AdamW once on the replicated parameters. The step key is ``fold_in(base_key, step)``, so the
 numbers of step k depend only on k.
 
+Micro-batches. Each device's share of the batch may arrive as ``M`` padded micro-batches
+(leading per-device axis of length M: a ``GraphBatcher`` built with ``num_devices × M``
+"devices"); the step runs them one after another in a ``lax.scan`` and sums their gradients, so
+the update equals the one of the whole batch (to float rounding) while the per-edge tensors of
+only a few molecules are alive at a time. On CPU this keeps them in cache: 8 micro-batches of
+4 molecules train 1.5-2x faster than one batch of 32 (benchmarks/results/NOTES.md).
+
 A step whose loss or gradient is not finite is not applied: parameters and optimizer state stay
 as they were, ``skipped_steps`` grows, and the metrics carry ``nonfinite = 1``.
 """
@@ -22,8 +29,12 @@ from jax.sharding import Mesh, PartitionSpec as P
 from georecon_jax.training.state import DATA_AXIS, TrainState
 
 
-def _drop_device_axis(tree):
-    return jax.tree_util.tree_map(lambda x: x[0], tree)
+def _index(tree, i):
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def _num_micro(batch) -> int:
+    return jax.tree_util.tree_leaves(batch)[0].shape[0]
 
 
 def _masked_sums(per_graph_loss, metrics: Dict[str, jax.Array], graph_mask):
@@ -47,18 +58,34 @@ def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
     """
 
     def device_grads(params, batch, key):
-        graph = _drop_device_axis(batch)
+        # batch: this device's [M, ...] micro-batches.
         if fold_in_device:
             key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
-        mask = mask_fn(graph)
-        n_real = jax.lax.psum(jnp.sum(mask.astype(jnp.float32)), DATA_AXIS)
+        M = _num_micro(batch)
+        masks = [mask_fn(_index(batch, i)) for i in range(M)]
+        n_real = jax.lax.psum(sum(jnp.sum(m.astype(jnp.float32)) for m in masks), DATA_AXIS)
 
-        def objective(p):
-            per_graph, metrics = loss_fn(p, graph, key)
+        def objective(p, graph, mask, micro_key):
+            per_graph, metrics = loss_fn(p, graph, micro_key)
             loss_sum, metric_sums, _ = _masked_sums(per_graph, metrics, mask)
             return loss_sum / jnp.maximum(n_real, 1.0), metric_sums
 
-        (loss, metric_sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        # Noise keyed by molecule (the pretraining objectives) must not depend on the micro-batch
+        # a molecule lands in: every micro-batch gets the step's key, unless the randomness is
+        # per device anyway (fold_in_device), where it also gets its micro-batch index.
+        keys = jnp.stack([jax.random.fold_in(key, i) if fold_in_device else key for i in range(M)])
+        if M == 1:
+            (loss, metric_sums), grads = grad_fn(params, _index(batch, 0), masks[0], key)
+        else:
+            def body(carry, xs):
+                graph, mask, micro_key = xs
+                (l, ms), g = grad_fn(params, graph, mask, micro_key)
+                return jax.tree_util.tree_map(jnp.add, carry, (l, ms, g)), None
+
+            (l0, ms0), g0 = jax.eval_shape(grad_fn, params, _index(batch, 0), masks[0], key)
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, ms0, g0))
+            (loss, metric_sums, grads), _ = jax.lax.scan(body, zeros, (batch, jnp.stack(masks), keys))
         grads = jax.lax.psum(grads, DATA_AXIS)
         loss = jax.lax.psum(loss, DATA_AXIS)
         metrics = {k: jax.lax.psum(v, DATA_AXIS) / jnp.maximum(n_real, 1.0) for k, v in metric_sums.items()}
@@ -96,12 +123,20 @@ def make_eval_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array):
     plus the sums needed to combine batches: ``num_graphs``)."""
 
     def device_eval(params, batch, key):
-        graph = _drop_device_axis(batch)
-        mask = jraph.get_graph_padding_mask(graph)
-        per_graph, metrics = loss_fn(params, graph, key)
-        loss_sum, metric_sums, count = _masked_sums(per_graph, metrics, mask)
-        sums = dict(metric_sums, loss=loss_sum, num_graphs=count)
-        return {k: jax.lax.psum(v, DATA_AXIS) for k, v in sums.items()}
+        def micro_sums(graph):
+            mask = jraph.get_graph_padding_mask(graph)
+            per_graph, metrics = loss_fn(params, graph, key)
+            loss_sum, metric_sums, count = _masked_sums(per_graph, metrics, mask)
+            return dict(metric_sums, loss=loss_sum, num_graphs=count)
+
+        if _num_micro(batch) == 1:
+            total = micro_sums(_index(batch, 0))
+        else:  # micro-batches (see the module docstring), one after another
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                           jax.eval_shape(micro_sums, _index(batch, 0)))
+            total, _ = jax.lax.scan(
+                lambda c, g: (jax.tree_util.tree_map(jnp.add, c, micro_sums(g)), None), zeros, batch)
+        return {k: jax.lax.psum(v, DATA_AXIS) for k, v in total.items()}
 
     sharded = jax.shard_map(device_eval, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
                             out_specs=P(), check_vma=False)

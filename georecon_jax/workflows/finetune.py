@@ -221,7 +221,8 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
         n_atoms.append(s.molecules.n_atoms[s.indices])
         n_edges.append(edge_counts(s.molecules, g.neighbor_list, cutoff, g.skin)[s.indices])
     budgets = estimate_budgets(np.concatenate(n_atoms), np.concatenate(n_edges), per_device,
-                               g.num_buckets, seed=config.seed)
+                               g.num_buckets, seed=config.seed, sub_batches=num_devices,
+                               num_samples=2000 if num_devices == 1 else 500)
     out = {}
     for name in names:
         s = data.splits[name]

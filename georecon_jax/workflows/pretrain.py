@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from georecon_jax.data.qm9 import load_qm9
-from georecon_jax.graphs.batching import GraphBatcher
+from georecon_jax.graphs.batching import GraphBatcher, micro_batches_for
 from georecon_jax.models.pretrain import DenoisingPretrainer
 from georecon_jax.objectives.denoising import kabsch_rmsd, make_loss_fn, make_reconstruct_fn
 from georecon_jax.training import steps as steps_lib
@@ -59,9 +59,19 @@ def load_dataset(cfg: ml_collections.ConfigDict):
                     limit=cfg.get("limit"), split_seed=cfg.split_seed, strict=cfg.get("strict", False))
 
 
+def micro_batches(config, num_devices: int) -> int:
+    """Sequential micro-batches per device and step (config.micro_batches; 0: automatic)."""
+    if config.batch_size % num_devices:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {num_devices} devices")
+    return micro_batches_for(config.batch_size // num_devices, config.get("micro_batches", 1),
+                             jax.default_backend())
+
+
 def make_batchers(config, molecules, splits, num_devices: int):
+    """Training and validation batchers; their leading axis is devices × micro-batches."""
     d, g = config.data, config.graph
-    common = dict(num_devices=num_devices, neighbor_list=g.neighbor_list, cutoff=config.model.encoder.cutoff,
+    common = dict(num_devices=num_devices * micro_batches(config, num_devices),
+                  neighbor_list=g.neighbor_list, cutoff=config.model.encoder.cutoff,
                   skin=g.skin, num_buckets=g.num_buckets, seed=config.seed)
     train = GraphBatcher(molecules, splits["train"], config.batch_size, shuffle=True, **common)
     val_idx = splits["validation"][:d.num_eval_molecules]
@@ -81,10 +91,11 @@ def init_model(config, batcher, key):
     return model, params
 
 
-def reconstruction_report(model, params, config, molecules, indices, num_devices, budgets):
-    """Kabsch RMSD (Å) of coordinates rebuilt from the graph code alone, on held-out molecules."""
+def reconstruction_report(model, params, config, molecules, indices, batch_size, budgets):
+    """Kabsch RMSD (Å) of coordinates rebuilt from the graph code alone, on held-out molecules
+    (one device, batches of ``batch_size`` molecules padded to ``budgets``)."""
     g = config.graph
-    batcher = GraphBatcher(molecules, indices, config.batch_size, num_devices=1, shuffle=False,
+    batcher = GraphBatcher(molecules, indices, batch_size, num_devices=1, shuffle=False,
                            drop_remainder=False, neighbor_list=g.neighbor_list,
                            cutoff=config.model.encoder.cutoff, skin=g.skin, budgets=budgets)
     recon = jax.jit(make_reconstruct_fn(model, config, config.objective.num_sampling_steps))
@@ -119,7 +130,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None):
         molecules, splits = load_dataset(config.data)
         train, val = make_batchers(config, molecules, splits, num_devices)
         print(f"{len(splits['train'])} training molecules, batch {config.batch_size} over "
-              f"{num_devices} device(s); budgets (nodes, edges per device): "
+              f"{num_devices} device(s) x {micro_batches(config, num_devices)} micro-batch(es); "
+              f"budgets (nodes, edges per micro-batch): "
               f"{[(b.n_node, b.n_edge) for b in train.budgets]}")
         key = jax.random.PRNGKey(config.seed)
         model, params = init_model(config, train, key)
@@ -163,8 +175,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None):
         if config.objective.name == "georecon" and config.objective.num_recon_molecules:
             params = jax.device_get(state.ema_params if state.ema_params is not None else state.params)
             idx = splits["validation"][:config.objective.num_recon_molecules]
-            summary.update(reconstruction_report(model, params, config, molecules, idx, num_devices,
-                                                 train.budgets))
+            summary.update(reconstruction_report(model, params, config, molecules, idx,
+                                                 train.per_device, train.budgets))
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         print(json.dumps(summary, indent=1))
