@@ -71,13 +71,14 @@ def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
             return loss_sum / jnp.maximum(n_real, 1.0), metric_sums
 
         grad_fn = jax.value_and_grad(objective, has_aux=True)
-        # Noise keyed by molecule (the pretraining objectives) must not depend on the micro-batch
-        # a molecule lands in: every micro-batch gets the step's key, unless the randomness is
-        # per device anyway (fold_in_device), where it also gets its micro-batch index.
-        keys = jnp.stack([jax.random.fold_in(key, i) if fold_in_device else key for i in range(M)])
         if M == 1:
             (loss, metric_sums), grads = grad_fn(params, _index(batch, 0), masks[0], key)
         else:
+            # Noise keyed by molecule (the pretraining objectives) must not depend on the
+            # micro-batch a molecule lands in: every micro-batch gets the step's key, unless the
+            # randomness is per device anyway (fold_in_device): then also its micro-batch index.
+            keys = jnp.stack([jax.random.fold_in(key, i) if fold_in_device else key for i in range(M)])
+
             def body(carry, xs):
                 graph, mask, micro_key = xs
                 (l, ms), g = grad_fn(params, graph, mask, micro_key)
