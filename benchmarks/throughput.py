@@ -49,11 +49,11 @@ SIZES = {
 }
 
 
-def make_config(objective: str, size: str, micro_batches: int):
+def make_config(objective: str, size: str, micro_batches: int, devices: int = 1):
     from experiments.configs import coord, georecon
     cfg = (georecon if objective == "georecon" else coord).get_config()
     cfg.batch_size = BATCH_SIZE
-    cfg.num_devices = 1
+    cfg.num_devices = devices
     cfg.model.encoder.update(SIZES[size])
     if micro_batches >= 0:
         cfg.micro_batches = micro_batches
@@ -165,13 +165,15 @@ class JaxBench:
                                                  param_count, replicate, shard_batch)
         from georecon_jax.workflows.pretrain import init_model, micro_batches
         self.jax = jax
-        self.micro_batches = micro_batches(cfg, 1)
-        self.batcher = GraphBatcher(molecules, indices, BATCH_SIZE, num_devices=self.micro_batches,
+        self.devices = cfg.num_devices
+        self.micro_batches = micro_batches(cfg, self.devices)
+        self.batcher = GraphBatcher(molecules, indices, BATCH_SIZE,
+                                    num_devices=self.devices * self.micro_batches,
                                     shuffle=False,
                                     neighbor_list=cfg.graph.neighbor_list,
                                     cutoff=cfg.model.encoder.cutoff, skin=cfg.graph.skin,
                                     num_buckets=cfg.graph.num_buckets, seed=cfg.seed)
-        self.mesh = make_mesh(1)
+        self.mesh = make_mesh(self.devices)
         self.place = lambda b: shard_batch(b, self.mesh)
         key = jax.random.PRNGKey(cfg.seed)
         model, params = init_model(cfg, self.batcher, key)
@@ -229,7 +231,7 @@ class JaxBench:
 
 
 def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path):
-    cfg = make_config(objective, size, args.micro_batches)
+    cfg = make_config(objective, size, args.micro_batches, args.devices)
     print(f"\n== {size} scale ({SIZES[size]}), {objective} ==", flush=True)
     jb = JaxBench(cfg, molecules, indices)
     nb = jb.batcher.steps_per_epoch
@@ -347,6 +349,9 @@ def main(argv=None):
     p.add_argument("--micro-batches", type=int, default=-1,
                    help="config.micro_batches for the JAX step (-1: the config's own, automatic; "
                         "1: the whole batch at once)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="data-parallel devices for the JAX step (on CPU, simulate them with "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     p.add_argument("--out", default=str(HERE / "results" / "throughput_cpu"))
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))

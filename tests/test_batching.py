@@ -61,7 +61,7 @@ def test_edges_cover_all_pairs_within_cutoff_at_perturbed_positions(qm9_small):
         for gi in range(len(idx)):
             a, b = start[gi], start[gi + 1]
             d = np.linalg.norm(noisy[a:b, None] - noisy[None, a:b], axis=-1)
-            r, s = np.nonzero(d < 5.0)
+            r, s = np.nonzero((d < 5.0) & np.triu(np.ones_like(d, bool), k=1))  # each pair once
             want |= set(zip((s + a).tolist(), (r + a).tolist()))
         assert have == want, sigma
 
@@ -71,5 +71,9 @@ def test_radius_neighbor_list_matches_brute_force(qm9_small):
     _, pos = mols.molecule(399)
     s, r = molecule_edges(pos, "radius", cutoff=3.0, skin=0.0)
     d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    assert len(s) == int((d < 3.0).sum())
+    assert np.all(r < s)                                   # each unordered pair once, no self-pairs
+    assert len(set(zip(s.tolist(), r.tolist()))) == len(s)
+    assert len(s) == int(((d < 3.0).sum() - len(pos)) // 2)
     assert np.all(d[r, s] < 3.0)
+    s_all, r_all = molecule_edges(pos, "all_pairs")
+    assert len(s_all) == len(pos) * (len(pos) - 1) // 2 and np.all(r_all < s_all)

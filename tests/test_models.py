@@ -103,12 +103,12 @@ def test_vector_head_and_decoder_are_equivariant(encoder_and_graph):
     dec = GeometryDecoder(features=32, num_layers=1, num_heads=4, num_rbf=8)
     code = jnp.ones((x.shape[0], 8))
     logs = jnp.full((x.shape[0],), -1.0)
-    dargs = (x, vec, code, logs, g.nodes.positions, g.senders, g.receivers, m.edge_mask)
+    dargs = (x, vec, code, logs, g.nodes.positions, g.senders, g.receivers, m.edge_mask, m.node_mask)
     dp = dec.init(jax.random.PRNGKey(2), *dargs)
     e = dec.apply(dp, *dargs)
     x2, vec2 = _run(enc, params, g, m, g.nodes.positions @ rot.T + 3.0)
     e2 = dec.apply(dp, x2, vec2, code, logs, g.nodes.positions @ rot.T + 3.0, g.senders, g.receivers,
-                   m.edge_mask)
+                   m.edge_mask, m.node_mask)
     np.testing.assert_allclose(e2, e @ rot.T, atol=ATOL)
     # the prediction depends on the graph code and on σ (the decoder is really conditioned)
     assert float(jnp.abs(dec.apply(dp, x, vec, 2 * code, logs, *dargs[4:]) - e).max()) > 1e-4

@@ -60,22 +60,28 @@ def _round_up(x: int, multiple: int) -> int:
 
 def molecule_edges(positions: np.ndarray, neighbor_list: str = "all_pairs",
                    cutoff: float = 5.0, skin: float = 0.0):
-    """Candidate (senders, receivers) of one molecule, local atom indices, receiver-major order."""
+    """Candidate atom pairs (senders, receivers) of one molecule, local atom indices.
+
+    Each unordered pair of distinct atoms is listed once, receiver < sender, in receiver-major
+    order; the models send messages both ways and add the self-edges themselves
+    (`georecon_jax.models.et`). ``all_pairs``: all n(n-1)/2 pairs. ``radius``: the pairs closer
+    than cutoff + skin (Å) at these positions.
+    """
     n = len(positions)
-    if neighbor_list == "all_pairs":
-        receivers = np.repeat(np.arange(n), n)
-        senders = np.tile(np.arange(n), n)
-        return senders.astype(np.int32), receivers.astype(np.int32)
+    receivers, senders = np.triu_indices(n, k=1)
     if neighbor_list == "radius":
-        d = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
-        receivers, senders = np.nonzero(d < cutoff + skin)
-        return senders.astype(np.int32), receivers.astype(np.int32)
-    raise ValueError(f"unknown neighbor_list {neighbor_list!r}: use 'all_pairs' or 'radius'")
+        d = np.linalg.norm(positions[receivers] - positions[senders], axis=-1)
+        keep = d < cutoff + skin
+        receivers, senders = receivers[keep], senders[keep]
+    elif neighbor_list != "all_pairs":
+        raise ValueError(f"unknown neighbor_list {neighbor_list!r}: use 'all_pairs' or 'radius'")
+    return senders.astype(np.int32), receivers.astype(np.int32)
 
 
 def edge_counts(molecules: Molecules, neighbor_list: str, cutoff: float, skin: float) -> np.ndarray:
     if neighbor_list == "all_pairs":
-        return molecules.n_atoms.astype(np.int64) ** 2
+        n = molecules.n_atoms.astype(np.int64)
+        return n * (n - 1) // 2
     return np.array([len(molecule_edges(molecules.molecule(m)[1], neighbor_list, cutoff, skin)[0])
                      for m in range(len(molecules))], np.int64)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from georecon_jax.models.et import (Dense, EquivariantAttention, EquivariantTransformer,
-                                    ExpNormalSmearing, edge_geometry)
+                                    ExpNormalSmearing, make_pairs, radial_basis)
 from georecon_jax.models.heads import VectorHead, masked_mean_pool
 
 
@@ -48,17 +48,16 @@ class GeometryDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, vec, code_per_node, log_sigma_per_node, positions, senders, receivers,
-                 edge_mask):
+                 edge_mask, node_mask):
         sigma_emb = NoiseScaleEmbedding(self.features, name="sigma_embedding")(log_sigma_per_node)
         fused = jnp.concatenate([x, code_per_node, sigma_emb], axis=-1)
         x = x + Dense(self.features, name="fuse_out")(nn.silu(Dense(self.features, name="fuse_hidden")(fused)))
         if self.num_layers:
-            distances, units, active = edge_geometry(positions, senders, receivers, edge_mask, self.cutoff)
-            rbf = ExpNormalSmearing(self.num_rbf, 0.0, self.cutoff, name="rbf")(distances) * active[:, None]
+            pairs = make_pairs(positions, senders, receivers, edge_mask, node_mask, self.cutoff)
+            rbf, rbf_self = radial_basis(ExpNormalSmearing(self.num_rbf, 0.0, self.cutoff, name="rbf"), pairs)
             for i in range(self.num_layers):
-                dx, dvec = EquivariantAttention(self.features, self.num_heads, self.cutoff,
-                                                name=f"attention_{i}")(
-                    nn.LayerNorm(name=f"norm_{i}")(x), vec, rbf, distances, units, senders, receivers, active)
+                dx, dvec = EquivariantAttention(self.features, self.num_heads, name=f"attention_{i}")(
+                    nn.LayerNorm(name=f"norm_{i}")(x), vec, rbf, rbf_self, pairs)
                 x, vec = x + dx, vec + dvec
         return VectorHead(self.features, name="out")(x, vec)
 
@@ -83,9 +82,10 @@ class DenoisingPretrainer(nn.Module):
         """Graph code z [n_graph, code_dim] from node scalars (masked mean, then a linear map)."""
         return self.graph_code(masked_mean_pool(x, node_graph, node_mask, n_graph))
 
-    def decode(self, x, vec, code_per_node, log_sigma_per_node, positions, senders, receivers, edge_mask):
+    def decode(self, x, vec, code_per_node, log_sigma_per_node, positions, senders, receivers, edge_mask,
+               node_mask):
         return self.decoder(x, vec, code_per_node, log_sigma_per_node, positions, senders, receivers,
-                            edge_mask)
+                            edge_mask, node_mask)
 
     def denoise_nodes(self, x, vec):
         return self.node_head(x, vec)
@@ -98,5 +98,5 @@ class DenoisingPretrainer(nn.Module):
         if self.config.get("decoder") is not None:
             code = self.encode_graph(x, node_graph, node_mask, n_graph)
             out = out + self.decode(x, vec, code[node_graph], jnp.zeros(x.shape[0]), positions,
-                                    senders, receivers, edge_mask)
+                                    senders, receivers, edge_mask, node_mask)
         return out

@@ -70,7 +70,7 @@ def make_loss_fn(model: DenoisingPretrainer, cfg: ml_collections.ConfigDict) -> 
         code = model.apply(params, x_c, m.node_graph, m.node_mask, m.n_graph,
                            method=DenoisingPretrainer.encode_graph)
         pred = model.apply(params, x_n, vec_n, code[m.node_graph], jnp.log(sigma)[m.node_graph],
-                           noisy, graph.senders, graph.receivers, m.edge_mask,
+                           noisy, graph.senders, graph.receivers, m.edge_mask, m.node_mask,
                            method=DenoisingPretrainer.decode)
         recon = per_graph_mean(_sq_error(pred, eps), m)
         clean_pred = model.apply(params, x_c, vec_c, method=DenoisingPretrainer.denoise_nodes)
@@ -107,7 +107,8 @@ def make_reconstruct_fn(model: DenoisingPretrainer, cfg: ml_collections.ConfigDi
             x_n, vec_n = apply(n.atomic_numbers, x, graph.senders, graph.receivers, m.edge_mask,
                                m.node_mask, method=DenoisingPretrainer.encode)
             e = apply(x_n, vec_n, code[m.node_graph], jnp.full(x.shape[0], jnp.log(sigma)), x,
-                      graph.senders, graph.receivers, m.edge_mask, method=DenoisingPretrainer.decode)
+                      graph.senders, graph.receivers, m.edge_mask, m.node_mask,
+                      method=DenoisingPretrainer.decode)
             x0 = x - sigma * e
             x = jnp.where(m.node_mask[:, None], x0 + sigma_next * e, 0.0)
             return x, x0

@@ -59,12 +59,13 @@ class Encoder3D(nn.Module):
                 labels, env.positions, env.node_mask, adjacency)
         elif c.name == "et":
             B, M = labels.shape
-            # All ordered pairs (self-loops included, as torchmd-net) of each environment, masked.
-            i, j = np.meshgrid(np.arange(M), np.arange(M), indexing="ij")
+            # Every pair of atom slots of each environment once (the ET adds both directions and
+            # the self-edges), masked by the radius graph.
+            i, j = np.triu_indices(M, k=1)
             offs = (np.arange(B) * M)[:, None]
-            senders = jnp.asarray((j.reshape(1, -1) + offs).reshape(-1), jnp.int32)
-            receivers = jnp.asarray((i.reshape(1, -1) + offs).reshape(-1), jnp.int32)
-            edge_mask = (adjacency | (jnp.eye(M, dtype=bool) & env.node_mask[:, :, None])).reshape(-1)
+            senders = jnp.asarray((j[None, :] + offs).reshape(-1), jnp.int32)
+            receivers = jnp.asarray((i[None, :] + offs).reshape(-1), jnp.int32)
+            edge_mask = adjacency[:, i, j].reshape(-1)
             z = labels + 1 if c.atom_labels == "molecule" else labels
             x, _ = EquivariantTransformer(c.num_layers, c.features, c.num_heads, c.num_rbf, c.cutoff,
                                           name="encoder")(
