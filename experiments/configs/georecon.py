@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.graph = ml_collections.ConfigDict()
     c.graph.neighbor_list = "all_pairs"  # or "radius" (pairs within cutoff + skin)
     c.graph.skin = 1.0
-    c.graph.num_buckets = 3
+    c.graph.num_buckets = 5     # padded shapes (each compiles once); 5: ~6 % padding on QM9
 
     # Model.
     c.model = ml_collections.ConfigDict()
