@@ -321,10 +321,10 @@ def markdown(results, machine) -> str:
              f"{machine['cpu_model']}, {machine['logical_cores']} logical cores (shared with other jobs; "
              f"load average at start {machine['load_average_at_start'][0]:.1f}); jax {machine['jax']}, "
              f"torch {machine.get('torch', '-')}, torchmd-net 3.1.0. {machine['gpu']}.", "",
-             "Batch 32, 960 QM9 training molecules (a seeded random sample), forward + backward + AdamW; "
+             "Batch 32, 960 QM9 training molecules (a seeded random sample, in random order), forward + backward + AdamW; "
              "molecules/s = 32 / median step; JAX and torch timed in alternating rounds in one run.", "",
              "| size | objective | JAX micro-batches | JAX mol/s | torch mol/s | ratio | ratio (median of rounds) | compile s | "
-             "GFLOP/step | GFLOP/s | padded nodes | padded edges | input pipeline ÷ step rate | "
+             "GFLOP/step | GFLOP/s | padded nodes | padded pairs | input pipeline ÷ step rate | "
              "peak RSS JAX / torch MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
