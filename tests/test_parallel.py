@@ -84,7 +84,8 @@ SCRIPT = textwrap.dedent(r"""
 
 
 def test_data_parallel_matches_single_device_and_resumes_on_one(qm9_small, cache_dir, tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", SCRIPT, cache_dir, str(tmp_path / "run")],
                           env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600)
