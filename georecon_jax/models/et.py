@@ -140,7 +140,9 @@ class EquivariantAttention(nn.Module):
     """One equivariant multi-head attention layer of torchmd-net (returns the updates dx, dvec).
 
     ``rbf`` [P, num_rbf] is the radial basis of the pairs (0 where not active) and ``rbf_self``
-    [num_rbf] that of distance 0, used by every atom's self-edge.
+    [num_rbf] that of distance 0, used by every atom's self-edge. ``vec=None`` stands for
+    vec = 0 (the encoder's first layer): the terms that multiply it are left out, which is the
+    same function with 3-10 % less work for the encoder (benchmarks/results/NOTES.md).
     """
     features: int
     num_heads: int
@@ -150,14 +152,19 @@ class EquivariantAttention(nn.Module):
         n, F, H = x.shape[0], self.features, self.num_heads
         assert F % H == 0, f"features {F} not divisible by heads {H}"
         D = F // H
-        assert vec.shape == (n, 3, F), vec.shape
         x = nn.LayerNorm(epsilon=1e-5, name="layernorm")(x)
         q = Dense(F, name="q_proj")(x).reshape(n, H, D)
         k = Dense(F, name="k_proj")(x).reshape(n, H, D)
         v = Dense(3 * F, name="v_proj")(x).reshape(n, H, 3 * D)
-        vec_proj = Dense(3 * F, use_bias=False, name="vec_proj")(vec)           # [n, 3, 3F]
-        vec1, vec2, vec3 = jnp.split(vec_proj, 3, axis=-1)                       # [n, 3, F] each
-        vec_dot = jnp.sum(vec1 * vec2, axis=1)                                   # [n, F]
+        vec_proj = Dense(3 * F, use_bias=False, name="vec_proj")
+        if vec is None:
+            # First layer: vec = 0, so every term that multiplies it vanishes. The projection is
+            # applied to one zero row only to create its parameter (gradient 0, as in torchmd-net).
+            vec_proj(jnp.zeros((1, F), x.dtype))
+        else:
+            assert vec.shape == (n, 3, F), vec.shape
+            vec1, vec2, vec3 = jnp.split(vec_proj(vec), 3, axis=-1)             # [n, 3, F] each
+            vec_dot = jnp.sum(vec1 * vec2, axis=1)                               # [n, F]
         # Filters: once per pair, shared by its two messages; and once for distance 0.
         dk_proj, dv_proj = Dense(F, name="dk_proj"), Dense(3 * F, name="dv_proj")
         dk, dv = silu(dk_proj(rbf)), silu(dv_proj(rbf))                        # [P, F], [P, 3F]
@@ -169,8 +176,9 @@ class EquivariantAttention(nn.Module):
         attn = silu(attn) * twice(pairs.cutoff_weight)[:, None]
         msg_x, msg_v1, msg_v2 = jnp.split(v[s] * dv, 3, axis=-1)                 # [2P, H, D]
         msg_x = (msg_x * attn[..., None]).reshape(m, F)
-        msg_vec = (vec[s] * msg_v1.reshape(m, 1, F)
-                   + msg_v2.reshape(m, 1, F) * pairs.units[:, :, None])          # [2P, 3, F]
+        msg_vec = msg_v2.reshape(m, 1, F) * pairs.units[:, :, None]              # [2P, 3, F]
+        if vec is not None:
+            msg_vec = msg_vec + vec[s] * msg_v1.reshape(m, 1, F)
         msg_vec = msg_vec * twice(pairs.active)[:, None, None]
         agg_x = jax.ops.segment_sum(msg_x, r, num_segments=n)                    # [n, F]
         agg_vec = jax.ops.segment_sum(msg_vec, r, num_segments=n)                # [n, 3, F]
@@ -179,8 +187,10 @@ class EquivariantAttention(nn.Module):
         self_x, self_v1, _ = jnp.split(v * silu(dv_proj(rbf_self)).reshape(H, 3 * D), 3, axis=-1)
         real = pairs.node_mask[:, None]
         agg_x = agg_x + jnp.where(real, (self_x * attn_self[..., None]).reshape(n, F), 0.0)
-        agg_vec = agg_vec + jnp.where(real[:, None], vec * self_v1.reshape(n, 1, F), 0.0)
         o1, o2, o3 = jnp.split(Dense(3 * F, name="o_proj")(agg_x), 3, axis=-1)
+        if vec is None:
+            return o3, agg_vec
+        agg_vec = agg_vec + jnp.where(real[:, None], vec * self_v1.reshape(n, 1, F), 0.0)
         dx = vec_dot * o2 + o3
         dvec = vec3 * o1[:, None, :] + agg_vec
         return dx, dvec
@@ -219,11 +229,13 @@ class EquivariantTransformer(nn.Module):
         x = nn.Embed(self.max_z + 1, self.features, name="embedding")(atomic_numbers)
         x = NeighborEmbedding(self.features, self.max_z, name="neighbor_embedding")(
             atomic_numbers, x, rbf, pairs)
-        vec = jnp.zeros((n, 3, self.features), x.dtype)
+        vec = None                                   # zero before the first layer
         for i in range(self.num_layers):
             dx, dvec = EquivariantAttention(self.features, self.num_heads, name=f"attention_{i}")(
                 x, vec, rbf, rbf_self, pairs)
-            x, vec = x + dx, vec + dvec
+            x, vec = x + dx, (dvec if vec is None else vec + dvec)
+        if vec is None:                              # num_layers = 0
+            vec = jnp.zeros((n, 3, self.features), x.dtype)
         x = nn.LayerNorm(epsilon=1e-5, name="out_norm")(x)
         x = jnp.where(node_mask[:, None], x, 0.0)
         vec = jnp.where(node_mask[:, None, None], vec, 0.0)
