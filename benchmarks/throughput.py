@@ -46,8 +46,8 @@ NUM_MOLECULES = 960
 SAMPLE_SEED = 0
 
 SIZES = {
-    "cpu": dict(num_layers=4, features=128, num_heads=8, num_rbf=32, cutoff=5.0),
-    "paper": dict(num_layers=8, features=256, num_heads=8, num_rbf=64, cutoff=5.0),
+    "cpu": dict(num_layers=4, features=128, num_heads=8, num_rbf=32, cutoff=5.0, trainable_rbf=False),
+    "paper": dict(num_layers=8, features=256, num_heads=8, num_rbf=64, cutoff=5.0, trainable_rbf=False),
 }
 
 
@@ -322,7 +322,8 @@ def markdown(results, machine) -> str:
              f"load average at start {machine['load_average_at_start'][0]:.1f}); jax {machine['jax']}, "
              f"torch {machine.get('torch', '-')}, torchmd-net 3.1.0. {machine['gpu']}.", "",
              "Batch 32, 960 QM9 training molecules (a seeded random sample, in random order), forward + backward + AdamW; "
-             "molecules/s = 32 / median step; JAX and torch timed in alternating rounds in one run.", "",
+             "molecules/s = 32 / median step; JAX and torch timed in alternating rounds in one run. "
+             "Encoder radial basis fixed on both sides (trainable_rbf=False, as in Coord's config).", "",
              "| size | objective | JAX micro-batches | JAX mol/s | torch mol/s | ratio | ratio (median of rounds) | compile s | "
              "GFLOP/step | GFLOP/s | padded nodes | padded pairs | input pipeline ÷ step rate | "
              "peak RSS JAX / torch MB |",
@@ -400,7 +401,8 @@ def main(argv=None):
                        NUM_MOLECULES // BATCH_SIZE, npz_path)
         if torch_worker is not None:
             info = torch_worker.call(cmd="setup", npz=str(npz_path), objective="coord", num_layers=1,
-                                     features=8, num_heads=2, num_rbf=4, cutoff=5.0)
+                                     features=8, num_heads=2, num_rbf=4, cutoff=5.0,
+                                     trainable_rbf=False)
             torch_info = {"torch": info["torch"], "torch_threads": info["threads"],
                           "torchmd_net": "3.1.0",
                           "torch_omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}

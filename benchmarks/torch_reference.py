@@ -5,8 +5,8 @@ It is a small worker driven over stdin/stdout with one JSON object per line, so 
 process can interleave its own timed blocks with this one's on the same (noisy) machine:
 
   {"cmd": "setup", "npz": path, "objective": "coord"|"georecon", "num_layers": 4, "features": 128,
-   "num_heads": 8, "num_rbf": 32, "cutoff": 5.0, "decoder_num_rbf": 32, "decoder_num_layers": 1,
-   "code_dim": 128, "learning_rate": 4e-4, "seed": 0}
+   "num_heads": 8, "num_rbf": 32, "trainable_rbf": false, "cutoff": 5.0, "decoder_num_rbf": 32,
+   "decoder_num_layers": 1, "code_dim": 128, "learning_rate": 4e-4, "seed": 0}
   {"cmd": "run", "batches": [0, 1, ...]}     -> {"times": [seconds per step]}
   {"cmd": "rss"}                             -> {"peak_rss_mb": ...}
   {"cmd": "quit"}
@@ -58,7 +58,7 @@ class GeoReconLike(nn.Module):
         F = cfg["features"]
         self.encoder = TorchMD_ET(hidden_channels=F, num_layers=cfg["num_layers"], num_rbf=cfg["num_rbf"],
                                   num_heads=cfg["num_heads"], cutoff_upper=cfg["cutoff"],
-                                  max_num_neighbors=32)
+                                  trainable_rbf=cfg["trainable_rbf"], max_num_neighbors=32)
         self.node_head = EquivariantVectorOutput(F)
         self.graph_code = nn.Linear(F, cfg["code_dim"])
         self.sigma_mlp = nn.Sequential(nn.Linear(32, F), nn.SiLU(), nn.Linear(F, F))
@@ -104,7 +104,8 @@ class CoordLike(nn.Module):
         super().__init__()
         self.encoder = TorchMD_ET(hidden_channels=cfg["features"], num_layers=cfg["num_layers"],
                                   num_rbf=cfg["num_rbf"], num_heads=cfg["num_heads"],
-                                  cutoff_upper=cfg["cutoff"], max_num_neighbors=32)
+                                  cutoff_upper=cfg["cutoff"], trainable_rbf=cfg["trainable_rbf"],
+                                  max_num_neighbors=32)
         self.head = EquivariantVectorOutput(cfg["features"])
 
     def forward(self, z, pos, batch, num_mol, sigma, eps):

@@ -141,3 +141,21 @@ def test_graph_code_is_invariant_and_ignores_padding(qm9_small):
                         alone.receivers, ma.edge_mask, ma.node_mask, method=DenoisingPretrainer.encode)
     za = model.apply(params, xa, ma.node_graph, ma.node_mask, ma.n_graph, method=DenoisingPretrainer.encode_graph)
     np.testing.assert_allclose(za[0], z[1], atol=1e-5)
+
+
+def test_pretraining_configs_keep_the_radial_basis_fixed(encoder_and_graph):
+    """As Coord's pretraining config (trainable_rbf: false): encoders built from the configs have no
+    radial-basis parameters; turning the option on adds torchmd-net's trainable means and betas."""
+    from experiments.configs import coord, georecon, mrl3d
+    from georecon_jax.models.pretrain import make_encoder
+    _, _, g, m = encoder_and_graph
+    args = (g.nodes.atomic_numbers, g.nodes.positions, g.senders, g.receivers, m.edge_mask, m.node_mask)
+    assert georecon.get_config().model.encoder.trainable_rbf is False
+    assert coord.get_config().model.encoder.trainable_rbf is False
+    assert mrl3d.get_config().model.encoder3d.trainable_rbf is False
+    enc_cfg = georecon.get_config("tiny").model.encoder
+    fixed = make_encoder(enc_cfg).init(jax.random.PRNGKey(0), *args)["params"]
+    assert "rbf" not in fixed and "attention_0" in fixed
+    enc_cfg.trainable_rbf = True
+    trainable = make_encoder(enc_cfg).init(jax.random.PRNGKey(0), *args)["params"]
+    assert set(trainable["rbf"]) == {"means", "betas"}

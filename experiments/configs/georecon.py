@@ -44,8 +44,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Model.
     c.model = ml_collections.ConfigDict()
+    # trainable_rbf=False: the exp-normal basis stays fixed, as in Coord's pretraining config
+    # (pre-training-via-denoising examples/ET-PCQM4MV2.yaml) and torchmd-net's ET-QM9.yaml.
     c.model.encoder = ml_collections.ConfigDict(dict(
-        num_layers=8, features=256, num_heads=8, num_rbf=64, cutoff=5.0, max_z=100))
+        num_layers=8, features=256, num_heads=8, num_rbf=64, cutoff=5.0, max_z=100,
+        trainable_rbf=False))
     c.model.decoder = ml_collections.ConfigDict(dict(code_dim=256, num_layers=1, num_heads=8, num_rbf=32))
 
     # Objective.

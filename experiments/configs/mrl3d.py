@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
         name="schnet",                    # or "et" (georecon_jax.models.et.EquivariantTransformer)
         atom_labels="molecule",           # "molecule" (3DMRL) or "element" (use with a GeoRecon ET)
         features=64, num_interactions=6, num_gaussians=50, cutoff=5.0,
-        num_layers=4, num_heads=4, num_rbf=32,   # ET only
+        num_layers=4, num_heads=4, num_rbf=32, trainable_rbf=False,   # ET only (as GeoRecon's)
         init_from=""))                    # ET only: a GeoRecon/Coord workdir whose encoder to start from
     c.model.projection_hidden = (256,)
     c.model.projection_dim = 128

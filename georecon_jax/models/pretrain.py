@@ -20,7 +20,8 @@ from georecon_jax.models.heads import VectorHead, masked_mean_pool
 def make_encoder(cfg: ml_collections.ConfigDict, name="encoder") -> EquivariantTransformer:
     return EquivariantTransformer(num_layers=cfg.num_layers, features=cfg.features,
                                   num_heads=cfg.num_heads, num_rbf=cfg.num_rbf, cutoff=cfg.cutoff,
-                                  max_z=cfg.get("max_z", 100), name=name)
+                                  max_z=cfg.get("max_z", 100),
+                                  trainable_rbf=cfg.get("trainable_rbf", False), name=name)
 
 
 class NoiseScaleEmbedding(nn.Module):

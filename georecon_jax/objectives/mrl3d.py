@@ -68,6 +68,7 @@ class Encoder3D(nn.Module):
             edge_mask = adjacency[:, i, j].reshape(-1)
             z = labels + 1 if c.atom_labels == "molecule" else labels
             x, _ = EquivariantTransformer(c.num_layers, c.features, c.num_heads, c.num_rbf, c.cutoff,
+                                          trainable_rbf=c.get("trainable_rbf", False),
                                           name="encoder")(
                 z.reshape(-1), env.positions.reshape(-1, 3), senders, receivers, edge_mask,
                 env.node_mask.reshape(-1))

@@ -126,7 +126,7 @@ def load_pretrained_3d_encoder(params, path: str, name: str):
     if jax.tree_util.tree_structure(src) != jax.tree_util.tree_structure(target) or any(
             a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves(src), jax.tree_util.tree_leaves(target))):
         raise ValueError(f"{path}: the checkpoint's encoder does not match model.encoder3d "
-                         "(layers, features, heads, rbf and max_z must agree)")
+                         "(layers, features, heads, num_rbf, trainable_rbf and max_z must agree)")
     params = jax.tree_util.tree_map(lambda x: x, params)
     params["params"]["encoder3d"]["encoder"] = src
     print(f"3D encoder initialised from {path}")
