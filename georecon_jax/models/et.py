@@ -12,7 +12,7 @@ once. Everything that depends only on the distance (radial basis, cutoff, the at
 ``dk``/``dv``) is computed once per pair and used by both messages i→j and j→i; the self-edges,
 whose distance is always 0, are computed per atom. This is the same function as torchmd-net's
 edge list with both directions and self-loops, with half the filter work
-(benchmarks/results/NOTES.md; ``tests/test_models.py`` checks it against a directed reference).
+(benchmarks/results/NOTES.md; ``tests/test_et_reference.py`` checks it against a directed reference).
 
 All modules take plain arrays and are pure functions of (params, inputs).
 """
