@@ -4,8 +4,16 @@
   GEORECON_CACHE=/tmp/gcache /work/venv/bin/python -m benchmarks.throughput
 
 Options: --sizes cpu,paper  --objectives coord,georecon  --rounds N  --steps-per-round N
---no-torch  --micro-batches M  --devices D  --out benchmarks/results/throughput_cpu  (writes .json
-and .md).
+--no-torch  --micro-batches M  --devices D  --precision highest|tf32  --torch-device auto|cpu|cuda
+--out benchmarks/results/throughput_<backend>  (writes .json and .md).
+
+On a GPU the same command runs both sides on the card (JAX's backend decides; torch follows with
+--torch-device auto) and adds the card's name, its peak FLOP/s for the precision used and the
+fraction of it achieved, and both sides' peak device memory. --precision highest (the default)
+makes both sides multiply float32 matrices in full float32, as on CPU; tf32 lets both use TF32
+tensor cores (JAX's own GPU default, torch's `set_float32_matmul_precision("high")`). Set
+GEORECON_TORCH_PYTHON to a Python that has torch + torchmd-net 3.1.0 where there is no
+benchmarks/.torch_venv (a GPU machine whose own Python holds torch).
 
 What is measured, per (size, objective), on 960 QM9 training molecules, batch 32,
 in a fixed order that both frameworks share (a seeded random sample of 960
@@ -31,6 +39,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -40,10 +49,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TORCH_PYTHON = HERE / ".torch_venv" / "bin" / "python"
+TORCH_PYTHON = Path(shutil.which(os.environ["GEORECON_TORCH_PYTHON"]) or os.environ["GEORECON_TORCH_PYTHON"]
+                    if os.environ.get("GEORECON_TORCH_PYTHON") else HERE / ".torch_venv" / "bin" / "python")
 BATCH_SIZE = 32
 NUM_MOLECULES = 960
 SAMPLE_SEED = 0
+
+# --precision: float32 matrix products on GPUs (CPUs always multiply in float32).
+JAX_PRECISION = {"highest": "highest", "tf32": "tensorfloat32"}
+TORCH_PRECISION = {"highest": "highest", "tf32": "high"}
 
 SIZES = {
     "cpu": dict(num_layers=4, features=128, num_heads=8, num_rbf=32, cutoff=5.0, trainable_rbf=False),
@@ -66,6 +80,33 @@ def make_config(objective: str, size: str, micro_batches: int, devices: int = 1)
     return cfg
 
 
+# Dense peak FLOP/s of the cards this benchmark may meet, from NVIDIA's data sheets: float32 on
+# CUDA cores ("highest": what full-float32 products can use) and TF32 tensor cores ("tf32").
+# Matched against jax's device_kind, first match wins (so "H100 PCIe" before "H100").
+GPU_PEAK_FLOPS = [
+    ("H100 PCIe", {"highest": 51.2e12, "tf32": 378e12}),
+    ("H100", {"highest": 66.9e12, "tf32": 494.7e12}),   # SXM5
+    ("H200", {"highest": 66.9e12, "tf32": 494.7e12}),
+    ("A100", {"highest": 19.5e12, "tf32": 156e12}),
+]
+
+
+def accelerator_peak(device_kind: str, precision: str):
+    """(peak FLOP/s, what it is) of a GPU for float32 products at ``precision``; (None, why) if unknown."""
+    for name, peaks in GPU_PEAK_FLOPS:
+        if name.lower() in device_kind.lower():
+            basis = "float32 CUDA cores" if precision == "highest" else "TF32 tensor cores"
+            return peaks[precision], f"{name} dense {basis}, NVIDIA data sheet"
+    return None, f"no peak on record for {device_kind!r} (add it to GPU_PEAK_FLOPS)"
+
+
+def device_peak_memory_mb():
+    """Peak bytes in use on JAX's first device (accelerators; None on CPU)."""
+    import jax
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -76,20 +117,26 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_description(torch_info=None) -> dict:
+def machine_description(torch_info=None, precision: str = "highest") -> dict:
     import flax
     import jax
     import jaxlib
     import optax
+    backend = jax.default_backend()
+    kind = jax.devices()[0].device_kind
     d = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
          "cpu_model": cpu_model(), "logical_cores": os.cpu_count(),
          "platform": platform.platform(), "python": platform.python_version(),
          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
          "optax": optax.__version__, "jax_backend": jax.default_backend(),
          "jax_devices": [str(x) for x in jax.devices()],
-         "gpu": "none: no GPU was available in this session; CPU numbers only",
+         "gpu": (kind if backend == "gpu" else
+                 "none: no GPU was available in this session; CPU numbers only"),
+         "matmul_precision": precision,
          "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "load_average_at_start": os.getloadavg()}
+    if backend == "gpu":
+        d["peak_flops_per_s"], d["peak_flops_source"] = accelerator_peak(kind, precision)
     if torch_info:
         d.update(torch_info)
     return d
@@ -104,7 +151,8 @@ class TorchWorker:
 
     def __init__(self):
         if not TORCH_PYTHON.exists():
-            raise FileNotFoundError(f"{TORCH_PYTHON} is missing: run bash benchmarks/setup_torch_env.sh")
+            raise FileNotFoundError(f"{TORCH_PYTHON} is missing: run bash benchmarks/setup_torch_env.sh "
+                                    "(or set GEORECON_TORCH_PYTHON to a Python with torch + torchmd-net 3.1.0)")
         # OpenMP's default spin-waiting makes torch 4-20x slower on a loaded machine (measured:
         # 2-17 s instead of 0.5 s per CPU-scale step); passive waiting gives it its best time.
         env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
@@ -250,6 +298,7 @@ def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path)
                                        decoder_num_rbf=32, decoder_num_layers=cfg.model.decoder.num_layers
                                        if objective == "georecon" else 1,
                                        code_dim=SIZES[size]["features"], learning_rate=4e-4, seed=0,
+                                       device=args.torch_device, matmul_precision=TORCH_PRECISION[args.precision],
                                        **SIZES[size])
         torch_info["setup_seconds"] = time.perf_counter() - t
         print(f"torch: {torch_info['num_params']:,} params", flush=True)
@@ -295,16 +344,21 @@ def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path)
         "jax_bytes_accessed_per_step": float(np.mean([jb.bytes[k] for k in jb.bytes])),
         "jax_achieved_gflop_per_s": float(np.mean(jax_flops)) * jb.micro_batches * jb.devices / med_j / 1e9,
         "jax_peak_rss_mb": peak_rss_mb(),
+        "jax_peak_device_mb": device_peak_memory_mb(),
         "padded_node_fraction": pad_nodes, "padded_edge_fraction": pad_edges,
         "budgets": [(b.n_node, b.n_edge, b.n_graph) for b in jb.batcher.budgets],
         "input_pipeline_batches_per_s": pipe_rate,
         "input_pipeline_over_step_rate": pipe_rate * med_j,
     }
+    if args.peak_flops:
+        res["jax_fraction_of_peak_flops"] = res["jax_achieved_gflop_per_s"] * 1e9 / args.peak_flops
     if torch_times:
         med_t = float(np.median(torch_times))
+        mem = torch_worker.call(cmd="rss")
         res.update({"torch_params": torch_info["num_params"], "torch_mol_per_s": BATCH_SIZE / med_t,
                     "torch_step_median_s": med_t, "torch_step_times_s": torch_times,
-                    "torch_peak_rss_mb": torch_worker.call(cmd="rss")["peak_rss_mb"],
+                    "torch_peak_rss_mb": mem["peak_rss_mb"],
+                    "torch_peak_device_mb": mem.get("peak_device_mb"),
                     "ratio_jax_over_torch": med_t / med_j,
                     "ratio_per_round_median": float(np.median(round_ratios)),
                     "ratio_per_round": round_ratios})
@@ -317,17 +371,29 @@ def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path)
 
 
 def markdown(results, machine) -> str:
-    lines = [f"# Training throughput, CPU ({machine['date']})", "",
-             f"{machine['cpu_model']}, {machine['logical_cores']} logical cores (shared with other jobs; "
+    gpu = machine["jax_backend"] == "gpu"
+    where = f"GPU, {machine['gpu']}" if gpu else "CPU"
+    lines = [f"# Training throughput, {where} ({machine['date']})", "",
+             f"{machine['cpu_model']}, {machine['logical_cores']} logical cores ("
              f"load average at start {machine['load_average_at_start'][0]:.1f}); jax {machine['jax']}, "
-             f"torch {machine.get('torch', '-')}, torchmd-net 3.1.0. {machine['gpu']}.", "",
+             f"torch {machine.get('torch', '-')} on {machine.get('torch_device', 'cpu')}, torchmd-net 3.1.0. "
+             f"{machine['gpu']}.", "",
              "Batch 32, 960 QM9 training molecules (a seeded random sample, in random order), forward + backward + AdamW; "
              "molecules/s = 32 / median step; JAX and torch timed in alternating rounds in one run. "
-             "Encoder radial basis fixed on both sides (trainable_rbf=False, as in Coord's config).", "",
+             "Encoder radial basis fixed on both sides (trainable_rbf=False, as in Coord's config). "
+             f"float32 matrix products: {machine['matmul_precision']} on both sides.", ""]
+    if gpu:
+        peak = machine.get("peak_flops_per_s")
+        lines += [f"Peak: {peak / 1e12:.1f} TFLOP/s ({machine['peak_flops_source']})." if peak
+                  else f"Peak: {machine['peak_flops_source']}.", ""]
+    lines += [
              "| size | objective | JAX micro-batches | JAX mol/s | torch mol/s | ratio | ratio (median of rounds) | compile s | "
              "GFLOP/step | GFLOP/s | padded nodes | padded pairs | input pipeline ÷ step rate | "
              "peak RSS JAX / torch MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if gpu:
+        lines[-2] += " % of peak FLOP/s | peak device memory JAX / torch MB |"
+        lines[-1] += "---:|---:|"
     for r in results:
         lines.append(
             f"| {r['size']} ({r['num_layers']}×{r['features']}, {r['num_rbf']} RBF) | {r['objective']} | "
@@ -338,8 +404,13 @@ def markdown(results, machine) -> str:
             f"{r['jax_achieved_gflop_per_s']:.1f} | {r['padded_node_fraction']:.2f} | "
             f"{r['padded_edge_fraction']:.2f} | {r['input_pipeline_over_step_rate']:.1f} | "
             f"{r['jax_peak_rss_mb']:.0f} / {r.get('torch_peak_rss_mb', float('nan')):.0f} |")
+        if gpu:
+            frac = r.get("jax_fraction_of_peak_flops")
+            mb = [r.get("jax_peak_device_mb"), r.get("torch_peak_device_mb")]
+            lines[-1] += (f" {100 * frac:.2f} |" if frac else " – |") + " " + " / ".join(
+                f"{x:.0f}" if x else "–" for x in mb) + " |"
     lines += ["", "Peak RSS is the process peak so far (the JAX process runs the configurations in "
-              "table order). Raw step times: throughput_cpu.json.", ""]
+              "table order). Raw step times: the .json file beside this one.", ""]
     return "\n".join(lines)
 
 
@@ -364,9 +435,24 @@ def main(argv=None):
     p.add_argument("--devices", type=int, default=1,
                    help="data-parallel devices for the JAX step (on CPU, simulate them with "
                         "XLA_FLAGS=--xla_force_host_platform_device_count=N)")
-    p.add_argument("--out", default=str(HERE / "results" / "throughput_cpu"))
+    p.add_argument("--precision", choices=sorted(TORCH_PRECISION), default="highest",
+                   help="float32 matrix products on GPUs, both sides: highest = full float32, "
+                        "tf32 = TF32 tensor cores (no effect on CPU)")
+    p.add_argument("--torch-device", default="auto",
+                   help="auto (cuda when JAX runs on a GPU, else cpu), cpu or cuda")
+    p.add_argument("--out", default=None,
+                   help="output path without extension (default benchmarks/results/throughput_<backend>)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    import jax
+    jax.config.update("jax_default_matmul_precision", JAX_PRECISION[args.precision])
+    backend = jax.default_backend()
+    if args.torch_device == "auto":
+        args.torch_device = "cuda" if backend == "gpu" else "cpu"
+    args.peak_flops = (accelerator_peak(jax.devices()[0].device_kind, args.precision)[0]
+                       if backend == "gpu" else None)
+    if args.out is None:
+        args.out = str(HERE / "results" / f"throughput_{'gpu' if backend == 'gpu' else 'cpu'}")
     from georecon_jax.data.qm9 import load_qm9
 
     molecules, splits = load_qm9(cache_dir=os.environ.get("GEORECON_CACHE"), split_seed=0, verbose=False)
@@ -385,7 +471,7 @@ def main(argv=None):
     results = []
 
     def write(torch_info, partial):
-        machine = machine_description(torch_info)
+        machine = machine_description(torch_info, args.precision)
         machine["load_average_at_end"] = os.getloadavg()
         with open(str(out) + ".json", "w") as f:
             json.dump({"machine": machine, "complete": not partial, "results": results}, f, indent=1)
@@ -402,8 +488,10 @@ def main(argv=None):
         if torch_worker is not None:
             info = torch_worker.call(cmd="setup", npz=str(npz_path), objective="coord", num_layers=1,
                                      features=8, num_heads=2, num_rbf=4, cutoff=5.0,
-                                     trainable_rbf=False)
+                                     trainable_rbf=False, device=args.torch_device,
+                                     matmul_precision=TORCH_PRECISION[args.precision])
             torch_info = {"torch": info["torch"], "torch_threads": info["threads"],
+                          "torch_device": info["device"], "torch_matmul_precision": info["matmul_precision"],
                           "torchmd_net": "3.1.0",
                           "torch_omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         for size in args.sizes.split(","):

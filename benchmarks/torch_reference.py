@@ -6,7 +6,8 @@ process can interleave its own timed blocks with this one's on the same (noisy) 
 
   {"cmd": "setup", "npz": path, "objective": "coord"|"georecon", "num_layers": 4, "features": 128,
    "num_heads": 8, "num_rbf": 32, "trainable_rbf": false, "cutoff": 5.0, "decoder_num_rbf": 32,
-   "decoder_num_layers": 1, "code_dim": 128, "learning_rate": 4e-4, "seed": 0}
+   "decoder_num_layers": 1, "code_dim": 128, "learning_rate": 4e-4, "seed": 0,
+   "device": "cpu"|"cuda", "matmul_precision": "highest"|"high"}
   {"cmd": "run", "batches": [0, 1, ...]}     -> {"times": [seconds per step]}
   {"cmd": "rss"}                             -> {"peak_rss_mb": ...}
   {"cmd": "quit"}
@@ -45,8 +46,9 @@ from torchmdnet.models.utils import ExpNormalSmearing, OptimizedDistance, act_cl
 
 
 def scatter_mean(x, batch, num):
-    total = torch.zeros(num, x.shape[1], dtype=x.dtype).index_add_(0, batch, x)
-    count = torch.zeros(num, dtype=x.dtype).index_add_(0, batch, torch.ones_like(batch, dtype=x.dtype))
+    total = torch.zeros(num, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, batch, x)
+    count = torch.zeros(num, dtype=x.dtype, device=x.device).index_add_(
+        0, batch, torch.ones_like(batch, dtype=x.dtype))
     return total / count.clamp(min=1)[:, None]
 
 
@@ -72,7 +74,8 @@ class GeoReconLike(nn.Module):
                                           act_class_mapping["silu"], "silu", 0.0, cfg["cutoff"])
             for _ in range(cfg["decoder_num_layers"])])
         self.out = EquivariantVectorOutput(F)
-        self.freqs = torch.exp(torch.linspace(0.0, math.log(100.0), 16))
+        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(100.0), 16)),
+                             persistent=False)
 
     def forward(self, z, pos, batch, num_mol, sigma, eps):
         noisy = pos + sigma[batch][:, None] * eps
@@ -120,36 +123,46 @@ class Worker:
 
     def setup(self, cfg):
         torch.manual_seed(cfg.get("seed", 0))
+        self.device = torch.device(cfg.get("device", "cpu"))
+        # "highest": true float32 products (torch's default); "high": TF32 tensor cores on GPUs.
+        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
         data = np.load(cfg["npz"])
         off = data["node_offsets"]
         self.batches = []
         for k in range(len(off) - 1):
             a, b = int(off[k]), int(off[k + 1])
             batch = torch.from_numpy(data["batch"][a:b].astype(np.int64))
-            self.batches.append((torch.from_numpy(data["z"][a:b].astype(np.int64)),
-                                 torch.from_numpy(data["pos"][a:b].astype(np.float32)), batch,
-                                 int(batch.max()) + 1))
+            self.batches.append((torch.from_numpy(data["z"][a:b].astype(np.int64)).to(self.device),
+                                 torch.from_numpy(data["pos"][a:b].astype(np.float32)).to(self.device),
+                                 batch.to(self.device), int(batch.max()) + 1))
         self.objective = cfg["objective"]
-        self.model = (GeoReconLike if self.objective == "georecon" else CoordLike)(cfg)
+        self.model = (GeoReconLike if self.objective == "georecon" else CoordLike)(cfg).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.get("learning_rate", 4e-4),
                                      weight_decay=0.0)
-        self.gen = torch.Generator().manual_seed(cfg.get("seed", 0))
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.get("seed", 0))
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         return {"num_params": int(sum(p.numel() for p in self.model.parameters())),
-                "torch": torch.__version__, "threads": torch.get_num_threads()}
+                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "device": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
+                           else "cpu"),
+                "matmul_precision": torch.get_float32_matmul_precision()}
 
     def step(self, k):
         z, pos, batch, num_mol = self.batches[k % len(self.batches)]
-        eps = torch.randn(pos.shape, generator=self.gen)
+        eps = torch.randn(pos.shape, generator=self.gen, device=self.device)
         if self.objective == "georecon":
-            u = torch.rand(num_mol, generator=self.gen)
+            u = torch.rand(num_mol, generator=self.gen, device=self.device)
             sigma = torch.exp(math.log(0.01) + u * (math.log(2.0) - math.log(0.01)))
         else:
-            sigma = torch.full((num_mol,), 0.04)
+            sigma = torch.full((num_mol,), 0.04, device=self.device)
         loss = self.model(z, pos, batch, num_mol, sigma, eps)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
         self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the step's kernels, the optimizer's included
         return float(loss.detach())
 
     def run(self, batches):
@@ -178,6 +191,8 @@ def main():
                 reply = worker.run(msg["batches"])
             elif cmd == "rss":
                 reply = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                if worker.model is not None and worker.device.type == "cuda":
+                    reply["peak_device_mb"] = torch.cuda.max_memory_allocated(worker.device) / 2**20
             elif cmd == "quit":
                 break
             else:
