@@ -445,8 +445,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import jax
-    jax.config.update("jax_default_matmul_precision", JAX_PRECISION[args.precision])
     backend = jax.default_backend()
+    if backend != "cpu":  # XLA:CPU multiplies float32 in float32 whatever the setting
+        jax.config.update("jax_default_matmul_precision", JAX_PRECISION[args.precision])
     if args.torch_device == "auto":
         args.torch_device = "cuda" if backend == "gpu" else "cpu"
     args.peak_flops = (accelerator_peak(jax.devices()[0].device_kind, args.precision)[0]
