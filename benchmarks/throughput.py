@@ -209,11 +209,8 @@ class JaxBench:
     def __init__(self, cfg, molecules, indices):
         import jax
         from georecon_jax.graphs.batching import GraphBatcher
-        from georecon_jax.objectives.denoising import make_loss_fn
-        from georecon_jax.training import steps as steps_lib
-        from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh,
-                                                 param_count, replicate, shard_batch)
-        from georecon_jax.workflows.pretrain import init_model, micro_batches
+        from georecon_jax.training.state import make_mesh, param_count, shard_batch
+        from georecon_jax.workflows.pretrain import fresh_train_step, micro_batches
         self.jax = jax
         self.devices = cfg.num_devices
         self.micro_batches = micro_batches(cfg, self.devices)
@@ -225,14 +222,11 @@ class JaxBench:
                                     num_buckets=cfg.graph.num_buckets, seed=cfg.seed)
         self.mesh = make_mesh(self.devices)
         self.place = lambda b: shard_batch(b, self.mesh)
-        key = jax.random.PRNGKey(cfg.seed)
-        model, params = init_model(cfg, self.batcher, key)
-        self.num_params = param_count(params)
-        tx = create_optimizer(cfg.optim, 1000)
-        self.state = replicate(create_train_state(model.apply, params, tx, False), self.mesh)
         self.trace_counter = []
-        self.step_fn = steps_lib.make_train_step(make_loss_fn(model, cfg), self.mesh,
-                                                 jax.random.fold_in(key, 1), 0.0, self.trace_counter)
+        _, self.state, self.step_fn = fresh_train_step(cfg, self.batcher, self.mesh,
+                                                       jax.random.PRNGKey(cfg.seed),
+                                                       trace_counter=self.trace_counter)
+        self.num_params = param_count(self.state.params)
         self.compiled, self.flops, self.bytes = {}, {}, {}
         self.compile_seconds = 0.0
 

@@ -19,12 +19,8 @@ SCRIPT = textwrap.dedent(r"""
     from experiments.configs import georecon
     from georecon_jax.data.qm9 import load_qm9
     from georecon_jax.graphs.batching import GraphBatcher
-    from georecon_jax.objectives.denoising import make_loss_fn
-    from georecon_jax.training import steps as steps_lib
-    from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh,
-                                             replicate, shard_batch)
+    from georecon_jax.training.state import make_mesh, shard_batch
     from georecon_jax.workflows import pretrain
-    from georecon_jax.workflows.pretrain import init_model
 
     cache_dir, workdir = sys.argv[1], sys.argv[2]
     out = {"num_devices_visible": len(jax.devices())}
@@ -32,6 +28,7 @@ SCRIPT = textwrap.dedent(r"""
     cfg.data.cache_dir = cache_dir
     cfg.objective.num_recon_molecules = 0
     cfg.graph.num_buckets = 1  # one padded shape: fewer compilations, a faster test
+    cfg.optim.warmup_steps = 0  # the first step must move the parameters (warm-up starts at lr 0)
     molecules, splits = load_qm9(cache_dir=cache_dir, limit=cfg.data.limit, verbose=False)
     idx = splits["train"]
 
@@ -42,17 +39,13 @@ SCRIPT = textwrap.dedent(r"""
     for nd in (1, 4):
         batcher = GraphBatcher(molecules, idx, cfg.batch_size, num_devices=nd, shuffle=False,
                                num_buckets=1)
-        model, p0 = init_model(cfg, batcher, key)
-        params = p0 if params is None else params          # identical start on both layouts
         mesh = make_mesh(nd)
-        tx = create_optimizer(cfg.optim, 100)
-        state = replicate(create_train_state(model.apply, params, tx, False), mesh)
         counter = []
-        step = steps_lib.make_train_step(make_loss_fn(model, cfg), mesh, jax.random.fold_in(key, 1),
-                                         0.0, counter)
+        _, state, step = pretrain.fresh_train_step(cfg, batcher, mesh, key, params, counter)
+        params = jax.device_get(state.params) if params is None else params  # same start on both
         state, metrics = step(state, shard_batch(batcher.batch(0), mesh))
         results[nd] = (jax.device_get(state.params), float(metrics["loss"]),
-                       float(metrics["num_graphs"]))
+                       float(metrics["num_graphs"]), float(metrics["grad_norm"]))
         # Warm-up over every batch shape, then a second pass must not trace (compile) again.
         for k in range(1, 3):
             state, metrics = step(state, shard_batch(batcher.batch(k), mesh))
@@ -63,8 +56,12 @@ SCRIPT = textwrap.dedent(r"""
                       "num_budgets": len(batcher.budgets)}
     diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), results[1][0], results[4][0]))
-    out.update(max_param_diff=max(diffs), loss_1=results[1][1], loss_4=results[4][1],
-               graphs_1=results[1][2], graphs_4=results[4][2], traces=traces)
+    moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), results[1][0], params))
+    out.update(max_param_diff=max(diffs), max_param_change=max(moved),
+               loss_1=results[1][1], loss_4=results[4][1],
+               graphs_1=results[1][2], graphs_4=results[4][2],
+               grad_norm_1=results[1][3], grad_norm_4=results[4][3], traces=traces)
 
     # 2. A run saved on 4 devices resumes on 1.
     def tiny(num_steps, num_devices):
@@ -97,6 +94,9 @@ def test_data_parallel_matches_single_device_and_resumes_on_one(qm9_small, cache
     assert out["graphs_1"] == out["graphs_4"] == 8
     assert abs(out["loss_1"] - out["loss_4"]) < 1e-5 * max(1.0, abs(out["loss_1"]))
     assert out["max_param_diff"] < 1e-5, out["max_param_diff"]
+    assert out["max_param_change"] > 1e-4, "the step left the parameters unchanged: vacuous"
+    # Adam's update hardly depends on the gradient's scale: the norm checks the averaging itself.
+    assert abs(out["grad_norm_1"] - out["grad_norm_4"]) < 1e-5 * out["grad_norm_1"], out
     # No step recompiles after warm-up: at most one trace per padded shape, none in a second pass.
     for nd, t in out["traces"].items():
         assert t["after_warmup"] <= t["num_budgets"], (nd, t)

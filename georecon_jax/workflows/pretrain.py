@@ -23,7 +23,8 @@ from georecon_jax.training.checkpoint import start_or_resume
 from georecon_jax.plots import learning_curves
 from georecon_jax.training.loop import (MetricsWriter, first_and_last, fit, read_metrics,
                                         record_config, workdir_lock)
-from georecon_jax.training.state import make_mesh, param_count, shard_batch
+from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh,
+                                         param_count, replicate, shard_batch)
 
 
 def validate_config(config: ml_collections.ConfigDict):
@@ -89,6 +90,20 @@ def init_model(config, batcher, key):
         key, graph.nodes.atomic_numbers, graph.nodes.positions, graph.senders, graph.receivers,
         m.edge_mask, m.node_mask, m.node_graph, m.n_graph)
     return model, params
+
+
+def fresh_train_step(config, batcher, mesh, key, params=None, trace_counter=None):
+    """A new model, train state and compiled-on-use train step for one batch layout (no
+    checkpoint): what the benchmark and the layout tests compare. ``params`` replaces the fresh
+    initialisation (the same start on two layouts); ``trace_counter`` (a list) gets one entry per
+    trace of the step. Returns (model, state, train_step)."""
+    model, p0 = init_model(config, batcher, key)
+    tx = create_optimizer(config.optim, config.num_steps)
+    state = replicate(create_train_state(model.apply, p0 if params is None else params, tx, False),
+                      mesh)
+    step = steps_lib.make_train_step(make_loss_fn(model, config), mesh, jax.random.fold_in(key, 1),
+                                     0.0, trace_counter)
+    return model, state, step
 
 
 def reconstruction_report(model, params, config, molecules, indices, batch_size, budgets):
