@@ -60,3 +60,12 @@ def random_rotation(seed: int) -> np.ndarray:
     if np.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q.astype(np.float32)
+
+
+def jitter(params, scale: float = 0.1, seed: int = 0):
+    """Parameters plus N(0, scale²) noise. Flax initialises biases (and some gates) to zero, so a
+    symmetry test on fresh parameters cannot see a bias wrongly added to a vector channel."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        tree, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])

@@ -103,17 +103,25 @@ def test_resampled_per_key_and_batched():
 
 def test_min_distance_rejection_and_min_radius():
     pos1, mask1, ring, pos2, mask2 = _pair(4)
-    env = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=3,
-                                            min_distance=0.8, num_trials=64))
-    placed = env.positions[env.node_mask]
     first = pos1[mask1]
-    copies = env.positions[N1:].reshape(3, N2, 3)[:, mask2]
-    if env.clashes == 0:
-        assert np.min(np.linalg.norm(copies.reshape(-1, 3)[:, None] - first[None], axis=-1)) >= 0.8 - 1e-4
-        for i in range(3):
-            for j in range(i):
-                assert np.min(np.linalg.norm(copies[i][:, None] - copies[j][None], axis=-1)) >= 0.8 - 1e-4
-    assert len(placed) == mask1.sum() + 3 * mask2.sum()
+
+    def closest(env):
+        """Closest approach (Å) of a copy to molecule 1 and of two copies to each other."""
+        copies = env.positions[N1:].reshape(3, N2, 3)[:, mask2]
+        d = [np.linalg.norm(copies.reshape(-1, 3)[:, None] - first[None], axis=-1).min()]
+        d += [np.linalg.norm(copies[i][:, None] - copies[j][None], axis=-1).min()
+              for i in range(3) for j in range(i)]
+        return min(d)
+
+    # 2 Å: one trial clashes for this pair, 64 trials find clash-free places (so the check can fail)
+    env = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=3,
+                                            min_distance=2.0, num_trials=64))
+    assert env.clashes == 0
+    assert closest(env) >= 2.0 - 1e-4
+    assert env.node_mask.sum() == mask1.sum() + 3 * mask2.sum()
+    once = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=3,
+                                             min_distance=2.0, num_trials=1))
+    assert once.clashes > 0 and closest(once) < 2.0
     # a one-atom second molecule has radius 0; min_radius keeps it off its anchor
     one = np.arange(N2) < 1
     env = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, one, num_copies=2,

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jitter, random_rotation
 from experiments.configs import coord, finetune_md17, finetune_qm9, georecon
 from georecon_jax.data import md17
 from georecon_jax.graphs.batching import pack_graphs, estimate_budgets
@@ -39,12 +40,6 @@ def need_qm9() -> str:
     return cache
 
 
-def random_rotation(seed):
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
 def ethanol_graph(n_frames=2):
     """A padded GraphsTuple (no device axis) of the first rMD17 ethanol frames, and their forces."""
     frames, _ = md17.read_force_file(need(RMD17 / "rmd17_ethanol_train_01.npz"))
@@ -70,10 +65,11 @@ def tiny_finetune_model_config(**encoder):
 
 
 def init(model, graph, seed=0):
+    """Fresh parameters, jittered (zero-initialised biases would hide symmetry errors)."""
     m = graph_masks(graph)
     n = graph.nodes
-    return model.init(jax.random.PRNGKey(seed), n.atomic_numbers, n.positions, graph.senders,
-                      graph.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph)
+    return jitter(model.init(jax.random.PRNGKey(seed), n.atomic_numbers, n.positions, graph.senders,
+                             graph.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph), seed=seed)
 
 
 def with_positions(graph, positions):

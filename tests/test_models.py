@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import random_rotation
+from conftest import jitter, random_rotation
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
 from georecon_jax.graphs.masks import graph_masks
 from georecon_jax.models.et import EquivariantTransformer
@@ -28,7 +28,7 @@ def encoder_and_graph(qm9_small):
     m = graph_masks(g)
     enc = EquivariantTransformer(num_layers=2, features=32, num_heads=4, num_rbf=16, cutoff=5.0)
     args = (g.nodes.atomic_numbers, g.nodes.positions, g.senders, g.receivers, m.edge_mask, m.node_mask)
-    params = enc.init(jax.random.PRNGKey(0), *args)
+    params = jitter(enc.init(jax.random.PRNGKey(0), *args))
     return enc, params, g, m
 
 
@@ -95,7 +95,7 @@ def test_vector_head_and_decoder_are_equivariant(encoder_and_graph):
     rot = jnp.asarray(random_rotation(7))
     x, vec = _run(enc, params, g, m, g.nodes.positions)
     head = VectorHead(32)
-    hp = head.init(jax.random.PRNGKey(1), x, vec)
+    hp = jitter(head.init(jax.random.PRNGKey(1), x, vec), seed=1)
     out = head.apply(hp, x, vec)
     out_r = head.apply(hp, x, jnp.einsum("ij,njf->nif", rot, vec))
     np.testing.assert_allclose(out_r, out @ rot.T, atol=ATOL)
@@ -104,7 +104,7 @@ def test_vector_head_and_decoder_are_equivariant(encoder_and_graph):
     code = jnp.ones((x.shape[0], 8))
     logs = jnp.full((x.shape[0],), -1.0)
     dargs = (x, vec, code, logs, g.nodes.positions, g.senders, g.receivers, m.edge_mask, m.node_mask)
-    dp = dec.init(jax.random.PRNGKey(2), *dargs)
+    dp = jitter(dec.init(jax.random.PRNGKey(2), *dargs), seed=2)
     e = dec.apply(dp, *dargs)
     x2, vec2 = _run(enc, params, g, m, g.nodes.positions @ rot.T + 3.0)
     e2 = dec.apply(dp, x2, vec2, code, logs, g.nodes.positions @ rot.T + 3.0, g.senders, g.receivers,
@@ -123,8 +123,8 @@ def test_graph_code_is_invariant_and_ignores_padding(qm9_small):
     model = DenoisingPretrainer(cfg)
     g = _graph(mols, [10, 20], n_graph=2)
     m = graph_masks(g)
-    params = model.init(jax.random.PRNGKey(0), g.nodes.atomic_numbers, g.nodes.positions, g.senders,
-                        g.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph)
+    params = jitter(model.init(jax.random.PRNGKey(0), g.nodes.atomic_numbers, g.nodes.positions,
+                               g.senders, g.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph))
 
     def code(positions):
         x, _ = model.apply(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask,
