@@ -8,7 +8,9 @@ from conftest import random_rotation
 from experiments.configs import coord as coord_config
 from experiments.configs import georecon as georecon_config
 from georecon_jax.graphs.batching import GraphBatcher
+from georecon_jax.graphs.masks import graph_masks
 from georecon_jax.objectives.denoising import kabsch_rmsd, make_loss_fn, make_reconstruct_fn
+from georecon_jax.objectives.noise import per_atom_normal
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh, replicate,
                                          shard_batch)
@@ -102,7 +104,7 @@ def test_kabsch_rmsd():
     assert kabsch_rmsd(mirror, ref) > 0.1
 
 
-def test_reconstruction_sampler_runs_and_is_deterministic(qm9_small):
+def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small):
     config = georecon_config.get_config("tiny")
     mols, batcher, model, params = _setup(qm9_small, config)
     recon = jax.jit(make_reconstruct_fn(model, config, num_steps=3))
@@ -110,6 +112,18 @@ def test_reconstruction_sampler_runs_and_is_deterministic(qm9_small):
     a = np.asarray(recon(params, graph, jax.random.PRNGKey(0)))
     b = np.asarray(recon(params, graph, jax.random.PRNGKey(0)))
     assert np.all(np.isfinite(a)) and np.array_equal(a, b)
+    assert not np.allclose(np.asarray(recon(params, graph, jax.random.PRNGKey(1))), a)
     real = np.asarray(graph.globals.graph_id >= 0)
     assert a.shape == graph.nodes.positions.shape
     assert real.sum() == config.batch_size
+    # With the decoder's output layer zeroed (ε̂ ≡ 0) every DDIM step keeps x: the sampler returns
+    # its start, σ_max·ε drawn per molecule and atom, 0 on padding. It never sees the answer.
+    m = graph_masks(graph)
+    zeroed = jax.tree_util.tree_map(lambda x: x, params)
+    zeroed["params"]["decoder"]["out"] = jax.tree_util.tree_map(
+        jnp.zeros_like, params["params"]["decoder"]["out"])
+    eps0 = per_atom_normal(jax.random.PRNGKey(0), graph.globals.graph_id[m.node_graph],
+                           graph.nodes.atom_index)
+    start = np.where(np.asarray(m.node_mask)[:, None], config.objective.sigma_max * np.asarray(eps0), 0.0)
+    np.testing.assert_allclose(np.asarray(recon(zeroed, graph, jax.random.PRNGKey(0))), start, atol=1e-5)
+    assert float(np.abs(a - start).max()) > 1e-3  # the real decoder moves the atoms
