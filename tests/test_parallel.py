@@ -72,8 +72,14 @@ SCRIPT = textwrap.dedent(r"""
         c.num_steps, c.checkpoint_every, c.eval_every = num_steps, 4, 0
         c.num_devices = num_devices
         return c
-    first = pretrain.run(tiny(4, 4), workdir)
+    first = pretrain.run(tiny(6, 4), workdir, stop_after=4)  # as if killed after step 4's checkpoint
     second = pretrain.run(tiny(6, 1), workdir)
+    straight = pretrain.run(tiny(6, 1), workdir + "_straight")  # never interrupted, one device
+    from georecon_jax.training.checkpoint import restore_params
+    (step_a, a), (step_b, b) = restore_params(workdir), restore_params(workdir + "_straight")
+    out.update(resumed_step=step_a, straight_step=step_b, resume_param_diff=max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"]))))
     out.update(first_steps=first["steps"], second_steps=second["steps"],
                second_loss=second["final_train_loss"])
     print("RESULT " + json.dumps(out))
@@ -104,4 +110,8 @@ def test_data_parallel_matches_single_device_and_resumes_on_one(qm9_small, cache
     # Saved at step 4 on 4 devices, resumed and finished on 1.
     assert out["first_steps"] == 4 and out["second_steps"] == 6
     assert "resuming from the checkpoint at step 4" in proc.stdout
+    # ... and ends where a run on 1 device from the start ends (data order and noise depend on
+    # the step only; the device layout changes the float summation order, nothing else).
+    assert out["resumed_step"] == out["straight_step"] == 6
+    assert out["resume_param_diff"] < 1e-5, out["resume_param_diff"]
     assert math.isfinite(out["second_loss"])
