@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from georecon_jax.data import qm9
 from georecon_jax.data.records import DataError
@@ -143,15 +143,19 @@ value = st.one_of(finite, st.just(float("nan")), st.just(float("inf")))
 @given(n_atoms=st.integers(0, 4), n_frames=st.integers(0, 4), extra_atoms=st.integers(-1, 1),
        extra_frames=st.integers(-1, 1), drop=st.sampled_from([None, "nuclear_charges", "coords",
                                                              "energies", "forces"]),
-       fill=value, z=st.integers(-2, 120))
+       fill=value, force_fill=value, z=st.integers(-2, 120))
+@example(n_atoms=3, n_frames=2, extra_atoms=0, extra_frames=0, drop=None, fill=1.0,
+         force_fill=float("nan"), z=6)                # valid file, one non-finite force
 def test_rmd17_reader_never_crashes_on_random_arrays(tmp_path_factory, n_atoms, n_frames, extra_atoms,
-                                                     extra_frames, drop, fill, z):
+                                                     extra_frames, drop, fill, force_fill, z):
     d = tmp_path_factory.mktemp("npz")
     rng = np.random.default_rng(0)
     arrays = {"nuclear_charges": np.full(n_atoms, z),
               "coords": rng.normal(size=(n_frames, n_atoms, 3)),
               "energies": np.full(max(n_frames + extra_frames, 0), fill),
               "forces": rng.normal(size=(n_frames, max(n_atoms + extra_atoms, 0), 3))}
+    if arrays["forces"].size:
+        arrays["forces"][-1, -1, -1] = force_fill     # a non-finite force too, not only energies
     arrays.pop(drop, None)
     path = d / "rmd17_random.npz"
     np.savez(path, **arrays)
