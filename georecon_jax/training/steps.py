@@ -84,8 +84,9 @@ def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
                 (l, ms), g = grad_fn(params, graph, mask, micro_key)
                 return jax.tree_util.tree_map(jnp.add, carry, (l, ms, g)), None
 
-            (l0, ms0), g0 = jax.eval_shape(grad_fn, params, _index(batch, 0), masks[0], key)
-            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, ms0, g0))
+            # Shapes of the carry: the gradients have the parameters' (a forward trace suffices).
+            l0, ms0 = jax.eval_shape(objective, params, _index(batch, 0), masks[0], key)
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, ms0, params))
             (loss, metric_sums, grads), _ = jax.lax.scan(body, zeros, (batch, jnp.stack(masks), keys))
         grads = jax.lax.psum(grads, DATA_AXIS)
         loss = jax.lax.psum(loss, DATA_AXIS)
