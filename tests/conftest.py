@@ -69,3 +69,16 @@ def jitter(params, scale: float = 0.1, seed: int = 0):
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     return jax.tree_util.tree_unflatten(
         tree, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+
+_JITTED = {}
+
+
+def jitted(fn, static_argnums=()):
+    """``jax.jit(fn)``, one per function (``module.init`` / ``module.apply``; ``method=`` is static):
+    run eagerly, a model dispatches op by op, several times slower than compiled on these inputs.
+    ``static_argnums``: e.g. the graph count that sizes segment sums."""
+    key = (fn, static_argnums)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(fn, static_argnums=static_argnums, static_argnames=("method",))
+    return _JITTED[key]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jitter, random_rotation
+from conftest import jitted, jitter, random_rotation
 from experiments.configs import coord, finetune_md17, finetune_qm9, georecon
 from georecon_jax.data import md17
 from georecon_jax.graphs.batching import pack_graphs, estimate_budgets
@@ -68,7 +68,7 @@ def init(model, graph, seed=0):
     """Fresh parameters, jittered (zero-initialised biases would hide symmetry errors)."""
     m = graph_masks(graph)
     n = graph.nodes
-    return jitter(model.init(jax.random.PRNGKey(seed), n.atomic_numbers, n.positions, graph.senders,
+    return jitter(jitted(model.init, (8,))(jax.random.PRNGKey(seed), n.atomic_numbers, n.positions, graph.senders,
                              graph.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph), seed=seed)
 
 
@@ -156,7 +156,7 @@ def _pretraining_checkpoint(workdir, config_fn):
     m = graph_masks(graph)
     n = graph.nodes
     model = DenoisingPretrainer(cfg.model)
-    params = model.init(jax.random.PRNGKey(7), n.atomic_numbers, n.positions, graph.senders,
+    params = jitted(model.init, (8,))(jax.random.PRNGKey(7), n.atomic_numbers, n.positions, graph.senders,
                         graph.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph)
     state = create_train_state(model.apply, params, create_optimizer(cfg.optim, 10), False)
     os.makedirs(workdir, exist_ok=True)

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import jitter, random_rotation
+from conftest import jitted, jitter, random_rotation
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
 from georecon_jax.graphs.masks import graph_masks
 from georecon_jax.models.et import EquivariantTransformer
@@ -28,12 +28,12 @@ def encoder_and_graph(qm9_small):
     m = graph_masks(g)
     enc = EquivariantTransformer(num_layers=2, features=32, num_heads=4, num_rbf=16, cutoff=5.0)
     args = (g.nodes.atomic_numbers, g.nodes.positions, g.senders, g.receivers, m.edge_mask, m.node_mask)
-    params = jitter(enc.init(jax.random.PRNGKey(0), *args))
+    params = jitter(jitted(enc.init)(jax.random.PRNGKey(0), *args))
     return enc, params, g, m
 
 
 def _run(enc, params, g, m, positions):
-    return enc.apply(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask,
+    return jitted(enc.apply)(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask,
                      m.node_mask)
 
 
@@ -68,7 +68,7 @@ def test_encoder_atom_permutation(qm9_small, encoder_and_graph):
     inv = np.argsort(perm)
     out = []
     for zz, pp, ss, rr in ((z, pos, s, r), (z[perm], pos[perm], inv[s], inv[r])):
-        out.append(enc.apply(params, jnp.asarray(zz, jnp.int32), jnp.asarray(pp), jnp.asarray(ss),
+        out.append(jitted(enc.apply)(params, jnp.asarray(zz, jnp.int32), jnp.asarray(pp), jnp.asarray(ss),
                              jnp.asarray(rr), jnp.ones(n * n, bool), jnp.ones(n, bool)))
     np.testing.assert_allclose(out[1][0], out[0][0][perm], atol=ATOL)
     np.testing.assert_allclose(out[1][1], out[0][1][perm], atol=ATOL)
@@ -95,24 +95,24 @@ def test_vector_head_and_decoder_are_equivariant(encoder_and_graph):
     rot = jnp.asarray(random_rotation(7))
     x, vec = _run(enc, params, g, m, g.nodes.positions)
     head = VectorHead(32)
-    hp = jitter(head.init(jax.random.PRNGKey(1), x, vec), seed=1)
-    out = head.apply(hp, x, vec)
-    out_r = head.apply(hp, x, jnp.einsum("ij,njf->nif", rot, vec))
+    hp = jitter(jitted(head.init)(jax.random.PRNGKey(1), x, vec), seed=1)
+    out = jitted(head.apply)(hp, x, vec)
+    out_r = jitted(head.apply)(hp, x, jnp.einsum("ij,njf->nif", rot, vec))
     np.testing.assert_allclose(out_r, out @ rot.T, atol=ATOL)
 
     dec = GeometryDecoder(features=32, num_layers=1, num_heads=4, num_rbf=8)
     code = jnp.ones((x.shape[0], 8))
     logs = jnp.full((x.shape[0],), -1.0)
     dargs = (x, vec, code, logs, g.nodes.positions, g.senders, g.receivers, m.edge_mask, m.node_mask)
-    dp = jitter(dec.init(jax.random.PRNGKey(2), *dargs), seed=2)
-    e = dec.apply(dp, *dargs)
+    dp = jitter(jitted(dec.init)(jax.random.PRNGKey(2), *dargs), seed=2)
+    e = jitted(dec.apply)(dp, *dargs)
     x2, vec2 = _run(enc, params, g, m, g.nodes.positions @ rot.T + 3.0)
-    e2 = dec.apply(dp, x2, vec2, code, logs, g.nodes.positions @ rot.T + 3.0, g.senders, g.receivers,
+    e2 = jitted(dec.apply)(dp, x2, vec2, code, logs, g.nodes.positions @ rot.T + 3.0, g.senders, g.receivers,
                    m.edge_mask, m.node_mask)
     np.testing.assert_allclose(e2, e @ rot.T, atol=ATOL)
     # the prediction depends on the graph code and on σ (the decoder is really conditioned)
-    assert float(jnp.abs(dec.apply(dp, x, vec, 2 * code, logs, *dargs[4:]) - e).max()) > 1e-4
-    assert float(jnp.abs(dec.apply(dp, x, vec, code, logs + 2, *dargs[4:]) - e).max()) > 1e-4
+    assert float(jnp.abs(jitted(dec.apply)(dp, x, vec, 2 * code, logs, *dargs[4:]) - e).max()) > 1e-4
+    assert float(jnp.abs(jitted(dec.apply)(dp, x, vec, code, logs + 2, *dargs[4:]) - e).max()) > 1e-4
 
 
 def test_graph_code_is_invariant_and_ignores_padding(qm9_small):
@@ -123,13 +123,13 @@ def test_graph_code_is_invariant_and_ignores_padding(qm9_small):
     model = DenoisingPretrainer(cfg)
     g = _graph(mols, [10, 20], n_graph=2)
     m = graph_masks(g)
-    params = jitter(model.init(jax.random.PRNGKey(0), g.nodes.atomic_numbers, g.nodes.positions,
+    params = jitter(jitted(model.init, (8,))(jax.random.PRNGKey(0), g.nodes.atomic_numbers, g.nodes.positions,
                                g.senders, g.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph))
 
     def code(positions):
-        x, _ = model.apply(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask,
+        x, _ = jitted(model.apply)(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask,
                            m.node_mask, method=DenoisingPretrainer.encode)
-        return model.apply(params, x, m.node_graph, m.node_mask, m.n_graph,
+        return jitted(model.apply, (4,))(params, x, m.node_graph, m.node_mask, m.n_graph,
                            method=DenoisingPretrainer.encode_graph)
 
     z = code(g.nodes.positions)
@@ -137,9 +137,9 @@ def test_graph_code_is_invariant_and_ignores_padding(qm9_small):
     np.testing.assert_allclose(code(g.nodes.positions @ rot.T - 4.0)[:2], z[:2], atol=ATOL)
     alone = _graph(mols, [20])
     ma = graph_masks(alone)
-    xa, _ = model.apply(params, alone.nodes.atomic_numbers, alone.nodes.positions, alone.senders,
+    xa, _ = jitted(model.apply)(params, alone.nodes.atomic_numbers, alone.nodes.positions, alone.senders,
                         alone.receivers, ma.edge_mask, ma.node_mask, method=DenoisingPretrainer.encode)
-    za = model.apply(params, xa, ma.node_graph, ma.node_mask, ma.n_graph, method=DenoisingPretrainer.encode_graph)
+    za = jitted(model.apply, (4,))(params, xa, ma.node_graph, ma.node_mask, ma.n_graph, method=DenoisingPretrainer.encode_graph)
     np.testing.assert_allclose(za[0], z[1], atol=1e-5)
 
 
@@ -154,8 +154,8 @@ def test_pretraining_configs_keep_the_radial_basis_fixed(encoder_and_graph):
     assert coord.get_config().model.encoder.trainable_rbf is False
     assert mrl3d.get_config().model.encoder3d.trainable_rbf is False
     enc_cfg = georecon.get_config("tiny").model.encoder
-    fixed = make_encoder(enc_cfg).init(jax.random.PRNGKey(0), *args)["params"]
+    fixed = jax.eval_shape(make_encoder(enc_cfg).init, jax.random.PRNGKey(0), *args)["params"]
     assert "rbf" not in fixed and "attention_0" in fixed
     enc_cfg.trainable_rbf = True
-    trainable = make_encoder(enc_cfg).init(jax.random.PRNGKey(0), *args)["params"]
+    trainable = jax.eval_shape(make_encoder(enc_cfg).init, jax.random.PRNGKey(0), *args)["params"]
     assert set(trainable["rbf"]) == {"means", "betas"}

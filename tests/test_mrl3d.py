@@ -99,8 +99,9 @@ def test_every_parameter_group_gets_a_gradient(tiny_batch):
     config = mrl3d_config.get_config("tiny")
     model = MRL3DPretrainer(config.model)
     key = jax.random.PRNGKey(0)
-    env, z = environment_for(tiny_batch, key, config.environment)
-    params = model.init(key, tiny_batch, env, z)
+    # jitted: run eagerly, the environment and the init dispatch op by op (12 s more here)
+    env, z = jax.jit(lambda b, k: environment_for(b, k, config.environment))(tiny_batch, key)
+    params = jax.jit(model.init)(key, tiny_batch, env, z)
     loss_fn = make_loss_fn(model, config)
     mask = tiny_batch.pair_mask
 
