@@ -128,7 +128,7 @@ def machine_description(torch_info=None, precision: str = "highest") -> dict:
          "cpu_model": cpu_model(), "logical_cores": os.cpu_count(),
          "platform": platform.platform(), "python": platform.python_version(),
          "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-         "optax": optax.__version__, "jax_backend": jax.default_backend(),
+         "optax": optax.__version__, "jax_backend": backend,
          "jax_devices": [str(x) for x in jax.devices()],
          "gpu": (kind if backend == "gpu" else
                  "none: no GPU was available in this session; CPU numbers only"),
