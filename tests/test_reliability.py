@@ -1,5 +1,6 @@
 """Failure modes: corrupt/partial checkpoints, non-finite steps, malformed input files."""
 import os
+import re
 import string
 
 import jax
@@ -116,7 +117,59 @@ def test_qm9_csv_reader_never_crashes_on_malformed_files(tmp_path_factory, body,
         assert "qm9_part1.csv" in str(e) or str(d) in str(e)
         return
     assert len(mols) + report.count == report.total
-    assert np.all(np.isfinite(mols.positions))
+
+
+def _real_qm9_rows(n=4):
+    """The header and the first n rows of qm9pack's first CSV, as lists of fields."""
+    import csv
+    import itertools
+    with open(os.path.join(qm9.qm9pack_data_dir(), "qm9_part1.csv"), newline="") as f:
+        reader = csv.reader(f)
+        return next(reader), [row for row in itertools.islice(reader, n)]
+
+
+QM9_HEADER, QM9_ROWS = _real_qm9_rows()
+# Fields the reader uses, and damage to one of them: junk, empty, non-finite or truncated.
+_USED = ["Index", "Elements", "XYZ_Ang", "HOMO_au", "Dipole_debye", "Heatcapacity_Cv_cal_mol_K"]
+damage = st.one_of(st.text(alphabet=string.printable, max_size=12), st.sampled_from(["", "nan", "inf", "-inf"]),
+                   st.integers(0, 60).map(lambda k: ("truncate", k)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.integers(0, len(QM9_ROWS) - 1),
+                               st.one_of(st.none(), st.tuples(st.sampled_from(_USED), damage))),
+                     min_size=1, max_size=6))
+@example(rows=[(0, None), (1, ("XYZ_Ang", ("truncate", 30))), (2, ("Index", "x")), (3, ("HOMO_au", "nan"))])
+def test_qm9_csv_reader_keeps_real_rows_and_reports_damaged_ones(tmp_path_factory, rows):
+    """Real qm9pack rows, some with one field damaged: every row is either read with finite
+    values or reported with its file and line; undamaged rows are always read."""
+    import csv
+    d = tmp_path_factory.mktemp("qm9rows")
+    written = []
+    with open(d / "qm9_part1.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(QM9_HEADER)
+        for k, field in rows:
+            row = list(QM9_ROWS[k])
+            if field is not None:
+                col, bad = field
+                i = QM9_HEADER.index(col)
+                row[i] = row[i][:bad[1]] if isinstance(bad, tuple) else bad
+            written.append((row, row == QM9_ROWS[k]))
+            w.writerow(row)
+    mols, report = qm9.read_qm9pack(str(d))
+    assert report.total == len(rows) and len(mols) + report.count == len(rows)
+    assert np.all(np.isfinite(mols.positions)) and np.all(np.isfinite(mols.targets))
+    skipped_lines = {int(re.search(r"qm9_part1\.csv line (\d+)", s["record"]).group(1)) for s in report.skipped}
+    assert len(skipped_lines) == report.count
+    for line, (row, intact) in enumerate(written, start=2):
+        if intact:
+            assert line not in skipped_lines, (line, report.skipped)
+    kept = [row for line, (row, _) in enumerate(written, start=2) if line not in skipped_lines]
+    assert mols.ids.tolist() == [int(row[QM9_HEADER.index("Index")]) for row in kept]
+    n_atoms = QM9_HEADER.index("N_atoms")
+    for m, row in enumerate(kept):
+        assert len(mols.molecule(m)[0]) == int(row[n_atoms])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -79,6 +79,15 @@ def _parse_list(text: str):
     return text.replace("[", " ").replace("]", " ").replace("'", " ").replace('"', " ").split(",")
 
 
+def _qm9_index(value) -> Optional[int]:
+    """The integer in a CSV's Index field (pandas may give str, int or float), or None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if np.isfinite(number) and number == int(number) else None
+
+
 def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
     """Reads qm9pack's CSVs into (Molecules, SkipReport). ``limit`` reads only the first rows."""
     import pandas as pd
@@ -108,6 +117,10 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
     for k, (idx, elements, xyz, fname, row) in enumerate(
             zip(df["Index"], df["Elements"], df["XYZ_Ang"], df["_file"], df["_row"])):
         where = f"{fname} line {row} (QM9 index {idx})"
+        index = _qm9_index(idx)
+        if index is None:
+            report.add(where, f"QM9 index {idx!r} is not a whole number")
+            continue
         if not isinstance(elements, str) or not isinstance(xyz, str):
             report.add(where, "missing element list" if not isinstance(elements, str) else "missing coordinates")
             continue
@@ -136,7 +149,7 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
         z_list.append(z)
         pos_list.append(pos)
         targets.append(target_values[k] * factors)
-        ids.append(int(idx))
+        ids.append(index)
     mols = Molecules.from_lists(z_list, pos_list, np.array(targets).reshape(-1, len(TARGETS)), ids,
                                 TARGETS, TARGET_UNITS)
     return mols, report
