@@ -139,7 +139,8 @@ damage = st.one_of(st.text(alphabet=string.printable, max_size=12), st.sampled_f
 @given(rows=st.lists(st.tuples(st.integers(0, len(QM9_ROWS) - 1),
                                st.one_of(st.none(), st.tuples(st.sampled_from(_USED), damage))),
                      min_size=1, max_size=6))
-@example(rows=[(0, None), (1, ("XYZ_Ang", ("truncate", 30))), (2, ("Index", "x")), (3, ("HOMO_au", "nan"))])
+@example(rows=[(0, None), (1, ("XYZ_Ang", ("truncate", 30))), (2, ("Index", "x")), (3, ("HOMO_au", "nan")),
+               (0, ("Index", "1e30"))])
 def test_qm9_csv_reader_keeps_real_rows_and_reports_damaged_ones(tmp_path_factory, rows):
     """Real qm9pack rows, some with one field damaged: every row is either read with finite
     values or reported with its file and line; undamaged rows are always read."""

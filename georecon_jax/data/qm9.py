@@ -80,12 +80,9 @@ def _parse_list(text: str):
 
 
 def _qm9_index(value) -> Optional[int]:
-    """The integer in a CSV's Index field (pandas may give str, int or float), or None."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if np.isfinite(number) and number == int(number) else None
+    """The QM9 index in a CSV's Index field (read as text), or None if it is not a whole number."""
+    text = str(value).strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else None
 
 
 def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
@@ -99,7 +96,8 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
     frames, n_read = [], 0
     for f in files:
         try:
-            df = pd.read_csv(f, usecols=cols, nrows=None if limit is None else max(limit - n_read, 0))
+            df = pd.read_csv(f, usecols=cols, dtype={"Index": str},
+                             nrows=None if limit is None else max(limit - n_read, 0))
         except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise DataError(f"{f}: not a qm9pack CSV ({type(e).__name__}: {str(e)[:200]})") from e
         df["_file"] = os.path.basename(f)
