@@ -238,6 +238,56 @@ def test_extxyz_reader_never_crashes_on_malformed_files(tmp_path_factory, body):
     assert len(frames) + report.count == report.total
 
 
+def _water_extxyz(species: bool) -> str:
+    """Two frames of water in extended XYZ, atoms named by symbol or by atomic number."""
+    col = "species:S:1" if species else "Z:I:1"
+    atoms = [("O", 8, "0.0 0.0 0.0", "0.1 0.0 0.0"), ("H", 1, "0.96 0.0 0.0", "-0.1 0.0 0.0"),
+             ("H", 1, "-0.24 0.93 0.0", "0.0 0.0 0.0")]
+    frames = []
+    for energy in ("-1.5", "-1.25"):
+        frames.append(f"3\nenergy={energy} Properties={col}:pos:R:3:forces:R:3\n" + "".join(
+            f"{sym if species else z} {pos} {force}\n" for sym, z, pos, force in atoms))
+    return "".join(frames)
+
+
+# Damage that once crashed the reader with a ValueError / OverflowError instead of a DataError.
+_XYZ_SUBSTITUTIONS = [("pos:R:3", "pos:R:x"), ("\n8 ", "\n70000 ")]
+_xyz_damage = st.one_of(
+    st.tuples(st.floats(0, 1), st.integers(0, 3),  # where, how many characters go, what comes in
+              st.text(alphabet=string.ascii_letters + string.digits + ":=.- \n", max_size=4)),
+    st.sampled_from(_XYZ_SUBSTITUTIONS))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(species=st.booleans(), damage=_xyz_damage)
+@example(species=True, damage=(0.0, 0, ""))
+@example(species=True, damage=_XYZ_SUBSTITUTIONS[0])
+@example(species=False, damage=_XYZ_SUBSTITUTIONS[1])
+def test_extxyz_reader_reads_or_names_the_frame_of_a_damaged_file(tmp_path_factory, species, damage):
+    """A valid two-frame file with one small damage (a span of up to 3 characters replaced by up
+    to 4, or a known bad substitution): the reader either reads it with finite values or raises
+    DataError naming the file and the frame. Never another exception."""
+    body = _water_extxyz(species)
+    if len(damage) == 2:
+        body = body.replace(*damage, 1)
+    else:
+        at, cut, text = damage
+        k = int(at * len(body))
+        body = body[:k] + text + body[k + cut:]
+    path = tmp_path_factory.mktemp("xyzdamage") / "water.extxyz"
+    path.write_text(body)
+    try:
+        frames, report = md17.read_force_file(str(path))
+    except DataError as e:
+        assert "water.extxyz" in str(e) and ("frame" in str(e) or "no frames" in str(e)), str(e)
+        return
+    assert len(frames) + report.count == report.total
+    assert np.all(np.isfinite(frames.positions)) and np.all(np.isfinite(frames.forces))
+    assert np.all(np.isfinite(frames.energies))
+    if body == _water_extxyz(species):
+        assert len(frames) == 2 and frames.atomic_numbers.tolist() == [8, 1, 1]
+
+
 def test_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """Fine-tuning on rMD17 ethanol: kill -9 after a checkpoint, rerun, same parameters as a straight run."""
     import signal

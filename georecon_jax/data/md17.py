@@ -35,8 +35,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from georecon_jax.data.records import (DataError, Molecules, SkipReport, SYMBOL_TO_Z,
-                                       check_molecule)
+from georecon_jax.data.records import (DataError, MAX_ATOMIC_NUMBER, Molecules, SkipReport,
+                                       SYMBOL_TO_Z, check_molecule)
 
 KCAL_PER_MOL_PER_EV = 23.060548
 ENERGY_UNITS = ("kcal/mol", "eV")
@@ -187,6 +187,8 @@ def _parse_properties(spec: str, where: str):
         raise DataError(f"{where}: cannot parse Properties={spec}")
     cols, start = {}, 0
     for name, _, width in zip(parts[0::3], parts[1::3], parts[2::3]):
+        if not (width.isascii() and width.isdigit()):
+            raise DataError(f"{where}: cannot parse Properties={spec} (column width {width!r})")
         cols[name] = (start, int(width))
         start += int(width)
     return cols
@@ -248,11 +250,17 @@ def read_extxyz(path: str, energy_unit: str = "kcal/mol", energy_key: str = "ene
                     raise DataError(f"{where}: unknown element(s) {unknown}")
                 z = np.array([SYMBOL_TO_Z[r[s0]] for r in rows], np.int16)
             else:
-                z = np.array([int(r[s0]) for r in rows], np.int16)
+                numbers = [int(r[s0]) for r in rows]
+                bad = sorted({v for v in numbers if not 1 <= v <= MAX_ATOMIC_NUMBER})
+                if bad:
+                    raise DataError(f"{where}: atomic number(s) {bad[:5]} outside 1-{MAX_ATOMIC_NUMBER}")
+                z = np.array(numbers, np.int16)
             p0, f0 = cols["pos"][0], cols[forces_key][0]
             R = np.array([[float(v) for v in r[p0:p0 + 3]] for r in rows])
             F = np.array([[float(v) for v in r[f0:f0 + 3]] for r in rows])
             E = float(info[energy_key])
+        except DataError:
+            raise
         except ValueError as e:
             raise DataError(f"{where}: unparseable number ({e})")
         if z_ref is None:
