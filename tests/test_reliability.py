@@ -131,13 +131,13 @@ def _real_qm9_rows(n=4):
 QM9_HEADER, QM9_ROWS = _real_qm9_rows()
 # Fields the reader uses, and damage to one of them: junk, empty, non-finite or truncated.
 _USED = ["Index", "Elements", "XYZ_Ang", "HOMO_au", "Dipole_debye", "Heatcapacity_Cv_cal_mol_K"]
-damage = st.one_of(st.text(alphabet=string.printable, max_size=12), st.sampled_from(["", "nan", "inf", "-inf"]),
+_qm9_damage = st.one_of(st.text(alphabet=string.printable, max_size=12), st.sampled_from(["", "nan", "inf", "-inf"]),
                    st.integers(0, 60).map(lambda k: ("truncate", k)))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(st.integers(0, len(QM9_ROWS) - 1),
-                               st.one_of(st.none(), st.tuples(st.sampled_from(_USED), damage))),
+                               st.one_of(st.none(), st.tuples(st.sampled_from(_USED), _qm9_damage))),
                      min_size=1, max_size=6))
 @example(rows=[(0, None), (1, ("XYZ_Ang", ("truncate", 30))), (2, ("Index", "x")), (3, ("HOMO_au", "nan")),
                (0, ("Index", "1e30"))])
