@@ -49,8 +49,16 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TORCH_PYTHON = Path(shutil.which(os.environ["GEORECON_TORCH_PYTHON"]) or os.environ["GEORECON_TORCH_PYTHON"]
-                    if os.environ.get("GEORECON_TORCH_PYTHON") else HERE / ".torch_venv" / "bin" / "python")
+
+
+def torch_python() -> Path:
+    """The Python that runs torch_reference.py: $GEORECON_TORCH_PYTHON (a path or a command on the
+    PATH), else the benchmark's own environment benchmarks/.torch_venv."""
+    name = os.environ.get("GEORECON_TORCH_PYTHON")
+    return Path(shutil.which(name) or name) if name else HERE / ".torch_venv" / "bin" / "python"
+
+
+TORCH_PYTHON = torch_python()
 BATCH_SIZE = 32
 NUM_MOLECULES = 960
 SAMPLE_SEED = 0
