@@ -1,16 +1,23 @@
 """Coord (Zaidi et al., ICLR 2023): node-level denoising, σ = 0.04 Å, the baseline of GeoRecon.
 
-Same encoder and data as georecon.py; no graph code or decoder. Sizes: '', ':quick', ':tiny'.
+  --config=experiments/configs/coord.py         paper scale
+  --config=experiments/configs/coord.py:quick   2 CPU cores, a few minutes
+  --config=experiments/configs/coord.py:tiny    seconds; used by the tests
+
+Same encoder, data, optimizer and sizes as georecon.py; no graph code or decoder.
 """
-from experiments.configs import georecon
+from experiments.configs import common, georecon
+
+SIZES = georecon.SIZES
 
 
-def get_config(size: str = ""):
-    c = georecon.base_config()
+def get_config(size=None):
+    c = georecon.get_config()
+
+    # Model: the encoder only.
     c.model.decoder = None
-    c.objective.name = "coord"
-    c.objective.schedule = "fixed"
-    c.objective.sigma_min = 0.04
-    c.objective.sigma_max = 0.04
-    c.objective.num_recon_molecules = 0
-    return georecon.apply_size(c, size)
+
+    # Objective: one fixed σ.
+    c.objective.update(name="coord", schedule="fixed", sigma_min=0.04, sigma_max=0.04,
+                       num_recon_molecules=0)
+    return common.resize(c, size, SIZES)

@@ -1,0 +1,191 @@
+"""What the experiment configs share: the blocks they are built from, and the size overlays.
+
+A config file states only what is particular to it and composes the rest from here::
+
+    from experiments.configs import common
+
+    SIZES = common.sizes(common.LOOP_SIZES, common.ENCODER_SIZES,
+                         quick=dict(num_steps=600, ...), tiny=dict(num_steps=8, ...))
+
+    def get_config(size=None):
+        c = common.training_loop(num_steps=200_000, batch_size=70, eval_every=2000)
+        c.optim = common.optimizer()
+        ...
+        return common.resize(c, size, SIZES)
+
+A config derived from another one starts from the other's paper-scale config and reuses its
+sizes (coord.py from georecon.py)::
+
+    def get_config(size=None):
+        c = georecon.get_config()
+        c.objective.update(name="coord", ...)
+        return common.resize(c, size, georecon.SIZES)
+
+Size overlays are nested dicts of the fields a size changes (``dict(model=dict(encoder=dict(
+features=64)))``); `sizes` merges them, later blocks winning, and `resize` applies one. An overlay
+may only set fields the config has (a typo is a KeyError), except that it skips a section the
+config has set to None (Coord has no decoder). Import as ``experiments.configs.common`` (the
+config files are loaded by path by ``ml_collections.config_flags`` from the repository root).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def optional(field_type: type) -> ml_collections.FieldReference:
+    """A field that is None until set, typed so that ``--config.data.limit=100`` parses."""
+    return ml_collections.FieldReference(None, field_type=field_type)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks at paper scale.
+# ---------------------------------------------------------------------------------------------
+
+def training_loop(*, num_steps: int, batch_size: int, eval_every: int) -> ConfigDict:
+    """The top level of a config run by the experiment runner (georecon_jax.training.runner)."""
+    return ConfigDict(dict(
+        seed=0, num_steps=num_steps, batch_size=batch_size,
+        num_devices=0,           # 0: all local devices
+        log_every=50, eval_every=eval_every, checkpoint_every=eval_every, keep_checkpoints=3,
+        max_consecutive_nonfinite=10,  # consecutive non-finite losses before the run stops
+        tensorboard=True,
+        allow_config_change=False,     # resuming with other model/objective sections is refused
+    ))
+
+
+def optimizer(**overrides) -> ConfigDict:
+    """AdamW with warm-up then cosine decay to ``final_lr_fraction`` (training/optimizer.py)."""
+    c = ConfigDict(dict(optimizer="adamw", learning_rate=4e-4, warmup_steps=10_000, weight_decay=0.0,
+                        grad_clip=10.0, final_lr_fraction=0.0, ema_decay=0.0))
+    _apply(c, overrides)
+    return c
+
+
+def qm9_data(**extra) -> ConfigDict:
+    """The QM9 data section (pretraining and QM9 fine-tuning); ``extra`` adds the job's fields."""
+    c = ConfigDict()
+    c.dataset = "qm9"
+    c.cache_dir = optional(str)   # default $GEORECON_CACHE or ~/.cache/georecon_jax
+    c.source_dir = optional(str)  # original QM9 .xyz files
+    c.limit = optional(int)       # first N molecules only
+    c.split_seed = 0
+    c.strict = False
+    c.update(extra)
+    return c
+
+
+def pairs_data(*, max_atoms: int, **extra) -> ConfigDict:
+    """The data section of the pair (solute/solvent, drug/drug) jobs: 3DMRL and its fine-tuning."""
+    c = ConfigDict(extra)
+    c.data_root = optional(str)   # default ../shared/data or $GEORECON_DATA
+    c.cache_dir = optional(str)   # default $GEORECON_CACHE or ~/.cache/georecon_jax
+    c.max_pairs = optional(int)   # random subset of N pairs
+    c.limit = optional(int)       # first N rows of each file
+    c.max_atoms = max_atoms       # molecules with more (heavy) atoms are left out, counted
+    c.explicit_h = False          # hydrogens as graph nodes (must match fine-tuning: it is checked)
+    c.conformer_seed = 0          # ETKDG seed
+    c.mmff = False                # MMFF-optimise the ETKDG conformer
+    c.num_workers = 2             # processes embedding conformers (once; then cached)
+    return c
+
+
+def graph(*, num_buckets: int) -> ConfigDict:
+    """Graphs and padding: ``num_buckets`` padded shapes, each compiled once."""
+    return ConfigDict(dict(
+        neighbor_list="all_pairs",  # or "radius" (pairs within cutoff + skin)
+        skin=1.0, num_buckets=num_buckets))
+
+
+# The Equivariant Transformer encoder shared by pretraining and fine-tuning (the fine-tuning
+# encoder must match the pretrained one). trainable_rbf=False: the exp-normal basis stays fixed,
+# as in Coord's pretraining config (pre-training-via-denoising examples/ET-PCQM4MV2.yaml) and
+# torchmd-net's ET-QM9.yaml.
+ENCODER = {
+    "": dict(num_layers=8, features=256, num_heads=8, num_rbf=64),
+    "quick": dict(num_layers=3, features=64, num_heads=4, num_rbf=32),
+    "tiny": dict(num_layers=2, features=16, num_heads=2, num_rbf=8),
+}
+
+
+def encoder(size: str = "", **overrides) -> ConfigDict:
+    """The ET encoder at a size of `ENCODER`, 5 Å cutoff."""
+    c = ConfigDict(dict(ENCODER[size], cutoff=5.0, max_z=100, trainable_rbf=False))
+    _apply(c, overrides)
+    return c
+
+
+def relational(**extra) -> ConfigDict:
+    """The CIGIN relational (2D) model; fine-tuning must use the pretraining's sizes."""
+    return ConfigDict(dict(features=64, num_steps=3, set2set_steps=2, **extra))
+
+
+# ---------------------------------------------------------------------------------------------
+# Size overlays.
+# ---------------------------------------------------------------------------------------------
+
+# The training loop: 'quick' logs more often and trains its smaller model at a higher learning
+# rate; 'tiny' (tests) logs every other step and writes no TensorBoard files.
+LOOP_SIZES = {
+    "quick": dict(log_every=25, optim=dict(learning_rate=1e-3, warmup_steps=50)),
+    "tiny": dict(log_every=2, tensorboard=False, optim=dict(learning_rate=1e-3, warmup_steps=2)),
+}
+
+# The ET encoder and its graphs: tiny compiles a single padded shape.
+ENCODER_SIZES = {
+    "quick": dict(model=dict(encoder=ENCODER["quick"])),
+    "tiny": dict(graph=dict(num_buckets=1), model=dict(encoder=ENCODER["tiny"])),
+}
+
+
+def _merge(a: Mapping, b: Mapping) -> dict:
+    """``a`` updated by ``b``, nested dicts merged (neither is modified)."""
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            value = _merge(out[key], value)
+        out[key] = value
+    return out
+
+
+def sizes(*blocks: Mapping[str, Mapping], **own: Mapping) -> dict:
+    """The size overlays of a config: shared ``blocks`` (e.g. `LOOP_SIZES`) then its ``own``
+    (``quick=dict(...), tiny=dict(...)``), merged in that order, later ones winning."""
+    out: dict = {}
+    for block in blocks + (own,):
+        for name, overlay in block.items():
+            out[name] = _merge(out.get(name, {}), overlay)
+    return out
+
+
+def _apply(section: ConfigDict, overlay: Mapping, path: str = "") -> None:
+    for key, value in overlay.items():
+        if key not in section:
+            raise KeyError(f"{path}{key}: no such field to set (a typo?)")
+        if isinstance(value, Mapping):
+            if section[key] is not None:   # None: a section this config has removed
+                _apply(section[key], value, f"{path}{key}.")
+        else:
+            section[key] = value           # keeps FieldReferences (typed None fields) in place
+
+
+def check_size(size: Optional[str], valid) -> str:
+    """``size`` ('' for None), or a ValueError naming the valid sizes."""
+    size = size or ""
+    names = ("",) + tuple(n for n in valid if n)
+    if size not in names:
+        raise ValueError(f"unknown config size {size!r}: use one of "
+                         + ", ".join(repr(n) for n in names) + " ('' is paper scale)")
+    return size
+
+
+def resize(c: ConfigDict, size: Optional[str], overlays: Mapping[str, Mapping]) -> ConfigDict:
+    """``c`` (paper scale) shrunk in place to ``size``, one of ``overlays`` (see `sizes`);
+    '' or None leaves it as it is. An unknown size is a ValueError naming the valid ones."""
+    size = check_size(size, overlays)
+    if size:
+        _apply(c, overlays[size])
+    return c
