@@ -7,7 +7,9 @@ Writes results.json, results.md and parity plots (PNG) into each workdir (into
 <workdir>/eval_<checkpoint> for a checkpoint other than the best); with several workdirs and
 --table, also one combined Markdown table.
 """
-from absl import app, flags, logging
+from absl import app, flags
+
+from experiments.cli import setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", None, "Fine-tuning workdir(s), comma-separated.")
@@ -20,10 +22,10 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    from georecon_jax.workflows import evaluate
-    results = [evaluate.evaluate(w, FLAGS.checkpoint, FLAGS.split) for w in FLAGS.workdir]
-    table = evaluate.markdown_table(results)
+    setup_logging()
+    from georecon_jax.tasks import evaluation
+    results = [evaluation.evaluate(w, FLAGS.checkpoint, FLAGS.split) for w in FLAGS.workdir]
+    table = evaluation.markdown_table(results)
     print(table)
     if FLAGS.table:
         with open(FLAGS.table, "w") as f:

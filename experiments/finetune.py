@@ -7,8 +7,10 @@
 
 Running the same command again resumes from the newest checkpoint in the workdir.
 """
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from experiments.cli import setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:size]).", lock_config=True)
@@ -19,8 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    from georecon_jax.workflows import finetune
+    setup_logging()
+    from georecon_jax.tasks import finetune
     finetune.run(FLAGS.config, FLAGS.workdir)
 
 

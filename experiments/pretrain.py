@@ -1,11 +1,13 @@
 """Pretrain an encoder: python -m experiments.pretrain --config=experiments/configs/georecon.py --workdir=runs/x
 
-Running the same command again resumes from the newest checkpoint in the workdir.
+The objective (``config.objective.name``: georecon, coord, coord_ladder, 3dmrl, or any registered
+in ``georecon_jax.objectives``) decides what a batch is: molecular graphs (QM9) or pairs of
+molecules (3DMRL). Running the same command again resumes from the newest checkpoint in the workdir.
 """
-import importlib
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from experiments.cli import setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:size]).", lock_config=True)
@@ -16,10 +18,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    # config.workflow names the module of georecon_jax.workflows that runs this kind of pretraining.
-    workflow = importlib.import_module(f"georecon_jax.workflows.{FLAGS.config.get('workflow', 'pretrain')}")
-    workflow.run(FLAGS.config, FLAGS.workdir)
+    setup_logging()
+    from georecon_jax.objectives.registry import get_objective
+    if get_objective(FLAGS.config).batch_kind == "pairs":
+        from georecon_jax.tasks import mrl3d as task
+    else:
+        from georecon_jax.tasks import pretrain as task
+    task.run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -1,103 +1,51 @@
-"""The ET on unordered pairs equals torchmd-net's formulation: every ordered pair and self-loop.
+"""The fast ET (`models/et.py`) equals the dense reference (`models/et_reference.py`).
 
-`georecon_jax.models.et` computes the radial filters once per unordered pair and the self-edges per
-atom. The reference below is written independently, densely over [n, n] ordered pairs with the
-self-loops on the diagonal, as torchmd-net's ``TorchMD_ET`` (``loop=True``) does it, from the same
-parameters. Outputs and forces (gradients with respect to positions) must agree.
+`georecon_jax.models.et` stores each unordered pair once, computes the radial filters once per pair
+and the self-edges per atom, and skips the vec terms in the first layer.
+`georecon_jax.models.et_reference` is torchmd-net's ``TorchMD_ET`` (``loop=True``) written densely
+over [n, n] ordered pairs with the self-loops on the diagonal, from the same parameter pytree.
+Outputs and forces (gradients with respect to positions) must agree, on real QM9 molecules in a
+padded batch.
 """
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jitted, jitter
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
-from georecon_jax.graphs.masks import graph_masks
-from georecon_jax.models.et import EquivariantTransformer
+from georecon_jax.models.graph import graph_masks
+from georecon_jax.models import et_reference
+from georecon_jax.models.et import (EquivariantAttention, EquivariantTransformer, ExpNormalSmearing,
+                                    FirstEquivariantAttention, make_pairs, radial_basis)
 
 CUTOFF = 5.0
 
 
-def _dense(p, x):
-    return x @ p["kernel"] + p.get("bias", 0.0)
-
-
-def _layer_norm(p, x, eps=1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / jnp.sqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def _silu(x):
-    return x * jax.nn.sigmoid(x)
-
-
-def directed_reference(params, z, pos, same_graph, num_layers, num_heads):
-    """torchmd-net's ET over all ordered pairs (i receives from j) of one batch, self-loops included."""
-    p = params["params"]
-    n = z.shape[0]
-    diff = pos[None, :, :] - pos[:, None, :]                       # [i, j] = pos_j - pos_i
-    d2 = jnp.sum(diff ** 2, -1)
-    off_diag = ~jnp.eye(n, dtype=bool)
-    apart = d2 > 0                                                 # padding atoms coincide
-    dist = jnp.where(apart, jnp.sqrt(jnp.where(apart, d2, 1.0)), 0.0)
-    unit = jnp.where(apart[..., None], diff / jnp.where(apart, dist, 1.0)[..., None], 0.0)
-    edge = same_graph & (dist < CUTOFF)                            # includes the diagonal
-    cut = jnp.where(edge, 0.5 * (jnp.cos(dist * math.pi / CUTOFF) + 1.0), 0.0)
-    alpha = 5.0 / CUTOFF
-    rbf = cut[..., None] * jnp.exp(-p["rbf"]["betas"] * (jnp.exp(-alpha * dist)[..., None]
-                                                         - p["rbf"]["means"]) ** 2)   # [n, n, R]
-    x = p["embedding"]["embedding"][z]
-    ne = p["neighbor_embedding"]
-    w = _dense(ne["distance_proj"], rbf) * (cut * off_diag)[..., None]
-    agg = jnp.einsum("ijf,jf->if", w, ne["embedding"]["embedding"][z])
-    x = _dense(ne["combine"], jnp.concatenate([x, agg], -1))
-    F = x.shape[-1]
-    H, D = num_heads, F // num_heads
-    vec = jnp.zeros((n, 3, F))
-    for layer in range(num_layers):
-        a = p[f"attention_{layer}"]
-        h = _layer_norm(a["layernorm"], x)
-        q = _dense(a["q_proj"], h).reshape(n, H, D)
-        k = _dense(a["k_proj"], h).reshape(n, H, D)
-        v = _dense(a["v_proj"], h).reshape(n, H, 3 * D)
-        vp = _dense(a["vec_proj"], vec)
-        vec1, vec2, vec3 = vp[..., :F], vp[..., F:2 * F], vp[..., 2 * F:]
-        dk = _silu(_dense(a["dk_proj"], rbf)).reshape(n, n, H, D)
-        dv = _silu(_dense(a["dv_proj"], rbf)).reshape(n, n, H, 3 * D)
-        attn = _silu(jnp.einsum("ihd,jhd,ijhd->ijh", q, k, dk)) * cut[..., None]
-        vals = v[None, :] * dv                                     # [i, j, H, 3D]
-        mx = (vals[..., :D] * attn[..., None]).reshape(n, n, F)
-        m1, m2 = vals[..., D:2 * D].reshape(n, n, F), vals[..., 2 * D:].reshape(n, n, F)
-        mvec = (vec[None, :, :, :] * m1[:, :, None, :] + m2[:, :, None, :] * unit[..., None]) \
-            * edge[..., None, None]
-        o = _dense(a["o_proj"], mx.sum(1))
-        x = x + jnp.sum(vec1 * vec2, axis=1) * o[:, F:2 * F] + o[:, 2 * F:]
-        vec = vec + vec3 * o[:, None, :F] + mvec.sum(1)
-    return _layer_norm(p["out_norm"], x), vec
-
-
-@pytest.mark.parametrize("neighbor_list", ["all_pairs", "radius"])
-def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list):
+def _batch(qm9_small, neighbor_list):
     mols, _ = qm9_small
     idx = [5, 123, 321]
     n_pairs = mols.n_atoms * (mols.n_atoms - 1) // 2
     budget = estimate_budgets(mols.n_atoms, n_pairs, len(idx), num_buckets=1)[-1]
     g = jax.tree_util.tree_map(jnp.asarray, pack_graphs(mols, idx, budget, neighbor_list,
                                                         cutoff=CUTOFF, skin=0.5))
-    m = graph_masks(g)
+    return g, graph_masks(g)
+
+
+@pytest.mark.parametrize("neighbor_list", ["all_pairs", "radius"])
+def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list):
+    g, m = _batch(qm9_small, neighbor_list)
     assert int(m.edge_mask.sum()) < g.senders.shape[0]             # padding pairs are present
+    assert int(m.node_mask.sum()) < m.node_mask.shape[0]           # padding atoms are present
     assert bool(jnp.all(g.receivers[m.edge_mask] < g.senders[m.edge_mask]))  # each pair once
-    layers, heads = 2, 4
-    et = EquivariantTransformer(num_layers=layers, features=32, num_heads=heads, num_rbf=16, cutoff=CUTOFF)
+    et = EquivariantTransformer(num_layers=2, features=32, num_heads=4, num_rbf=16, cutoff=CUTOFF)
     z, pos = g.nodes.atomic_numbers, g.nodes.positions
-    params = et.init(jax.random.PRNGKey(0), z, pos, g.senders, g.receivers, m.edge_mask, m.node_mask)
+    params = jitted(et.init)(jax.random.PRNGKey(0), z, pos, g.senders, g.receivers, m.edge_mask,
+                             m.node_mask)
     # Non-zero biases, so that masked-out pairs with a zero radial basis would still show up.
-    params = jax.tree_util.tree_map(
-        lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), params)
+    params = jax.jit(jitter)(params)                                # (eager: one compile per leaf)
     real = m.node_mask
-    same = (m.node_graph[:, None] == m.node_graph[None, :]) & real[:, None] & real[None, :]
+    same = et_reference.same_molecule_pairs(m.node_graph, real)
 
     @jax.jit
     def ours(pos):
@@ -105,13 +53,15 @@ def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list):
 
     @jax.jit
     def ref(pos, same=same):
-        return directed_reference(params, z, pos, same, layers, heads)
+        return et_reference.equivariant_transformer(et, params, z, pos, same, real)
 
     x, vec = ours(pos)
     x_ref, vec_ref = ref(pos)
     assert float(jnp.abs(x_ref[real]).max()) > 0.1 and float(jnp.abs(vec_ref[real]).max()) > 1e-2
     np.testing.assert_allclose(x[real], x_ref[real], atol=2e-4, rtol=1e-4)
     np.testing.assert_allclose(vec[real], vec_ref[real], atol=2e-4, rtol=1e-4)
+    for out in (x, vec, x_ref, vec_ref):                           # both zero on padding atoms
+        assert float(jnp.abs(out[~real]).max()) == 0.0
     # The comparison can fail: the reference without its self-loops is a different function.
     x_no_loops, _ = ref(pos, same & ~jnp.eye(len(z), dtype=bool))
     assert float(jnp.abs(x[real] - x_no_loops[real]).max()) > 1e-3
@@ -121,3 +71,60 @@ def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list):
     f_ours, f_ref = jax.jit(jax.grad(energy(ours)))(pos), jax.jit(jax.grad(energy(ref)))(pos)
     assert float(jnp.abs(f_ref[real]).max()) > 1e-2
     np.testing.assert_allclose(f_ours[real], f_ref[real], atol=2e-3, rtol=2e-3)
+    if neighbor_list == "radius":
+        # A fixed radial basis (the pretraining configs): the parameter tree has no ``rbf`` entry,
+        # and the reference reads it as well (forward only: a second reference compile is slow).
+        fixed = EquivariantTransformer(num_layers=2, features=32, num_heads=4, num_rbf=16,
+                                       cutoff=CUTOFF, trainable_rbf=False)
+        p_fixed = {"params": {k: v for k, v in params["params"].items() if k != "rbf"}}
+        x, vec = jitted(fixed.apply)(p_fixed, z, pos, g.senders, g.receivers, m.edge_mask, m.node_mask)
+        x_ref, vec_ref = jax.jit(lambda pos: et_reference.equivariant_transformer(
+            fixed, p_fixed, z, pos, same, real))(pos)
+        np.testing.assert_allclose(x[real], x_ref[real], atol=2e-4, rtol=1e-4)
+        np.testing.assert_allclose(vec[real], vec_ref[real], atol=2e-4, rtol=1e-4)
+
+
+def test_first_layer_is_the_canonical_layer_at_zero_vectors(qm9_small):
+    """`FirstEquivariantAttention` has the parameters of `EquivariantAttention` and computes what it
+    computes with vec = 0: outputs and parameter gradients (``vec_proj``'s is 0 in both)."""
+    g, m = _batch(qm9_small, "radius")
+    F, H = 16, 4
+
+    @jax.jit
+    def geometry(positions):
+        pairs = make_pairs(positions, g.senders, g.receivers, m.edge_mask, m.node_mask, CUTOFF)
+        rbf, rbf_self = radial_basis(
+            lambda d: ExpNormalSmearing(8, 0.0, CUTOFF, trainable=False).apply({}, d), pairs)
+        return pairs, rbf, rbf_self
+
+    pairs, rbf, rbf_self = geometry(g.nodes.positions)
+    n = m.node_mask.shape[0]
+    x = jax.random.normal(jax.random.PRNGKey(1), (n, F))
+    zeros = jnp.zeros((n, 3, F))
+    canonical, first = EquivariantAttention(F, H), FirstEquivariantAttention(F, H)
+    params = jax.jit(canonical.init)(jax.random.PRNGKey(0), x, zeros, rbf, rbf_self, pairs)
+    params = jax.jit(jitter)(params)
+    first_params = jax.eval_shape(first.init, jax.random.PRNGKey(0), x, rbf, rbf_self, pairs)
+    shapes = lambda p: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), p)
+    assert shapes(first_params) == shapes(params)                  # names, shapes and dtypes
+    assert jax.tree_util.tree_structure(first_params) == jax.tree_util.tree_structure(params)
+    assert list(first_params["params"]) == list(params["params"])  # created in the same order
+
+    def with_grad(layer_apply):
+        def loss(p):
+            dx, dvec = out = layer_apply(p)
+            return jnp.sum(jnp.sin(dx)) + jnp.sum(jnp.cos(dvec) * dvec), out
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+    (_, (dx1, dvec1)), g1 = with_grad(lambda p: first.apply(p, x, rbf, rbf_self, pairs))(params)
+    (_, (dx0, dvec0)), g0 = with_grad(
+        lambda p: canonical.apply(p, x, zeros, rbf, rbf_self, pairs))(params)
+    assert float(jnp.abs(dvec0).max()) > 1e-2 and float(jnp.abs(dx0).max()) > 1e-2
+    np.testing.assert_allclose(dx1, dx0, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(dvec1, dvec0, atol=1e-6, rtol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), g1, g0)
+    assert float(jnp.abs(g0["params"]["vec_proj"]["kernel"]).max()) == 0.0
+    # ... and the canonical layer does use vec: the shortcut is only right at vec = 0.
+    ones = jnp.ones((n, 3, F))
+    assert float(jnp.abs(jax.jit(canonical.apply)(params, x, ones, rbf, rbf_self, pairs)[1]
+                         - dvec0).max()) > 1e-2

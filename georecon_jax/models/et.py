@@ -12,7 +12,11 @@ once. Everything that depends only on the distance (radial basis, cutoff, the at
 ``dk``/``dv``) is computed once per pair and used by both messages i→j and j→i; the self-edges,
 whose distance is always 0, are computed per atom. This is the same function as torchmd-net's
 edge list with both directions and self-loops, with half the filter work
-(benchmarks/results/NOTES.md; ``tests/test_et_reference.py`` checks it against a directed reference).
+(benchmarks/results/NOTES.md). The encoder's first layer, where vec = 0, is its own small layer
+(`FirstEquivariantAttention`) that leaves out the terms multiplying vec.
+
+`georecon_jax.models.et_reference` writes the same encoder densely over ordered pairs, as the paper
+reads, from the same parameters; ``tests/test_et_reference.py`` checks this module against it.
 
 All modules take plain arrays and are pure functions of (params, inputs).
 """
@@ -34,8 +38,9 @@ def Dense(features: int, use_bias: bool = True, name=None) -> nn.Dense:
 
 
 def silu(x):
-    """x·sigmoid(x) written with tanh: the same function to float rounding, and 6-11 % faster
-    encoder steps on XLA:CPU than ``1 / (1 + exp(-x))`` (benchmarks/results/NOTES.md)."""
+    """SiLU, x·sigmoid(x): the one SiLU of the models in ``georecon_jax.models``. Written with tanh,
+    the same function to float rounding, and 6-11 % faster encoder steps on XLA:CPU than
+    ``1 / (1 + exp(-x))`` (benchmarks/results/NOTES.md)."""
     return x * (0.5 + 0.5 * jnp.tanh(0.5 * x))
 
 
@@ -136,36 +141,51 @@ class NeighborEmbedding(nn.Module):
         return Dense(self.features, name="combine")(jnp.concatenate([x, agg], axis=-1))
 
 
-class EquivariantAttention(nn.Module):
-    """One equivariant multi-head attention layer of torchmd-net (returns the updates dx, dvec).
+class AttentionMessages(NamedTuple):
+    """What an attention layer gathers at every atom i from its neighbours j (self-edge included).
 
-    ``rbf`` [P, num_rbf] is the radial basis of the pairs (0 where not active) and ``rbf_self``
-    [num_rbf] that of distance 0, used by every atom's self-edge. ``vec=None`` stands for
-    vec = 0 (the encoder's first layer): the terms that multiply it are left out, which is the
-    same function with 3-10 % less work for the encoder (benchmarks/results/NOTES.md).
+    With s_ij = v_j ∘ dv_ij split into three F-feature parts (s_x, s_vec, s_dir):
+
+      y     [n, F]   Σ_j A_ij s_x_ij, the attention-weighted scalar messages (self-edge included);
+      s_vec [2P, F]  per message j -> i, the gate of vec_j (0 where the pair is not active);
+      s_dir [2P, F]  per message j -> i, the gate of the direction r̂_ij (0 where not active);
+      s_vec_self [n, F]  the self-edge's gate of vec_i (0 on padding atoms). Its direction is 0.
+    """
+    y: jax.Array
+    s_vec: jax.Array
+    s_dir: jax.Array
+    s_vec_self: jax.Array
+
+
+class _AttentionBase(nn.Module):
+    """The parts of torchmd-net's attention layer that do not involve the input vectors ``vec``.
+
+    Used by `EquivariantAttention` and `FirstEquivariantAttention`; the helpers create their
+    submodules by name in the calling layer (``layernorm``, ``q_proj``, ``k_proj``, ``v_proj``,
+    ``dk_proj``, ``dv_proj``), so both layers have the same parameter tree.
     """
     features: int
     num_heads: int
 
-    @nn.compact
-    def __call__(self, x, vec, rbf, rbf_self, pairs: Pairs):
+    def _queries_keys_values(self, x):
+        """q = W_Q LN(x), k = W_K LN(x), v = W_V LN(x): [n, H, D], [n, H, D], [n, H, 3D]."""
         n, F, H = x.shape[0], self.features, self.num_heads
+        assert x.shape == (n, F), (x.shape, F)
         assert F % H == 0, f"features {F} not divisible by heads {H}"
         D = F // H
         x = nn.LayerNorm(epsilon=1e-5, name="layernorm")(x)
         q = Dense(F, name="q_proj")(x).reshape(n, H, D)
         k = Dense(F, name="k_proj")(x).reshape(n, H, D)
         v = Dense(3 * F, name="v_proj")(x).reshape(n, H, 3 * D)
-        vec_proj = Dense(3 * F, use_bias=False, name="vec_proj")
-        if vec is None:
-            # First layer: vec = 0, so every term that multiplies it vanishes. The projection is
-            # applied to one zero row only to create its parameter (gradient 0, as in torchmd-net).
-            vec_proj(jnp.zeros((1, F), x.dtype))
-        else:
-            assert vec.shape == (n, 3, F), vec.shape
-            vec1, vec2, vec3 = jnp.split(vec_proj(vec), 3, axis=-1)             # [n, 3, F] each
-            vec_dot = jnp.sum(vec1 * vec2, axis=1)                               # [n, F]
-        # Filters: once per pair, shared by its two messages; and once for distance 0.
+        return q, k, v
+
+    def _messages(self, q, k, v, rbf, rbf_self, pairs: Pairs) -> AttentionMessages:
+        """Filters dk_ij = SiLU(W_dk φ(d_ij)), dv_ij = SiLU(W_dv φ(d_ij)) once per pair (shared by
+        its two messages) and once for distance 0 (the self-edges); attention
+        A_ij = SiLU(Σ_d q_i k_j dk_ij) f_cut(d_ij) per head; the messages of `AttentionMessages`."""
+        n, H, D = q.shape
+        F = H * D
+        assert rbf.ndim == 2 and rbf_self.shape == rbf.shape[1:], (rbf.shape, rbf_self.shape)
         dk_proj, dv_proj = Dense(F, name="dk_proj"), Dense(3 * F, name="dv_proj")
         dk, dv = silu(dk_proj(rbf)), silu(dv_proj(rbf))                        # [P, F], [P, 3F]
         m = pairs.senders.shape[0]                                               # 2P messages
@@ -174,26 +194,83 @@ class EquivariantAttention(nn.Module):
         s, r = pairs.senders, pairs.receivers
         attn = jnp.sum(q[r] * k[s] * dk, axis=-1)                                # [2P, H]
         attn = silu(attn) * twice(pairs.cutoff_weight)[:, None]
-        msg_x, msg_v1, msg_v2 = jnp.split(v[s] * dv, 3, axis=-1)                 # [2P, H, D]
-        msg_x = (msg_x * attn[..., None]).reshape(m, F)
-        msg_vec = msg_v2.reshape(m, 1, F) * pairs.units[:, :, None]              # [2P, 3, F]
-        if vec is not None:
-            msg_vec = msg_vec + vec[s] * msg_v1.reshape(m, 1, F)
-        msg_vec = msg_vec * twice(pairs.active)[:, None, None]
-        agg_x = jax.ops.segment_sum(msg_x, r, num_segments=n)                    # [n, F]
-        agg_vec = jax.ops.segment_sum(msg_vec, r, num_segments=n)                # [n, 3, F]
-        # Self-edges: distance 0, cutoff 1, direction 0 (only the value part of vec survives).
+        s_x, s_vec, s_dir = jnp.split(v[s] * dv, 3, axis=-1)                     # [2P, H, D] each
+        y = jax.ops.segment_sum((s_x * attn[..., None]).reshape(m, F), r, num_segments=n)  # [n, F]
+        active = twice(pairs.active)[:, None]                                    # [2P, 1]
+        # Self-edges: distance 0, cutoff weight 1, direction 0.
         attn_self = silu(jnp.sum(q * k * silu(dk_proj(rbf_self)).reshape(H, D), axis=-1))  # [n, H]
-        self_x, self_v1, _ = jnp.split(v * silu(dv_proj(rbf_self)).reshape(H, 3 * D), 3, axis=-1)
-        real = pairs.node_mask[:, None]
-        agg_x = agg_x + jnp.where(real, (self_x * attn_self[..., None]).reshape(n, F), 0.0)
-        o1, o2, o3 = jnp.split(Dense(3 * F, name="o_proj")(agg_x), 3, axis=-1)
-        if vec is None:
-            return o3, agg_vec
-        agg_vec = agg_vec + jnp.where(real[:, None], vec * self_v1.reshape(n, 1, F), 0.0)
-        dx = vec_dot * o2 + o3
-        dvec = vec3 * o1[:, None, :] + agg_vec
+        self_x, self_vec, _ = jnp.split(v * silu(dv_proj(rbf_self)).reshape(H, 3 * D), 3, axis=-1)
+        real = pairs.node_mask[:, None]                                          # [n, 1]
+        y = y + jnp.where(real, (self_x * attn_self[..., None]).reshape(n, F), 0.0)
+        return AttentionMessages(y=y, s_vec=s_vec.reshape(m, F) * active,
+                                 s_dir=s_dir.reshape(m, F) * active,
+                                 s_vec_self=jnp.where(real, self_vec.reshape(n, F), 0.0))
+
+
+class EquivariantAttention(_AttentionBase):
+    """One equivariant multi-head attention layer of torchmd-net: returns the updates (dx, dvec).
+
+    As ``torchmd_et.py`` (Thölke & De Fabritiis 2022), H heads of D = F / H features:
+
+      h = LayerNorm(x);  q = W_Q h, k = W_K h  [n, H, D];  v = W_V h  [n, H, 3D]
+      dk_ij = SiLU(W_dk φ(d_ij)),  dv_ij = SiLU(W_dv φ(d_ij))
+      A_ij = SiLU(Σ_d q_i k_j dk_ij) f_cut(d_ij)                        per head
+      (s_x, s_vec, s_dir)_ij = split(v_j ∘ dv_ij)
+      y_i    = Σ_j A_ij s_x_ij
+      w_i    = Σ_j s_vec_ij ∘ vec_j + s_dir_ij ∘ r̂_ij                   (r̂_ii = 0)
+      (vec1, vec2, vec3) = U vec_i (``vec_proj``, no bias);  (o1, o2, o3) = W_O y_i
+      dx_i   = <vec1_i, vec2_i> ∘ o2_i + o3_i                            (dot over the 3 components)
+      dvec_i = vec3_i ∘ o1_i + w_i
+
+    Sums run over the active pairs and every real atom's self-edge (`AttentionMessages`).
+    `georecon_jax.models.et_reference.attention_layer` is the same layer written densely.
+
+    Args: x [n, F] scalars (layer-normed here), vec [n, 3, F] vectors, ``rbf`` [P, num_rbf] the
+    radial basis of the pairs (0 where not active), ``rbf_self`` [num_rbf] that of distance 0,
+    used by every atom's self-edge; ``pairs`` from `make_pairs`. Returns dx [n, F], dvec [n, 3, F].
+    """
+
+    @nn.compact
+    def __call__(self, x, vec, rbf, rbf_self, pairs: Pairs):
+        n, F = x.shape[0], self.features
+        assert vec.shape == (n, 3, F), (vec.shape, (n, 3, F))
+        q, k, v = self._queries_keys_values(x)                                   # [n, H, D|D|3D]
+        vec1, vec2, vec3 = jnp.split(Dense(3 * F, use_bias=False, name="vec_proj")(vec), 3,
+                                     axis=-1)                                    # [n, 3, F] each
+        msg = self._messages(q, k, v, rbf, rbf_self, pairs)
+        s, r = pairs.senders, pairs.receivers
+        w = jax.ops.segment_sum(msg.s_dir[:, None, :] * pairs.units[:, :, None]
+                                + vec[s] * msg.s_vec[:, None, :], r, num_segments=n)  # [n, 3, F]
+        w = w + vec * msg.s_vec_self[:, None, :]
+        o1, o2, o3 = jnp.split(Dense(3 * F, name="o_proj")(msg.y), 3, axis=-1)  # [n, F] each
+        dx = jnp.sum(vec1 * vec2, axis=1) * o2 + o3
+        dvec = vec3 * o1[:, None, :] + w
         return dx, dvec
+
+
+class FirstEquivariantAttention(_AttentionBase):
+    """The encoder's first attention layer: the same function as `EquivariantAttention` at
+    vec = 0, with the terms that multiply vec left out (3-10 % less encoder work,
+    benchmarks/results/NOTES.md). What remains:
+
+      dx_i   = o3_i,    dvec_i = Σ_j s_dir_ij ∘ r̂_ij
+
+    It has the same parameters (``vec_proj`` included, so checkpoints load into either layer):
+    ``vec_proj`` is applied to one zero row only to create it; its gradient is 0, as in torchmd-net.
+
+    Args: as `EquivariantAttention` without ``vec``. Returns dx [n, F], dvec [n, 3, F].
+    """
+
+    @nn.compact
+    def __call__(self, x, rbf, rbf_self, pairs: Pairs):
+        n, F = x.shape[0], self.features
+        q, k, v = self._queries_keys_values(x)
+        Dense(3 * F, use_bias=False, name="vec_proj")(jnp.zeros((1, F), x.dtype))
+        msg = self._messages(q, k, v, rbf, rbf_self, pairs)
+        w = jax.ops.segment_sum(msg.s_dir[:, None, :] * pairs.units[:, :, None], pairs.receivers,
+                                num_segments=n)                                  # [n, 3, F]
+        _, _, o3 = jnp.split(Dense(3 * F, name="o_proj")(msg.y), 3, axis=-1)
+        return o3, w
 
 
 def radial_basis(module: nn.Module, pairs: Pairs):
@@ -205,6 +282,8 @@ def radial_basis(module: nn.Module, pairs: Pairs):
 class EquivariantTransformer(nn.Module):
     """The TorchMD-Net ET encoder: (Z, R, pairs) -> scalars [n, F] (invariant), vectors [n, 3, F].
 
+    Layer 0 is a `FirstEquivariantAttention` (vec = 0), layers 1.. are `EquivariantAttention`;
+    all are named ``attention_<i>`` with the same parameters.
     Paper scale: num_layers=8, features=256, num_heads=8, num_rbf=64, cutoff=5 Å.
     """
     num_layers: int = 8
@@ -229,13 +308,16 @@ class EquivariantTransformer(nn.Module):
         x = nn.Embed(self.max_z + 1, self.features, name="embedding")(atomic_numbers)
         x = NeighborEmbedding(self.features, self.max_z, name="neighbor_embedding")(
             atomic_numbers, x, rbf, pairs)
-        vec = None                                   # zero before the first layer
-        for i in range(self.num_layers):
+        if self.num_layers == 0:
+            vec = jnp.zeros((n, 3, self.features), x.dtype)
+        else:                                        # vec = 0 before the first layer
+            dx, vec = FirstEquivariantAttention(self.features, self.num_heads, name="attention_0")(
+                x, rbf, rbf_self, pairs)
+            x = x + dx
+        for i in range(1, self.num_layers):
             dx, dvec = EquivariantAttention(self.features, self.num_heads, name=f"attention_{i}")(
                 x, vec, rbf, rbf_self, pairs)
-            x, vec = x + dx, (dvec if vec is None else vec + dvec)
-        if vec is None:                              # num_layers = 0
-            vec = jnp.zeros((n, 3, self.features), x.dtype)
+            x, vec = x + dx, vec + dvec
         x = nn.LayerNorm(epsilon=1e-5, name="out_norm")(x)
         x = jnp.where(node_mask[:, None], x, 0.0)
         vec = jnp.where(node_mask[:, None, None], vec, 0.0)

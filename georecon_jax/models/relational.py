@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from georecon_jax.models.et import Dense
+from georecon_jax.models.et import Dense, silu
 
 NEG = -1e9
 
@@ -148,7 +148,7 @@ class ForceHead(nn.Module):
     def __call__(self, atom2d, anchor2d, positions, node_mask):
         from georecon_jax.models.et import cosine_cutoff
         from georecon_jax.models.schnet import GaussianSmearing
-        s = Dense(self.features, name="pair_1")(nn.silu(Dense(self.features, name="pair_0")(
+        s = Dense(self.features, name="pair_1")(silu(Dense(self.features, name="pair_0")(
             jnp.concatenate([atom2d, anchor2d], axis=-1))))                            # [B, M, F]
         M = positions.shape[1]
         diffs = [positions[:, :, None, c] - positions[:, None, :, c] for c in range(3)]  # 3 × [B, M, M]
@@ -156,6 +156,6 @@ class ForceHead(nn.Module):
         ok = (d2 > 1e-8) & ~jnp.eye(M, dtype=bool) & node_mask[:, None, :] & node_mask[:, :, None]
         d = jnp.sqrt(jnp.where(ok, d2, 1.0))
         rbf = GaussianSmearing(0.0, self.cutoff, self.num_gaussians)(d)                # [B, M, M, G]
-        h = nn.silu(Dense(self.features, name="filter")(rbf) + s[:, :, None, :])
+        h = silu(Dense(self.features, name="filter")(rbf) + s[:, :, None, :])
         w = Dense(1, name="weight")(h)[..., 0] * cosine_cutoff(d, self.cutoff) * ok / d  # [B, M, M]
         return jnp.stack([jnp.sum(w * x, axis=-1) for x in diffs], axis=-1)            # [B, M, 3]
