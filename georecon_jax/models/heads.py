@@ -1,11 +1,10 @@
-"""Output heads on (scalars [n, F], vectors [n, 3, F]) node features, and masked pooling."""
+"""Output heads on (scalars [n, F], vectors [n, 3, F]) node features (pooling: `models.graph`)."""
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from georecon_jax.models.et import Dense
+from georecon_jax.models.et import Dense, silu
 
 
 def safe_norm(vec, axis=-2, eps=1e-8):
@@ -27,11 +26,11 @@ class GatedEquivariantBlock(nn.Module):
     def __call__(self, x, vec):
         vec1 = safe_norm(Dense(self.hidden, use_bias=False, name="vec1_proj")(vec))  # [n, hidden]
         vec2 = Dense(self.out, use_bias=False, name="vec2_proj")(vec)                # [n, 3, out]
-        h = nn.silu(Dense(self.hidden, name="update_0")(jnp.concatenate([x, vec1], axis=-1)))
+        h = silu(Dense(self.hidden, name="update_0")(jnp.concatenate([x, vec1], axis=-1)))
         x_out, gate = jnp.split(Dense(2 * self.out, name="update_1")(h), 2, axis=-1)
         vec_out = gate[:, None, :] * vec2
         if self.scalar_activation:
-            x_out = nn.silu(x_out)
+            x_out = silu(x_out)
         return x_out, vec_out
 
 
@@ -57,17 +56,4 @@ class ScalarHead(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return Dense(self.out, name="out")(nn.silu(Dense(self.hidden, name="hidden")(x)))
-
-
-def node_graph_index(n_node, n_total: int):
-    """Graph index of every node, [n_total], from n_node [n_graph] (static total size)."""
-    return jnp.repeat(jnp.arange(n_node.shape[0]), n_node, total_repeat_length=n_total)
-
-
-def masked_mean_pool(x, node_graph, node_mask, n_graph: int):
-    """Mean of node features per graph over real nodes only: [n, F] -> [n_graph, F]."""
-    w = node_mask.astype(x.dtype)
-    total = jax.ops.segment_sum(x * w[:, None], node_graph, num_segments=n_graph)
-    count = jax.ops.segment_sum(w, node_graph, num_segments=n_graph)
-    return total / jnp.maximum(count, 1.0)[:, None]
+        return Dense(self.out, name="out")(silu(Dense(self.hidden, name="hidden")(x)))

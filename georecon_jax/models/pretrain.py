@@ -1,27 +1,62 @@
-"""The pretraining model: ET encoder + graph code + geometry decoder + auxiliary denoising head.
+"""The pretraining model: the ET encoder on a padded graph, plus the heads an objective adds.
 
-GeoRecon uses every part; Coord uses the encoder and the node-level denoising head. Parameters
-live under ``encoder/`` (what fine-tuning restores), ``graph_code/``, ``decoder/`` and
-``node_head/``.
+`PretrainingModel` knows nothing about losses. An objective (``georecon_jax.objectives``) names
+the heads it needs (`Objective.heads`) and runs its own forward pass through the model
+(`Objective.forward`, called as ``model.apply(params, graph, key, method=objective.forward)``),
+so that ``model.init`` with that same forward creates exactly the parameters the loss uses.
+Parameters live under ``encoder/`` (what fine-tuning restores) and ``heads_<name>/``.
+
+The GeoRecon heads live here too: the graph code map, the noise-scale embedding and the geometry
+decoder.
 """
 from __future__ import annotations
 
 import math
+from typing import Mapping, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
+import jraph
 
 from georecon_jax.models.et import (Dense, EquivariantAttention, EquivariantTransformer,
-                                    ExpNormalSmearing, make_pairs, radial_basis)
-from georecon_jax.models.heads import VectorHead, masked_mean_pool
+                                    ExpNormalSmearing, make_pairs, radial_basis, silu)
+from georecon_jax.models.graph import NodeEmbedding, graph_masks
+from georecon_jax.models.heads import VectorHead
 
 
-def make_encoder(cfg: ml_collections.ConfigDict, name="encoder") -> EquivariantTransformer:
+def make_encoder(cfg, name: Optional[str] = None) -> EquivariantTransformer:
+    """The ET from a ``model.encoder`` config section (num_layers, features, num_heads, num_rbf,
+    cutoff in Å, max_z, trainable_rbf)."""
+    kwargs = {} if name is None else {"name": name}
     return EquivariantTransformer(num_layers=cfg.num_layers, features=cfg.features,
                                   num_heads=cfg.num_heads, num_rbf=cfg.num_rbf, cutoff=cfg.cutoff,
                                   max_z=cfg.get("max_z", 100),
-                                  trainable_rbf=cfg.get("trainable_rbf", False), name=name)
+                                  trainable_rbf=cfg.get("trainable_rbf", False), **kwargs)
+
+
+def encode(encoder: nn.Module, graph: jraph.GraphsTuple, positions=None) -> NodeEmbedding:
+    """Runs an ET-style encoder on a padded graph; ``positions`` [n, 3] Å replace the graph's."""
+    m = graph_masks(graph)
+    pos = graph.nodes.positions if positions is None else positions
+    assert pos.shape == graph.nodes.positions.shape, (pos.shape, graph.nodes.positions.shape)
+    x, vec = encoder(graph.nodes.atomic_numbers, pos, graph.senders, graph.receivers,
+                     m.edge_mask, m.node_mask)
+    return NodeEmbedding(x, vec)
+
+
+class PretrainingModel(nn.Module):
+    """The encoder plus named heads (modules; the objective decides how they are called)."""
+    encoder: nn.Module
+    heads: Mapping[str, nn.Module]
+
+    def encode(self, graph: jraph.GraphsTuple, positions=None) -> NodeEmbedding:
+        """Per-atom scalars [n, F] and vectors [n, 3, F] of the graph (at ``positions`` if given)."""
+        return encode(self.encoder, graph, positions)
+
+
+def create_model(model_cfg, heads: Mapping[str, nn.Module]) -> PretrainingModel:
+    """A `PretrainingModel` from the ``model`` config section and an objective's heads."""
+    return PretrainingModel(encoder=make_encoder(model_cfg.encoder), heads=dict(heads))
 
 
 class NoiseScaleEmbedding(nn.Module):
@@ -31,10 +66,11 @@ class NoiseScaleEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, log_sigma):                                     # [m] -> [m, features]
+        assert log_sigma.ndim == 1, log_sigma.shape
         freqs = jnp.exp(jnp.linspace(0.0, math.log(100.0), self.num_frequencies))
-        angles = log_sigma[:, None] * freqs[None, :]
+        angles = log_sigma[:, None] * freqs[None, :]                   # [m, K]
         h = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
-        return Dense(self.features, name="out")(nn.silu(Dense(self.features, name="hidden")(h)))
+        return Dense(self.features, name="out")(silu(Dense(self.features, name="hidden")(h)))
 
 
 class GeometryDecoder(nn.Module):
@@ -48,56 +84,38 @@ class GeometryDecoder(nn.Module):
     cutoff: float = 5.0
 
     @nn.compact
-    def __call__(self, x, vec, code_per_node, log_sigma_per_node, positions, senders, receivers,
-                 edge_mask, node_mask):
+    def __call__(self, noisy: NodeEmbedding, code_per_node, log_sigma_per_node, graph, positions):
+        """Args: noisy: the encoder's features of the perturbed graph; code_per_node [n, C];
+        log_sigma_per_node [n] (log Å); graph: the padded graph; positions [n, 3] Å (perturbed).
+        Returns ε̂ [n, 3] (0 on padding atoms)."""
+        x, vec = noisy
+        n = x.shape[0]
+        assert code_per_node.shape[0] == n and log_sigma_per_node.shape == (n,), (
+            code_per_node.shape, log_sigma_per_node.shape)
+        m = graph_masks(graph)
         sigma_emb = NoiseScaleEmbedding(self.features, name="sigma_embedding")(log_sigma_per_node)
-        fused = jnp.concatenate([x, code_per_node, sigma_emb], axis=-1)
-        x = x + Dense(self.features, name="fuse_out")(nn.silu(Dense(self.features, name="fuse_hidden")(fused)))
+        fused = jnp.concatenate([x, code_per_node, sigma_emb], axis=-1)               # [n, 2F + C]
+        x = x + Dense(self.features, name="fuse_out")(silu(Dense(self.features, name="fuse_hidden")(fused)))
         if self.num_layers:
-            pairs = make_pairs(positions, senders, receivers, edge_mask, node_mask, self.cutoff)
+            pairs = make_pairs(positions, graph.senders, graph.receivers, m.edge_mask, m.node_mask,
+                               self.cutoff)
             rbf, rbf_self = radial_basis(ExpNormalSmearing(self.num_rbf, 0.0, self.cutoff, name="rbf"), pairs)
             for i in range(self.num_layers):
                 dx, dvec = EquivariantAttention(self.features, self.num_heads, name=f"attention_{i}")(
                     nn.LayerNorm(name=f"norm_{i}")(x), vec, rbf, rbf_self, pairs)
                 x, vec = x + dx, vec + dvec
-        return VectorHead(self.features, name="out")(x, vec)
+        out = VectorHead(self.features, name="out")(x, vec)                         # [n, 3]
+        return jnp.where(m.node_mask[:, None], out, 0.0)
 
 
-class DenoisingPretrainer(nn.Module):
-    """Encoder and the pretraining heads. Call the methods through ``model.apply(..., method=...)``."""
-    config: ml_collections.ConfigDict  # the `model` section of a pretraining config
-
-    def setup(self):
-        cfg = self.config
-        self.encoder = make_encoder(cfg.encoder)
-        self.node_head = VectorHead(cfg.encoder.features)
-        if cfg.get("decoder") is not None:
-            self.graph_code = Dense(cfg.decoder.code_dim)
-            self.decoder = GeometryDecoder(cfg.encoder.features, cfg.decoder.num_layers,
-                                           cfg.decoder.num_heads, cfg.decoder.num_rbf, cfg.encoder.cutoff)
-
-    def encode(self, atomic_numbers, positions, senders, receivers, edge_mask, node_mask):
-        return self.encoder(atomic_numbers, positions, senders, receivers, edge_mask, node_mask)
-
-    def encode_graph(self, x, node_graph, node_mask, n_graph: int):
-        """Graph code z [n_graph, code_dim] from node scalars (masked mean, then a linear map)."""
-        return self.graph_code(masked_mean_pool(x, node_graph, node_mask, n_graph))
-
-    def decode(self, x, vec, code_per_node, log_sigma_per_node, positions, senders, receivers, edge_mask,
-               node_mask):
-        return self.decoder(x, vec, code_per_node, log_sigma_per_node, positions, senders, receivers,
-                            edge_mask, node_mask)
-
-    def denoise_nodes(self, x, vec):
-        return self.node_head(x, vec)
-
-    def __call__(self, atomic_numbers, positions, senders, receivers, edge_mask, node_mask,
-                 node_graph, n_graph: int):
-        """Touches every submodule once (used by `init`)."""
-        x, vec = self.encode(atomic_numbers, positions, senders, receivers, edge_mask, node_mask)
-        out = self.denoise_nodes(x, vec)
-        if self.config.get("decoder") is not None:
-            code = self.encode_graph(x, node_graph, node_mask, n_graph)
-            out = out + self.decode(x, vec, code[node_graph], jnp.zeros(x.shape[0]), positions,
-                                    senders, receivers, edge_mask, node_mask)
-        return out
+def encoder_problems(cfg) -> list:
+    """Problems with a ``model.encoder`` config section, naming each field."""
+    problems = []
+    if cfg.features % cfg.num_heads:
+        problems.append(f"model.encoder.features={cfg.features} is not divisible by num_heads={cfg.num_heads}")
+    if cfg.cutoff <= 0:
+        problems.append(f"model.encoder.cutoff={cfg.cutoff}: must be positive (Å)")
+    if cfg.num_layers < 0 or cfg.num_rbf <= 0 or cfg.features <= 0:
+        problems.append(f"model.encoder: num_layers={cfg.num_layers} must be >= 0, num_rbf={cfg.num_rbf} "
+                        f"and features={cfg.features} positive")
+    return problems

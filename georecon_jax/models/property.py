@@ -10,19 +10,24 @@ Heads (``config.head.kind``), each returning one number per graph, before target
                       ``EquivariantDipoleMoment``). Positions in Å, charges in e; output in debye.
   ``spatial_extent``  Σ_i q_i |r_i - c|² (TorchMD-Net ``ElectronicSpatialExtent``), output in a0².
 
-Parameters live under ``encoder/`` (restored from pretraining), ``head/`` and, when the denoising
-auxiliary loss is on, ``node_head/`` (the same module as pretraining's, so Coord's head carries over).
+`PropertyModel` is called on a padded graph (positions overridable, for forces) and returns a
+typed `PropertyOutput`. Parameters live under ``encoder/`` (restored from pretraining),
+``readout/`` and, when Coord's denoising regulariser is on, ``node_noise/`` (the same module as
+pretraining's node-noise head, so Coord's head carries over).
 """
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
+import jraph
 import numpy as np
 
+from georecon_jax.models.graph import GraphMasks, NodeEmbedding, graph_masks, masked_sum
 from georecon_jax.models.heads import GatedEquivariantBlock, ScalarHead, VectorHead
-from georecon_jax.models.pretrain import make_encoder
+from georecon_jax.models.pretrain import encode, make_encoder
 
 E_ANGSTROM_TO_DEBYE = 4.803204544      # 1 e·Å in debye
 ANGSTROM2_TO_BOHR2 = 1.0 / 0.529177210903 ** 2
@@ -45,68 +50,90 @@ def atomic_masses(max_z: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def centre_of_mass(positions, atomic_numbers, node_graph, node_mask, n_graph: int, max_z: int):
+def centre_of_mass(positions, atomic_numbers, masks: GraphMasks, max_z: int):
     """[n_node, 3] the centre of mass of each node's graph (0 weight on padding)."""
-    m = jnp.asarray(atomic_masses(max_z))[atomic_numbers] * node_mask
-    total = jax.ops.segment_sum(positions * m[:, None], node_graph, num_segments=n_graph)
-    mass = jax.ops.segment_sum(m, node_graph, num_segments=n_graph)
-    return (total / jnp.maximum(mass, 1e-9)[:, None])[node_graph]
+    m = jnp.asarray(atomic_masses(max_z))[atomic_numbers]                     # [n] u
+    total = masked_sum(positions * m[:, None], masks)                          # [n_graph, 3]
+    mass = masked_sum(m, masks)                                                # [n_graph]
+    return (total / jnp.maximum(mass, 1e-9)[:, None])[masks.node_graph]
+
+
+class PropertyOutput(NamedTuple):
+    value: jax.Array             # [n_graph] the head's output (before target statistics)
+    embedding: NodeEmbedding     # the encoder's features, for auxiliary heads
+
+
+class ScalarReadout(nn.Module):
+    """Σ_i h(x_i) over real atoms (TorchMD-Net ``Scalar``): [n_graph]."""
+    hidden: int
+
+    @nn.compact
+    def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
+        return masked_sum(ScalarHead(self.hidden, 1, name="head")(emb.scalars)[:, 0], masks)
+
+
+class SpatialExtentReadout(nn.Module):
+    """Σ_i q_i |r_i - c|² in a0² (TorchMD-Net ``ElectronicSpatialExtent``): [n_graph]."""
+    hidden: int
+    max_z: int = 100
+
+    @nn.compact
+    def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
+        rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)   # [n, 3] Å
+        q = ScalarHead(self.hidden, 1, name="head")(emb.scalars)[:, 0]                  # [n]
+        return masked_sum(q * jnp.sum(rel ** 2, axis=-1) * ANGSTROM2_TO_BOHR2, masks)
+
+
+class DipoleReadout(nn.Module):
+    """|Σ_i q_i (r_i - c) + μ_i| in debye (TorchMD-Net ``EquivariantDipoleMoment``): [n_graph]."""
+    hidden: int
+    max_z: int = 100
+
+    @nn.compact
+    def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
+        rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)   # [n, 3] Å
+        q, mu = _DipoleHead(self.hidden, name="head")(emb.scalars, emb.vectors)          # [n], [n, 3]
+        total = masked_sum(q[:, None] * rel + mu, masks)                              # [n_graph, 3] e·Å
+        return jnp.sqrt(jnp.sum(total ** 2, axis=-1) + 1e-12) * E_ANGSTROM_TO_DEBYE
+
+
+READOUTS = {"scalar": ScalarReadout, "spatial_extent": SpatialExtentReadout, "dipole": DipoleReadout}
 
 
 class PropertyModel(nn.Module):
-    """ET encoder + property head. ``config`` is the ``model`` section of a fine-tuning config:
-    ``encoder`` (as pretraining), ``head.kind``, ``head.hidden`` (0: features // 2) and
-    ``denoise_head`` (bool)."""
-    config: ml_collections.ConfigDict
+    """ET encoder + one property readout (+ optionally Coord's node-noise head)."""
+    encoder: nn.Module
+    readout: nn.Module
+    node_noise: Optional[nn.Module] = None
 
-    def setup(self):
-        cfg = self.config
-        F = cfg.encoder.features
-        hidden = cfg.head.get("hidden", 0) or max(F // 2, 1)
-        kind = cfg.head.kind
-        if kind not in HEAD_KINDS:
-            raise ValueError(f"unknown head kind {kind!r}: use one of {HEAD_KINDS}")
-        self.encoder = make_encoder(cfg.encoder)
-        if kind == "scalar" or kind == "spatial_extent":
-            self.head = ScalarHead(hidden, 1)
-        else:
-            self.head = _DipoleHead(hidden)
-        if cfg.get("denoise_head", False):
-            self.node_head = VectorHead(F)
+    def __call__(self, graph: jraph.GraphsTuple, positions=None) -> PropertyOutput:
+        """The readout of every graph [n_graph] (padding graphs hold meaningless values) at the
+        graph's positions, or at ``positions`` [n, 3] Å (differentiate with respect to them for
+        forces)."""
+        pos = graph.nodes.positions if positions is None else positions
+        emb = encode(self.encoder, graph, pos)
+        value = self.readout(emb, graph.nodes.atomic_numbers, pos, graph_masks(graph))
+        return PropertyOutput(value, emb)
 
-    def encode(self, atomic_numbers, positions, senders, receivers, edge_mask, node_mask):
-        return self.encoder(atomic_numbers, positions, senders, receivers, edge_mask, node_mask)
+    def denoise(self, emb: NodeEmbedding):
+        """Coord's node-noise prediction ε̂ [n, 3] from the encoder's features."""
+        if self.node_noise is None:
+            raise ValueError("this model has no node_noise head (model.denoise_head=False)")
+        return self.node_noise(emb.scalars, emb.vectors)
 
-    def readout(self, x, vec, atomic_numbers, positions, node_graph, node_mask, n_graph: int):
-        """Per-graph head output [n_graph] (padding atoms contribute nothing)."""
-        kind = self.config.head.kind
-        max_z = self.config.encoder.get("max_z", 100)
-        w = node_mask.astype(x.dtype)
-        if kind == "scalar":
-            per_atom = self.head(x)[:, 0] * w                                        # [n]
-            return jax.ops.segment_sum(per_atom, node_graph, num_segments=n_graph)
-        rel = positions - centre_of_mass(positions, atomic_numbers, node_graph, node_mask, n_graph, max_z)
-        rel = rel * w[:, None]                                                      # [n, 3]
-        if kind == "spatial_extent":
-            q = self.head(x)[:, 0] * w
-            per_atom = q * jnp.sum(rel ** 2, axis=-1) * ANGSTROM2_TO_BOHR2
-            return jax.ops.segment_sum(per_atom, node_graph, num_segments=n_graph)
-        q, mu = self.head(x, vec)                                                   # [n], [n, 3]
-        dipole = q[:, None] * rel + mu * w[:, None]
-        total = jax.ops.segment_sum(dipole, node_graph, num_segments=n_graph)     # [n_graph, 3] e·Å
-        return jnp.sqrt(jnp.sum(total ** 2, axis=-1) + 1e-12) * E_ANGSTROM_TO_DEBYE
 
-    def denoise_nodes(self, x, vec):
-        return self.node_head(x, vec)
-
-    def __call__(self, atomic_numbers, positions, senders, receivers, edge_mask, node_mask,
-                 node_graph, n_graph: int):
-        """(per-graph head output [n_graph], x [n, F], vec [n, 3, F]); touches every submodule."""
-        x, vec = self.encode(atomic_numbers, positions, senders, receivers, edge_mask, node_mask)
-        out = self.readout(x, vec, atomic_numbers, positions, node_graph, node_mask, n_graph)
-        if self.config.get("denoise_head", False):
-            out = out + 0.0 * jnp.sum(self.denoise_nodes(x, vec))
-        return out, x, vec
+def create_property_model(model_cfg) -> PropertyModel:
+    """A `PropertyModel` from a fine-tuning config's ``model`` section: ``encoder`` (as in
+    pretraining), ``head.kind`` (scalar | dipole | spatial_extent), ``head.hidden`` (0:
+    features // 2) and ``denoise_head``."""
+    F = model_cfg.encoder.features
+    kind = model_cfg.head.kind
+    if kind not in READOUTS:
+        raise ValueError(f"unknown head kind {kind!r}: use one of {HEAD_KINDS}")
+    hidden = model_cfg.head.get("hidden", 0) or max(F // 2, 1)
+    kwargs = {} if kind == "scalar" else {"max_z": model_cfg.encoder.get("max_z", 100)}
+    return PropertyModel(encoder=make_encoder(model_cfg.encoder), readout=READOUTS[kind](hidden, **kwargs),
+                         node_noise=VectorHead(F) if model_cfg.get("denoise_head", False) else None)
 
 
 class _DipoleHead(nn.Module):

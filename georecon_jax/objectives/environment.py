@@ -30,6 +30,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from georecon_jax.models.mrl3d import radius_adjacency  # noqa: F401  (re-exported: the environment's graph)
+
 
 class Environment(NamedTuple):
     positions: jax.Array       # [M, 3] Å (batched: [B, M, 3]); molecule 1's atoms, then the copies'
@@ -167,12 +169,3 @@ def sample_environments(key, pos1, mask1, in_ring1, pos2, mask2, **kwargs) -> En
     keys = jax.random.split(key, pos1.shape[0])
     return jax.vmap(lambda k, a, b, c, d, e: sample_environment(k, a, b, c, d, e, **kwargs))(
         keys, pos1, mask1, in_ring1, pos2, mask2)
-
-
-def radius_adjacency(positions, node_mask, cutoff: float):
-    """[..., M, M] bool: both atoms real, distinct slots, distance < cutoff (Å)."""
-    # Per-coordinate differences: XLA:CPU is ~10x slower reducing a trailing axis of size 3.
-    d2 = sum((positions[..., :, None, c] - positions[..., None, :, c]) ** 2 for c in range(3))
-    M = positions.shape[-2]
-    both = node_mask[..., :, None] & node_mask[..., None, :]
-    return both & (d2 < cutoff ** 2) & ~jnp.eye(M, dtype=bool)

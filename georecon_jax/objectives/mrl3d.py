@@ -12,17 +12,14 @@ implementation forgot the force head).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
-from georecon_jax.models.et import EquivariantTransformer
-from georecon_jax.models.relational import MLP, ForceHead, RelationalEncoder
-from georecon_jax.models.schnet import SchNet, masked_mean
-from georecon_jax.objectives.environment import radius_adjacency, sample_environments
+from georecon_jax.models.mrl3d import MRL3DOutputs, create_mrl3d_model
+from georecon_jax.objectives.environment import sample_environments
+from georecon_jax.objectives.registry import Objective, register
 
 NEG = -1e9
 
@@ -44,67 +41,6 @@ def info_nce(z_a, z_b, mask, temperature: float = 0.2):
     return jnp.where(mask, 0.5 * (a_to_b + b_to_a), 0.0)
 
 
-class Encoder3D(nn.Module):
-    """Environment -> [B, D] embedding pooled (mean) over the first molecule's real atoms."""
-    cfg: ml_collections.ConfigDict
-
-    @nn.compact
-    def __call__(self, env, atomic_numbers):
-        c = self.cfg
-        adjacency = radius_adjacency(env.positions, env.node_mask, c.cutoff)        # [B, M, M]
-        labels = env.molecule if c.atom_labels == "molecule" else atomic_numbers
-        if c.name == "schnet":
-            x = SchNet(c.features, c.num_interactions, c.num_gaussians, c.cutoff,
-                       num_labels=2 if c.atom_labels == "molecule" else 101, name="schnet")(
-                labels, env.positions, env.node_mask, adjacency)
-        elif c.name == "et":
-            B, M = labels.shape
-            # Every pair of atom slots of each environment once (the ET adds both directions and
-            # the self-edges), masked by the radius graph.
-            i, j = np.triu_indices(M, k=1)
-            offs = (np.arange(B) * M)[:, None]
-            senders = jnp.asarray((j[None, :] + offs).reshape(-1), jnp.int32)
-            receivers = jnp.asarray((i[None, :] + offs).reshape(-1), jnp.int32)
-            edge_mask = adjacency[:, i, j].reshape(-1)
-            z = labels + 1 if c.atom_labels == "molecule" else labels
-            x, _ = EquivariantTransformer(c.num_layers, c.features, c.num_heads, c.num_rbf, c.cutoff,
-                                          trainable_rbf=c.get("trainable_rbf", False),
-                                          name="encoder")(
-                z.reshape(-1), env.positions.reshape(-1, 3), senders, receivers, edge_mask,
-                env.node_mask.reshape(-1))
-            x = x.reshape(B, M, -1)
-        else:
-            raise ValueError(f"unknown 3D encoder {c.name!r}: use 'schnet' or 'et'")
-        first = env.node_mask & (env.molecule == 0)
-        return masked_mean(x, first), adjacency
-
-
-class MRL3DPretrainer(nn.Module):
-    """(PairBatch, Environment, env atomic numbers) -> dict(z2d, z3d [B, P], force [B, M, 3])."""
-    cfg: ml_collections.ConfigDict   # config.model
-
-    @nn.compact
-    def __call__(self, batch, env, env_atomic_numbers):
-        c = self.cfg
-        enc = RelationalEncoder(c.relational.features, c.relational.num_steps, c.relational.set2set_steps,
-                                name="relational")(batch)
-        z2d = MLP(tuple(c.projection_hidden), c.projection_dim, name="proj2d")(enc["pair_embedding"])
-        h3d, adjacency = Encoder3D(c.encoder3d, name="encoder3d")(env, env_atomic_numbers)
-        z3d = MLP(tuple(c.projection_hidden), c.projection_dim, name="proj3d")(h3d)
-        # 2D features of every environment slot's atom and of its copy's anchor atom.
-        gather = lambda x, idx: jnp.take_along_axis(x, idx[..., None], axis=1)
-        slot_atom = jnp.where(env.node_mask, env.slot_atom, 0)
-        atom1 = gather(enc["nodes1"], jnp.minimum(slot_atom, enc["nodes1"].shape[1] - 1))
-        atom2 = gather(enc["nodes2"], jnp.minimum(slot_atom, enc["nodes2"].shape[1] - 1))
-        atom2d = jnp.where((env.molecule == 0)[..., None], atom1, atom2)               # [B, M, D]
-        anchor_atom = jnp.take_along_axis(env.anchors, env.slot_copy, axis=1)          # [B, M]
-        anchor2d = gather(enc["nodes1"], anchor_atom)
-        force = ForceHead(c.force.features, c.force.num_gaussians, c.force.cutoff, name="force_head")(
-            atom2d, anchor2d, env.positions, env.node_mask)
-        n_edges = jnp.sum(adjacency, axis=(1, 2))
-        return dict(z2d=z2d, z3d=z3d, force=force, n_edges=n_edges)
-
-
 def environment_for(batch, key, env_cfg):
     """Samples the environments of a PairBatch (dense [B, N, ...] views of its two graphs)."""
     B = batch.pair_mask.shape[0]
@@ -121,29 +57,52 @@ def environment_for(batch, key, env_cfg):
     return env, jnp.where(env.node_mask, z, 0)
 
 
-def make_loss_fn(model: MRL3DPretrainer, config: ml_collections.ConfigDict):
-    """``loss_fn(params, batch, key) -> (per_pair_loss [B], metrics {name: [B]})``."""
-    o = config.objective
+class MRL3DForward(NamedTuple):
+    out: MRL3DOutputs
+    force_target: jax.Array        # [B, M, 3] unit vectors anchor -> atom
+    force_mask: jax.Array          # [B, M] the copies' real atoms
+    copies: jax.Array              # [B] copies placed
+    clashes: jax.Array             # [B]
+    copies_cut: jax.Array          # [B] copies dropped by the atom budget
 
-    def loss_fn(params, batch, key):
-        env, z = environment_for(batch, key, config.environment)
-        out = model.apply(params, batch, env, z)
-        mask = batch.pair_mask
-        contrastive = info_nce(out["z2d"], out["z3d"], mask, o.temperature)
-        err = jnp.sum((out["force"] - env.targets) ** 2, axis=-1)                   # [B, M]
-        tm = env.target_mask & mask[:, None]
+
+@register
+class MRL3D(Objective):
+    """3DMRL on pairs of molecules (`PairBatch`es): see the module docstring."""
+    name = "3dmrl"
+    batch_kind = "pairs"
+
+    def validate(self):
+        problems = []
+        if self.cfg.temperature <= 0:
+            problems.append(f"objective.temperature={self.cfg.temperature}: must be positive")
+        if self.cfg.force_weight < 0:
+            problems.append(f"objective.force_weight={self.cfg.force_weight}: must be >= 0")
+        if self.config.model.encoder3d.name not in ("schnet", "et"):
+            problems.append(f"model.encoder3d.name={self.config.model.encoder3d.name!r}: use 'schnet' or 'et'")
+        return problems
+
+    def create_model(self):
+        return create_mrl3d_model(self.config.model)
+
+    def forward(self, model, batch, key):
+        env, z = environment_for(batch, key, self.config.environment)
+        return MRL3DForward(model(batch, env, z), env.targets, env.target_mask,
+                            jnp.sum(env.copy_mask, axis=1), env.clashes, env.copies_cut)
+
+    def loss(self, f: MRL3DForward, batch):
+        out, mask = f.out, batch.pair_mask
+        contrastive = info_nce(out.z2d, out.z3d, mask, self.cfg.temperature)
+        err = jnp.sum((out.force - f.force_target) ** 2, axis=-1)                   # [B, M]
+        tm = f.force_mask & mask[:, None]
         force = jnp.sum(jnp.where(tm, err, 0.0), axis=1) / jnp.maximum(jnp.sum(tm, axis=1), 1)
-        per_pair = contrastive + o.force_weight * force
+        per_pair = contrastive + self.cfg.force_weight * force
         # Retrieval accuracy 2D -> 3D within the sub-batch (a readable sign of alignment).
-        a = out["z2d"] / jnp.linalg.norm(out["z2d"], axis=-1, keepdims=True)
-        b = out["z3d"] / jnp.linalg.norm(out["z3d"], axis=-1, keepdims=True)
+        a = out.z2d / jnp.linalg.norm(out.z2d, axis=-1, keepdims=True)
+        b = out.z3d / jnp.linalg.norm(out.z3d, axis=-1, keepdims=True)
         sims = jnp.where(mask[None, :], a @ b.T, -jnp.inf)
         top1 = (jnp.argmax(sims, axis=1) == jnp.arange(mask.shape[0])).astype(jnp.float32)
         metrics = dict(contrastive=contrastive, force_mse=force, retrieval_top1=top1,
-                       env_edges=out["n_edges"].astype(jnp.float32),
-                       copies=jnp.sum(env.copy_mask, axis=1).astype(jnp.float32),
-                       clashes=env.clashes.astype(jnp.float32),
-                       copies_cut=env.copies_cut.astype(jnp.float32))
+                       env_edges=out.n_edges.astype(jnp.float32), copies=f.copies.astype(jnp.float32),
+                       clashes=f.clashes.astype(jnp.float32), copies_cut=f.copies_cut.astype(jnp.float32))
         return per_pair, metrics
-
-    return loss_fn

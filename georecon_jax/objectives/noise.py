@@ -12,6 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from georecon_jax.models.graph import graph_masks
+
 
 def per_atom_normal(key, graph_id_per_node, atom_index):
     """Standard normal [n, 3] noise, one independent draw per (molecule id, atom index)."""
@@ -40,3 +42,14 @@ def sample_noise_scale(key, graph_id, sigma_min: float, sigma_max: float, schedu
 def sigma_ladder(sigma_min: float, sigma_max: float, num_steps: int):
     """Geometric σ levels from σ_max down to σ_min, [num_steps]."""
     return jnp.exp(jnp.linspace(math.log(sigma_max), math.log(sigma_min), num_steps))
+
+
+def perturb(graph, key, sigma_per_graph):
+    """Displaces every real atom by σ·ε (σ of its molecule, Å), ε from `per_atom_normal`.
+
+    Returns (noisy positions [n, 3] Å, ε [n, 3]); padding atoms stay where they are, with ε = 0.
+    """
+    m = graph_masks(graph)
+    eps = per_atom_normal(key, graph.globals.graph_id[m.node_graph], graph.nodes.atom_index)
+    eps = jnp.where(m.node_mask[:, None], eps, 0.0)                              # [n, 3]
+    return graph.nodes.positions + sigma_per_graph[m.node_graph][:, None] * eps, eps

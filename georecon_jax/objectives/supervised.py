@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from georecon_jax.graphs.masks import graph_masks, per_graph_mean
-from georecon_jax.models.property import PropertyModel
-from georecon_jax.objectives.noise import per_atom_normal
+from georecon_jax.models.graph import graph_masks, masked_mean
+from georecon_jax.models.property import PropertyModel, ScalarReadout
+from georecon_jax.objectives.noise import perturb
 
 LOSSES = ("l1", "mse")
 
@@ -53,35 +53,29 @@ def _pointwise(name: str):
 
 
 def make_predict_fn(model: PropertyModel, stats: TargetStats, with_forces: bool) -> Callable:
-    """``predict(params, graph, positions) -> (y [n_graph], forces [n, 3] or None, x, vec)``.
+    """``predict(params, graph, positions) -> (y [n_graph], forces [n, 3] or None, embedding)``.
 
     ``y`` is the residual target in its unit; padding graphs hold meaningless values.
     """
-    kind = model.config.head.kind
+    scalar = isinstance(model.readout, ScalarReadout)
 
-    def to_target(head_out):
-        return stats.std * head_out + stats.mean if kind == "scalar" else head_out
+    def forward(params, graph, positions):
+        out = model.apply(params, graph, positions)
+        y = stats.std * out.value + stats.mean if scalar else out.value
+        return y, out.embedding
 
     def predict(params, graph, positions):
-        m = graph_masks(graph)
-        n = graph.nodes
-
-        def forward(pos):
-            out, x, vec = model.apply(params, n.atomic_numbers, pos, graph.senders, graph.receivers,
-                                      m.edge_mask, m.node_mask, m.node_graph, m.n_graph)
-            return to_target(out), x, vec
-
         if not with_forces:
-            y, x, vec = forward(positions)
-            return y, None, x, vec
+            y, emb = forward(params, graph, positions)
+            return y, None, emb
+        m = graph_masks(graph)
 
         def total_energy(pos):
-            y, x, vec = forward(pos)
-            return jnp.sum(jnp.where(m.graph_mask, y, 0.0)), (y, x, vec)
+            y, emb = forward(params, graph, pos)
+            return jnp.sum(jnp.where(m.graph_mask, y, 0.0)), (y, emb)
 
-        grad, (y, x, vec) = jax.grad(total_energy, has_aux=True)(positions)
-        forces = jnp.where(m.node_mask[:, None], -grad, 0.0)
-        return y, forces, x, vec
+        grad, (y, emb) = jax.grad(total_energy, has_aux=True)(positions)
+        return y, jnp.where(m.node_mask[:, None], -grad, 0.0), emb
 
     return predict
 
@@ -98,7 +92,7 @@ def make_loss_fn(model: PropertyModel, cfg: ml_collections.ConfigDict, stats: Ta
     point = _pointwise(lc.name)
     predict = make_predict_fn(model, stats, with_forces)
     denoise = train and lc.get("denoise_weight", 0.0) > 0
-    if denoise and not cfg.model.get("denoise_head", False):
+    if denoise and model.node_noise is None:
         raise ValueError("loss.denoise_weight > 0 needs model.denoise_head = True")
     if denoise and with_forces:
         raise ValueError("the denoising auxiliary loss is not defined with force labels "
@@ -106,29 +100,36 @@ def make_loss_fn(model: PropertyModel, cfg: ml_collections.ConfigDict, stats: Ta
 
     def loss_fn(params, graph, key):
         m = graph_masks(graph)
-        n = graph.nodes
-        positions = n.positions
+        positions = graph.nodes.positions
         if denoise:
-            eps = per_atom_normal(key, graph.globals.graph_id[m.node_graph], n.atom_index)
-            eps = jnp.where(m.node_mask[:, None], eps, 0.0)
-            positions = positions + lc.denoise_sigma * eps
-        y, forces, x, vec = predict(params, graph, positions)
+            sigma = jnp.full(graph.n_node.shape, lc.denoise_sigma, jnp.float32)
+            positions, eps = perturb(graph, key, sigma)
+        y, forces, emb = predict(params, graph, positions)
         err = y - graph.globals.targets[:, 0]
         loss = point(err / stats.std)
         metrics = {}
         if with_forces:
-            ferr = forces - n.forces                                               # [n, 3]
-            f_loss = per_graph_mean(jnp.mean(point(ferr / stats.std), axis=-1), m)
+            ferr = forces - graph.nodes.forces                                     # [n, 3]
+            f_loss = masked_mean(jnp.mean(point(ferr / stats.std), axis=-1), m)
             loss = lc.energy_weight * loss + lc.force_weight * f_loss
             metrics.update(energy_mae=jnp.abs(err),
-                           force_mae=per_graph_mean(jnp.mean(jnp.abs(ferr), axis=-1), m))
+                           force_mae=masked_mean(jnp.mean(jnp.abs(ferr), axis=-1), m))
         else:
             metrics["mae"] = jnp.abs(err)
         if denoise:
-            eps_hat = model.apply(params, x, vec, method=PropertyModel.denoise_nodes)
-            mse = per_graph_mean(jnp.mean((eps_hat - eps) ** 2, axis=-1), m)
+            eps_hat = model.apply(params, emb, method=PropertyModel.denoise)
+            mse = masked_mean(jnp.mean((eps_hat - eps) ** 2, axis=-1), m)
             loss = loss + lc.denoise_weight * mse
             metrics["denoise_mse"] = mse
         return loss, metrics
 
     return loss_fn
+
+
+def init_params(model: PropertyModel, graph, key, with_denoise: bool):
+    """Parameters of a `PropertyModel`: the readout's forward, and the node-noise head when the
+    denoising regulariser uses it."""
+    def forward(mdl, g):
+        out = mdl(g)
+        return mdl.denoise(out.embedding) if with_denoise else out.value
+    return jax.jit(lambda k, g: model.init(k, g, method=forward))(key, graph)
