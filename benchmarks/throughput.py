@@ -218,7 +218,7 @@ class JaxBench:
         import jax
         from georecon_jax.graphs.batching import GraphBatcher
         from georecon_jax.training.state import make_mesh, param_count, shard_batch
-        from georecon_jax.workflows.pretrain import fresh_train_step, micro_batches
+        from georecon_jax.tasks.pretrain import fresh_train_step, micro_batches
         self.jax = jax
         self.devices = cfg.num_devices
         self.micro_batches = micro_batches(cfg, self.devices)
@@ -263,7 +263,7 @@ class JaxBench:
 
     def run(self, batch_ids):
         """Times each iteration: wait for the prefetched batch, step, block on the result."""
-        from georecon_jax.graphs.batching import Prefetcher
+        from georecon_jax.training.prefetch import Prefetcher
         n = self.batcher.steps_per_epoch
         ids = list(batch_ids)
         pre = Prefetcher(lambda i: self.place(self.batcher.batch(ids[i] % n)), 0, len(ids))

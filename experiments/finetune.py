@@ -7,24 +7,15 @@
 
 Running the same command again resumes from the newest checkpoint in the workdir.
 """
-from absl import app, flags
-from ml_collections import config_flags
+from experiments import cli
 
-from experiments.cli import setup_logging
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (path[:size]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics, plots and results are written.")
-flags.mark_flags_as_required(["config", "workdir"])
+cli.define_config_and_workdir("Where checkpoints, metrics, plots and results are written.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_logging()
+def run(config, workdir):
     from georecon_jax.tasks import finetune
-    finetune.run(FLAGS.config, FLAGS.workdir)
+    return finetune.run(config, workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_with_config(run)

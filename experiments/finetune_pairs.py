@@ -6,24 +6,15 @@
 Each split is its own run in <workdir>/splits/<split>/ with checkpoints: running the same command
 again skips the finished splits and resumes the interrupted one.
 """
-from absl import app, flags
-from ml_collections import config_flags
+from experiments import cli
 
-from experiments.cli import setup_logging
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (path[:size]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where the splits' runs and the results table are written.")
-flags.mark_flags_as_required(["config", "workdir"])
+cli.define_config_and_workdir("Where the splits' runs and the results table are written.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    setup_logging()
-    from georecon_jax.tasks.finetune_pairs import run
-    run(FLAGS.config, FLAGS.workdir)
+def run(config, workdir):
+    from georecon_jax.tasks import finetune_pairs
+    return finetune_pairs.run(config, workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_with_config(run)

@@ -82,3 +82,24 @@ def jitted(fn, static_argnums=()):
     if key not in _JITTED:
         _JITTED[key] = jax.jit(fn, static_argnums=static_argnums, static_argnames=("method",))
     return _JITTED[key]
+
+
+def kill_after_first_checkpoint(cmd, checkpoints, env, timeout: float = 300.0):
+    """Starts ``cmd`` (from the repository root), SIGKILLs it as soon as a checkpoint step folder
+    appears in ``checkpoints``, and returns the checkpointed steps. Fails when the run ended on its
+    own before it could be killed (the test would prove nothing)."""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = Path(checkpoints)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoints.exists() and any(p.isdigit() for p in os.listdir(checkpoints)):
+            break
+        time.sleep(0.05)
+    was_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert was_running, "the run finished before it could be killed: the test would prove nothing"
+    return sorted(int(p) for p in os.listdir(checkpoints) if p.isdigit())

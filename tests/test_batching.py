@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from georecon_jax.graphs.batching import GraphBatcher, estimate_budgets, molecule_edges, pack_graphs
-from georecon_jax.graphs.masks import graph_masks
+from georecon_jax.models.graph import graph_masks
 from georecon_jax.models.et import edge_geometry
 
 

@@ -9,18 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jitted, jitter, random_rotation
+from conftest import jitter
 from experiments.configs import coord, finetune_md17, finetune_qm9, georecon
 from georecon_jax.data import md17
 from georecon_jax.graphs.batching import pack_graphs, estimate_budgets
-from georecon_jax.graphs.masks import graph_masks
-from georecon_jax.models.pretrain import DenoisingPretrainer
-from georecon_jax.models.property import PropertyModel
-from georecon_jax.objectives.supervised import TargetStats, make_predict_fn
+from georecon_jax.models.property import create_property_model
+from georecon_jax.objectives.registry import get_objective
+from georecon_jax.objectives.supervised import TargetStats, init_params, make_predict_fn
+from georecon_jax.tasks import evaluation as evaluate
+from georecon_jax.tasks import finetune
 from georecon_jax.training.checkpoint import Checkpointer
 from georecon_jax.training.loop import record_config
-from georecon_jax.training.state import create_optimizer, create_train_state
-from georecon_jax.workflows import evaluate, finetune
+from georecon_jax.training.optimizer import create_optimizer
+from georecon_jax.training.state import create_train_state
+from georecon_jax.training.transfer import PretrainedMismatchError, load_pretrained_encoder
+from symmetry import assert_symmetric
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RMD17 = SHARED / "rmd17"
@@ -54,7 +57,7 @@ def tiny_model(kind="scalar"):
     cfg.head.kind = kind
     cfg.encoder.update(num_layers=1, features=8, num_rbf=8)
     cfg.denoise_head = False
-    return PropertyModel(cfg)
+    return create_property_model(cfg)
 
 
 def tiny_finetune_model_config(**encoder):
@@ -66,10 +69,8 @@ def tiny_finetune_model_config(**encoder):
 
 def init(model, graph, seed=0):
     """Fresh parameters, jittered (zero-initialised biases would hide symmetry errors)."""
-    m = graph_masks(graph)
-    n = graph.nodes
-    return jitter(jitted(model.init, (8,))(jax.random.PRNGKey(seed), n.atomic_numbers, n.positions, graph.senders,
-                             graph.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph), seed=seed)
+    return jitter(init_params(model, graph, jax.random.PRNGKey(seed), with_denoise=model.node_noise is not None),
+                  seed=seed)
 
 
 def with_positions(graph, positions):
@@ -88,7 +89,7 @@ def test_forces_are_the_exact_negative_gradient_float64():
             lambda x: jnp.asarray(x, jnp.float64) if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x),
             graph)
         predict = jax.jit(make_predict_fn(model, TargetStats(mean=0.0, std=3.0), with_forces=True))
-        _, forces, _, _ = predict(p64, g64, g64.nodes.positions)
+        _, forces, _ = predict(p64, g64, g64.nodes.positions)
         energy = lambda pos: predict(p64, g64, pos)[0][0]
         pos0 = np.asarray(g64.nodes.positions)
         h = 1e-5
@@ -104,15 +105,16 @@ def test_forces_rotate_with_the_molecule_and_sum_to_zero():
     graph = ethanol_graph(2)
     model = tiny_model()
     params = init(model, graph)
-    predict = jax.jit(make_predict_fn(model, TargetStats(mean=0.0, std=3.0), with_forces=True))
-    y, forces, _, _ = predict(params, graph, graph.nodes.positions)
-    rot = random_rotation(1)
-    shift = np.array([3.0, -1.0, 2.0], np.float32)
-    pos_r = (graph.nodes.positions @ rot.T + shift).astype(np.float32)
-    y_r, forces_r, _, _ = predict(params, with_positions(graph, pos_r), pos_r)
+    predict = make_predict_fn(model, TargetStats(mean=0.0, std=3.0), with_forces=True)
+
+    def energies_and_forces(pos):
+        y, forces, _ = predict(params, with_positions(graph, pos), pos)
+        return y[:2], forces
+
+    # E invariant (0e), F = -dE/dR equivariant (1o), both unchanged by a translation (e3nn-jax).
+    assert_symmetric(energies_and_forces, [(graph.nodes.positions, "1o")], ["0e", "1o"], translate=[0])
+    _, forces = jax.jit(energies_and_forces)(graph.nodes.positions)
     scale = float(jnp.max(jnp.abs(forces)))
-    np.testing.assert_allclose(np.asarray(forces_r), np.asarray(forces) @ rot.T, atol=2e-4 * scale)
-    np.testing.assert_allclose(np.asarray(y_r)[:2], np.asarray(y)[:2], rtol=1e-4, atol=1e-4)
     for a, b in ((0, 9), (9, 18)):  # per molecule: translation invariance => Σ F = 0
         np.testing.assert_allclose(np.asarray(forces[a:b]).sum(0), 0.0, atol=1e-4 * scale)
     assert np.all(np.asarray(forces[18:]) == 0.0)     # padding atoms carry no force
@@ -123,12 +125,10 @@ def test_dipole_and_spatial_extent_heads_are_invariant(kind):
     graph = ethanol_graph(2)
     model = tiny_model(kind)
     params = init(model, graph, seed=3)
-    predict = jax.jit(make_predict_fn(model, TargetStats(), with_forces=False))
-    y = np.asarray(predict(params, graph, graph.nodes.positions)[0])[:2]
-    rot = random_rotation(2)
-    pos_r = (graph.nodes.positions @ rot.T + np.array([5.0, 1.0, -4.0])).astype(np.float32)
-    y_r = np.asarray(predict(params, with_positions(graph, pos_r), pos_r)[0])[:2]
-    np.testing.assert_allclose(y_r, y, rtol=1e-4)
+    predict = make_predict_fn(model, TargetStats(), with_forces=False)
+    value = lambda pos: predict(params, with_positions(graph, pos), pos)[0][:2]
+    assert_symmetric(value, [(graph.nodes.positions, "1o")], ["0e"], translate=[0])
+    y = np.asarray(jax.jit(value)(graph.nodes.positions))
     assert np.all(np.abs(y) > 1e-4) and abs(y[0] - y[1]) > 1e-6  # depends on the geometry
 
 
@@ -139,25 +139,18 @@ def test_dipole_head_vector_is_equivariant():
     model = tiny_model("dipole")
     params = init(model, graph, seed=5)
     predict = make_predict_fn(model, TargetStats(), with_forces=False)
-    grad = jax.jit(jax.grad(lambda pos, g: predict(params, g, pos)[0][0]))
-    g0 = np.asarray(grad(graph.nodes.positions, graph))
-    rot = random_rotation(4)
-    pos_r = (graph.nodes.positions @ rot.T).astype(np.float32)
-    g_r = np.asarray(grad(pos_r, with_positions(graph, pos_r)))
-    np.testing.assert_allclose(g_r, g0 @ rot.T, atol=2e-4 * np.abs(g0).max())
+    grad = jax.grad(lambda pos: predict(params, with_positions(graph, pos), pos)[0][0])
+    assert_symmetric(grad, [(graph.nodes.positions, "1o")], ["1o"], translate=[0])
 
 
 # ------------------------------------------------------------------------ pretrained checkpoints
 
 def _pretraining_checkpoint(workdir, config_fn):
-    """Writes a pretraining workdir exactly as workflows.pretrain does (config.json + orbax state)."""
+    """Writes a pretraining workdir exactly as tasks.pretrain does (config.json + orbax state)."""
     cfg = config_fn("tiny")
-    graph = ethanol_graph(2)
-    m = graph_masks(graph)
-    n = graph.nodes
-    model = DenoisingPretrainer(cfg.model)
-    params = jitted(model.init, (8,))(jax.random.PRNGKey(7), n.atomic_numbers, n.positions, graph.senders,
-                        graph.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph)
+    objective = get_objective(cfg)
+    model = objective.create_model()
+    params = objective.init(model, ethanol_graph(2), jax.random.PRNGKey(7))
     state = create_train_state(model.apply, params, create_optimizer(cfg.optim, 10), False)
     os.makedirs(workdir, exist_ok=True)
     record_config(cfg, workdir)
@@ -178,29 +171,29 @@ def pretrained(tmp_path_factory):
 def test_pretrained_encoder_loads(pretrained, objective):
     path, saved = pretrained[objective]
     cfg = tiny_finetune_model_config()
-    model = PropertyModel(cfg.model)                      # denoise_head on: node_head carries over
+    model = create_property_model(cfg.model)          # denoise_head on: the node-noise head carries over
     params = init(model, ethanol_graph(2), seed=11)
-    new, info = finetune.load_pretrained(params, path, cfg.model.encoder, verbose=False)
-    assert info["step"] == 4 and info["loaded"] == ["encoder", "node_head"]
-    for name in ("encoder", "node_head"):
-        jax.tree_util.tree_map(np.testing.assert_array_equal, new["params"][name], saved["params"][name])
-    jax.tree_util.tree_map(np.testing.assert_array_equal, new["params"]["head"], params["params"]["head"])
+    new, info = load_pretrained_encoder(params, path, cfg.model.encoder, verbose=False)
+    assert info["step"] == 4 and info["loaded"] == ["encoder", "node_noise"]
+    for mine, theirs in (("encoder", "encoder"), ("node_noise", "heads_node_noise")):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, new["params"][mine], saved["params"][theirs])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new["params"]["readout"], params["params"]["readout"])
 
 
 def test_pretrained_encoder_of_another_width_fails_clearly(pretrained):
     path, _ = pretrained["coord"]
     cfg = tiny_finetune_model_config(features=32)
-    params = init(PropertyModel(cfg.model), ethanol_graph(2))
-    with pytest.raises(finetune.PretrainedMismatchError) as e:
-        finetune.load_pretrained(params, path, cfg.model.encoder, verbose=False)
+    params = init(create_property_model(cfg.model), ethanol_graph(2))
+    with pytest.raises(PretrainedMismatchError) as e:
+        load_pretrained_encoder(params, path, cfg.model.encoder, verbose=False)
     text = str(e.value)
     assert "checkpoint: features=16, num_layers=2" in text and "this model: features=32" in text
     assert "embedding/embedding: checkpoint (101, 16), model (101, 32)" in text
     # Same shapes, different setting recorded in the pretraining config.json: also refused.
     cfg = tiny_finetune_model_config(num_heads=4)
-    params = init(PropertyModel(cfg.model), ethanol_graph(2))
-    with pytest.raises(finetune.PretrainedMismatchError, match="num_heads: pretrained 2, model 4"):
-        finetune.load_pretrained(params, path, cfg.model.encoder, verbose=False)
+    params = init(create_property_model(cfg.model), ethanol_graph(2))
+    with pytest.raises(PretrainedMismatchError, match="num_heads: pretrained 2, model 4"):
+        load_pretrained_encoder(params, path, cfg.model.encoder, verbose=False)
 
 
 # ------------------------------------------------------------------------ end to end
@@ -217,7 +210,7 @@ def test_qm9_finetune_from_coord_then_evaluate_twice_identically(pretrained, tmp
     cfg.pretrained = pretrained["coord"][0]
     workdir = str(tmp_path / "ft")
     summary = finetune.run(cfg, workdir)
-    assert summary["pretrained"]["loaded"] == ["encoder", "node_head"]
+    assert summary["pretrained"]["loaded"] == ["encoder", "node_noise"]
     assert summary["test"]["U0_mae"]["unit"] == "meV" and np.isfinite(summary["test"]["U0_mae"]["value"])
     for f in ("results.json", "results.md", "parity_U0.png", "learning_curves.png", "summary.json",
               "best.json", "target_stats.json"):

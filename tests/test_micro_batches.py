@@ -9,7 +9,7 @@ from georecon_jax.data.qm9 import load_qm9
 from georecon_jax.graphs.batching import (GraphBatcher, balanced_split, estimate_budgets,
                                           micro_batches_for)
 from georecon_jax.training.state import make_mesh, shard_batch
-from georecon_jax.workflows.pretrain import fresh_train_step
+from georecon_jax.tasks.pretrain import fresh_train_step
 
 
 def test_micro_batches_for():

@@ -1,16 +1,19 @@
-"""Encoder, heads and decoder: rotation/translation/permutation symmetry and padding independence."""
+"""Encoder, heads and decoder: permutation symmetry, padding independence, the decoder's symmetry.
+
+The rotation/translation symmetry of the encoder, its layers and the heads: tests/test_equivariance.py.
+"""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import jitted, jitter, random_rotation
+from conftest import jitted, jitter
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
-from georecon_jax.graphs.masks import graph_masks
 from georecon_jax.models.et import EquivariantTransformer
-from georecon_jax.models.heads import VectorHead
-from georecon_jax.models.pretrain import DenoisingPretrainer, GeometryDecoder
+from georecon_jax.models.graph import graph_masks
+from georecon_jax.objectives.georecon import decode, graph_code
+from georecon_jax.objectives.registry import get_objective
+from symmetry import assert_symmetric
 
 ATOL = 2e-4
 
@@ -35,26 +38,6 @@ def encoder_and_graph(qm9_small):
 def _run(enc, params, g, m, positions):
     return jitted(enc.apply)(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask,
                      m.node_mask)
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_encoder_rotation_translation(encoder_and_graph, seed):
-    enc, params, g, m = encoder_and_graph
-    x, vec = _run(enc, params, g, m, g.nodes.positions)
-    assert float(jnp.abs(vec).max()) > 1e-3  # vectors are not trivially zero
-    rot = jnp.asarray(random_rotation(seed))
-    shift = jnp.asarray(np.random.default_rng(seed).normal(size=3) * 10, jnp.float32)
-    x2, vec2 = _run(enc, params, g, m, g.nodes.positions @ rot.T + shift)
-    np.testing.assert_allclose(x2, x, atol=ATOL)
-    np.testing.assert_allclose(vec2, jnp.einsum("ij,njf->nif", rot, vec), atol=ATOL)
-
-
-def test_symmetry_test_can_fail_scaling_changes_scalars(encoder_and_graph):
-    """A sanity check that the test above can fail: a non-rotation (scaling) changes the scalars."""
-    enc, params, g, m = encoder_and_graph
-    x, _ = _run(enc, params, g, m, g.nodes.positions)
-    x2, _ = _run(enc, params, g, m, g.nodes.positions * 1.3)
-    assert float(jnp.abs(x2 - x).max()) > 1e-2
 
 
 def test_encoder_atom_permutation(qm9_small, encoder_and_graph):
@@ -90,56 +73,52 @@ def test_padding_does_not_change_a_molecule(qm9_small, encoder_and_graph):
     assert float(jnp.abs(xb[~m.node_mask]).max()) == 0.0
 
 
-def test_vector_head_and_decoder_are_equivariant(encoder_and_graph):
-    enc, params, g, m = encoder_and_graph
-    rot = jnp.asarray(random_rotation(7))
-    x, vec = _run(enc, params, g, m, g.nodes.positions)
-    head = VectorHead(32)
-    hp = jitter(jitted(head.init)(jax.random.PRNGKey(1), x, vec), seed=1)
-    out = jitted(head.apply)(hp, x, vec)
-    out_r = jitted(head.apply)(hp, x, jnp.einsum("ij,njf->nif", rot, vec))
-    np.testing.assert_allclose(out_r, out @ rot.T, atol=ATOL)
+def _georecon_model(features=32, heads=4):
+    from experiments.configs import georecon
+    cfg = georecon.get_config("tiny")
+    cfg.model.encoder.update(num_layers=2, features=features, num_heads=heads, num_rbf=16)
+    cfg.model.decoder.update(code_dim=8, num_layers=1, num_heads=heads, num_rbf=8)
+    objective = get_objective(cfg)
+    return objective, objective.create_model()
 
-    dec = GeometryDecoder(features=32, num_layers=1, num_heads=4, num_rbf=8)
-    code = jnp.ones((x.shape[0], 8))
-    logs = jnp.full((x.shape[0],), -1.0)
-    dargs = (x, vec, code, logs, g.nodes.positions, g.senders, g.receivers, m.edge_mask, m.node_mask)
-    dp = jitter(jitted(dec.init)(jax.random.PRNGKey(2), *dargs), seed=2)
-    e = jitted(dec.apply)(dp, *dargs)
-    x2, vec2 = _run(enc, params, g, m, g.nodes.positions @ rot.T + 3.0)
-    e2 = jitted(dec.apply)(dp, x2, vec2, code, logs, g.nodes.positions @ rot.T + 3.0, g.senders, g.receivers,
-                   m.edge_mask, m.node_mask)
-    np.testing.assert_allclose(e2, e @ rot.T, atol=ATOL)
-    # the prediction depends on the graph code and on σ (the decoder is really conditioned)
-    assert float(jnp.abs(jitted(dec.apply)(dp, x, vec, 2 * code, logs, *dargs[4:]) - e).max()) > 1e-4
-    assert float(jnp.abs(jitted(dec.apply)(dp, x, vec, code, logs + 2, *dargs[4:]) - e).max()) > 1e-4
+
+def test_decoder_is_equivariant_and_conditioned_on_code_and_sigma(encoder_and_graph):
+    """ε̂ of the decoder on the encoder's features rotates with the (perturbed) molecule and
+    ignores translations (e3nn's assert_equivariant), and depends on both z and σ."""
+    _, _, g, _ = encoder_and_graph
+    objective, model = _georecon_model()
+    params = jitter(objective.init(model, g, jax.random.PRNGKey(0)), seed=2)
+    code = jnp.asarray(np.random.default_rng(0).normal(size=(g.n_node.shape[0], 8)), jnp.float32)
+    logs = jnp.full((g.nodes.positions.shape[0],), -1.0)
+
+    def eps_hat(positions, code=code, logs=logs):
+        return model.apply(params, g, positions, code, logs, method=decode)[0]
+
+    assert_symmetric(eps_hat, [(g.nodes.positions, "1o")], ["1o"], translate=[0])
+    run = jax.jit(eps_hat)
+    e = run(g.nodes.positions)
+    assert float(jnp.abs(run(g.nodes.positions, 2 * code) - e).max()) > 1e-4
+    assert float(jnp.abs(run(g.nodes.positions, code, logs + 2) - e).max()) > 1e-4
+    assert float(jnp.abs(e[~graph_masks(g).node_mask]).max()) == 0.0    # padding atoms: no prediction
+
+
+def _clean_graph_code(model, graph):
+    return graph_code(model, graph, model.encode(graph))
 
 
 def test_graph_code_is_invariant_and_ignores_padding(qm9_small):
     mols, _ = qm9_small
-    cfg = ml_collections.ConfigDict(dict(
-        encoder=dict(num_layers=1, features=16, num_heads=2, num_rbf=8, cutoff=5.0),
-        decoder=dict(code_dim=8, num_layers=0, num_heads=2, num_rbf=8)))
-    model = DenoisingPretrainer(cfg)
+    objective, model = _georecon_model(features=16, heads=2)
     g = _graph(mols, [10, 20], n_graph=2)
-    m = graph_masks(g)
-    params = jitter(jitted(model.init, (8,))(jax.random.PRNGKey(0), g.nodes.atomic_numbers, g.nodes.positions,
-                               g.senders, g.receivers, m.edge_mask, m.node_mask, m.node_graph, m.n_graph))
+    params = jitter(objective.init(model, g, jax.random.PRNGKey(0)))
 
-    def code(positions):
-        x, _ = jitted(model.apply)(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask,
-                           m.node_mask, method=DenoisingPretrainer.encode)
-        return jitted(model.apply, (4,))(params, x, m.node_graph, m.node_mask, m.n_graph,
-                           method=DenoisingPretrainer.encode_graph)
+    def code_of(graph):
+        return jitted(model.apply)(params, graph, method=_clean_graph_code)
 
-    z = code(g.nodes.positions)
-    rot = jnp.asarray(random_rotation(3))
-    np.testing.assert_allclose(code(g.nodes.positions @ rot.T - 4.0)[:2], z[:2], atol=ATOL)
-    alone = _graph(mols, [20])
-    ma = graph_masks(alone)
-    xa, _ = jitted(model.apply)(params, alone.nodes.atomic_numbers, alone.nodes.positions, alone.senders,
-                        alone.receivers, ma.edge_mask, ma.node_mask, method=DenoisingPretrainer.encode)
-    za = jitted(model.apply, (4,))(params, xa, ma.node_graph, ma.node_mask, ma.n_graph, method=DenoisingPretrainer.encode_graph)
+    z = code_of(g)
+    assert_symmetric(lambda pos: code_of(g._replace(nodes=g.nodes._replace(positions=pos)))[:2],
+                     [(g.nodes.positions, "1o")], ["0e"], translate=[0])
+    za = code_of(_graph(mols, [20]))
     np.testing.assert_allclose(za[0], z[1], atol=1e-5)
 
 

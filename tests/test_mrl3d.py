@@ -1,4 +1,7 @@
-"""3DMRL objective: InfoNCE by hand, SchNet invariance, force-head equivariance, every head trained."""
+"""3DMRL objective: InfoNCE by hand, every head trained.
+
+SchNet's invariance and the force head's equivariance: tests/test_equivariance.py.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,10 +11,8 @@ from experiments.configs import mrl3d as mrl3d_config
 from georecon_jax.chem.conformers import molecule_record
 from georecon_jax.data.pairs import PairDataset
 from georecon_jax.graphs.pairs import PairBudget, pack_pairs
-from georecon_jax.models.relational import ForceHead
-from georecon_jax.models.schnet import SchNet, masked_mean
-from georecon_jax.objectives.environment import radius_adjacency
-from georecon_jax.objectives.mrl3d import MRL3DPretrainer, environment_for, info_nce, make_loss_fn
+from georecon_jax.objectives.mrl3d import info_nce
+from georecon_jax.objectives.registry import get_objective
 
 
 def test_info_nce_matches_hand_computation():
@@ -37,46 +38,6 @@ def test_info_nce_matches_hand_computation():
                                np.log(1 + np.exp(-1 / tau)), rtol=1e-5)
 
 
-def _random_rotation(seed):
-    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    return q * np.sign(np.linalg.det(q))
-
-
-def test_schnet_embedding_invariant_to_rigid_motion_of_environment():
-    rng = np.random.default_rng(1)
-    B, M = 2, 14
-    pos = rng.normal(size=(B, M, 3)).astype(np.float32) * 2.5
-    mask = np.arange(M)[None] < np.array([[12], [9]])
-    labels = (np.arange(M)[None] >= 5).astype(np.int32).repeat(B, 0)
-    model = SchNet(features=16, num_interactions=2, num_gaussians=10, cutoff=5.0)
-
-    def embed(params, p):
-        x = model.apply(params, labels, p, mask, radius_adjacency(p, mask, 5.0))
-        return masked_mean(x, mask & (labels == 0))
-    params = model.init(jax.random.PRNGKey(0), labels, pos, mask, radius_adjacency(pos, mask, 5.0))
-    R = _random_rotation(0).astype(np.float32)
-    moved = pos @ R.T + np.array([3.0, -7.0, 1.5], np.float32)
-    e0, e1 = embed(params, pos), embed(params, moved)
-    np.testing.assert_allclose(e0, e1, atol=1e-4)
-    # and it does depend on the geometry
-    assert not np.allclose(e0, embed(params, pos * 1.3), atol=1e-3)
-
-
-def test_force_head_is_rotation_equivariant():
-    rng = np.random.default_rng(2)
-    B, M, D = 2, 9, 6
-    pos = rng.normal(size=(B, M, 3)).astype(np.float32) * 2
-    mask = np.arange(M)[None] < np.array([[9], [6]])
-    h, ha = rng.normal(size=(B, M, D)).astype(np.float32), rng.normal(size=(B, M, D)).astype(np.float32)
-    head = ForceHead(features=8, num_gaussians=6, cutoff=10.0)
-    params = head.init(jax.random.PRNGKey(0), h, ha, pos, mask)
-    R = _random_rotation(3).astype(np.float32)
-    f0 = np.asarray(head.apply(params, h, ha, pos, mask))
-    f1 = np.asarray(head.apply(params, h, ha, pos @ R.T + 5.0, mask))
-    np.testing.assert_allclose(f0 @ R.T, f1, atol=1e-4)
-    assert np.abs(f0).max() > 1e-3
-
-
 SMILES = [("CCO", "O"), ("c1ccccc1C(=O)O", "CCCCCC"), ("CC(C)N", "ClC(Cl)Cl"), ("OCC(O)CO", "c1ccccc1")]
 
 
@@ -97,12 +58,11 @@ def tiny_batch():
 
 def test_every_parameter_group_gets_a_gradient(tiny_batch):
     config = mrl3d_config.get_config("tiny")
-    model = MRL3DPretrainer(config.model)
+    objective = get_objective(config)
+    model = objective.create_model()
     key = jax.random.PRNGKey(0)
-    # jitted: run eagerly, the environment and the init dispatch op by op (12 s more here)
-    env, z = jax.jit(lambda b, k: environment_for(b, k, config.environment))(tiny_batch, key)
-    params = jax.jit(model.init)(key, tiny_batch, env, z)
-    loss_fn = make_loss_fn(model, config)
+    params = objective.init(model, tiny_batch, key)
+    loss_fn = objective.loss_fn(model)
     mask = tiny_batch.pair_mask
 
     def total(p):

@@ -8,30 +8,30 @@ from conftest import random_rotation
 from experiments.configs import coord as coord_config
 from experiments.configs import georecon as georecon_config
 from georecon_jax.graphs.batching import GraphBatcher
-from georecon_jax.graphs.masks import graph_masks
-from georecon_jax.objectives.denoising import kabsch_rmsd, make_loss_fn, make_reconstruct_fn
+from georecon_jax.models.graph import graph_masks
+from georecon_jax.objectives.georecon import kabsch_rmsd, make_reconstruct_fn
 from georecon_jax.objectives.noise import per_atom_normal
 from georecon_jax.training import steps as steps_lib
-from georecon_jax.training.state import (create_optimizer, create_train_state, make_mesh, replicate,
-                                         shard_batch)
-from georecon_jax.workflows.pretrain import init_model
+from georecon_jax.training.optimizer import create_optimizer
+from georecon_jax.training.state import create_train_state, make_mesh, replicate, shard_batch
+from georecon_jax.tasks.pretrain import init_model
 
 
 def _setup(qm9_small, config, num_buckets=2):
     mols, splits = qm9_small
     batcher = GraphBatcher(mols, splits["train"], config.batch_size, num_buckets=num_buckets)
-    model, params = init_model(config, batcher, jax.random.PRNGKey(0))
-    return mols, batcher, model, params
+    objective, model, params = init_model(config, batcher, jax.random.PRNGKey(0))
+    return mols, batcher, model, params, objective
 
 
 @pytest.mark.parametrize("make_config", [georecon_config.get_config, coord_config.get_config])
 def test_one_step_finite_and_parameters_change(qm9_small, make_config):
     config = make_config("tiny")
-    _, batcher, model, params = _setup(qm9_small, config)
+    _, batcher, model, params, objective = _setup(qm9_small, config)
     mesh = make_mesh(1)
     counter = []
     state = replicate(create_train_state(model.apply, params, create_optimizer(config.optim, 10), False), mesh)
-    step = steps_lib.make_train_step(make_loss_fn(model, config), mesh, jax.random.PRNGKey(1),
+    step = steps_lib.make_train_step(objective.loss_fn(model), mesh, jax.random.PRNGKey(1),
                                      trace_counter=counter)
     before = jax.device_get(state.params)
     state, metrics = step(state, shard_batch(batcher.batch(0), mesh))
@@ -47,7 +47,7 @@ def test_one_step_finite_and_parameters_change(qm9_small, make_config):
         jax.tree_util.tree_leaves(before["params"]["encoder"]))]
     assert max(enc_moved) > 0
     if config.objective.name == "georecon":
-        for part in ("decoder", "graph_code", "node_head"):
+        for part in ("heads_decoder", "heads_graph_code", "heads_node_noise"):
             d = [float(np.abs(a - b).max()) for a, b in zip(
                 jax.tree_util.tree_leaves(after["params"][part]),
                 jax.tree_util.tree_leaves(before["params"][part]))]
@@ -57,11 +57,11 @@ def test_one_step_finite_and_parameters_change(qm9_small, make_config):
 
 def test_no_recompilation_after_warm_up(qm9_small):
     config = coord_config.get_config("tiny")  # the same step machinery as GeoRecon, cheaper to compile
-    _, batcher, model, params = _setup(qm9_small, config, num_buckets=2)
+    _, batcher, model, params, objective = _setup(qm9_small, config, num_buckets=2)
     mesh = make_mesh(1)
     counter = []
     state = replicate(create_train_state(model.apply, params, create_optimizer(config.optim, 100), False), mesh)
-    step = steps_lib.make_train_step(make_loss_fn(model, config), mesh, jax.random.PRNGKey(1),
+    step = steps_lib.make_train_step(objective.loss_fn(model), mesh, jax.random.PRNGKey(1),
                                      trace_counter=counter)
     shapes = []
     for k in range(3 * batcher.steps_per_epoch):
@@ -78,8 +78,8 @@ def test_no_recompilation_after_warm_up(qm9_small):
 def test_loss_of_a_molecule_does_not_depend_on_its_batch(qm9_small):
     """Noise is keyed by molecule id and atom index: same molecule, same loss, alone or batched."""
     config = georecon_config.get_config("tiny")
-    mols, batcher, model, params = _setup(qm9_small, config)
-    loss_fn = jax.jit(make_loss_fn(model, config))
+    mols, batcher, model, params, objective = _setup(qm9_small, config)
+    loss_fn = jax.jit(objective.loss_fn(model))
     from georecon_jax.graphs.batching import pack_graphs
     key = jax.random.PRNGKey(5)
     b = batcher.budgets[-1]
@@ -106,8 +106,9 @@ def test_kabsch_rmsd():
 
 def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small):
     config = georecon_config.get_config("tiny")
-    mols, batcher, model, params = _setup(qm9_small, config)
-    recon = jax.jit(make_reconstruct_fn(model, config, num_steps=3))
+    mols, batcher, model, params, _ = _setup(qm9_small, config)
+    ob = config.objective
+    recon = jax.jit(make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, num_steps=3))
     graph = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), batcher.batch(0))
     a = np.asarray(recon(params, graph, jax.random.PRNGKey(0)))
     b = np.asarray(recon(params, graph, jax.random.PRNGKey(0)))
@@ -120,10 +121,42 @@ def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small
     # its start, σ_max·ε drawn per molecule and atom, 0 on padding. It never sees the answer.
     m = graph_masks(graph)
     zeroed = jax.tree_util.tree_map(lambda x: x, params)
-    zeroed["params"]["decoder"]["out"] = jax.tree_util.tree_map(
-        jnp.zeros_like, params["params"]["decoder"]["out"])
+    zeroed["params"]["heads_decoder"]["out"] = jax.tree_util.tree_map(
+        jnp.zeros_like, params["params"]["heads_decoder"]["out"])
     eps0 = per_atom_normal(jax.random.PRNGKey(0), graph.globals.graph_id[m.node_graph],
                            graph.nodes.atom_index)
     start = np.where(np.asarray(m.node_mask)[:, None], config.objective.sigma_max * np.asarray(eps0), 0.0)
     np.testing.assert_allclose(np.asarray(recon(zeroed, graph, jax.random.PRNGKey(0))), start, atol=1e-5)
     assert float(np.abs(a - start).max()) > 1e-3  # the real decoder moves the atoms
+
+
+def test_every_registered_objective_refuses_an_unknown_name():
+    from georecon_jax.objectives.registry import get_objective, names
+    assert {"georecon", "coord", "coord_ladder", "3dmrl"} <= set(names())
+    config = coord_config.get_config("tiny")
+    config.objective.name = "cord"
+    with pytest.raises(ValueError, match="unknown objective.*registered"):
+        get_objective(config)
+
+
+def test_adding_an_objective_is_one_file_and_one_config(qm9_small):
+    """The README's worked example: objectives/coord_ladder.py + configs/coord_ladder.py train."""
+    from experiments.configs import coord_ladder as ladder_config
+    config = ladder_config.get_config("tiny")
+    mols, batcher, model, params, objective = _setup(qm9_small, config, num_buckets=1)
+    assert objective.name == "coord_ladder" and set(params["params"]) == {"encoder", "heads_node_noise"}
+    mesh = make_mesh(1)
+    state = replicate(create_train_state(model.apply, params, create_optimizer(config.optim, 10), False), mesh)
+    step = steps_lib.make_train_step(objective.loss_fn(model), mesh, jax.random.PRNGKey(1))
+    for k in range(2):  # the learning rate is 0 at step 0 (warm-up)
+        state, metrics = step(state, shard_batch(batcher.batch(k), mesh))
+    assert np.isfinite(float(metrics["loss"]))
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(
+        jax.tree_util.tree_leaves(jax.device_get(state.params)), jax.tree_util.tree_leaves(params)))
+    assert moved > 0
+    # σ comes from the ladder: every molecule's σ is one of its num_levels levels.
+    graph = jax.tree_util.tree_map(lambda x: x[0], batcher.batch(0))
+    sigma = np.asarray(objective.draw_sigma(graph, jax.random.PRNGKey(3)))
+    levels = np.geomspace(config.objective.sigma_max, config.objective.sigma_min, config.objective.num_levels)
+    assert np.all(np.min(np.abs(sigma[:, None] - levels[None, :]), axis=1) < 1e-5 * levels.max())
+    assert len(np.unique(np.round(sigma, 6))) > 1

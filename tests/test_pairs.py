@@ -7,8 +7,8 @@ import pytest
 from georecon_jax.chem.conformers import MoleculeCache
 from georecon_jax.data.pairs import load_pairs
 from georecon_jax.graphs.pairs import PairBatcher, PairBudget, pack_pairs
-from georecon_jax.workflows.finetune_pairs import (average_precision, cv_splits, molecule_split,
-                                                   regression_metrics, roc_auc)
+from georecon_jax.tasks.metrics import average_precision, regression_metrics, roc_auc
+from georecon_jax.tasks.pair_data import cv_splits, molecule_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} absent (fresh clone)")

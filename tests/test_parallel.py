@@ -19,7 +19,9 @@ SCRIPT = textwrap.dedent(r"""
     from experiments.configs import georecon
     from georecon_jax.data.qm9 import load_qm9
     from georecon_jax.training.state import make_mesh, shard_batch
-    from georecon_jax.workflows import pretrain
+    from georecon_jax.tasks import pretrain
+    from experiments.cli import setup_logging
+    setup_logging()
 
     cache_dir, workdir = sys.argv[1], sys.argv[2]
     out = {"num_devices_visible": len(jax.devices())}

@@ -11,10 +11,11 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import kill_after_first_checkpoint
 from experiments.configs import georecon as georecon_config
 from georecon_jax.training.checkpoint import restore_params
 from georecon_jax.training.loop import ConfigMismatchError, read_metrics, workdir_lock
-from georecon_jax.workflows import pretrain
+from georecon_jax.tasks import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,18 +125,7 @@ def test_sigkill_then_resume_equals_uninterrupted(full_run, tmp_path, cache_dir)
     """Kill -9 the CLI after its first checkpoint, run the same command again, compare parameters."""
     workdir = tmp_path / "killed"
     cmd, env = _cli(workdir, cache_dir, "--config.checkpoint_every=2", "--config.eval_every=0")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = workdir / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and any(p.isdigit() for p in os.listdir(ckpt)):
-            break
-        time.sleep(0.05)
-    killed = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert killed, "the run finished before it could be killed: the test would prove nothing"
-    steps = sorted(int(p) for p in os.listdir(ckpt) if p.isdigit())
+    steps = kill_after_first_checkpoint(cmd, workdir / "checkpoints", env, timeout=240)
     assert steps and steps[-1] < 8, steps
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -79,7 +79,8 @@ def test_xyz_directory_loader(tmp_path):
     assert mols.targets[0, qm9.TARGETS.index("U0")] == pytest.approx(-40.47893 * qm9.HARTREE_TO_EV, rel=1e-6)
 
 
-def test_corrupt_cache_is_rebuilt_and_skip_report_saved(tmp_path, capsys):
+def test_corrupt_cache_is_rebuilt_and_skip_report_saved(tmp_path, caplog):
+    caplog.set_level("INFO", logger="georecon_jax")
     mols, _ = qm9.load_qm9(cache_dir=str(tmp_path), limit=30)
     path = tmp_path / "qm9_first30.npz"
     assert path.exists() and (tmp_path / "qm9_first30_skipped.json").exists()
@@ -87,7 +88,7 @@ def test_corrupt_cache_is_rebuilt_and_skip_report_saved(tmp_path, capsys):
     assert report["total"] == 30
     path.write_bytes(b"not a zip file")
     again, _ = qm9.load_qm9(cache_dir=str(tmp_path), limit=30)
-    assert "unreadable" in capsys.readouterr().out
+    assert "unreadable" in caplog.text
     assert np.array_equal(again.positions, mols.positions)
     os.remove(path)
     third, _ = qm9.load_qm9(cache_dir=str(tmp_path), limit=30, verbose=False)
@@ -99,7 +100,8 @@ def test_missing_source_is_a_clear_error(tmp_path):
         qm9.read_qm9_xyz_dir(str(tmp_path))
 
 
-def test_cache_of_an_older_version_is_rebuilt(tmp_path, capsys):
+def test_cache_of_an_older_version_is_rebuilt(tmp_path, caplog):
+    caplog.set_level("INFO", logger="georecon_jax")
     mols, _ = qm9.load_qm9(cache_dir=str(tmp_path), limit=20, verbose=False)
     path = tmp_path / "qm9_first20.npz"
     with np.load(path) as f:
@@ -107,7 +109,7 @@ def test_cache_of_an_older_version_is_rebuilt(tmp_path, capsys):
     old["cache_version"] = np.array(qm9.CACHE_VERSION - 1)
     np.savez(path, **old)
     again, _ = qm9.load_qm9(cache_dir=str(tmp_path), limit=20)
-    assert "outdated" in capsys.readouterr().out
+    assert "outdated" in caplog.text
     assert np.array_equal(again.positions, mols.positions)
     with np.load(path) as f:
         assert int(f["cache_version"]) == qm9.CACHE_VERSION

@@ -1,4 +1,5 @@
 """Failure modes: corrupt/partial checkpoints, non-finite steps, malformed input files."""
+import json
 import os
 import re
 import string
@@ -290,11 +291,9 @@ def test_extxyz_reader_reads_or_names_the_frame_of_a_damaged_file(tmp_path_facto
 
 def test_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """Fine-tuning on rMD17 ethanol: kill -9 after a checkpoint, rerun, same parameters as a straight run."""
-    import signal
     import subprocess
     import sys
-    import time
-    from conftest import ROOT, require_shared
+    from conftest import ROOT, kill_after_first_checkpoint, require_shared
     from georecon_jax.training.checkpoint import restore_params
     data_dir = require_shared("rmd17")
 
@@ -308,18 +307,7 @@ def test_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     out = subprocess.run(cmd(straight), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = killed / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and any(p.isdigit() for p in os.listdir(ckpt)):
-            break
-        time.sleep(0.05)
-    was_running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert was_running, "the run finished before it could be killed: the test would prove nothing"
-    assert max(int(p) for p in os.listdir(ckpt) if p.isdigit()) < 8
+    assert kill_after_first_checkpoint(cmd(killed), killed / "checkpoints", env)[-1] < 8
     out = subprocess.run(cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
     (sa, a), (sb, b) = restore_params(str(straight)), restore_params(str(killed))
@@ -361,3 +349,39 @@ def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk
                              cache=cache, num_workers=1, verbose=False, strict=True)
         else:
             raise DataError("strict: nothing to skip")
+
+
+def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    """FreeSolv pair fine-tuning: kill -9 after an epoch's checkpoint, rerun the same command: the
+    split resumes from its checkpoint and ends with the parameters and test metrics of a straight run;
+    a third run finds every split finished and trains nothing."""
+    import subprocess
+    import sys
+    from conftest import ROOT, kill_after_first_checkpoint, require_shared
+    from georecon_jax.training.checkpoint import restore_params
+    data_root = require_shared("solvation")
+
+    def cmd(workdir):
+        return [sys.executable, "-m", "experiments.finetune_pairs", "--config=experiments/configs/mrl_finetune.py:tiny",
+                f"--config.data.data_root={data_root.parent}", "--config.num_epochs=4", f"--workdir={workdir}"]
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    straight = tmp_path / "straight"
+    out = subprocess.run(cmd(straight), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    killed = tmp_path / "killed"
+    steps = kill_after_first_checkpoint(cmd(killed), killed / "splits" / "seed0_fold0" / "checkpoints", env)
+    final = json.loads((straight / "results.json").read_text())["splits"][0]["num_steps"]
+    assert steps[-1] < final
+    out = subprocess.run(cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming from the checkpoint at step" in out.stdout
+    split = "splits/seed0_fold0"
+    (sa, a), (sb, b) = restore_params(str(straight / split)), restore_params(str(killed / split))
+    assert sa == sb == final
+    for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (straight, killed))
+    assert ra["test_mean_std"] == rb["test_mean_std"] and ra["splits"][0]["best_step"] == rb["splits"][0]["best_step"]
+    out = subprocess.run(cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0 and "finished before, not run again" in out.stdout, out.stderr[-2000:]

@@ -13,6 +13,7 @@ cannot parse or embed are cached with their reason, so they are reported (not re
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -24,6 +25,8 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem
 
 from georecon_jax.chem.features import featurize_mol, parse_smiles
+
+log = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1
 
@@ -133,7 +136,7 @@ class MoleculeCache:
         self._store.update(dict(results))
         if verbose:
             failed = sum(r[0] is None for _, r in results)
-            print(f"conformers: embedded {len(todo) - failed} new molecules, {failed} failed, "
+            log.info(f"conformers: embedded {len(todo) - failed} new molecules, {failed} failed, "
                   f"{time.time() - t0:.1f} s on {num_workers} process(es); cache {self.path}")
         os.makedirs(self.cache_dir, exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp"

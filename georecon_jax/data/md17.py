@@ -28,6 +28,7 @@ coordinates) is skipped and recorded in the returned `SkipReport`; with ``strict
 """
 from __future__ import annotations
 
+import logging
 import dataclasses
 import os
 import re
@@ -37,6 +38,8 @@ import numpy as np
 
 from georecon_jax.data.records import (DataError, MAX_ATOMIC_NUMBER, Molecules, SkipReport,
                                        SYMBOL_TO_Z, check_molecule)
+
+log = logging.getLogger(__name__)
 
 KCAL_PER_MOL_PER_EV = 23.060548
 ENERGY_UNITS = ("kcal/mol", "eV")
@@ -355,5 +358,5 @@ def load_md17(train_file: str, test_file: Optional[str] = None, n_train: int = 9
     if verbose:
         for r in reports.values():
             if r.count:
-                print(r.summary())
+                log.info(r.summary())
     return out, reports

@@ -24,6 +24,7 @@ parsed or embedded or when a label is missing or not finite. Nothing raises for 
 """
 from __future__ import annotations
 
+import logging
 import csv
 import dataclasses
 import os
@@ -34,6 +35,8 @@ import numpy as np
 from georecon_jax.chem.conformers import MoleculeCache
 from georecon_jax.chem.features import canonical_smiles
 from georecon_jax.data.records import DataError, SkipReport
+
+log = logging.getLogger(__name__)
 
 _SOLV = dict(smiles_columns=("solute", "solvent"), label_columns=("Gsolv",), task="regression")
 PRESETS: Dict[str, dict] = {
@@ -188,7 +191,7 @@ def load_pairs(preset: Optional[str] = None, *, data_root: str = "", files: Sequ
         labels.append(lab)
         rows.append(where)
     if verbose:
-        print(skip.summary())
+        log.info(skip.summary())
     os.makedirs(cache.cache_dir, exist_ok=True)
     skip.save(os.path.join(cache.cache_dir, "".join(c if c.isalnum() else "_" for c in name) + "_skipped.json"))
     if strict and skip.count:

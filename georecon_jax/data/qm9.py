@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import logging
 import json
 import os
 from typing import Optional
@@ -42,6 +43,8 @@ import numpy as np
 
 from georecon_jax.data.records import (DataError, Molecules, SkipReport, SYMBOL_TO_Z,
                                        check_molecule)
+
+log = logging.getLogger(__name__)
 
 HARTREE_TO_EV = 27.211386246
 
@@ -254,23 +257,23 @@ def load_qm9(cache_dir: Optional[str] = None, source_dir: Optional[str] = None,
         except Exception as e:  # corrupt, truncated or of an older version: rebuild it
             meta = None
             if verbose:
-                print(f"QM9 cache {path} is unreadable or outdated ({type(e).__name__}: {e}); rebuilding it")
+                log.info(f"QM9 cache {path} is unreadable or outdated ({type(e).__name__}: {e}); rebuilding it")
         if meta is not None and meta.get("source") == source and meta.get("split_seed") == split_seed:
             if strict and meta.get("skipped", 0):
                 raise DataError(f"{path}: {meta['skipped']} records were skipped when the cache "
                                 "was built (see qm9_skipped.json) and strict mode is on")
             return mols, splits
         if meta is not None and verbose:
-            print(f"QM9 cache {path} was built from {meta.get('source')} with split seed "
+            log.info(f"QM9 cache {path} was built from {meta.get('source')} with split seed "
                   f"{meta.get('split_seed')}; rebuilding for {source}, seed {split_seed}")
     if verbose:
-        print(f"Building the QM9 cache at {path} from {source} (once; about a minute) ...")
+        log.info(f"Building the QM9 cache at {path} from {source} (once; about a minute) ...")
     if source_dir:
         mols, report = read_qm9_xyz_dir(source_dir, limit)
     else:
         mols, report = read_qm9pack(limit=limit)
     if verbose:
-        print(report.summary())
+        log.info(report.summary())
     if strict and report.count:
         raise DataError(report.summary())
     report.save(os.path.join(cache_dir, os.path.basename(path).replace(".npz", "_skipped.json")))

@@ -9,9 +9,11 @@ Padding follows jraph's convention: one extra graph at the end owns all padding 
 so ``jraph.get_graph_padding_mask`` / ``get_node_padding_mask`` / ``get_edge_padding_mask`` give
 the masks. Padding edges are self-edges of the first padding node.
 
-Edges. Each molecule contributes a candidate neighbour list: every ordered atom pair, self-pairs
-included as in TorchMD-Net (``neighbor_list="all_pairs"``), or the pairs closer than
-``cutoff + skin`` at the record's positions (``"radius"``). The models recompute distances from
+Edges. Each molecule contributes a candidate list of atom pairs, each unordered pair of distinct
+atoms once (``senders``/``receivers``; the models send messages both ways along each pair and add
+every atom's self-edge, which is TorchMD-Net's ordered edge list with ``loop=True``): all
+n(n-1)/2 pairs (``neighbor_list="all_pairs"``), or the pairs closer than ``cutoff + skin`` at the
+record's positions (``"radius"``). The models recompute distances from
 the positions they are given and weight every edge by a cosine cutoff that vanishes beyond the
 cutoff, so the effective graph is the radius graph *at the positions the model sees*. With
 all pairs this is exact for perturbed and sampled coordinates alike; with a finite skin it is
@@ -20,8 +22,6 @@ exact while no atom moves further than skin/2 (the objectives report violations)
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
 from typing import Iterator, List, NamedTuple, Optional, Sequence
 
 import jraph
@@ -315,40 +315,3 @@ class GraphBatcher:
             pn.append(1.0 - g.n_node[real].sum() / g.n_node.sum())
             pe.append(1.0 - g.n_edge[real].sum() / max(g.n_edge.sum(), 1))
         return float(np.mean(pn)), float(np.mean(pe))
-
-
-class Prefetcher:
-    """Prepares batches ``start, start+1, ...`` in a background thread (bounded queue)."""
-
-    def __init__(self, make_batch, start: int, stop: int, depth: int = 4):
-        self._q: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-
-        def work():
-            for k in range(start, stop):
-                if self._stop.is_set():
-                    return
-                try:
-                    item = (k, make_batch(k), None)
-                except Exception as e:  # hand the error to the consumer
-                    item = (k, None, e)
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if item[2] is not None:
-                    return
-        self._thread = threading.Thread(target=work, daemon=True)
-        self._thread.start()
-
-    def get(self):
-        k, batch, err = self._q.get()
-        if err is not None:
-            raise err
-        return k, batch
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=5)

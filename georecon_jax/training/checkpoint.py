@@ -16,7 +16,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from georecon_jax.training.state import create_optimizer, create_train_state, replicate
 
 
 class CheckpointError(RuntimeError):
@@ -99,18 +98,3 @@ def restore_params(path: str) -> Tuple[int, Any]:
     ckptr = ocp.StandardCheckpointer()
     item = os.path.join(step_dir, "default") if os.path.isdir(os.path.join(step_dir, "default")) else step_dir
     return int(os.path.basename(step_dir)), ckptr.restore(item)
-
-
-def start_or_resume(workdir: str, apply_fn, params, config, mesh):
-    """The train state of a run in ``workdir``: fresh from ``params`` (AdamW as in ``config.optim``,
-    for ``config.num_steps``, replicated on ``mesh``), or the newest readable checkpoint there.
-
-    Returns (state, checkpointer); says so when it resumes.
-    """
-    tx = create_optimizer(config.optim, config.num_steps)
-    state = replicate(create_train_state(apply_fn, params, tx, config.optim.ema_decay > 0), mesh)
-    checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-    step, state = checkpointer.restore_latest(state)
-    if step is not None:
-        print(f"resuming from the checkpoint at step {step}")
-    return state, checkpointer

@@ -13,14 +13,14 @@ import math
 import os
 import signal
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from georecon_jax.graphs.batching import Prefetcher
+from georecon_jax.training.prefetch import Prefetcher
 from georecon_jax.training.checkpoint import Checkpointer
 
 
@@ -140,29 +140,56 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
+class NonfiniteWatch:
+    """Counts consecutive non-finite steps from the steps' device flags, read in bulk at log,
+    evaluation and checkpoint time (no device-to-host sync per step)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.consecutive, self._pending = limit, 0, []
+
+    def add(self, step: int, flag):
+        self._pending.append((step, flag))
+
+    def check(self):
+        """Raises FloatingPointError when more than ``limit`` steps in a row were non-finite."""
+        flags = jax.device_get([f for _, f in self._pending])
+        for (step, _), bad in zip(self._pending, flags):
+            self.consecutive = self.consecutive + 1 if bool(bad) else 0
+            if self.consecutive > self.limit:
+                raise FloatingPointError(
+                    f"{self.consecutive} consecutive steps (up to step {step}) had a non-finite "
+                    "loss or gradient; they were not applied. Lower the learning rate or check "
+                    "the data; the last good state is in the latest checkpoint.")
+        self._pending = []
+
+
 def fit(*, state, train_step: Callable, make_batch: Callable[[int], object], place: Callable,
         num_steps: int, checkpointer: Checkpointer, writer: MetricsWriter,
         eval_fn: Optional[Callable] = None, eval_every: int = 0, checkpoint_every: int = 1000,
         log_every: int = 50, max_consecutive_nonfinite: int = 10, prefetch: int = 4,
-        progress: bool = True, desc: str = "train", stop_after: Optional[int] = None):
-    """Runs steps ``state.step .. num_steps - 1``; returns the final state.
+        progress: bool = True, desc: str = "train", stop_after: Optional[int] = None,
+        on_eval: Sequence[Callable] = ()):
+    """Runs steps ``state.step .. num_steps - 1``; returns (final state, whether a hook stopped it).
 
     ``stop_after`` ends the run early at that step (with a checkpoint) while keeping the schedule
     of ``num_steps``: the same command without it later resumes and finishes the run.
 
     Args:
-      make_batch: k -> host batch (numpy GraphsTuple with a leading device axis); runs in a thread.
+      make_batch: k -> host batch (numpy pytree with a leading device axis); runs in a thread.
       place: host batch -> device batch (sharded over the mesh).
       eval_fn: (state, step) -> metrics dict, written under split "validation".
+      on_eval: hooks ``(step, state, metrics) -> bool`` called after each evaluation (best
+        checkpoint, early stopping); any True ends training there, with a checkpoint.
     """
     start = int(jax.device_get(state.step))
     end = num_steps if stop_after is None else min(stop_after, num_steps)
     if start >= end:
-        return state
+        return state, False
     fetcher = Prefetcher(make_batch, start, end, depth=prefetch)
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
-    window, consecutive_bad, t_last, steps_last = [], 0, time.time(), start
-    step = start
+    window, t_last, steps_last = [], time.time(), start
+    watch = NonfiniteWatch(max_consecutive_nonfinite)
+    step, stopped = start, False
     try:
         with _Preemption() as preempt:
             while step < end:
@@ -171,14 +198,9 @@ def fit(*, state, train_step: Callable, make_batch: Callable[[int], object], pla
                 state, metrics = train_step(state, place(host_batch))
                 step += 1
                 window.append(metrics)
-                bad = bool(metrics["nonfinite"])
-                consecutive_bad = consecutive_bad + 1 if bad else 0
-                if consecutive_bad > max_consecutive_nonfinite:
-                    raise FloatingPointError(
-                        f"{consecutive_bad} consecutive steps (up to step {step}) had a non-finite "
-                        "loss or gradient; they were not applied. Lower the learning rate or check "
-                        "the data; the last good state is in the latest checkpoint.")
+                watch.add(step, metrics["nonfinite"])
                 if step % log_every == 0 or step == num_steps:
+                    watch.check()
                     host = jax.device_get(window)
                     mean = {key: float(np.mean([m[key] for m in host])) for key in host[0]}
                     now = time.time()
@@ -188,16 +210,22 @@ def fit(*, state, train_step: Callable, make_batch: Callable[[int], object], pla
                     bar.set_postfix(loss=f"{mean['loss']:.4f}", it_s=f"{mean['steps_per_second']:.1f}")
                 bar.update(1)
                 if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
-                    writer.write(step, "validation", eval_fn(state, step))
-                if step % checkpoint_every == 0 or step == end or preempt.requested:
+                    watch.check()
+                    metrics = eval_fn(state, step)
+                    writer.write(step, "validation", metrics)
+                    stopped = any([bool(hook(step, state, metrics)) for hook in on_eval])
+                if step % checkpoint_every == 0 or step == end or preempt.requested or stopped:
+                    watch.check()
                     checkpointer.save(step, state)
                 if preempt.requested:
                     bar.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
                     break
+                if stopped:
+                    break
     finally:
         fetcher.close()
         bar.close()
-    return state
+    return state, stopped
 
 
 def first_and_last(workdir: str, key: str = "loss", split: str = "train"):

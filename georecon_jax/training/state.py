@@ -1,4 +1,4 @@
-"""Train state, optimizer and the mesh; no chemistry here."""
+"""Train state and the device mesh; no chemistry here (the optimizer: `training.optimizer`)."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -7,9 +7,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -20,18 +18,6 @@ class TrainState(train_state.TrainState):
     """flax TrainState plus an optional EMA of the parameters and a count of skipped steps."""
     ema_params: Any = None
     skipped_steps: jax.Array = None   # steps whose loss or gradient was non-finite (not applied)
-
-
-def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine decay, and global-norm gradient clipping."""
-    if cfg.optimizer != "adamw":
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: only 'adamw' is implemented")
-    warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=warmup,
-        decay_steps=max(num_steps, warmup + 1), end_value=cfg.learning_rate * cfg.get("final_lr_fraction", 0.0))
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(schedule, weight_decay=cfg.weight_decay))
 
 
 def strong_types(tree):

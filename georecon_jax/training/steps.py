@@ -120,15 +120,19 @@ def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
     return jax.jit(train_step, donate_argnums=(0,))
 
 
-def make_eval_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array):
-    """``eval_step(params, batch, step) -> metrics`` (loss and metrics averaged over real graphs,
-    plus the sums needed to combine batches: ``num_graphs``)."""
+def make_eval_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
+                   mask_fn: Callable = jraph.get_graph_padding_mask, fold_in_device: bool = False):
+    """``eval_step(params, batch, index) -> sums`` of the loss and metrics over the real examples
+    of a batch, with their count ``num_graphs`` (`combine_eval_sums` averages batches). The key is
+    ``fold_in(base_key, index)`` (and the device index with ``fold_in_device``)."""
 
     def device_eval(params, batch, key):
+        if fold_in_device:
+            key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
+
         def micro_sums(graph):
-            mask = jraph.get_graph_padding_mask(graph)
             per_graph, metrics = loss_fn(params, graph, key)
-            loss_sum, metric_sums, count = _masked_sums(per_graph, metrics, mask)
+            loss_sum, metric_sums, count = _masked_sums(per_graph, metrics, mask_fn(graph))
             return dict(metric_sums, loss=loss_sum, num_graphs=count)
 
         if _num_micro(batch) == 1:

@@ -1,0 +1,153 @@
+"""Test-set evaluation of a fine-tuned checkpoint: MAE with units, results.json, results.md, parity PNGs.
+
+Everything comes from the workdir: ``config.json`` (the model and data), ``target_stats.json``
+(references and target statistics; nothing is refitted) and the checkpoint (``best`` by default,
+``latest`` or a step number). One device, fixed batch order, float64 sums on the host: the same
+checkpoint gives the same numbers every time.
+
+Units: QM9 energies (homo, lumo, gap, zpve, U0, U, H, G) are reported in meV, other targets in
+their own unit (D, a0³, a0², cal/(mol K)); MD17 energies in kcal/mol and forces in kcal/mol/Å
+(and meV, meV/Å).
+"""
+from __future__ import annotations
+
+import logging
+import json
+import os
+from typing import List, Optional, Union
+
+import jax
+import ml_collections
+import numpy as np
+
+from georecon_jax import plots
+from georecon_jax.models.property import create_property_model
+from georecon_jax.objectives.supervised import TargetStats, make_predict_fn
+from georecon_jax.tasks.metrics import energy_unit_scale, property_metrics
+from georecon_jax.tasks.property_data import (STATS_FILE, load_task_data, make_batchers, read_target_stats,
+                                              resolve_config)
+from georecon_jax.training.checkpoint import CheckpointError, checkpoint_dir, restore_params
+
+log = logging.getLogger(__name__)
+
+
+def find_checkpoint(workdir: str, checkpoint: Union[str, int] = "best"):
+    """(step folder, label). ``best`` falls back to ``latest`` when no best checkpoint exists."""
+    def steps_in(d):
+        return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+    main = checkpoint_dir(workdir)
+    if str(checkpoint) == "best":
+        best = os.path.join(workdir, "best", "checkpoints")
+        if steps_in(best):
+            return os.path.join(best, str(steps_in(best)[-1])), "best"
+        checkpoint = "latest"
+    if str(checkpoint) == "latest":
+        if not steps_in(main):
+            raise CheckpointError(f"no checkpoint under {main}")
+        return os.path.join(main, str(steps_in(main)[-1])), "latest"
+    step = int(checkpoint)
+    if step not in steps_in(main):
+        raise CheckpointError(f"no checkpoint of step {step} under {main} (have {steps_in(main)})")
+    return os.path.join(main, str(step)), f"step{step}"
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} has no config.json: is it a fine-tuning workdir?")
+    with open(path) as f:
+        return resolve_config(ml_collections.ConfigDict(json.load(f)))
+
+
+def predict_split(workdir: str, checkpoint: Union[str, int] = "best", split: str = "test"):
+    """Predictions and references (totals, target units) of every molecule of ``split``."""
+    config = load_workdir_config(workdir)
+    saved = read_target_stats(workdir)
+    if saved is None:
+        raise FileNotFoundError(f"{workdir} has no {STATS_FILE}: is it a fine-tuning workdir?")
+    data = load_task_data(config, saved)
+    batcher = make_batchers(config, data, 1, names=(split,))[split]
+    step_dir, label = find_checkpoint(workdir, checkpoint)
+    step, raw = restore_params(step_dir)
+    params = raw.get("ema_params") or raw["params"]
+    model = create_property_model(config.model)
+    with_forces = config.task == "md17"
+    predict = jax.jit(make_predict_fn(model, TargetStats(**saved["stats"]), with_forces))
+    s = data.splits[split]
+    ids, y_pred, f_pred, f_ref = [], [], [], []
+    for batch in batcher.epoch_batches():
+        graph = jax.tree_util.tree_map(lambda x: x[0], batch)
+        y, forces, _ = predict(params, graph, graph.nodes.positions)
+        real = graph.globals.graph_id >= 0
+        ids.append(graph.globals.graph_id[real])
+        y_pred.append(np.asarray(y, np.float64)[real])
+        if with_forces:
+            node_real = np.arange(len(graph.nodes.atomic_numbers)) < int(np.sum(graph.n_node[real]))
+            f_pred.append(np.asarray(forces, np.float64)[node_real])
+            f_ref.append(np.asarray(graph.nodes.forces, np.float64)[node_real])
+    ids = np.concatenate(ids)
+    ref_total = s.reference[ids]
+    out = {"config": config, "saved": saved, "step": int(step), "label": label, "step_dir": step_dir,
+           "ids": ids, "reference": s.molecules.targets[ids, 0].astype(np.float64) + ref_total,
+           "predicted": np.concatenate(y_pred) + ref_total}
+    if with_forces:
+        out["forces_reference"], out["forces_predicted"] = np.concatenate(f_ref), np.concatenate(f_pred)
+    return out
+
+
+def markdown_table(results: List[dict]) -> str:
+    """A Markdown table, one row per (run, metric)."""
+    lines = ["| task | target | checkpoint | split | molecules | metric | value | unit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        name = r["task"] if r["task"] == "qm9" else f"md17 ({r.get('molecule', '')})"
+        for k, m in r["metrics"].items():
+            lines.append(f"| {name} | {r['target']} | {r['checkpoint']} (step {r['step']}) | "
+                         f"{r['split']} | {r['num_molecules']} | {k} | {m['value']:.5g} | {m['unit']} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(workdir: str, checkpoint: Union[str, int] = "best", split: str = "test",
+             output_dir: Optional[str] = None, make_plots: bool = True, verbose: bool = True) -> dict:
+    """Evaluates one fine-tuning workdir; writes results.json, results.md and parity plots into
+    ``output_dir`` (default: the workdir for the best checkpoint, ``<workdir>/eval_<checkpoint>``
+    otherwise). Returns the results dict."""
+    p = predict_split(workdir, checkpoint, split)
+    config = p["config"]
+    output_dir = output_dir or (workdir if p["label"] == "best" else os.path.join(workdir, f"eval_{p['label']}"))
+    os.makedirs(output_dir, exist_ok=True)
+    metrics = property_metrics(config.task, config.target, p["saved"]["unit"], p["predicted"], p["reference"],
+                               p.get("forces_predicted"), p.get("forces_reference"))
+    results = {"workdir": os.path.abspath(workdir), "task": config.task, "target": config.target,
+               "molecule": config.get("molecule") if config.task == "md17" else None,
+               "checkpoint": p["label"], "step": p["step"], "split": split,
+               "num_molecules": int(len(p["ids"])), "metrics": metrics,
+               "pretrained": config.get("pretrained")}
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    table = markdown_table([results])
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(f"# Fine-tuning results: {os.path.abspath(workdir)}\n\n{table}")
+    if make_plots:
+        saved = p["saved"]
+        if config.task == "qm9":
+            unit, scale = energy_unit_scale(saved["unit"])
+            key = f"{config.target}_mae"
+            plots.parity_plot(p["reference"] * scale, p["predicted"] * scale,
+                              os.path.join(output_dir, f"parity_{config.target}.png"), config.target,
+                              unit, metrics[key]["value"], title=f"QM9 {split}, {p['label']} step {p['step']}")
+        else:
+            unit = saved["unit"]
+            plots.parity_plot(p["reference"] - saved["energy_offset"], p["predicted"] - saved["energy_offset"],
+                              os.path.join(output_dir, "parity_energy.png"),
+                              "energy - mean train energy", unit, metrics["energy_mae"]["value"],
+                              title=f"{config.molecule} {split}, {p['label']} step {p['step']}")
+            plots.parity_plot(p["forces_reference"], p["forces_predicted"],
+                              os.path.join(output_dir, "parity_forces.png"), "force component",
+                              f"{unit}/Å", metrics["force_mae"]["value"],
+                              title=f"{config.molecule} {split}, {p['label']} step {p['step']}")
+    if verbose:
+        log.info(f"{workdir}: {split} split, {len(p['ids'])} molecules, {p['label']} checkpoint (step {p['step']}): "
+              + ", ".join(f"{k} {m['value']:.4g} {m['unit']}" for k, m in metrics.items()))
+    return results

@@ -1,0 +1,111 @@
+"""Fine-tuning on a molecular property (QM9) or on energies and forces (MD17 family).
+
+``run(config, workdir)`` is what ``python -m experiments.finetune`` calls; running it again on the
+same workdir resumes. Besides the runner's ``checkpoints/``, ``metrics.jsonl``, ``config.json`` and
+``summary.json`` it writes into the workdir:
+
+  target_stats.json        per-element references / energy offset and the target mean and std
+                           (evaluation reuses them, so it never refits anything)
+  best/checkpoints/<step>  the state with the best validation metric; best.json names its step
+  early_stopped.json       when early stopping ended the run (a rerun does not train further)
+  learning_curves.png      training loss and validation MAE against step
+  results.json, results.md, parity plots   with ``evaluate_at_end`` (`tasks.evaluation`)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict
+
+import jax
+import ml_collections
+
+from georecon_jax import plots
+from georecon_jax.models.pretrain import encoder_problems
+from georecon_jax.models.property import create_property_model
+from georecon_jax.objectives.supervised import LOSSES, init_params, make_loss_fn
+from georecon_jax.tasks import evaluation
+from georecon_jax.tasks.property_data import load_workdir_task_data, make_batchers, resolve_config
+from georecon_jax.training import runner
+from georecon_jax.training.loop import read_metrics
+from georecon_jax.training.state import param_count
+from georecon_jax.training.transfer import load_pretrained_encoder
+
+log = logging.getLogger(__name__)
+
+
+def selection_metric(config) -> str:
+    """The validation metric that picks the best checkpoint: the target's MAE (QM9), the loss (MD17)."""
+    return "mae" if config.task == "qm9" else "loss"
+
+
+def learning_curve_panels(config, unit: str) -> dict:
+    if config.task == "qm9":
+        return {"loss": (("train", "loss", "train loss"), ("validation", "loss", "validation loss")),
+                f"{config.target} MAE ({unit})": (("train", "mae", "train"), ("validation", "mae", "validation"))}
+    return {"loss": (("train", "loss", "train"), ("validation", "loss", "validation")),
+            f"energy MAE ({unit})": (("train", "energy_mae", "train"), ("validation", "energy_mae", "validation")),
+            f"force MAE ({unit}/Å)": (("train", "force_mae", "train"), ("validation", "force_mae", "validation"))}
+
+
+class FinetuneTask:
+    compare_sections = ("model", "loss", "data")
+
+    def validate(self, config):
+        problems = encoder_problems(config.model.encoder)
+        if config.loss.name not in LOSSES:
+            problems.append(f"loss.name={config.loss.name!r}: use one of {LOSSES}")
+        return problems
+
+    def build(self, config, workdir, mesh, key) -> runner.Job:
+        config = resolve_config(config)
+        self.config = config
+        num_devices = mesh.devices.size
+        self.data = data = load_workdir_task_data(config, workdir)
+        batchers = make_batchers(config, data, num_devices)
+        train, val = batchers["train"], batchers["validation"]
+        log.info("%s %s: %d training / %d validation / %d test molecules; target mean %.4g %s, std %.4g %s "
+                 "(after references); batch %d over %d device(s)", config.task, config.target,
+                 len(train.indices), len(val.indices), len(batchers["test"].indices), data.stats.mean,
+                 data.unit, data.stats.std, data.unit, config.batch_size, num_devices)
+        model = create_property_model(config.model)
+        graph = jax.tree_util.tree_map(lambda x: x[0], train.batch(0))
+        params = init_params(model, graph, key, with_denoise=config.loss.get("denoise_weight", 0.0) > 0)
+        self.pretrained = None
+        if config.get("pretrained"):
+            params, self.pretrained = load_pretrained_encoder(params, config.pretrained, config.model.encoder)
+        log.info("model: %s parameters (encoder %s); %s", f"{param_count(params):,}",
+                 f"{param_count(params['params']['encoder']):,}",
+                 "pretrained" if self.pretrained else "from scratch")
+        es = config.early_stopping
+        best = runner.BestCheckpoint(workdir, selection_metric(config), "min", es.patience, es.min_delta)
+        eval_loss = make_loss_fn(model, config, data.stats, train=False)
+        return runner.Job(params=params, apply_fn=model.apply,
+                          loss_fn=make_loss_fn(model, config, data.stats, train=True),
+                          train_batch=train.batch, num_steps=config.num_steps,
+                          eval_fn=runner.loss_evaluator(eval_loss, mesh, val.epoch_batches,
+                                                        jax.random.fold_in(key, 2)),
+                          on_eval=(best,), done=best.stopped, closers=(best,),
+                          desc=f"finetune {config.task} {config.target}")
+
+    def finish(self, config, workdir, job, state) -> Dict:
+        config, data = self.config, self.data
+        best = job.closers[0].best
+        title = config.target if config.task == "qm9" else config.get("molecule")
+        plots.learning_curves(read_metrics(workdir), os.path.join(workdir, "learning_curves.png"),
+                              learning_curve_panels(config, data.unit), title=f"fine-tuning {config.task} {title}")
+        val = read_metrics(workdir, "validation")
+        summary = {"task": config.task, "target": config.target, "unit": data.unit,
+                   "best_step": best["step"], f"best_validation_{best['metric']}": best["value"],
+                   "final_validation": val[-1] if val else None, "pretrained": self.pretrained,
+                   "num_train_labels": data.saved["num_train_labels"]}
+        if config.task == "md17":
+            summary["force_unit"] = f"{data.unit}/Å"
+        if config.get("evaluate_at_end", True):
+            summary["test"] = evaluation.evaluate(workdir, checkpoint="best")["metrics"]
+        return summary
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None) -> Dict:
+    """Fine-tunes (or resumes) in ``workdir``; returns the summary."""
+    return runner.run_experiment(FinetuneTask(), config, workdir, stop_after=stop_after)

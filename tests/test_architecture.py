@@ -1,0 +1,93 @@
+"""The house as the README draws it, read from the imports of every module (no module is run).
+
+Arrows: experiments -> tasks -> training, objectives -> models; graphs -> data -> chem. Models never
+read files or import the data side; training never imports chemistry, data, graphs, models or
+objectives; no job module of tasks/ imports another; nothing in the library imports experiments/.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "georecon_jax"
+
+# What each room of the library may import from the library (besides itself).
+ALLOWED = {
+    "chem": set(),
+    "data": {"chem"},
+    "graphs": {"data", "chem"},
+    "models": set(),
+    "objectives": {"models"},
+    "training": set(),
+    "tasks": {"training", "objectives", "models", "graphs", "data", "chem", "plots"},
+    "plots": set(),
+}
+# Modules of tasks/ that each run one kind of job: none may import another.
+JOBS = {"pretrain", "finetune", "mrl3d", "finetune_pairs"}
+
+
+def imports_of(path: Path):
+    """Every absolute module name imported by a file, at any depth (functions included)."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+            for alias in node.names:     # from georecon_jax import plots
+                yield f"{node.module}.{alias.name}"
+
+
+def room(module: str):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "georecon_jax" else None
+
+
+def library_files():
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_every_room_of_the_library_is_known():
+    rooms = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in library_files()} - {"__init__"}
+    assert rooms <= set(ALLOWED), f"rooms the arrows do not cover: {rooms - set(ALLOWED)}"
+    assert not (PACKAGE / "workflows").exists(), "workflows/ is gone: jobs are tasks on training.runner"
+
+
+@pytest.mark.parametrize("path", library_files(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_arrows(path):
+    own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    for module in imports_of(path):
+        assert not module.startswith("experiments"), f"{path.name} imports {module}: the library never imports experiments/"
+        target = room(module)
+        if target is None or target == own or own == "__init__":
+            continue
+        assert target in ALLOWED[own], f"{own}/{path.name} imports {module}: {own} may import only {sorted(ALLOWED[own])}"
+
+
+def test_no_job_imports_another():
+    for name in JOBS:
+        path = PACKAGE / "tasks" / f"{name}.py"
+        assert path.exists(), path
+        for module in imports_of(path):
+            if module.startswith("georecon_jax.tasks."):
+                other = module.split(".")[2]
+                assert other not in JOBS, f"tasks/{name}.py imports the job tasks/{other}.py"
+
+
+def test_entry_points_do_not_import_each_other():
+    entries = {p.stem for p in (ROOT / "experiments").glob("*.py")} - {"__init__", "cli"}
+    for name in entries:
+        for module in imports_of(ROOT / "experiments" / f"{name}.py"):
+            parts = module.split(".")
+            assert not (parts[0] == "experiments" and len(parts) > 1 and parts[1] in entries), (
+                f"experiments/{name}.py imports experiments/{parts[1]}.py")
+
+
+def test_the_checker_sees_a_wrong_arrow(tmp_path):
+    """The test above can fail: a model importing the data side is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from georecon_jax.data.qm9 import load_qm9\n")
+    assert room(next(iter(imports_of(bad)))) == "data" and "data" not in ALLOWED["models"]
