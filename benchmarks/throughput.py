@@ -5,7 +5,7 @@
 
 Options: --sizes cpu,paper  --objectives coord,georecon  --rounds N  --steps-per-round N
 --no-torch  --micro-batches M  --devices D  --precision highest|tf32  --torch-device auto|cpu|cuda
---out benchmarks/results/throughput_<backend>  (writes .json and .md).
+--out benchmarks/results/throughput_<backend>  (writes .json and .md)  --check-args (check them, exit).
 
 On a GPU the same command runs both sides on the card (JAX's backend decides; torch follows with
 --torch-device auto) and adds the card's name, its peak FLOP/s for the precision used and the
@@ -444,7 +444,15 @@ def main(argv=None):
                    help="auto (cuda when JAX runs on a GPU, else cpu), cpu or cuda")
     p.add_argument("--out", default=None,
                    help="output path without extension (default benchmarks/results/throughput_<backend>)")
+    p.add_argument("--check-args", action="store_true",
+                   help="check the options and exit (benchmarks/run.sh, before anything long)")
     args = p.parse_args(argv)
+    for flag, given, valid in (("--sizes", args.sizes, SIZES), ("--objectives", args.objectives, ("coord", "georecon"))):
+        unknown = [x for x in given.split(",") if x not in valid]
+        if unknown:
+            p.error(f"{flag}: unknown {unknown}, use some of {','.join(valid)}")
+    if args.check_args:
+        return
     sys.path.insert(0, str(ROOT))
     import jax
     backend = jax.default_backend()

@@ -5,8 +5,12 @@
 
 Writes results.json, results.md and parity plots (PNG) into each workdir (into
 <workdir>/eval_<checkpoint> for a checkpoint other than the best); with several workdirs and
---table, also one combined Markdown table.
+--table, also one combined Markdown table. A folder that is not a fine-tuning workdir (a
+pretraining run, a pair fine-tuning run, anything else) is refused with one line saying what it is
+and where its own results are, before any workdir is evaluated.
 """
+import sys
+
 from absl import app, flags
 
 from experiments.cli import setup_logging
@@ -24,7 +28,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_logging()
     from georecon_jax.tasks import evaluation
-    results = [evaluation.evaluate(w, FLAGS.checkpoint, FLAGS.split) for w in FLAGS.workdir]
+    try:
+        for w in FLAGS.workdir:   # every workdir checked before the first is evaluated
+            evaluation.check_finetune_workdir(w)
+        results = [evaluation.evaluate(w, FLAGS.checkpoint, FLAGS.split) for w in FLAGS.workdir]
+    except (evaluation.WorkdirError, evaluation.CheckpointError) as e:
+        sys.exit(f"error: {e}")
     table = evaluation.markdown_table(results)
     print(table)
     if FLAGS.table:

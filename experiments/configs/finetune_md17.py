@@ -10,6 +10,8 @@
                                  $GEORECON_CACHE/md17 (what data_prep/md17.py writes)
   --config.data.train_file=...   or name the files (rMD17 .npz, sGDML .npz, extended XYZ)
   --config.data.test_file=...    unset and no <molecule>_test file: test on the unused train frames
+  --config.data.name=...         what the reports call the data (default: <molecule>, or the training
+                                 file's <folder>/<stem> when files are named, e.g. 3BPA/train_300K)
 
 Split: 950 training / 50 validation frames drawn from the training file (seed data.split_seed).
 Energies in kcal/mol, forces in kcal/mol/Å (data.energy_unit='eV' converts on load).
@@ -38,6 +40,7 @@ def get_config(size=None):
     c.data.data_dir = common.optional(str)
     c.data.train_file = common.optional(str)
     c.data.test_file = common.optional(str)
+    c.data.name = common.optional(str)    # the reports' label (tasks.property_data.run_label)
     c.data.file_energy_unit = "kcal/mol"  # what the files hold (extended XYZ records no unit)
     c.data.energy_unit = "kcal/mol"       # what training and the reports use
     c.data.num_train = 950

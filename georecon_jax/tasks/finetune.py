@@ -25,7 +25,7 @@ from georecon_jax.models.pretrain import encoder_problems
 from georecon_jax.models.property import create_property_model
 from georecon_jax.objectives.supervised import LOSSES, init_params, make_loss_fn
 from georecon_jax.tasks import evaluation
-from georecon_jax.tasks.property_data import load_workdir_task_data, make_batchers, resolve_config
+from georecon_jax.tasks.property_data import load_workdir_task_data, make_batchers, resolve_config, run_label
 from georecon_jax.training import runner
 from georecon_jax.training.loop import read_metrics
 from georecon_jax.training.state import param_count
@@ -91,9 +91,9 @@ class FinetuneTask:
     def finish(self, config, workdir, job, state) -> Dict:
         config, data = self.config, self.data
         best = job.closers[0].best
-        title = config.target if config.task == "qm9" else config.get("molecule")
         plots.learning_curves(read_metrics(workdir), os.path.join(workdir, "learning_curves.png"),
-                              learning_curve_panels(config, data.unit), title=f"fine-tuning {config.task} {title}")
+                              learning_curve_panels(config, data.unit),
+                              title=f"fine-tuning {config.task} {run_label(config)}")
         val = read_metrics(workdir, "validation")
         summary = {"task": config.task, "target": config.target, "unit": data.unit,
                    "best_step": best["step"], f"best_validation_{best['metric']}": best["value"],

@@ -129,6 +129,23 @@ def _qm9_task(config, saved: Optional[dict]) -> TaskData:
     return TaskData(out, stats, config.target, unit, saved)
 
 
+def run_label(config) -> str:
+    """What a run's reports call it: the target for QM9; for MD17-family data ``data.name`` when
+    set, else the training file as ``<folder>/<stem>`` when files are named (``3BPA/train_300K``),
+    else ``molecule`` (the rMD17 file name is made from it)."""
+    if config.task == "qm9":
+        return str(config.target)
+    d = config.get("data") or {}
+    if d.get("name"):
+        return str(d.get("name"))
+    if d.get("train_file"):
+        path = os.path.normpath(os.path.expanduser(str(d.get("train_file"))))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        folder = os.path.basename(os.path.dirname(path))
+        return f"{folder}/{stem}" if folder else stem
+    return str(config.get("molecule") or "")
+
+
 def md17_files(config):
     """(train_file, test_file or None) from the config (see configs/finetune_md17.py)."""
     d = config.data
