@@ -8,6 +8,7 @@ The pair file is read from --data-root, else $GEORECON_DATA, else ../shared/data
 benchmarks/run.sh runs --check before its long throughput part and skips this benchmark (one line
 saying why) when an input is missing.
 """
+
 import argparse
 import importlib.util
 import json
@@ -26,7 +27,7 @@ from georecon_jax.graphs.pairs import PairBudget, pack_pairs
 from georecon_jax.objectives.environment import radius_adjacency, sample_environments
 from georecon_jax.tasks.pair_data import default_data_root
 
-MISSING_INPUT = 3   # exit status when an input is missing (benchmarks/run.sh then skips this benchmark)
+MISSING_INPUT = 3  # exit status when an input is missing (benchmarks/run.sh then skips this benchmark)
 
 
 def missing_input(preset: str, data_root: str) -> Optional[str]:
@@ -34,8 +35,10 @@ def missing_input(preset: str, data_root: str) -> Optional[str]:
     for rel in PRESETS[preset]["files"]:
         path = os.path.join(data_root, rel)
         if not os.path.isfile(path):
-            return (f"no pair file {path} (give the folder that holds {rel} with --data-root DIR "
-                    "or GEORECON_DATA=DIR)")
+            return (
+                f"no pair file {path} (give the folder that holds {rel} with --data-root DIR "
+                "or GEORECON_DATA=DIR)"
+            )
     if importlib.util.find_spec("rdkit") is None:
         return "RDKit is not installed (it embeds the pair molecules)"
     return None
@@ -44,10 +47,16 @@ def missing_input(preset: str, data_root: str) -> Optional[str]:
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="combisolv", choices=sorted(PRESETS))
-    p.add_argument("--data-root", default=None,
-                   help="folder of the pair files (default $GEORECON_DATA, else ../shared/data)")
-    p.add_argument("--check", action="store_true",
-                   help=f"check the inputs only: exit 0, or {MISSING_INPUT} with a one-line reason")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of the pair files (default $GEORECON_DATA, else ../shared/data)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help=f"check the inputs only: exit 0, or {MISSING_INPUT} with a one-line reason",
+    )
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--max_atoms", type=int, default=24, help="molecule cap (heavy atoms)")
@@ -65,25 +74,44 @@ def main(argv=None):
         return 0
     ds = load_pairs(a.preset, data_root=data_root, verbose=False)
     budget = PairBudget.from_dataset(ds, max_atoms=a.max_atoms)
-    ids = np.flatnonzero(budget.fits(ds))[:a.batch]
+    ids = np.flatnonzero(budget.fits(ds))[: a.batch]
     b = jax.tree_util.tree_map(jnp.asarray, pack_pairs(ds, ids, a.batch, budget))
     B = a.batch
     d = lambda x: x.reshape((B, -1) + x.shape[1:])
-    args = (d(b.graph1.nodes.positions), d(b.graph1.nodes.mask), d(b.graph1.nodes.in_ring),
-            d(b.graph2.nodes.positions), d(b.graph2.nodes.mask))
+    args = (
+        d(b.graph1.nodes.positions),
+        d(b.graph1.nodes.mask),
+        d(b.graph1.nodes.in_ring),
+        d(b.graph2.nodes.positions),
+        d(b.graph2.nodes.mask),
+    )
     rows = []
     for label, kwargs, with_graph in [
-            ("placement only, no compaction", dict(num_copies=5, min_radius=1.5), False),
-            ("placement + compaction (M budget)", dict(num_copies=5, min_radius=1.5, max_atoms=a.env_atoms), False),
-            ("placement + compaction + radius graph", dict(num_copies=5, min_radius=1.5, max_atoms=a.env_atoms), True),
-            ("placement + radius graph, no compaction", dict(num_copies=5, min_radius=1.5), True),
-            ("+ clash rejection (1.0 Å, 8 trials) + compaction + graph",
-             dict(num_copies=5, min_radius=1.5, max_atoms=a.env_atoms, min_distance=1.0, num_trials=8), True)]:
+        ("placement only, no compaction", dict(num_copies=5, min_radius=1.5), False),
+        (
+            "placement + compaction (M budget)",
+            dict(num_copies=5, min_radius=1.5, max_atoms=a.env_atoms),
+            False,
+        ),
+        (
+            "placement + compaction + radius graph",
+            dict(num_copies=5, min_radius=1.5, max_atoms=a.env_atoms),
+            True,
+        ),
+        ("placement + radius graph, no compaction", dict(num_copies=5, min_radius=1.5), True),
+        (
+            "+ clash rejection (1.0 Å, 8 trials) + compaction + graph",
+            dict(num_copies=5, min_radius=1.5, max_atoms=a.env_atoms, min_distance=1.0, num_trials=8),
+            True,
+        ),
+    ]:
+
         def f(key, kwargs=kwargs, with_graph=with_graph):
             env = sample_environments(key, *args, **kwargs)
             if with_graph:
                 return env.positions, radius_adjacency(env.positions, env.node_mask, a.cutoff)
             return env.positions, env.targets
+
         f = jax.jit(f)
         t0 = time.perf_counter()
         jax.block_until_ready(f(jax.random.PRNGKey(0)))
@@ -95,17 +123,33 @@ def main(argv=None):
             times.append(time.perf_counter() - t0)
         med = float(np.median(times))
         M = int(f(jax.random.PRNGKey(0))[0].shape[1])
-        rows.append(dict(variant=label, env_slots=M, median_ms=med * 1e3, envs_per_s=B / med, compile_s=compile_s))
-    result = dict(preset=a.preset, batch=B, repeats=a.repeats, budget=vars(budget) if hasattr(budget, "__dict__") else str(budget),
-                  devices=str(jax.devices()), cpu_count=os.cpu_count(), platform=platform.platform(), rows=rows)
+        rows.append(
+            dict(variant=label, env_slots=M, median_ms=med * 1e3, envs_per_s=B / med, compile_s=compile_s)
+        )
+    result = dict(
+        preset=a.preset,
+        batch=B,
+        repeats=a.repeats,
+        budget=vars(budget) if hasattr(budget, "__dict__") else str(budget),
+        devices=str(jax.devices()),
+        cpu_count=os.cpu_count(),
+        platform=platform.platform(),
+        rows=rows,
+    )
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as fh:
         json.dump(result, fh, indent=1)
-    print(f"{a.preset}: batch {B} pairs, K=5, budget side1 {budget.n_node1} / side2 {budget.n_node2} atoms, "
-          f"median of {a.repeats} after compilation, {jax.devices()[0].platform}")
-    print("| variant | env atom slots | ms / batch | environments / s | compile s |\n|---|---:|---:|---:|---:|")
+    print(
+        f"{a.preset}: batch {B} pairs, K=5, budget side1 {budget.n_node1} / side2 {budget.n_node2} atoms, "
+        f"median of {a.repeats} after compilation, {jax.devices()[0].platform}"
+    )
+    print(
+        "| variant | env atom slots | ms / batch | environments / s | compile s |\n|---|---:|---:|---:|---:|"
+    )
     for r in rows:
-        print(f"| {r['variant']} | {r['env_slots']} | {r['median_ms']:.2f} | {r['envs_per_s']:,.0f} | {r['compile_s']:.1f} |")
+        print(
+            f"| {r['variant']} | {r['env_slots']} | {r['median_ms']:.2f} | {r['envs_per_s']:,.0f} | {r['compile_s']:.1f} |"
+        )
     print(f"written {a.out}")
     return 0
 

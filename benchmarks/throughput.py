@@ -31,6 +31,7 @@ random batch as in training):
     (batches/s that `GraphBatcher.batch` + device placement sustain on one thread) against the
     step rate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,6 +76,7 @@ SIZES = {
 
 def make_config(objective: str, size: str, micro_batches: int, devices: int = 1):
     from experiments.configs import coord, georecon
+
     cfg = (georecon if objective == "georecon" else coord).get_config()
     cfg.batch_size = BATCH_SIZE
     cfg.num_devices = devices
@@ -82,8 +84,9 @@ def make_config(objective: str, size: str, micro_batches: int, devices: int = 1)
     if micro_batches >= 0:
         cfg.micro_batches = micro_batches
     if objective == "georecon":
-        cfg.model.decoder.update(code_dim=SIZES[size]["features"], num_heads=SIZES[size]["num_heads"],
-                                 num_rbf=32)
+        cfg.model.decoder.update(
+            code_dim=SIZES[size]["features"], num_heads=SIZES[size]["num_heads"], num_rbf=32
+        )
     cfg.optim.warmup_steps = 10
     return cfg
 
@@ -93,7 +96,7 @@ def make_config(objective: str, size: str, micro_batches: int, devices: int = 1)
 # Matched against jax's device_kind, first match wins (so "H100 PCIe" before "H100").
 GPU_PEAK_FLOPS = [
     ("H100 PCIe", {"highest": 51.2e12, "tf32": 378e12}),
-    ("H100", {"highest": 66.9e12, "tf32": 494.7e12}),   # SXM5
+    ("H100", {"highest": 66.9e12, "tf32": 494.7e12}),  # SXM5
     ("H200", {"highest": 66.9e12, "tf32": 494.7e12}),
     ("A100", {"highest": 19.5e12, "tf32": 156e12}),
 ]
@@ -111,6 +114,7 @@ def accelerator_peak(device_kind: str, precision: str):
 def device_peak_memory_mb():
     """Peak bytes in use on JAX's first device (accelerators; None on CPU)."""
     import jax
+
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
 
@@ -130,19 +134,26 @@ def machine_description(torch_info=None, precision: str = "highest") -> dict:
     import jax
     import jaxlib
     import optax
+
     backend = jax.default_backend()
     kind = jax.devices()[0].device_kind
-    d = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-         "cpu_model": cpu_model(), "logical_cores": os.cpu_count(),
-         "platform": platform.platform(), "python": platform.python_version(),
-         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-         "optax": optax.__version__, "jax_backend": backend,
-         "jax_devices": [str(x) for x in jax.devices()],
-         "gpu": (kind if backend == "gpu" else
-                 "none: no GPU was available in this session; CPU numbers only"),
-         "matmul_precision": precision,
-         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-         "load_average_at_start": os.getloadavg()}
+    d = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "jax_backend": backend,
+        "jax_devices": [str(x) for x in jax.devices()],
+        "gpu": (kind if backend == "gpu" else "none: no GPU was available in this session; CPU numbers only"),
+        "matmul_precision": precision,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average_at_start": os.getloadavg(),
+    }
     if backend == "gpu":
         d["peak_flops_per_s"], d["peak_flops_source"] = accelerator_peak(kind, precision)
     if torch_info:
@@ -159,14 +170,21 @@ class TorchWorker:
 
     def __init__(self):
         if not TORCH_PYTHON.exists():
-            raise FileNotFoundError(f"{TORCH_PYTHON} is missing: run bash benchmarks/setup_torch_env.sh "
-                                    "(or set GEORECON_TORCH_PYTHON to a Python with torch + torchmd-net 3.1.0)")
+            raise FileNotFoundError(
+                f"{TORCH_PYTHON} is missing: run bash benchmarks/setup_torch_env.sh "
+                "(or set GEORECON_TORCH_PYTHON to a Python with torch + torchmd-net 3.1.0)"
+            )
         # OpenMP's default spin-waiting makes torch 4-20x slower on a loaded machine (measured:
         # 2-17 s instead of 0.5 s per CPU-scale step); passive waiting gives it its best time.
         env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-        self.proc = subprocess.Popen([str(TORCH_PYTHON), str(HERE / "torch_reference.py")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=str(ROOT), env=env)
+        self.proc = subprocess.Popen(
+            [str(TORCH_PYTHON), str(HERE / "torch_reference.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(ROOT),
+            env=env,
+        )
 
     def call(self, **msg):
         self.proc.stdin.write(json.dumps(msg) + "\n")
@@ -199,8 +217,13 @@ def export_batches(batcher, num_batches: int, path: Path):
         ps.append(g.nodes.positions[0][:n_real])
         bs.append(np.repeat(np.arange(int(real.sum())), n_node[real]))
         offsets.append(offsets[-1] + n_real)
-    np.savez(path, z=np.concatenate(zs), pos=np.concatenate(ps), batch=np.concatenate(bs),
-             node_offsets=np.asarray(offsets))
+    np.savez(
+        path,
+        z=np.concatenate(zs),
+        pos=np.concatenate(ps),
+        batch=np.concatenate(bs),
+        node_offsets=np.asarray(offsets),
+    )
 
 
 def input_pipeline_rate(batcher, place, num_batches: int) -> float:
@@ -219,21 +242,28 @@ class JaxBench:
         from georecon_jax.graphs.batching import GraphBatcher
         from georecon_jax.training.state import make_mesh, param_count, shard_batch
         from georecon_jax.tasks.pretrain import fresh_train_step, micro_batches
+
         self.jax = jax
         self.devices = cfg.num_devices
         self.micro_batches = micro_batches(cfg, self.devices)
-        self.batcher = GraphBatcher(molecules, indices, BATCH_SIZE,
-                                    num_devices=self.devices * self.micro_batches,
-                                    shuffle=False,
-                                    neighbor_list=cfg.graph.neighbor_list,
-                                    cutoff=cfg.model.encoder.cutoff, skin=cfg.graph.skin,
-                                    num_buckets=cfg.graph.num_buckets, seed=cfg.seed)
+        self.batcher = GraphBatcher(
+            molecules,
+            indices,
+            BATCH_SIZE,
+            num_devices=self.devices * self.micro_batches,
+            shuffle=False,
+            neighbor_list=cfg.graph.neighbor_list,
+            cutoff=cfg.model.encoder.cutoff,
+            skin=cfg.graph.skin,
+            num_buckets=cfg.graph.num_buckets,
+            seed=cfg.seed,
+        )
         self.mesh = make_mesh(self.devices)
         self.place = lambda b: shard_batch(b, self.mesh)
         self.trace_counter = []
-        _, self.state, self.step_fn = fresh_train_step(cfg, self.batcher, self.mesh,
-                                                       jax.random.PRNGKey(cfg.seed),
-                                                       trace_counter=self.trace_counter)
+        _, self.state, self.step_fn = fresh_train_step(
+            cfg, self.batcher, self.mesh, jax.random.PRNGKey(cfg.seed), trace_counter=self.trace_counter
+        )
         self.num_params = param_count(self.state.params)
         self.compiled, self.flops, self.bytes = {}, {}, {}
         self.compile_seconds = 0.0
@@ -264,6 +294,7 @@ class JaxBench:
     def run(self, batch_ids):
         """Times each iteration: wait for the prefetched batch, step, block on the result."""
         from georecon_jax.training.prefetch import Prefetcher
+
         n = self.batcher.steps_per_epoch
         ids = list(batch_ids)
         pre = Prefetcher(lambda i: self.place(self.batcher.batch(ids[i] % n)), 0, len(ids))
@@ -289,19 +320,29 @@ def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path)
     nb = jb.batcher.steps_per_epoch
     t = time.perf_counter()
     jb.compile_all(nb)
-    print(f"jax: {jb.num_params:,} params; {jb.devices} device(s) x {jb.micro_batches} micro-batch(es) of "
-          f"{BATCH_SIZE // (jb.devices * jb.micro_batches)} molecules; {len(jb.compiled)} shapes compiled in {jb.compile_seconds:.1f} s "
-          f"(budgets {[(b.n_node, b.n_edge) for b in jb.batcher.budgets]})", flush=True)
+    print(
+        f"jax: {jb.num_params:,} params; {jb.devices} device(s) x {jb.micro_batches} micro-batch(es) of "
+        f"{BATCH_SIZE // (jb.devices * jb.micro_batches)} molecules; {len(jb.compiled)} shapes compiled in {jb.compile_seconds:.1f} s "
+        f"(budgets {[(b.n_node, b.n_edge) for b in jb.batcher.budgets]})",
+        flush=True,
+    )
     pad_nodes, pad_edges = jb.batcher.padding_fraction(nb)
     torch_info = {}
     if torch_worker is not None:
         t = time.perf_counter()
-        torch_info = torch_worker.call(cmd="setup", npz=str(npz_path), objective=objective,
-                                       decoder_num_rbf=32, decoder_num_layers=cfg.model.decoder.num_layers
-                                       if objective == "georecon" else 1,
-                                       code_dim=SIZES[size]["features"], learning_rate=4e-4, seed=0,
-                                       device=args.torch_device, matmul_precision=TORCH_PRECISION[args.precision],
-                                       **SIZES[size])
+        torch_info = torch_worker.call(
+            cmd="setup",
+            npz=str(npz_path),
+            objective=objective,
+            decoder_num_rbf=32,
+            decoder_num_layers=cfg.model.decoder.num_layers if objective == "georecon" else 1,
+            code_dim=SIZES[size]["features"],
+            learning_rate=4e-4,
+            seed=0,
+            device=args.torch_device,
+            matmul_precision=TORCH_PRECISION[args.precision],
+            **SIZES[size],
+        )
         torch_info["setup_seconds"] = time.perf_counter() - t
         print(f"torch: {torch_info['num_params']:,} params", flush=True)
     # Warm-up: every shape has run once; a few more steps each side.
@@ -326,17 +367,28 @@ def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path)
                 rt = float(np.median(tt))
         if rt is not None:
             round_ratios.append(rt / rj)
-        print(f"  round {r}: jax {BATCH_SIZE / rj:7.1f} mol/s" +
-              (f"   torch {BATCH_SIZE / rt:7.1f} mol/s   ratio {rt / rj:.2f}" if rt else ""), flush=True)
+        print(
+            f"  round {r}: jax {BATCH_SIZE / rj:7.1f} mol/s"
+            + (f"   torch {BATCH_SIZE / rt:7.1f} mol/s   ratio {rt / rj:.2f}" if rt else ""),
+            flush=True,
+        )
     pipe_rate = input_pipeline_rate(jb.batcher, jb.place, nb)
     med_j = float(np.median(jax_times))
     res = {
-        "size": size, "objective": objective, "devices": jb.devices, "micro_batches": jb.micro_batches,
+        "size": size,
+        "objective": objective,
+        "devices": jb.devices,
+        "micro_batches": jb.micro_batches,
         **SIZES[size],
-        "batch_size": BATCH_SIZE, "num_molecules": NUM_MOLECULES, "jax_params": jb.num_params,
-        "jax_mol_per_s": BATCH_SIZE / med_j, "jax_step_median_s": med_j,
-        "jax_step_times_s": jax_times, "jax_final_loss": loss,
-        "jax_compile_seconds": jb.compile_seconds, "jax_num_shapes": len(jb.compiled),
+        "batch_size": BATCH_SIZE,
+        "num_molecules": NUM_MOLECULES,
+        "jax_params": jb.num_params,
+        "jax_mol_per_s": BATCH_SIZE / med_j,
+        "jax_step_median_s": med_j,
+        "jax_step_times_s": jax_times,
+        "jax_final_loss": loss,
+        "jax_compile_seconds": jb.compile_seconds,
+        "jax_num_shapes": len(jb.compiled),
         "jax_recompiles_after_warmup": len(jb.trace_counter) - traces_before,
         # XLA's cost analysis is per device and counts a scan body once: scale by devices x
         # micro-batches (the AdamW update outside the scan, counted M times then, is < 1 % of a
@@ -347,7 +399,8 @@ def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path)
         "jax_achieved_gflop_per_s": float(np.mean(jax_flops)) * jb.micro_batches * jb.devices / med_j / 1e9,
         "jax_peak_rss_mb": peak_rss_mb(),
         "jax_peak_device_mb": device_peak_memory_mb(),
-        "padded_node_fraction": pad_nodes, "padded_edge_fraction": pad_edges,
+        "padded_node_fraction": pad_nodes,
+        "padded_edge_fraction": pad_edges,
         "budgets": [(b.n_node, b.n_edge, b.n_graph) for b in jb.batcher.budgets],
         "input_pipeline_batches_per_s": pipe_rate,
         "input_pipeline_over_step_rate": pipe_rate * med_j,
@@ -357,42 +410,64 @@ def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path)
     if torch_times:
         med_t = float(np.median(torch_times))
         mem = torch_worker.call(cmd="rss")
-        res.update({"torch_params": torch_info["num_params"], "torch_mol_per_s": BATCH_SIZE / med_t,
-                    "torch_step_median_s": med_t, "torch_step_times_s": torch_times,
-                    "torch_peak_rss_mb": mem["peak_rss_mb"],
-                    "torch_peak_device_mb": mem.get("peak_device_mb"),
-                    "ratio_jax_over_torch": med_t / med_j,
-                    "ratio_per_round_median": float(np.median(round_ratios)),
-                    "ratio_per_round": round_ratios})
-    print(f"  => jax {res['jax_mol_per_s']:.1f} mol/s"
-          + (f", torch {res['torch_mol_per_s']:.1f} mol/s, ratio {res['ratio_jax_over_torch']:.2f}"
-             if torch_times else "")
-          + f"; {res['jax_flops_per_step'] / 1e9:.2f} GFLOP/step, {res['jax_achieved_gflop_per_s']:.1f} GFLOP/s; "
-          f"pipeline {pipe_rate:.1f} batches/s = {res['input_pipeline_over_step_rate']:.1f}x step rate", flush=True)
+        res.update(
+            {
+                "torch_params": torch_info["num_params"],
+                "torch_mol_per_s": BATCH_SIZE / med_t,
+                "torch_step_median_s": med_t,
+                "torch_step_times_s": torch_times,
+                "torch_peak_rss_mb": mem["peak_rss_mb"],
+                "torch_peak_device_mb": mem.get("peak_device_mb"),
+                "ratio_jax_over_torch": med_t / med_j,
+                "ratio_per_round_median": float(np.median(round_ratios)),
+                "ratio_per_round": round_ratios,
+            }
+        )
+    print(
+        f"  => jax {res['jax_mol_per_s']:.1f} mol/s"
+        + (
+            f", torch {res['torch_mol_per_s']:.1f} mol/s, ratio {res['ratio_jax_over_torch']:.2f}"
+            if torch_times
+            else ""
+        )
+        + f"; {res['jax_flops_per_step'] / 1e9:.2f} GFLOP/step, {res['jax_achieved_gflop_per_s']:.1f} GFLOP/s; "
+        f"pipeline {pipe_rate:.1f} batches/s = {res['input_pipeline_over_step_rate']:.1f}x step rate",
+        flush=True,
+    )
     return res
 
 
 def markdown(results, machine) -> str:
     gpu = machine["jax_backend"] == "gpu"
     where = f"GPU, {machine['gpu']}" if gpu else "CPU"
-    lines = [f"# Training throughput, {where} ({machine['date']})", "",
-             f"{machine['cpu_model']}, {machine['logical_cores']} logical cores ("
-             f"load average at start {machine['load_average_at_start'][0]:.1f}); jax {machine['jax']}, "
-             f"torch {machine.get('torch', '-')} on {machine.get('torch_device', 'cpu')}, torchmd-net 3.1.0. "
-             f"{machine['gpu']}.", "",
-             "Batch 32, 960 QM9 training molecules (a seeded random sample, in random order), forward + backward + AdamW; "
-             "molecules/s = 32 / median step; JAX and torch timed in alternating rounds in one run. "
-             "Encoder radial basis fixed on both sides (trainable_rbf=False, as in Coord's config). "
-             f"float32 matrix products: {machine['matmul_precision']} on both sides.", ""]
+    lines = [
+        f"# Training throughput, {where} ({machine['date']})",
+        "",
+        f"{machine['cpu_model']}, {machine['logical_cores']} logical cores ("
+        f"load average at start {machine['load_average_at_start'][0]:.1f}); jax {machine['jax']}, "
+        f"torch {machine.get('torch', '-')} on {machine.get('torch_device', 'cpu')}, torchmd-net 3.1.0. "
+        f"{machine['gpu']}.",
+        "",
+        "Batch 32, 960 QM9 training molecules (a seeded random sample, in random order), forward + backward + AdamW; "
+        "molecules/s = 32 / median step; JAX and torch timed in alternating rounds in one run. "
+        "Encoder radial basis fixed on both sides (trainable_rbf=False, as in Coord's config). "
+        f"float32 matrix products: {machine['matmul_precision']} on both sides.",
+        "",
+    ]
     if gpu:
         peak = machine.get("peak_flops_per_s")
-        lines += [f"Peak: {peak / 1e12:.1f} TFLOP/s ({machine['peak_flops_source']})." if peak
-                  else f"Peak: {machine['peak_flops_source']}.", ""]
+        lines += [
+            f"Peak: {peak / 1e12:.1f} TFLOP/s ({machine['peak_flops_source']})."
+            if peak
+            else f"Peak: {machine['peak_flops_source']}.",
+            "",
+        ]
     lines += [
-             "| size | objective | JAX micro-batches | JAX mol/s | torch mol/s | ratio | ratio (median of rounds) | compile s | "
-             "GFLOP/step | GFLOP/s | padded nodes | padded pairs | input pipeline ÷ step rate | "
-             "peak RSS JAX / torch MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| size | objective | JAX micro-batches | JAX mol/s | torch mol/s | ratio | ratio (median of rounds) | compile s | "
+        "GFLOP/step | GFLOP/s | padded nodes | padded pairs | input pipeline ÷ step rate | "
+        "peak RSS JAX / torch MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     if gpu:
         lines[-2] += " % of peak FLOP/s | peak device memory JAX / torch MB |"
         lines[-1] += "---:|---:|"
@@ -405,14 +480,23 @@ def markdown(results, machine) -> str:
             f"{r['jax_compile_seconds']:.1f} | {r['jax_flops_per_step'] / 1e9:.2f} | "
             f"{r['jax_achieved_gflop_per_s']:.1f} | {r['padded_node_fraction']:.2f} | "
             f"{r['padded_edge_fraction']:.2f} | {r['input_pipeline_over_step_rate']:.1f} | "
-            f"{r['jax_peak_rss_mb']:.0f} / {r.get('torch_peak_rss_mb', float('nan')):.0f} |")
+            f"{r['jax_peak_rss_mb']:.0f} / {r.get('torch_peak_rss_mb', float('nan')):.0f} |"
+        )
         if gpu:
             frac = r.get("jax_fraction_of_peak_flops")
             mb = [r.get("jax_peak_device_mb"), r.get("torch_peak_device_mb")]
-            lines[-1] += (f" {100 * frac:.2f} |" if frac else " – |") + " " + " / ".join(
-                f"{x:.0f}" if x else "–" for x in mb) + " |"
-    lines += ["", "Peak RSS is the process peak so far (the JAX process runs the configurations in "
-              "table order). Raw step times: the .json file beside this one.", ""]
+            lines[-1] += (
+                (f" {100 * frac:.2f} |" if frac else " – |")
+                + " "
+                + " / ".join(f"{x:.0f}" if x else "–" for x in mb)
+                + " |"
+            )
+    lines += [
+        "",
+        "Peak RSS is the process peak so far (the JAX process runs the configurations in "
+        "table order). Raw step times: the .json file beside this one.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -431,23 +515,45 @@ def main(argv=None):
     p.add_argument("--steps-per-round", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--micro-batches", type=int, default=-1,
-                   help="config.micro_batches for the JAX step (-1: the config's own, automatic; "
-                        "1: the whole batch at once)")
-    p.add_argument("--devices", type=int, default=1,
-                   help="data-parallel devices for the JAX step (on CPU, simulate them with "
-                        "XLA_FLAGS=--xla_force_host_platform_device_count=N)")
-    p.add_argument("--precision", choices=sorted(TORCH_PRECISION), default="highest",
-                   help="float32 matrix products on GPUs, both sides: highest = full float32, "
-                        "tf32 = TF32 tensor cores (no effect on CPU)")
-    p.add_argument("--torch-device", default="auto",
-                   help="auto (cuda when JAX runs on a GPU, else cpu), cpu or cuda")
-    p.add_argument("--out", default=None,
-                   help="output path without extension (default benchmarks/results/throughput_<backend>)")
-    p.add_argument("--check-args", action="store_true",
-                   help="check the options and exit (benchmarks/run.sh, before anything long)")
+    p.add_argument(
+        "--micro-batches",
+        type=int,
+        default=-1,
+        help="config.micro_batches for the JAX step (-1: the config's own, automatic; "
+        "1: the whole batch at once)",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="data-parallel devices for the JAX step (on CPU, simulate them with "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=sorted(TORCH_PRECISION),
+        default="highest",
+        help="float32 matrix products on GPUs, both sides: highest = full float32, "
+        "tf32 = TF32 tensor cores (no effect on CPU)",
+    )
+    p.add_argument(
+        "--torch-device", default="auto", help="auto (cuda when JAX runs on a GPU, else cpu), cpu or cuda"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output path without extension (default benchmarks/results/throughput_<backend>)",
+    )
+    p.add_argument(
+        "--check-args",
+        action="store_true",
+        help="check the options and exit (benchmarks/run.sh, before anything long)",
+    )
     args = p.parse_args(argv)
-    for flag, given, valid in (("--sizes", args.sizes, SIZES), ("--objectives", args.objectives, ("coord", "georecon"))):
+    for flag, given, valid in (
+        ("--sizes", args.sizes, SIZES),
+        ("--objectives", args.objectives, ("coord", "georecon")),
+    ):
         unknown = [x for x in given.split(",") if x not in valid]
         if unknown:
             p.error(f"{flag}: unknown {unknown}, use some of {','.join(valid)}")
@@ -455,13 +561,15 @@ def main(argv=None):
         return
     sys.path.insert(0, str(ROOT))
     import jax
+
     backend = jax.default_backend()
     if backend != "cpu":  # XLA:CPU multiplies float32 in float32 whatever the setting
         jax.config.update("jax_default_matmul_precision", JAX_PRECISION[args.precision])
     if args.torch_device == "auto":
         args.torch_device = "cuda" if backend == "gpu" else "cpu"
-    args.peak_flops = (accelerator_peak(jax.devices()[0].device_kind, args.precision)[0]
-                       if backend == "gpu" else None)
+    args.peak_flops = (
+        accelerator_peak(jax.devices()[0].device_kind, args.precision)[0] if backend == "gpu" else None
+    )
     if args.out is None:
         args.out = str(HERE / "results" / f"throughput_{'gpu' if backend == 'gpu' else 'cpu'}")
     from georecon_jax.data.qm9 import load_qm9
@@ -474,7 +582,8 @@ def main(argv=None):
     # than training batches do (28 % of pairs padding, 8 of the first 30 steps at the worst-case
     # shape, against 12 % and none for random batches).
     indices = np.random.default_rng(SAMPLE_SEED).choice(
-        np.asarray(splits["train"]), NUM_MOLECULES, replace=False)
+        np.asarray(splits["train"]), NUM_MOLECULES, replace=False
+    )
     torch_worker = None if args.no_torch else TorchWorker()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -494,21 +603,35 @@ def main(argv=None):
     torch_info = {}
     try:
         from georecon_jax.graphs.batching import GraphBatcher
-        export_batches(GraphBatcher(molecules, indices, BATCH_SIZE, shuffle=False),
-                       NUM_MOLECULES // BATCH_SIZE, npz_path)
+
+        export_batches(
+            GraphBatcher(molecules, indices, BATCH_SIZE, shuffle=False), NUM_MOLECULES // BATCH_SIZE, npz_path
+        )
         if torch_worker is not None:
-            info = torch_worker.call(cmd="setup", npz=str(npz_path), objective="coord", num_layers=1,
-                                     features=8, num_heads=2, num_rbf=4, cutoff=5.0,
-                                     trainable_rbf=False, device=args.torch_device,
-                                     matmul_precision=TORCH_PRECISION[args.precision])
-            torch_info = {"torch": info["torch"], "torch_threads": info["threads"],
-                          "torch_device": info["device"], "torch_matmul_precision": info["matmul_precision"],
-                          "torchmd_net": "3.1.0",
-                          "torch_omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+            info = torch_worker.call(
+                cmd="setup",
+                npz=str(npz_path),
+                objective="coord",
+                num_layers=1,
+                features=8,
+                num_heads=2,
+                num_rbf=4,
+                cutoff=5.0,
+                trainable_rbf=False,
+                device=args.torch_device,
+                matmul_precision=TORCH_PRECISION[args.precision],
+            )
+            torch_info = {
+                "torch": info["torch"],
+                "torch_threads": info["threads"],
+                "torch_device": info["device"],
+                "torch_matmul_precision": info["matmul_precision"],
+                "torchmd_net": "3.1.0",
+                "torch_omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+            }
         for size in args.sizes.split(","):
             for objective in args.objectives.split(","):
-                results.append(bench_one(size, objective, molecules, indices, args, torch_worker,
-                                         npz_path))
+                results.append(bench_one(size, objective, molecules, indices, args, torch_worker, npz_path))
                 write(torch_info, partial=True)  # a result per configuration, as soon as it exists
     finally:
         if torch_worker is not None:
@@ -516,6 +639,7 @@ def main(argv=None):
         if npz_path.exists():
             npz_path.unlink()
     print("\n" + write(torch_info, partial=False))
+
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ Steps (forward + backward + AdamW, like the JAX side):
             more EquivariantMultiHeadAttention layer (own radial basis) and a vector head predict ε;
             auxiliary node head on the noisy and clean features (as georecon_jax's objective).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,8 @@ from torchmdnet.models.utils import ExpNormalSmearing, OptimizedDistance, act_cl
 def scatter_mean(x, batch, num):
     total = torch.zeros(num, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, batch, x)
     count = torch.zeros(num, dtype=x.dtype, device=x.device).index_add_(
-        0, batch, torch.ones_like(batch, dtype=x.dtype))
+        0, batch, torch.ones_like(batch, dtype=x.dtype)
+    )
     return total / count.clamp(min=1)[:, None]
 
 
@@ -58,24 +60,41 @@ class GeoReconLike(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         F = cfg["features"]
-        self.encoder = TorchMD_ET(hidden_channels=F, num_layers=cfg["num_layers"], num_rbf=cfg["num_rbf"],
-                                  num_heads=cfg["num_heads"], cutoff_upper=cfg["cutoff"],
-                                  trainable_rbf=cfg["trainable_rbf"], max_num_neighbors=32)
+        self.encoder = TorchMD_ET(
+            hidden_channels=F,
+            num_layers=cfg["num_layers"],
+            num_rbf=cfg["num_rbf"],
+            num_heads=cfg["num_heads"],
+            cutoff_upper=cfg["cutoff"],
+            trainable_rbf=cfg["trainable_rbf"],
+            max_num_neighbors=32,
+        )
         self.node_head = EquivariantVectorOutput(F)
         self.graph_code = nn.Linear(F, cfg["code_dim"])
         self.sigma_mlp = nn.Sequential(nn.Linear(32, F), nn.SiLU(), nn.Linear(F, F))
         self.fuse = nn.Sequential(nn.Linear(2 * F + cfg["code_dim"], F), nn.SiLU(), nn.Linear(F, F))
-        self.distance = OptimizedDistance(0.0, cfg["cutoff"], max_num_pairs=-32, return_vecs=True, loop=True,
-                                          long_edge_index=True)
+        self.distance = OptimizedDistance(
+            0.0, cfg["cutoff"], max_num_pairs=-32, return_vecs=True, loop=True, long_edge_index=True
+        )
         self.rbf = ExpNormalSmearing(0.0, cfg["cutoff"], cfg["decoder_num_rbf"], True)
         self.norms = nn.ModuleList([nn.LayerNorm(F) for _ in range(cfg["decoder_num_layers"])])
-        self.layers = nn.ModuleList([
-            EquivariantMultiHeadAttention(F, cfg["decoder_num_rbf"], "both", cfg["num_heads"],
-                                          act_class_mapping["silu"], "silu", 0.0, cfg["cutoff"])
-            for _ in range(cfg["decoder_num_layers"])])
+        self.layers = nn.ModuleList(
+            [
+                EquivariantMultiHeadAttention(
+                    F,
+                    cfg["decoder_num_rbf"],
+                    "both",
+                    cfg["num_heads"],
+                    act_class_mapping["silu"],
+                    "silu",
+                    0.0,
+                    cfg["cutoff"],
+                )
+                for _ in range(cfg["decoder_num_layers"])
+            ]
+        )
         self.out = EquivariantVectorOutput(F)
-        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(100.0), 16)),
-                             persistent=False)
+        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(100.0), 16)), persistent=False)
 
     def forward(self, z, pos, batch, num_mol, sigma, eps):
         noisy = pos + sigma[batch][:, None] * eps
@@ -97,7 +116,7 @@ class GeoReconLike(nn.Module):
         pred = self.out.pre_reduce(x, vec, z, noisy, batch)
         clean_pred = self.node_head.pre_reduce(x_c, vec_c, z, pos, batch)
         recon = ((pred - eps) ** 2).mean()
-        return recon + 0.1 * ((node_pred - eps) ** 2).mean() + 0.1 * (clean_pred ** 2).mean()
+        return recon + 0.1 * ((node_pred - eps) ** 2).mean() + 0.1 * (clean_pred**2).mean()
 
 
 class CoordLike(nn.Module):
@@ -105,10 +124,15 @@ class CoordLike(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.encoder = TorchMD_ET(hidden_channels=cfg["features"], num_layers=cfg["num_layers"],
-                                  num_rbf=cfg["num_rbf"], num_heads=cfg["num_heads"],
-                                  cutoff_upper=cfg["cutoff"], trainable_rbf=cfg["trainable_rbf"],
-                                  max_num_neighbors=32)
+        self.encoder = TorchMD_ET(
+            hidden_channels=cfg["features"],
+            num_layers=cfg["num_layers"],
+            num_rbf=cfg["num_rbf"],
+            num_heads=cfg["num_heads"],
+            cutoff_upper=cfg["cutoff"],
+            trainable_rbf=cfg["trainable_rbf"],
+            max_num_neighbors=32,
+        )
         self.head = EquivariantVectorOutput(cfg["features"])
 
     def forward(self, z, pos, batch, num_mol, sigma, eps):
@@ -132,21 +156,29 @@ class Worker:
         for k in range(len(off) - 1):
             a, b = int(off[k]), int(off[k + 1])
             batch = torch.from_numpy(data["batch"][a:b].astype(np.int64))
-            self.batches.append((torch.from_numpy(data["z"][a:b].astype(np.int64)).to(self.device),
-                                 torch.from_numpy(data["pos"][a:b].astype(np.float32)).to(self.device),
-                                 batch.to(self.device), int(batch.max()) + 1))
+            self.batches.append(
+                (
+                    torch.from_numpy(data["z"][a:b].astype(np.int64)).to(self.device),
+                    torch.from_numpy(data["pos"][a:b].astype(np.float32)).to(self.device),
+                    batch.to(self.device),
+                    int(batch.max()) + 1,
+                )
+            )
         self.objective = cfg["objective"]
         self.model = (GeoReconLike if self.objective == "georecon" else CoordLike)(cfg).to(self.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.get("learning_rate", 4e-4),
-                                     weight_decay=0.0)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.get("learning_rate", 4e-4), weight_decay=0.0
+        )
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.get("seed", 0))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        return {"num_params": int(sum(p.numel() for p in self.model.parameters())),
-                "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "device": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
-                           else "cpu"),
-                "matmul_precision": torch.get_float32_matmul_precision()}
+        return {
+            "num_params": int(sum(p.numel() for p in self.model.parameters())),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"),
+            "matmul_precision": torch.get_float32_matmul_precision(),
+        }
 
     def step(self, k):
         z, pos, batch, num_mol = self.batches[k % len(self.batches)]
@@ -176,6 +208,7 @@ class Worker:
 
 def main():
     import warnings
+
     warnings.filterwarnings("ignore")
     torch.set_num_threads(int(os.environ.get("TORCH_NUM_THREADS", os.cpu_count() or 1)))
     worker = Worker()
@@ -199,6 +232,7 @@ def main():
                 reply = {"error": f"unknown command {cmd}"}
         except Exception as e:  # report, keep serving
             import traceback
+
             reply = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         out.write(json.dumps(reply) + "\n")
         out.flush()

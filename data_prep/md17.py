@@ -29,6 +29,7 @@ Sources (public, as of 2024):
 Units: all three ship kcal/mol and kcal/mol/Å (checked on conversion: forces of a real molecule
 are tens of kcal/mol/Å; an eV-valued file would be ~23x smaller and is flagged).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,20 +46,47 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "rmd17", ["rmd17", "md17", "md22"], "Which data set.")
-flags.DEFINE_string("out", None, "Output folder (default $GEORECON_CACHE/md17 or ~/.cache/georecon_jax/md17).")
+flags.DEFINE_string(
+    "out", None, "Output folder (default $GEORECON_CACHE/md17 or ~/.cache/georecon_jax/md17)."
+)
 flags.DEFINE_list("molecules", None, "Molecules to convert (default: all of the data set).")
 flags.DEFINE_string("expect_sha256", None, "Verify the (single) downloaded archive against this SHA-256.")
 flags.DEFINE_integer("split", 1, "rMD17 split index 1..5 (the 1000/1000 train/test index files).")
 
 RMD17_URL = "https://figshare.com/ndownloader/files/23950376"
-RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde", "naphthalene",
-                   "paracetamol", "salicylic", "toluene", "uracil")
+RMD17_MOLECULES = (
+    "aspirin",
+    "azobenzene",
+    "benzene",
+    "ethanol",
+    "malonaldehyde",
+    "naphthalene",
+    "paracetamol",
+    "salicylic",
+    "toluene",
+    "uracil",
+)
 MD17_URL = "http://www.quantum-machine.org/gdml/data/npz/md17_{mol}.npz"
-MD17_MOLECULES = ("aspirin", "benzene2017", "ethanol", "malonaldehyde", "naphthalene",
-                  "salicylic", "toluene", "uracil")
+MD17_MOLECULES = (
+    "aspirin",
+    "benzene2017",
+    "ethanol",
+    "malonaldehyde",
+    "naphthalene",
+    "salicylic",
+    "toluene",
+    "uracil",
+)
 MD22_URL = "http://www.quantum-machine.org/gdml/repo/datasets/md22_{mol}.npz"
-MD22_MOLECULES = ("Ac-Ala3-NHMe", "DHA", "stachyose", "AT-AT", "AT-AT-CG-CG", "buckyball-catcher",
-                  "double-walled_nanotube")
+MD22_MOLECULES = (
+    "Ac-Ala3-NHMe",
+    "DHA",
+    "stachyose",
+    "AT-AT",
+    "AT-AT-CG-CG",
+    "buckyball-catcher",
+    "double-walled_nanotube",
+)
 
 # Pinned digests ({file name: (algorithm, hex digest)}), verified after every download. None is
 # pinned yet: this script was written without network access, and no digest is published with the
@@ -102,17 +130,21 @@ def download(url: str, path: str, expect_sha256=None) -> str:
         except OSError as e:
             if os.path.exists(part):
                 os.remove(part)
-            raise RuntimeError(f"could not download {url} ({e}); without a network, place the file "
-                               f"at {path} by hand and run again") from e
+            raise RuntimeError(
+                f"could not download {url} ({e}); without a network, place the file "
+                f"at {path} by hand and run again"
+            ) from e
         os.replace(part, path)
     if known:
         algorithm, expected = known
         got = digest(path, algorithm)
         if got != expected:
             os.remove(path)
-            raise ChecksumError(f"{path}: {algorithm} {got} differs from the expected {expected}; "
-                                "the file was deleted. Run again to download it afresh (if the "
-                                "source has changed, check it and update CHECKSUMS).")
+            raise ChecksumError(
+                f"{path}: {algorithm} {got} differs from the expected {expected}; "
+                "the file was deleted. Run again to download it afresh (if the "
+                "source has changed, check it and update CHECKSUMS)."
+            )
         print(f"{name}: {algorithm} verified")
         return f"{algorithm}:{got}"
     got = digest(path)
@@ -122,22 +154,29 @@ def download(url: str, path: str, expect_sha256=None) -> str:
 
 def _write(path, z, R, E, F):
     tmp = path + ".tmp.npz"
-    np.savez(tmp, nuclear_charges=np.asarray(z, np.uint8), coords=np.asarray(R, np.float64),
-             energies=np.asarray(E, np.float64).reshape(-1), forces=np.asarray(F, np.float64))
+    np.savez(
+        tmp,
+        nuclear_charges=np.asarray(z, np.uint8),
+        coords=np.asarray(R, np.float64),
+        energies=np.asarray(E, np.float64).reshape(-1),
+        forces=np.asarray(F, np.float64),
+    )
     os.replace(tmp, path)
 
 
 def _check_units(name, forces):
     rms = float(np.sqrt(np.mean(np.asarray(forces) ** 2)))
     if rms < 3.0:
-        print(f"WARNING {name}: force RMS {rms:.3g} is small for kcal/mol/Å; are these eV/Å?",
-              file=sys.stderr)
+        print(
+            f"WARNING {name}: force RMS {rms:.3g} is small for kcal/mol/Å; are these eV/Å?", file=sys.stderr
+        )
     return rms
 
 
 def _verify(path):
     """Reads a written file back through the training loader (strict: no frame may be bad)."""
     from georecon_jax.data.md17 import read_force_file
+
     frames, _ = read_force_file(path, strict=True)
     return len(frames)
 
@@ -161,9 +200,14 @@ def convert_rmd17(archive: str, out: str, molecules, split: int):
             for part, rows in idx.items():
                 path = os.path.join(out, f"rmd17_{mol}_{part}_0{split}.npz")
                 _write(path, d["nuclear_charges"], d["coords"][rows], d["energies"][rows], d["forces"][rows])
-                entries.append({"file": os.path.basename(path), "frames": _verify(path),
-                                "source": f"{os.path.basename(archive)}:{data_name} rows of {csv}",
-                                "force_rms_kcal_mol_A": rms})
+                entries.append(
+                    {
+                        "file": os.path.basename(path),
+                        "frames": _verify(path),
+                        "source": f"{os.path.basename(archive)}:{data_name} rows of {csv}",
+                        "force_rms_kcal_mol_A": rms,
+                    }
+                )
     return entries
 
 
@@ -176,20 +220,32 @@ def convert_sgdml(path: str, out: str, prefix: str, mol: str):
     rms = _check_units(os.path.basename(path), F)
     target = os.path.join(out, f"{prefix}_{mol}_all.npz")
     _write(target, z, R, E, F)
-    return [{"file": os.path.basename(target), "frames": _verify(target),
-             "source": os.path.basename(path), "force_rms_kcal_mol_A": rms}]
+    return [
+        {
+            "file": os.path.basename(target),
+            "frames": _verify(target),
+            "source": os.path.basename(path),
+            "force_rms_kcal_mol_A": rms,
+        }
+    ]
 
 
 def main(argv):
     del argv
     out = FLAGS.out or default_out()
     os.makedirs(out, exist_ok=True)
-    manifest = {"dataset": FLAGS.dataset, "units": {"energy": "kcal/mol", "force": "kcal/mol/Å",
-                                                    "length": "Å"}, "files": []}
+    manifest = {
+        "dataset": FLAGS.dataset,
+        "units": {"energy": "kcal/mol", "force": "kcal/mol/Å", "length": "Å"},
+        "files": [],
+    }
     if FLAGS.dataset == "rmd17":
         mols = FLAGS.molecules or RMD17_MOLECULES
         archive = os.path.join(out, "downloads", "rmd17.tar.bz2")
-        manifest["archive"] = {"url": RMD17_URL, "checksum": download(RMD17_URL, archive, FLAGS.expect_sha256)}
+        manifest["archive"] = {
+            "url": RMD17_URL,
+            "checksum": download(RMD17_URL, archive, FLAGS.expect_sha256),
+        }
         manifest["files"] = convert_rmd17(archive, out, mols, FLAGS.split)
     else:
         url, known = (MD17_URL, MD17_MOLECULES) if FLAGS.dataset == "md17" else (MD22_URL, MD22_MOLECULES)
@@ -197,8 +253,7 @@ def main(argv):
         manifest["archives"] = []
         for mol in mols:
             src = os.path.join(out, "downloads", f"{FLAGS.dataset}_{mol}.npz")
-            checksum = download(url.format(mol=mol), src,
-                                FLAGS.expect_sha256 if len(mols) == 1 else None)
+            checksum = download(url.format(mol=mol), src, FLAGS.expect_sha256 if len(mols) == 1 else None)
             manifest["archives"].append({"url": url.format(mol=mol), "checksum": checksum})
             manifest["files"] += convert_sgdml(src, out, FLAGS.dataset, mol)
     with open(os.path.join(out, f"manifest_{FLAGS.dataset}.json"), "w") as f:

@@ -17,6 +17,7 @@ Sources (file names as georecon_jax.data.pairs.PRESETS expects them under --dest
 Downloads use the raw URLs in SOURCES (the releases' paths as we understand them; unverified here: the
 development environment has no network, so check them on first use).
 """
+
 import argparse
 import os
 import sys
@@ -34,10 +35,14 @@ SOURCES = {
     "chromophore/absorption.csv": f"{_CGIB}/chromophore/absorption.csv",
     "chromophore/emission.csv": f"{_CGIB}/chromophore/emission.csv",
     "chromophore/lifetime.csv": f"{_CGIB}/chromophore/lifetime.csv",
-    **{f"ddi/ChChMiner_{s}.csv": f"https://raw.githubusercontent.com/Namkyeong/CMRL/main/data/ChChMiner_{s}.csv"
-       for s in ("train", "valid", "test")},
-    **{f"ddi/ZhangDDI_{s}.csv": f"https://raw.githubusercontent.com/Namkyeong/CMRL/main/data/ZhangDDI_{s}.csv"
-       for s in ("train", "valid", "test")},
+    **{
+        f"ddi/ChChMiner_{s}.csv": f"https://raw.githubusercontent.com/Namkyeong/CMRL/main/data/ChChMiner_{s}.csv"
+        for s in ("train", "valid", "test")
+    },
+    **{
+        f"ddi/ZhangDDI_{s}.csv": f"https://raw.githubusercontent.com/Namkyeong/CMRL/main/data/ZhangDDI_{s}.csv"
+        for s in ("train", "valid", "test")
+    },
 }
 
 

@@ -7,6 +7,7 @@
 Writes ``<cache_dir>/qm9.npz`` (atomic numbers, positions in Å, 12 targets in TorchMD-Net units,
 the 110,000 / 10,000 / rest split) and ``qm9_skipped.json`` (every skipped record and why).
 """
+
 import argparse
 import hashlib
 import os
@@ -30,7 +31,9 @@ def download(target_dir: str, sha256: str = None) -> str:
     digest = hashlib.sha256(open(archive, "rb").read()).hexdigest()
     print(f"{archive}: sha256 {digest}")
     if sha256 and digest != sha256:
-        raise SystemExit(f"{archive}: sha256 {digest} differs from the expected {sha256}; delete it and retry")
+        raise SystemExit(
+            f"{archive}: sha256 {digest} differs from the expected {sha256}; delete it and retry"
+        )
     xyz_dir = os.path.join(target_dir, "xyz")
     if not os.path.isdir(xyz_dir):
         with tarfile.open(archive) as tar:

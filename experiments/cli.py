@@ -1,4 +1,5 @@
 """What every entry point shares: the --config/--workdir flags and logging for a person at a terminal."""
+
 import logging as py_logging
 import sys
 from typing import Callable
@@ -33,9 +34,11 @@ def define_config_and_workdir(workdir_help: str):
 
 def run_with_config(run: Callable):
     """absl's ``app.run`` of ``run(config, workdir)`` with the flags above and logging set up."""
+
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         setup_logging()
         run(flags.FLAGS.config, flags.FLAGS.workdir)
+
     app.run(main)

@@ -9,6 +9,7 @@ Writes results.json, results.md and parity plots (PNG) into each workdir (into
 pretraining run, a pair fine-tuning run, anything else) is refused with one line saying what it is
 and where its own results are, before any workdir is evaluated.
 """
+
 import sys
 
 from absl import app, flags
@@ -28,8 +29,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_logging()
     from georecon_jax.tasks import evaluation
+
     try:
-        for w in FLAGS.workdir:   # every workdir checked before the first is evaluated
+        for w in FLAGS.workdir:  # every workdir checked before the first is evaluated
             evaluation.check_finetune_workdir(w)
         results = [evaluation.evaluate(w, FLAGS.checkpoint, FLAGS.split) for w in FLAGS.workdir]
     except (evaluation.WorkdirError, evaluation.CheckpointError) as e:

@@ -7,6 +7,7 @@
 
 Running the same command again resumes from the newest checkpoint in the workdir.
 """
+
 from experiments import cli
 
 cli.define_config_and_workdir("Where checkpoints, metrics, plots and results are written.")
@@ -14,6 +15,7 @@ cli.define_config_and_workdir("Where checkpoints, metrics, plots and results are
 
 def run(config, workdir):
     from georecon_jax.tasks import finetune
+
     return finetune.run(config, workdir)
 
 

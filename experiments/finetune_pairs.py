@@ -6,6 +6,7 @@
 Each split is its own run in <workdir>/splits/<split>/ with checkpoints: running the same command
 again skips the finished splits and resumes the interrupted one.
 """
+
 from experiments import cli
 
 cli.define_config_and_workdir("Where the splits' runs and the results table are written.")
@@ -13,6 +14,7 @@ cli.define_config_and_workdir("Where the splits' runs and the results table are 
 
 def run(config, workdir):
     from georecon_jax.tasks import finetune_pairs
+
     return finetune_pairs.run(config, workdir)
 
 

@@ -4,6 +4,7 @@ The objective (``config.objective.name``: georecon, coord, coord_ladder, 3dmrl, 
 in ``georecon_jax.objectives``) decides what a batch is: molecular graphs (QM9) or pairs of
 molecules (3DMRL). Running the same command again resumes from the newest checkpoint in the workdir.
 """
+
 from experiments import cli
 
 cli.define_config_and_workdir("Where checkpoints, metrics and the config are written.")
@@ -11,6 +12,7 @@ cli.define_config_and_workdir("Where checkpoints, metrics and the config are wri
 
 def run(config, workdir):
     from georecon_jax.objectives.registry import get_objective
+
     if get_objective(config).batch_kind == "pairs":
         from georecon_jax.tasks import mrl3d as task
     else:

@@ -1,4 +1,5 @@
 """PNG figures (matplotlib, Agg backend: no display needed): learning curves and parity plots."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,10 @@ import numpy as np
 
 def _pyplot():
     import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -23,8 +26,9 @@ def learning_curves(rows: Sequence[dict], path: str, panels: Dict[str, tuple], t
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items()):
         for split, key, label in series:
-            pts = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r
-                   and np.isfinite(r[key])]
+            pts = [
+                (r["step"], r[key]) for r in rows if r["split"] == split and key in r and np.isfinite(r[key])
+            ]
             if pts:
                 s, v = zip(*pts)
                 ax.plot(s, v, marker="o" if split != "train" else None, ms=3, label=label)
@@ -41,8 +45,9 @@ def learning_curves(rows: Sequence[dict], path: str, panels: Dict[str, tuple], t
     plt.close(fig)
 
 
-def parity_plot(reference, predicted, path: str, label: str, unit: str, mae: Optional[float] = None,
-                title: str = ""):
+def parity_plot(
+    reference, predicted, path: str, label: str, unit: str, mae: Optional[float] = None, title: str = ""
+):
     """Scatter of predicted against reference values with the y = x line."""
     plt = _pyplot()
     reference, predicted = np.asarray(reference).ravel(), np.asarray(predicted).ravel()

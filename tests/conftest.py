@@ -1,4 +1,5 @@
 """Shared fixtures: a per-session QM9 cache of the first molecules, real data paths, helpers."""
+
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def pytest_configure(config):
     benchmarks run with XLA's defaults. Set ``GEORECON_TEST_XLA_OPT=1`` to test with the defaults.
     """
     import tempfile
+
     if os.environ.get("GEORECON_TEST_XLA_OPT", "0") != "1":
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_backend_optimization_level" not in flags:
@@ -51,6 +53,7 @@ def cache_dir(tmp_path_factory):
 def qm9_small(cache_dir):
     """The first 400 QM9 molecules (real, from qm9pack) and their split."""
     from georecon_jax.data.qm9 import load_qm9
+
     return load_qm9(cache_dir=cache_dir, limit=400, verbose=False)
 
 
@@ -68,7 +71,8 @@ def jitter(params, scale: float = 0.1, seed: int = 0):
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     return jax.tree_util.tree_unflatten(
-        tree, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+        tree, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    )
 
 
 _JITTED = {}
@@ -91,6 +95,7 @@ def kill_after_first_checkpoint(cmd, checkpoints, env, timeout: float = 300.0):
     import signal
     import subprocess
     import time
+
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = Path(checkpoints)
     deadline = time.time() + timeout

@@ -13,6 +13,7 @@ The rotation check is e3nn-jax's ``e3nn_jax.utils.assert_equivariant`` (0.21: ``
 inputs check O(3) equivariance, reflections included). Non-geometric arguments (atomic numbers,
 masks, parameters) are closed over in ``fn``; include padding atoms in them.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence, Tuple
@@ -34,7 +35,7 @@ def to_irreps(x, kind: str) -> e3nn.IrrepsArray:
     if kind in ("1o", "1e"):
         assert x.shape[-1] == 3, (kind, x.shape)
         return e3nn.IrrepsArray(kind, x)
-    assert x.ndim >= 2 and x.shape[-2] == 3, (kind, x.shape)   # [..., 3, F] -> [..., F·3] (F × 1o)
+    assert x.ndim >= 2 and x.shape[-2] == 3, (kind, x.shape)  # [..., 3, F] -> [..., F·3] (F × 1o)
     F = x.shape[-1]
     return e3nn.IrrepsArray(f"{F}x1o", jnp.swapaxes(x, -1, -2).reshape(*x.shape[:-2], 3 * F))
 
@@ -49,7 +50,7 @@ def from_irreps(a: e3nn.IrrepsArray, kind: str, like) -> jax.Array:
 def flat_irreps(x, kind: str) -> e3nn.IrrepsArray:
     """Every leading axis folded into the multiplicity: one 1-d IrrepsArray per output."""
     if kind == "channels":
-        x = jnp.swapaxes(x, -1, -2)                                # [..., F, 3]
+        x = jnp.swapaxes(x, -1, -2)  # [..., F, 3]
     flat = x.reshape(-1)
     ir = "0e" if kind == "0e" else ("1e" if kind == "1e" else "1o")
     return e3nn.IrrepsArray(f"{flat.size // e3nn.Irrep(ir).dim}x{ir}", flat)
@@ -72,16 +73,26 @@ def jitter(params, scale: float = 0.1, seed: int = 0):
     one compile per leaf shape. Returns numpy arrays (flax applies them as they are)."""
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map(
-        lambda x: (np.asarray(x) + scale * rng.normal(size=x.shape)).astype(x.dtype), params)
+        lambda x: (np.asarray(x) + scale * rng.normal(size=x.shape)).astype(x.dtype), params
+    )
 
 
 def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def assert_symmetric(fn: Callable, inputs: Sequence[Tuple[jax.Array, str]], outputs: Sequence[str], *,
-                     translate: Sequence[int] = (), seed: int = 0, atol: float = 2e-4,
-                     rtol: float = 1e-4, nontrivial: float = 1e-3, can_fail: float = 1e-2):
+def assert_symmetric(
+    fn: Callable,
+    inputs: Sequence[Tuple[jax.Array, str]],
+    outputs: Sequence[str],
+    *,
+    translate: Sequence[int] = (),
+    seed: int = 0,
+    atol: float = 2e-4,
+    rtol: float = 1e-4,
+    nontrivial: float = 1e-3,
+    can_fail: float = 1e-2,
+):
     """Checks the symmetries of ``fn(*arrays) -> array or tuple of arrays``.
 
     Args:
@@ -114,8 +125,9 @@ def assert_symmetric(fn: Callable, inputs: Sequence[Tuple[jax.Array, str]], outp
         xs = [from_irreps(a, k, x) for a, k, x in zip(irreps_args, in_kinds, arrays)]
         return e3nn.concatenate([flat_irreps(y, k) for y, k in zip(jfn(*xs), outputs)])
 
-    e3nn.utils.assert_equivariant(irreps_fn, jax.random.PRNGKey(seed),
-                                  *[to_irreps(x, k) for x, k in inputs], atol=atol, rtol=rtol)
+    e3nn.utils.assert_equivariant(
+        irreps_fn, jax.random.PRNGKey(seed), *[to_irreps(x, k) for x, k in inputs], atol=atol, rtol=rtol
+    )
 
     rng = np.random.default_rng(seed)
     if translate:
@@ -127,7 +139,11 @@ def assert_symmetric(fn: Callable, inputs: Sequence[Tuple[jax.Array, str]], outp
     if can_fail:
         a = (np.eye(3) + 0.3 * rng.normal(size=(3, 3))).astype(np.float32)
         distorted = jfn(*[transform(x, k, a).astype(x.dtype) for x, k in zip(arrays, in_kinds)])
-        err = max(float(np.abs(np.asarray(y2) - transform(y, k, a)).max())
-                  for y, y2, k in zip(out, distorted, outputs))
-        assert err > can_fail, (f"a non-orthogonal map changes the outputs by only {err:.2e}: "
-                                "this check could not see a broken module")
+        err = max(
+            float(np.abs(np.asarray(y2) - transform(y, k, a)).max())
+            for y, y2, k in zip(out, distorted, outputs)
+        )
+        assert err > can_fail, (
+            f"a non-orthogonal map changes the outputs by only {err:.2e}: "
+            "this check could not see a broken module"
+        )

@@ -4,6 +4,7 @@ Arrows: experiments -> tasks -> training, objectives -> models; graphs -> data -
 read files or import the data side; training never imports chemistry, data, graphs, models or
 objectives; no job module of tasks/ imports another; nothing in the library imports experiments/.
 """
+
 import ast
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def imports_of(path: Path):
                 yield alias.name
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.module
-            for alias in node.names:     # from georecon_jax import plots
+            for alias in node.names:  # from georecon_jax import plots
                 yield f"{node.module}.{alias.name}"
 
 
@@ -60,11 +61,15 @@ def test_every_room_of_the_library_is_known():
 def test_imports_follow_the_arrows(path):
     own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
     for module in imports_of(path):
-        assert not module.startswith("experiments"), f"{path.name} imports {module}: the library never imports experiments/"
+        assert not module.startswith("experiments"), (
+            f"{path.name} imports {module}: the library never imports experiments/"
+        )
         target = room(module)
         if target is None or target == own or own == "__init__":
             continue
-        assert target in ALLOWED[own], f"{own}/{path.name} imports {module}: {own} may import only {sorted(ALLOWED[own])}"
+        assert target in ALLOWED[own], (
+            f"{own}/{path.name} imports {module}: {own} may import only {sorted(ALLOWED[own])}"
+        )
 
 
 def test_no_job_imports_another():
@@ -83,7 +88,8 @@ def test_entry_points_do_not_import_each_other():
         for module in imports_of(ROOT / "experiments" / f"{name}.py"):
             parts = module.split(".")
             assert not (parts[0] == "experiments" and len(parts) > 1 and parts[1] in entries), (
-                f"experiments/{name}.py imports experiments/{parts[1]}.py")
+                f"experiments/{name}.py imports experiments/{parts[1]}.py"
+            )
 
 
 def test_the_checker_sees_a_wrong_arrow(tmp_path):
@@ -91,3 +97,15 @@ def test_the_checker_sees_a_wrong_arrow(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from georecon_jax.data.qm9 import load_qm9\n")
     assert room(next(iter(imports_of(bad)))) == "data" and "data" not in ALLOWED["models"]
+
+
+def test_code_is_formatted():
+    """`ruff format` (configured in ruff.toml) leaves every file as it is."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (requirements.txt pins it)")
+    out = subprocess.run([ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, "run `ruff format .`:\n" + out.stdout[-2000:]

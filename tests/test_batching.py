@@ -1,4 +1,5 @@
 """Padded batching: static budgets, jraph masks, determinism, and edges at perturbed positions."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +48,7 @@ def test_device_split_covers_the_global_batch(qm9_small):
 def test_edges_cover_all_pairs_within_cutoff_at_perturbed_positions(qm9_small):
     mols, _ = qm9_small
     idx = [100, 200, 300]
-    budgets = estimate_budgets(mols.n_atoms, mols.n_atoms ** 2, 3, num_buckets=1)
+    budgets = estimate_budgets(mols.n_atoms, mols.n_atoms**2, 3, num_buckets=1)
     g = pack_graphs(mols, idx, budgets[-1])
     m = graph_masks(jax.tree_util.tree_map(jnp.asarray, g))
     rng = np.random.default_rng(0)
@@ -71,7 +72,7 @@ def test_radius_neighbor_list_matches_brute_force(qm9_small):
     _, pos = mols.molecule(399)
     s, r = molecule_edges(pos, "radius", cutoff=3.0, skin=0.0)
     d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    assert np.all(r < s)                                   # each unordered pair once, no self-pairs
+    assert np.all(r < s)  # each unordered pair once, no self-pairs
     assert len(set(zip(s.tolist(), r.tolist()))) == len(s)
     assert len(s) == int(((d < 3.0).sum() - len(pos)) // 2)
     assert np.all(d[r, s] < 3.0)

@@ -1,5 +1,6 @@
 """The experiment configs compose from experiments/configs/common.py: every config at every size,
 the size overlays, the fields particular to each config, and command-line overrides."""
+
 import importlib
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from experiments.configs import common
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 NAMES = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common")))
 SIZES = ("", "quick", "tiny")
-ET_CONFIGS = ("georecon", "coord", "finetune_qm9", "finetune_md17")   # ET encoder, training loop
+ET_CONFIGS = ("georecon", "coord", "finetune_qm9", "finetune_md17")  # ET encoder, training loop
 
 
 def get(name, size=""):
@@ -43,8 +44,9 @@ def load_from_command_line(name, size="", *args):
     suffix = f":{size}" if size else ""
     argv = ["prog", f"--config={CONFIG_DIR / name}.py{suffix}", *args]
     flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
-                                    sys_argv=argv)   # the overrides are read from it
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )  # the overrides are read from it
     flag_values(argv)
     return flag_values.config
 
@@ -64,7 +66,9 @@ def test_every_config_loads_at_every_size_by_path_as_config_flags_does(name, siz
 @pytest.mark.parametrize("name", NAMES)
 def test_no_size_and_empty_size_are_paper_scale(name):
     module = importlib.import_module(f"experiments.configs.{name}")
-    assert module.get_config().to_dict() == module.get_config("").to_dict() == module.get_config(None).to_dict()
+    assert (
+        module.get_config().to_dict() == module.get_config("").to_dict() == module.get_config(None).to_dict()
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -80,7 +84,7 @@ def test_unknown_size_is_refused_naming_the_valid_ones(name):
 @pytest.mark.parametrize("name", ET_CONFIGS)
 def test_sizes_shrink_the_encoder_and_the_run(name):
     paper, quick, tiny = (get(name, s) for s in SIZES)
-    for field in ("num_layers", "features", "num_rbf"):   # MD17's paper RBF count is quick's (32)
+    for field in ("num_layers", "features", "num_rbf"):  # MD17's paper RBF count is quick's (32)
         assert tiny.model.encoder[field] < quick.model.encoder[field] <= paper.model.encoder[field], field
     assert quick.model.encoder.features < paper.model.encoder.features
     assert tiny.num_steps < quick.num_steps < paper.num_steps
@@ -98,8 +102,11 @@ def test_sizes_shrink_the_encoder_and_the_run(name):
 def test_sizes_shrink_the_pair_configs():
     paper, quick, tiny = (get("mrl3d", s) for s in SIZES)
     assert tiny.num_steps < quick.num_steps < paper.num_steps
-    assert tiny.model.encoder3d.num_interactions < quick.model.encoder3d.num_interactions \
+    assert (
+        tiny.model.encoder3d.num_interactions
+        < quick.model.encoder3d.num_interactions
         < paper.model.encoder3d.num_interactions
+    )
     assert tiny.model.relational.features < paper.model.relational.features
     assert tiny.data.limit == 60 and paper.data.limit is None
     paper, quick, tiny = (get("mrl_finetune", s) for s in SIZES)
@@ -132,7 +139,7 @@ def test_a_configs_own_overlay_wins_over_the_shared_ones():
     assert get("finetune_md17", "quick").optim.warmup_steps == 50
     assert get("mrl3d", "quick").log_every == 10 and get("mrl3d", "quick").optim.learning_rate == 5e-4
     assert get("finetune_md17", "tiny").molecule == "ethanol"
-    assert get("finetune_md17", "").model.encoder.features == 128   # Frad's, not finetune_qm9's 256
+    assert get("finetune_md17", "").model.encoder.features == 128  # Frad's, not finetune_qm9's 256
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -155,7 +162,7 @@ def test_the_optimizer_block_has_one_shape():
         for size in SIZES:
             optim = get(name, size).optim
             expected = dict(shape)
-            if name == "mrl_finetune":       # its loop keeps no EMA of the weights
+            if name == "mrl_finetune":  # its loop keeps no EMA of the weights
                 del expected["ema_decay"]
             assert {k: type(v) for k, v in optim.items()} == expected, (name, size)
 
@@ -177,14 +184,25 @@ def test_unset_fields_are_typed_so_the_command_line_can_set_them(name):
             section[last] = [1] if ref.get_type() is int else 5
 
 
-@pytest.mark.parametrize("name,size,args,expected", [
-    ("georecon", "tiny", ["--config.data.limit=100"], {"data.limit": 100}),
-    ("finetune_qm9", "quick", ["--config.pretrained=runs/a", "--config.data.num_test_molecules=7"],
-     {"pretrained": "runs/a", "data.num_test_molecules": 7}),
-    ("finetune_md17", "", ["--config.data.train_file=a.npz", "--config.molecule=uracil"],
-     {"data.train_file": "a.npz", "molecule": "uracil"}),
-    ("mrl3d", "tiny", ["--config.data.max_pairs=10"], {"data.max_pairs": 10}),
-])
+@pytest.mark.parametrize(
+    "name,size,args,expected",
+    [
+        ("georecon", "tiny", ["--config.data.limit=100"], {"data.limit": 100}),
+        (
+            "finetune_qm9",
+            "quick",
+            ["--config.pretrained=runs/a", "--config.data.num_test_molecules=7"],
+            {"pretrained": "runs/a", "data.num_test_molecules": 7},
+        ),
+        (
+            "finetune_md17",
+            "",
+            ["--config.data.train_file=a.npz", "--config.molecule=uracil"],
+            {"data.train_file": "a.npz", "molecule": "uracil"},
+        ),
+        ("mrl3d", "tiny", ["--config.data.max_pairs=10"], {"data.max_pairs": 10}),
+    ],
+)
 def test_command_line_overrides_reach_unset_fields(name, size, args, expected):
     c = load_from_command_line(name, size, *args)
     got = values(c)
@@ -194,7 +212,7 @@ def test_command_line_overrides_reach_unset_fields(name, size, args, expected):
 def test_overlays_do_not_leak_between_calls():
     encoder = {size: dict(fields) for size, fields in common.ENCODER.items()}
     paper = {name: get(name).to_dict() for name in NAMES}
-    for name in NAMES:                       # a tiny config, then a paper one: no shared state
+    for name in NAMES:  # a tiny config, then a paper one: no shared state
         get(name, "tiny")
         assert get(name).to_dict() == paper[name], name
     assert common.ENCODER == encoder

@@ -1,10 +1,15 @@
 """The 3DMRL virtual environment: rigid copies, anchor geometry, uniform rotations, anchors off rings."""
+
 import jax
 import numpy as np
 import pytest
 
-from georecon_jax.objectives.environment import (radius_adjacency, random_rotations, sample_environment,
-                                                 sample_environments)
+from georecon_jax.objectives.environment import (
+    radius_adjacency,
+    random_rotations,
+    sample_environment,
+    sample_environments,
+)
 
 N1, N2, K = 10, 7, 5
 
@@ -28,7 +33,8 @@ def _pdist(x):
 def test_copies_are_rigid_and_centred_at_radius_from_anchor(seed):
     pos1, mask1, ring, pos2, mask2 = _pair(seed)
     env = jax.jit(lambda k: sample_environment(k, pos1, mask1, ring, pos2, mask2, num_copies=K))(
-        jax.random.PRNGKey(seed))
+        jax.random.PRNGKey(seed)
+    )
     env = jax.device_get(env)
     ref = pos2[mask2]
     radius = np.max(np.linalg.norm(ref - ref.mean(0), axis=-1))
@@ -37,7 +43,7 @@ def test_copies_are_rigid_and_centred_at_radius_from_anchor(seed):
     assert env.copy_mask.all()
     for k in range(K):
         c = copies[k][mask2]
-        np.testing.assert_allclose(_pdist(c), _pdist(ref), atol=2e-4)      # internal geometry kept
+        np.testing.assert_allclose(_pdist(c), _pdist(ref), atol=2e-4)  # internal geometry kept
         np.testing.assert_allclose(np.linalg.norm(c.mean(0) - pos1[env.anchors[k]]), radius, atol=2e-4)
         np.testing.assert_allclose(c.mean(0), env.centroids[k], atol=2e-4)
         assert np.isclose(np.linalg.det(env.rotations[k]), 1.0, atol=1e-5)
@@ -56,18 +62,24 @@ def test_copies_are_rigid_and_centred_at_radius_from_anchor(seed):
 
 def test_anchors_are_distinct_non_ring_atoms_when_any_exist():
     ring = np.zeros(N1, bool)
-    ring[:5] = True                                  # atoms 0-4 in a ring; 5, 6, 7 real non-ring
+    ring[:5] = True  # atoms 0-4 in a ring; 5, 6, 7 real non-ring
     pos1, mask1, _, pos2, mask2 = _pair(0, n1=8, ring=ring)
-    envs = jax.device_get(jax.vmap(lambda k: sample_environment(k, pos1, mask1, ring, pos2, mask2, num_copies=K))(
-        jax.random.split(jax.random.PRNGKey(0), 200)))
-    assert (envs.copy_mask.sum(1) == 3).all()        # only 3 candidates: 3 copies
+    envs = jax.device_get(
+        jax.vmap(lambda k: sample_environment(k, pos1, mask1, ring, pos2, mask2, num_copies=K))(
+            jax.random.split(jax.random.PRNGKey(0), 200)
+        )
+    )
+    assert (envs.copy_mask.sum(1) == 3).all()  # only 3 candidates: 3 copies
     anchors = envs.anchors[envs.copy_mask].reshape(200, 3)
-    assert set(np.unique(anchors)) == {5, 6, 7}      # atom ids, never ring atoms or padding
+    assert set(np.unique(anchors)) == {5, 6, 7}  # atom ids, never ring atoms or padding
     assert all(len(set(a)) == 3 for a in anchors)
     # every atom in a ring: any real atom may anchor
     all_ring = mask1.copy()
-    envs = jax.device_get(jax.vmap(lambda k: sample_environment(k, pos1, mask1, all_ring, pos2, mask2, num_copies=K))(
-        jax.random.split(jax.random.PRNGKey(1), 200)))
+    envs = jax.device_get(
+        jax.vmap(lambda k: sample_environment(k, pos1, mask1, all_ring, pos2, mask2, num_copies=K))(
+            jax.random.split(jax.random.PRNGKey(1), 200)
+        )
+    )
     assert envs.copy_mask.all()
     assert set(np.unique(envs.anchors)) == set(range(8))
 
@@ -75,13 +87,13 @@ def test_anchors_are_distinct_non_ring_atoms_when_any_exist():
 def test_rotations_are_uniform_on_so3():
     R = np.asarray(random_rotations(jax.random.PRNGKey(0), (20000,)), np.float64)
     np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-5)
-    assert np.abs(R.mean(0)).max() < 0.02            # Haar measure: E[R] = 0
+    assert np.abs(R.mean(0)).max() < 0.02  # Haar measure: E[R] = 0
     # rotation angle θ has density (1 - cos θ)/π on [0, π]: CDF (θ - sin θ)/π; Kolmogorov–Smirnov
     theta = np.sort(np.arccos(np.clip((np.trace(R, axis1=1, axis2=2) - 1) / 2, -1, 1)))
     cdf = (theta - np.sin(theta)) / np.pi
     n = len(theta)
     ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
-    assert ks < 1.95 / np.sqrt(n), ks                # α = 0.001
+    assert ks < 1.95 / np.sqrt(n), ks  # α = 0.001
     # a uniform angle (a common mistake) is rejected by the same test
     bad = np.sort(np.random.default_rng(0).uniform(0, np.pi, n))
     bad_cdf = (bad - np.sin(bad)) / np.pi
@@ -92,13 +104,16 @@ def test_resampled_per_key_and_batched():
     pos1, mask1, ring, pos2, mask2 = _pair(3)
     B = 4
     stack = lambda x: np.stack([x] * B)
-    f = jax.jit(lambda k: sample_environments(k, stack(pos1), stack(mask1), stack(ring), stack(pos2), stack(mask2),
-                                              num_copies=K))
+    f = jax.jit(
+        lambda k: sample_environments(
+            k, stack(pos1), stack(mask1), stack(ring), stack(pos2), stack(mask2), num_copies=K
+        )
+    )
     a, b, a2 = f(jax.random.PRNGKey(0)), f(jax.random.PRNGKey(1)), f(jax.random.PRNGKey(0))
     assert a.positions.shape == (B, N1 + K * N2, 3)
     np.testing.assert_array_equal(a.positions, a2.positions)
     assert not np.allclose(a.positions, b.positions)
-    assert not np.allclose(a.positions[0], a.positions[1])   # each pair draws its own environment
+    assert not np.allclose(a.positions[0], a.positions[1])  # each pair draws its own environment
 
 
 def test_min_distance_rejection_and_min_radius():
@@ -109,27 +124,55 @@ def test_min_distance_rejection_and_min_radius():
         """Closest approach (Å) of a copy to molecule 1 and of two copies to each other."""
         copies = env.positions[N1:].reshape(3, N2, 3)[:, mask2]
         d = [np.linalg.norm(copies.reshape(-1, 3)[:, None] - first[None], axis=-1).min()]
-        d += [np.linalg.norm(copies[i][:, None] - copies[j][None], axis=-1).min()
-              for i in range(3) for j in range(i)]
+        d += [
+            np.linalg.norm(copies[i][:, None] - copies[j][None], axis=-1).min()
+            for i in range(3)
+            for j in range(i)
+        ]
         return min(d)
 
     # 2 Å: one trial clashes for this pair, 64 trials find clash-free places (so the check can fail)
-    env = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=3,
-                                            min_distance=2.0, num_trials=64))
+    env = jax.device_get(
+        sample_environment(
+            jax.random.PRNGKey(0),
+            pos1,
+            mask1,
+            ring,
+            pos2,
+            mask2,
+            num_copies=3,
+            min_distance=2.0,
+            num_trials=64,
+        )
+    )
     assert env.clashes == 0
     assert closest(env) >= 2.0 - 1e-4
     assert env.node_mask.sum() == mask1.sum() + 3 * mask2.sum()
-    once = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=3,
-                                             min_distance=2.0, num_trials=1))
+    once = jax.device_get(
+        sample_environment(
+            jax.random.PRNGKey(0),
+            pos1,
+            mask1,
+            ring,
+            pos2,
+            mask2,
+            num_copies=3,
+            min_distance=2.0,
+            num_trials=1,
+        )
+    )
     assert once.clashes > 0 and closest(once) < 2.0
     # a one-atom second molecule has radius 0; min_radius keeps it off its anchor
     one = np.arange(N2) < 1
-    env = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, one, num_copies=2,
-                                            min_radius=1.5))
+    env = jax.device_get(
+        sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, one, num_copies=2, min_radius=1.5)
+    )
     assert np.isclose(env.radius, 1.5)
     d = np.linalg.norm(env.positions[N1:].reshape(2, N2, 3)[:, 0] - pos1[env.anchors], axis=-1)
     np.testing.assert_allclose(d, 1.5, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(env.targets[N1:].reshape(2, N2, 3)[:, 0], axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(env.targets[N1:].reshape(2, N2, 3)[:, 0], axis=-1), 1.0, atol=1e-5
+    )
 
 
 def test_radius_adjacency_matches_brute_force():
@@ -143,13 +186,16 @@ def test_radius_adjacency_matches_brute_force():
 
 
 def test_atom_budget_compacts_real_atoms_and_cuts_whole_copies():
-    pos1, mask1, ring, pos2, mask2 = _pair(5, n1=8, n2=5)       # 8 + 5·5 = 33 real atoms
-    full = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=K))
-    small = jax.device_get(sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=K,
-                                              max_atoms=24))     # room for (24 - 8) // 5 = 3 copies
+    pos1, mask1, ring, pos2, mask2 = _pair(5, n1=8, n2=5)  # 8 + 5·5 = 33 real atoms
+    full = jax.device_get(
+        sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=K)
+    )
+    small = jax.device_get(
+        sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=K, max_atoms=24)
+    )  # room for (24 - 8) // 5 = 3 copies
     assert small.positions.shape == (24, 3)
     assert small.copy_mask.sum() == 3 and small.copies_cut == 2
-    assert small.node_mask[:8 + 15].all() and not small.node_mask[8 + 15:].any()
+    assert small.node_mask[: 8 + 15].all() and not small.node_mask[8 + 15 :].any()
     # the kept atoms are exactly the full environment's molecule 1 and first three copies
     keep = full.node_mask & (full.slot_copy < 3)
     np.testing.assert_allclose(small.positions[small.node_mask], full.positions[keep], atol=1e-6)

@@ -6,6 +6,7 @@ the outputs, so each check can fail). Inputs are padded (padding atoms and paddi
 zero features on padding atoms) and parameters are jittered: flax initialises biases to zero, and a
 bias wrongly added to a vector channel would otherwise go unseen. Sizes are tiny.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +15,14 @@ import pytest
 from conftest import jitted
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
 from georecon_jax.models.graph import graph_masks, masked_mean
-from georecon_jax.models.et import (EquivariantAttention, EquivariantTransformer, ExpNormalSmearing,
-                                    FirstEquivariantAttention, make_pairs, radial_basis)
+from georecon_jax.models.et import (
+    EquivariantAttention,
+    EquivariantTransformer,
+    ExpNormalSmearing,
+    FirstEquivariantAttention,
+    make_pairs,
+    radial_basis,
+)
 from georecon_jax.models.heads import GatedEquivariantBlock, ScalarHead, VectorHead
 from georecon_jax.models.relational import ForceHead
 from georecon_jax.models.schnet import SchNet
@@ -29,10 +36,10 @@ def graph(qm9_small):
     """Two QM9 molecules in a padded batch (all pairs)."""
     mols, _ = qm9_small
     idx = [123, 321]
-    budget = estimate_budgets(mols.n_atoms, mols.n_atoms ** 2, len(idx), num_buckets=1)[-1]
+    budget = estimate_budgets(mols.n_atoms, mols.n_atoms**2, len(idx), num_buckets=1)[-1]
     g = jax.tree_util.tree_map(jnp.asarray, pack_graphs(mols, idx, budget))
     m = graph_masks(g)
-    assert not bool(m.node_mask.all()) and not bool(m.edge_mask.all())   # padding present
+    assert not bool(m.node_mask.all()) and not bool(m.edge_mask.all())  # padding present
     return g, m
 
 
@@ -40,13 +47,24 @@ def graph(qm9_small):
 def encoder(graph):
     g, m = graph
     enc = EquivariantTransformer(num_layers=2, features=F, num_heads=HEADS, num_rbf=8, cutoff=CUTOFF)
-    params = jitter(jitted(enc.init)(jax.random.PRNGKey(0), g.nodes.atomic_numbers, g.nodes.positions,
-                                     g.senders, g.receivers, m.edge_mask, m.node_mask))
+    params = jitter(
+        jitted(enc.init)(
+            jax.random.PRNGKey(0),
+            g.nodes.atomic_numbers,
+            g.nodes.positions,
+            g.senders,
+            g.receivers,
+            m.edge_mask,
+            m.node_mask,
+        )
+    )
 
     @jax.jit
     def encode(positions):
-        return enc.apply(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers,
-                         m.edge_mask, m.node_mask)
+        return enc.apply(
+            params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask, m.node_mask
+        )
+
     return encode
 
 
@@ -63,8 +81,7 @@ def _features(node_mask, seed):
 def test_encoder(graph, encoder, seed):
     """Scalars invariant, vectors equivariant (F × 1o), both invariant to translations."""
     g, _ = graph
-    assert_symmetric(encoder, [(g.nodes.positions, "1o")], ["0e", "channels"], translate=[0],
-                     seed=seed)
+    assert_symmetric(encoder, [(g.nodes.positions, "1o")], ["0e", "channels"], translate=[0], seed=seed)
 
 
 def test_attention_layers(graph):
@@ -81,11 +98,18 @@ def test_attention_layers(graph):
 
     layer, first = EquivariantAttention(F, HEADS), FirstEquivariantAttention(F, HEADS)
     params = jitter(jitted(layer.init)(jax.random.PRNGKey(0), x, vec, *geometry(g.nodes.positions)))
-    assert_symmetric(lambda x, vec, pos: layer.apply(params, x, vec, *geometry(pos)),
-                     [(x, "0e"), (vec, "channels"), (g.nodes.positions, "1o")], ["0e", "channels"],
-                     translate=[2])
-    assert_symmetric(lambda x, pos: first.apply(params, x, *geometry(pos)),
-                     [(x, "0e"), (g.nodes.positions, "1o")], ["0e", "channels"], translate=[1])
+    assert_symmetric(
+        lambda x, vec, pos: layer.apply(params, x, vec, *geometry(pos)),
+        [(x, "0e"), (vec, "channels"), (g.nodes.positions, "1o")],
+        ["0e", "channels"],
+        translate=[2],
+    )
+    assert_symmetric(
+        lambda x, pos: first.apply(params, x, *geometry(pos)),
+        [(x, "0e"), (g.nodes.positions, "1o")],
+        ["0e", "channels"],
+        translate=[1],
+    )
 
 
 def test_gated_equivariant_block(graph):
@@ -93,8 +117,9 @@ def test_gated_equivariant_block(graph):
     x, vec = _features(m.node_mask, seed=4)
     block = GatedEquivariantBlock(hidden=F, out=8, scalar_activation=True)
     params = jitter(jitted(block.init)(jax.random.PRNGKey(1), x, vec), seed=1)
-    assert_symmetric(lambda x, vec: block.apply(params, x, vec), [(x, "0e"), (vec, "channels")],
-                     ["0e", "channels"])
+    assert_symmetric(
+        lambda x, vec: block.apply(params, x, vec), [(x, "0e"), (vec, "channels")], ["0e", "channels"]
+    )
 
 
 def test_vector_head(graph):
@@ -116,6 +141,7 @@ def test_scalar_head_on_the_encoder(graph, encoder):
     def per_molecule(positions):
         y = head.apply(params, encoder(positions)[0])
         return masked_mean(y, m)
+
     assert_symmetric(per_molecule, [(g.nodes.positions, "1o")], ["0e"], translate=[0])
 
 
@@ -133,7 +159,7 @@ def _adjacency(positions, node_mask, cutoff=CUTOFF):
     """[B, M, M]: both atoms real, distinct, closer than the cutoff."""
     d2 = jnp.sum((positions[:, :, None, :] - positions[:, None, :, :]) ** 2, axis=-1)
     M = positions.shape[1]
-    return node_mask[:, :, None] & node_mask[:, None, :] & (d2 < cutoff ** 2) & ~jnp.eye(M, dtype=bool)
+    return node_mask[:, :, None] & node_mask[:, None, :] & (d2 < cutoff**2) & ~jnp.eye(M, dtype=bool)
 
 
 def test_schnet():
@@ -141,10 +167,13 @@ def test_schnet():
     pos, mask = _environment(1, B=2, M=14, n_real=[12, 9])
     labels = jnp.asarray((np.arange(14)[None] >= 5).astype(np.int32).repeat(2, 0))
     model = SchNet(features=F, num_interactions=2, num_gaussians=10, cutoff=CUTOFF)
-    params = jitter(jitted(model.init)(jax.random.PRNGKey(0), labels, pos, mask,
-                                       _adjacency(pos, mask)))
-    assert_symmetric(lambda p: model.apply(params, labels, p, mask, _adjacency(p, mask)),
-                     [(pos, "1o")], ["0e"], translate=[0])
+    params = jitter(jitted(model.init)(jax.random.PRNGKey(0), labels, pos, mask, _adjacency(pos, mask)))
+    assert_symmetric(
+        lambda p: model.apply(params, labels, p, mask, _adjacency(p, mask)),
+        [(pos, "1o")],
+        ["0e"],
+        translate=[0],
+    )
 
 
 def test_force_head():
@@ -154,5 +183,9 @@ def test_force_head():
     h, ha = (jnp.asarray(rng.normal(size=(2, 9, 6)).astype(np.float32)) for _ in range(2))
     head = ForceHead(features=8, num_gaussians=6, cutoff=10.0)
     params = jitter(jitted(head.init)(jax.random.PRNGKey(0), h, ha, pos, mask))
-    assert_symmetric(lambda h, ha, p: head.apply(params, h, ha, p, mask),
-                     [(h, "0e"), (ha, "0e"), (pos, "1o")], ["1o"], translate=[2])
+    assert_symmetric(
+        lambda h, ha, p: head.apply(params, h, ha, p, mask),
+        [(h, "0e"), (ha, "0e"), (pos, "1o")],
+        ["1o"],
+        translate=[2],
+    )

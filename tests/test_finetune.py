@@ -1,4 +1,5 @@
 """Fine-tuning: forces as -dE/dR, head symmetries, pretrained checkpoints, and end-to-end runs."""
+
 import importlib.util
 import json
 import os
@@ -37,8 +38,10 @@ def need(path: Path) -> str:
 
 def need_qm9() -> str:
     cache = os.environ.get("GEORECON_CACHE")
-    if not (cache and os.path.exists(os.path.join(cache, "qm9_first400.npz"))) and \
-            importlib.util.find_spec("qm9pack") is None:
+    if (
+        not (cache and os.path.exists(os.path.join(cache, "qm9_first400.npz")))
+        and importlib.util.find_spec("qm9pack") is None
+    ):
         pytest.skip("QM9 needs the qm9pack package or a $GEORECON_CACHE holding qm9_first400.npz")
     return cache
 
@@ -47,7 +50,7 @@ def ethanol_graph(n_frames=2):
     """A padded GraphsTuple (no device axis) of the first rMD17 ethanol frames, and their forces."""
     frames, _ = md17.read_force_file(need(RMD17 / "rmd17_ethanol_train_01.npz"))
     mols, forces = frames.subset(np.arange(n_frames)).to_molecules(float(frames.energies.mean()))
-    budget = estimate_budgets(mols.n_atoms, mols.n_atoms ** 2, n_frames, 1)[0]
+    budget = estimate_budgets(mols.n_atoms, mols.n_atoms**2, n_frames, 1)[0]
     return pack_graphs(mols, np.arange(n_frames), budget, forces=forces)
 
 
@@ -69,8 +72,10 @@ def tiny_finetune_model_config(**encoder):
 
 def init(model, graph, seed=0):
     """Fresh parameters, jittered (zero-initialised biases would hide symmetry errors)."""
-    return jitter(init_params(model, graph, jax.random.PRNGKey(seed), with_denoise=model.node_noise is not None),
-                  seed=seed)
+    return jitter(
+        init_params(model, graph, jax.random.PRNGKey(seed), with_denoise=model.node_noise is not None),
+        seed=seed,
+    )
 
 
 def with_positions(graph, positions):
@@ -78,6 +83,7 @@ def with_positions(graph, positions):
 
 
 # ------------------------------------------------------------------------ forces and heads
+
 
 def test_forces_are_the_exact_negative_gradient_float64():
     graph = ethanol_graph(1)
@@ -87,7 +93,8 @@ def test_forces_are_the_exact_negative_gradient_float64():
         p64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
         g64 = jax.tree_util.tree_map(
             lambda x: jnp.asarray(x, jnp.float64) if np.issubdtype(x.dtype, np.floating) else jnp.asarray(x),
-            graph)
+            graph,
+        )
         predict = jax.jit(make_predict_fn(model, TargetStats(mean=0.0, std=3.0), with_forces=True))
         _, forces, _ = predict(p64, g64, g64.nodes.positions)
         energy = lambda pos: predict(p64, g64, pos)[0][0]
@@ -98,7 +105,7 @@ def test_forces_are_the_exact_negative_gradient_float64():
             dp[atom, axis] = h
             fd = -(energy(jnp.asarray(pos0 + dp)) - energy(jnp.asarray(pos0 - dp))) / (2 * h)
             assert abs(float(fd) - float(forces[atom, axis])) < 1e-6 * max(1.0, abs(float(fd)))
-        assert float(jnp.max(jnp.abs(forces))) > 1e-3   # not trivially zero
+        assert float(jnp.max(jnp.abs(forces))) > 1e-3  # not trivially zero
 
 
 def test_forces_rotate_with_the_molecule_and_sum_to_zero():
@@ -117,7 +124,7 @@ def test_forces_rotate_with_the_molecule_and_sum_to_zero():
     scale = float(jnp.max(jnp.abs(forces)))
     for a, b in ((0, 9), (9, 18)):  # per molecule: translation invariance => Σ F = 0
         np.testing.assert_allclose(np.asarray(forces[a:b]).sum(0), 0.0, atol=1e-4 * scale)
-    assert np.all(np.asarray(forces[18:]) == 0.0)     # padding atoms carry no force
+    assert np.all(np.asarray(forces[18:]) == 0.0)  # padding atoms carry no force
 
 
 @pytest.mark.parametrize("kind", ["dipole", "spatial_extent"])
@@ -145,6 +152,7 @@ def test_dipole_head_vector_is_equivariant():
 
 # ------------------------------------------------------------------------ pretrained checkpoints
 
+
 def _pretraining_checkpoint(workdir, config_fn):
     """Writes a pretraining workdir exactly as tasks.pretrain does (config.json + orbax state)."""
     cfg = config_fn("tiny")
@@ -163,21 +171,25 @@ def _pretraining_checkpoint(workdir, config_fn):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrained")
-    return {name: (str(root / name), _pretraining_checkpoint(str(root / name), fn))
-            for name, fn in (("georecon", georecon.get_config), ("coord", coord.get_config))}
+    return {
+        name: (str(root / name), _pretraining_checkpoint(str(root / name), fn))
+        for name, fn in (("georecon", georecon.get_config), ("coord", coord.get_config))
+    }
 
 
 @pytest.mark.parametrize("objective", ["georecon", "coord"])
 def test_pretrained_encoder_loads(pretrained, objective):
     path, saved = pretrained[objective]
     cfg = tiny_finetune_model_config()
-    model = create_property_model(cfg.model)          # denoise_head on: the node-noise head carries over
+    model = create_property_model(cfg.model)  # denoise_head on: the node-noise head carries over
     params = init(model, ethanol_graph(2), seed=11)
     new, info = load_pretrained_encoder(params, path, cfg.model.encoder, verbose=False)
     assert info["step"] == 4 and info["loaded"] == ["encoder", "node_noise"]
     for mine, theirs in (("encoder", "encoder"), ("node_noise", "heads_node_noise")):
         jax.tree_util.tree_map(np.testing.assert_array_equal, new["params"][mine], saved["params"][theirs])
-    jax.tree_util.tree_map(np.testing.assert_array_equal, new["params"]["readout"], params["params"]["readout"])
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, new["params"]["readout"], params["params"]["readout"]
+    )
 
 
 def test_pretrained_encoder_of_another_width_fails_clearly(pretrained):
@@ -198,11 +210,12 @@ def test_pretrained_encoder_of_another_width_fails_clearly(pretrained):
 
 # ------------------------------------------------------------------------ end to end
 
+
 @pytest.mark.slow
 def test_qm9_finetune_from_coord_then_evaluate_twice_identically(pretrained, tmp_path):
     cache = need_qm9()
     cfg = finetune_qm9.get_config("tiny")
-    cfg.target = "U0"                          # least-squares atom references path
+    cfg.target = "U0"  # least-squares atom references path
     cfg.num_steps = 4
     cfg.eval_every = 2
     cfg.checkpoint_every = 2
@@ -212,8 +225,15 @@ def test_qm9_finetune_from_coord_then_evaluate_twice_identically(pretrained, tmp
     summary = finetune.run(cfg, workdir)
     assert summary["pretrained"]["loaded"] == ["encoder", "node_noise"]
     assert summary["test"]["U0_mae"]["unit"] == "meV" and np.isfinite(summary["test"]["U0_mae"]["value"])
-    for f in ("results.json", "results.md", "parity_U0.png", "learning_curves.png", "summary.json",
-              "best.json", "target_stats.json"):
+    for f in (
+        "results.json",
+        "results.md",
+        "parity_U0.png",
+        "learning_curves.png",
+        "summary.json",
+        "best.json",
+        "target_stats.json",
+    ):
         assert os.path.getsize(os.path.join(workdir, f)) > 0, f
     stats = json.load(open(os.path.join(workdir, "target_stats.json")))
     assert stats["reference"] == "least_squares" and stats["atomref"][6] < -1000  # carbon, eV

@@ -1,4 +1,5 @@
 """MD17-family loaders: the real files of every format, units, splits, and bad input."""
+
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_sgdml_npz_and_extxyz_read_the_same_molecule():
     assert len(xyz) == 2000 and len(ccsd) == 1000 and len(reduced) == 100
     for f in (sg, xyz, ccsd, reduced):
         assert sorted(f.atomic_numbers.tolist()) == [1, 1, 1, 1, 1, 1, 6, 6, 8]
-        assert -97300 < f.energies.mean() < -96900          # kcal/mol, ethanol
+        assert -97300 < f.energies.mean() < -96900  # kcal/mol, ethanol
     # The reordered file keeps its own atom order (H first), parsed from the species column.
     assert reduced.atomic_numbers.tolist()[:6] == [1] * 6
     # extxyz columns: forces are the last three, values as in the file's first line.
@@ -56,8 +57,9 @@ def test_energy_units_convert_explicitly():
 
 
 def test_split_950_50_and_test_file():
-    data, _ = md17.load_md17(need(RMD17 / "rmd17_ethanol_train_01.npz"),
-                             need(RMD17 / "rmd17_ethanol_test_01.npz"), verbose=False)
+    data, _ = md17.load_md17(
+        need(RMD17 / "rmd17_ethanol_train_01.npz"), need(RMD17 / "rmd17_ethanol_test_01.npz"), verbose=False
+    )
     assert (len(data["train"]), len(data["validation"]), len(data["test"])) == (950, 50, 1000)
     assert not set(data["train"].frame_ids) & set(data["validation"].frame_ids)
     # Without a test file the test frames are the unused ones.
@@ -77,6 +79,7 @@ def test_to_molecules_subtracts_the_offset_in_float64():
 
 
 # ----------------------------------------------------------------------------- bad input
+
 
 def _rmd17_copy(tmp_path, name, **changes):
     src = np.load(need(RMD17 / "rmd17_ethanol_train_01.npz"))
@@ -111,23 +114,29 @@ def test_nan_forces_frame_is_named_and_skipped_or_raised(tmp_path):
 def test_inconsistent_atom_counts_npz(tmp_path):
     src = np.load(need(RMD17 / "rmd17_ethanol_train_01.npz"))
     path = _rmd17_copy(tmp_path, "short_z.npz", nuclear_charges=src["nuclear_charges"][:8])
-    with pytest.raises(DataError, match=r"short_z\.npz: frame 0 has 9 atoms in coordinates but the "
-                                        r"molecule has 8 atomic numbers"):
+    with pytest.raises(
+        DataError,
+        match=r"short_z\.npz: frame 0 has 9 atoms in coordinates but the "
+        r"molecule has 8 atomic numbers",
+    ):
         md17.read_force_file(path)
 
 
 def _xyz_frames(n_frames=5):
     lines = Path(need(FORMATS / "md17_ethanol_sampledata.extxyz")).read_text().splitlines()
-    return lines[:11 * n_frames]
+    return lines[: 11 * n_frames]
 
 
 def test_extxyz_wrong_atom_count_names_frame(tmp_path):
     lines = _xyz_frames()
-    del lines[3 * 11 + 5]                       # frame 3 loses one atom line
+    del lines[3 * 11 + 5]  # frame 3 loses one atom line
     path = tmp_path / "short.extxyz"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"short\.extxyz: frame 3 \(line 34\): the atom count line says "
-                                        r"9 atoms but 8 atom lines"):
+    with pytest.raises(
+        DataError,
+        match=r"short\.extxyz: frame 3 \(line 34\): the atom count line says "
+        r"9 atoms but 8 atom lines",
+    ):
         md17.read_force_file(str(path))
 
 

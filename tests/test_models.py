@@ -2,6 +2,7 @@
 
 The rotation/translation symmetry of the encoder, its layers and the heads: tests/test_equivariance.py.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +20,7 @@ ATOL = 2e-4
 
 
 def _graph(mols, idx, n_graph=None):
-    budgets = estimate_budgets(mols.n_atoms, mols.n_atoms ** 2, n_graph or len(idx), num_buckets=1)
+    budgets = estimate_budgets(mols.n_atoms, mols.n_atoms**2, n_graph or len(idx), num_buckets=1)
     g = pack_graphs(mols, idx, budgets[-1])
     return jax.tree_util.tree_map(jnp.asarray, g)
 
@@ -36,8 +37,9 @@ def encoder_and_graph(qm9_small):
 
 
 def _run(enc, params, g, m, positions):
-    return jitted(enc.apply)(params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask,
-                     m.node_mask)
+    return jitted(enc.apply)(
+        params, g.nodes.atomic_numbers, positions, g.senders, g.receivers, m.edge_mask, m.node_mask
+    )
 
 
 def test_encoder_atom_permutation(qm9_small, encoder_and_graph):
@@ -51,8 +53,17 @@ def test_encoder_atom_permutation(qm9_small, encoder_and_graph):
     inv = np.argsort(perm)
     out = []
     for zz, pp, ss, rr in ((z, pos, s, r), (z[perm], pos[perm], inv[s], inv[r])):
-        out.append(jitted(enc.apply)(params, jnp.asarray(zz, jnp.int32), jnp.asarray(pp), jnp.asarray(ss),
-                             jnp.asarray(rr), jnp.ones(n * n, bool), jnp.ones(n, bool)))
+        out.append(
+            jitted(enc.apply)(
+                params,
+                jnp.asarray(zz, jnp.int32),
+                jnp.asarray(pp),
+                jnp.asarray(ss),
+                jnp.asarray(rr),
+                jnp.ones(n * n, bool),
+                jnp.ones(n, bool),
+            )
+        )
     np.testing.assert_allclose(out[1][0], out[0][0][perm], atol=ATOL)
     np.testing.assert_allclose(out[1][1], out[0][1][perm], atol=ATOL)
 
@@ -66,8 +77,8 @@ def test_padding_does_not_change_a_molecule(qm9_small, encoder_and_graph):
     xa, va = _run(enc, params, alone, graph_masks(alone), alone.nodes.positions)
     xb, vb = _run(enc, params, batch, graph_masks(batch), batch.nodes.positions)
     n5, n77 = mols.n_atoms[5], mols.n_atoms[77]
-    np.testing.assert_allclose(xb[n5:n5 + n77], xa[:n77], atol=1e-5)
-    np.testing.assert_allclose(vb[n5:n5 + n77], va[:n77], atol=1e-5)
+    np.testing.assert_allclose(xb[n5 : n5 + n77], xa[:n77], atol=1e-5)
+    np.testing.assert_allclose(vb[n5 : n5 + n77], va[:n77], atol=1e-5)
     # padding rows are exactly zero
     m = graph_masks(batch)
     assert float(jnp.abs(xb[~m.node_mask]).max()) == 0.0
@@ -75,6 +86,7 @@ def test_padding_does_not_change_a_molecule(qm9_small, encoder_and_graph):
 
 def _georecon_model(features=32, heads=4):
     from experiments.configs import georecon
+
     cfg = georecon.get_config("tiny")
     cfg.model.encoder.update(num_layers=2, features=features, num_heads=heads, num_rbf=16)
     cfg.model.decoder.update(code_dim=8, num_layers=1, num_heads=heads, num_rbf=8)
@@ -99,7 +111,7 @@ def test_decoder_is_equivariant_and_conditioned_on_code_and_sigma(encoder_and_gr
     e = run(g.nodes.positions)
     assert float(jnp.abs(run(g.nodes.positions, 2 * code) - e).max()) > 1e-4
     assert float(jnp.abs(run(g.nodes.positions, code, logs + 2) - e).max()) > 1e-4
-    assert float(jnp.abs(e[~graph_masks(g).node_mask]).max()) == 0.0    # padding atoms: no prediction
+    assert float(jnp.abs(e[~graph_masks(g).node_mask]).max()) == 0.0  # padding atoms: no prediction
 
 
 def _clean_graph_code(model, graph):
@@ -116,8 +128,12 @@ def test_graph_code_is_invariant_and_ignores_padding(qm9_small):
         return jitted(model.apply)(params, graph, method=_clean_graph_code)
 
     z = code_of(g)
-    assert_symmetric(lambda pos: code_of(g._replace(nodes=g.nodes._replace(positions=pos)))[:2],
-                     [(g.nodes.positions, "1o")], ["0e"], translate=[0])
+    assert_symmetric(
+        lambda pos: code_of(g._replace(nodes=g.nodes._replace(positions=pos)))[:2],
+        [(g.nodes.positions, "1o")],
+        ["0e"],
+        translate=[0],
+    )
     za = code_of(_graph(mols, [20]))
     np.testing.assert_allclose(za[0], z[1], atol=1e-5)
 
@@ -127,6 +143,7 @@ def test_pretraining_configs_keep_the_radial_basis_fixed(encoder_and_graph):
     radial-basis parameters; turning the option on adds torchmd-net's trainable means and betas."""
     from experiments.configs import coord, georecon, mrl3d
     from georecon_jax.models.pretrain import make_encoder
+
     _, _, g, m = encoder_and_graph
     args = (g.nodes.atomic_numbers, g.nodes.positions, g.senders, g.receivers, m.edge_mask, m.node_mask)
     assert georecon.get_config().model.encoder.trainable_rbf is False

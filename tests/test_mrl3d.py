@@ -2,6 +2,7 @@
 
 SchNet's invariance and the force head's equivariance: tests/test_equivariance.py.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ from georecon_jax.objectives.registry import get_objective
 def test_info_nce_matches_hand_computation():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
-    mask = np.array([True, True, True, False])        # the last pair is padding
+    mask = np.array([True, True, True, False])  # the last pair is padding
     tau = 0.2
     got = np.asarray(info_nce(jnp.asarray(a), jnp.asarray(b), jnp.asarray(mask), tau))
     an = a / np.linalg.norm(a, axis=1, keepdims=True)
@@ -34,8 +35,9 @@ def test_info_nce_matches_hand_computation():
     assert got[3] == 0.0
     # two identical, orthogonal pairs: loss = log(1 + e^{-1/τ})
     e = np.eye(2)
-    np.testing.assert_allclose(np.asarray(info_nce(e, e, np.array([True, True]), tau)),
-                               np.log(1 + np.exp(-1 / tau)), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(info_nce(e, e, np.array([True, True]), tau)), np.log(1 + np.exp(-1 / tau)), rtol=1e-5
+    )
 
 
 SMILES = [("CCO", "O"), ("c1ccccc1C(=O)O", "CCCCCC"), ("CC(C)N", "ClC(Cl)Cl"), ("OCC(O)CO", "c1ccccc1")]
@@ -50,8 +52,15 @@ def tiny_batch():
             assert rec is not None, reason
             idx.append(len(molecules))
             molecules.append(rec)
-    ds = PairDataset("t", molecules, np.asarray(i1), np.asarray(i2), np.zeros((4, 1), np.float32), ("y",),
-                     np.asarray(["t"] * 4, dtype=object))
+    ds = PairDataset(
+        "t",
+        molecules,
+        np.asarray(i1),
+        np.asarray(i2),
+        np.zeros((4, 1), np.float32),
+        ("y",),
+        np.asarray(["t"] * 4, dtype=object),
+    )
     budget = PairBudget.from_dataset(ds)
     return jax.tree_util.tree_map(jnp.asarray, pack_pairs(ds, np.arange(4), 5, budget))  # 1 padding pair
 
@@ -72,7 +81,7 @@ def test_every_parameter_group_gets_a_gradient(tiny_batch):
     (loss, metrics), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(params)
     assert np.isfinite(loss)
     assert set(grads["params"]) == {"relational", "proj2d", "encoder3d", "proj3d", "force_head"}
-    for name, g in grads["params"].items():   # the reference never trained its force head
-        norm = float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(g))))
+    for name, g in grads["params"].items():  # the reference never trained its force head
+        norm = float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(g))))
         assert norm > 0, f"no gradient reaches {name}"
-    assert np.all(np.asarray(metrics["force_mse"])[4] == 0)   # padding pair contributes nothing
+    assert np.all(np.asarray(metrics["force_mse"])[4] == 0)  # padding pair contributes nothing

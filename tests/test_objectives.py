@@ -1,4 +1,5 @@
 """Pretraining objectives and the jitted step: finite losses, parameters move, no recompilation."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,27 +31,40 @@ def test_one_step_finite_and_parameters_change(qm9_small, make_config):
     _, batcher, model, params, objective = _setup(qm9_small, config)
     mesh = make_mesh(1)
     counter = []
-    state = replicate(create_train_state(model.apply, params, create_optimizer(config.optim, 10), False), mesh)
-    step = steps_lib.make_train_step(objective.loss_fn(model), mesh, jax.random.PRNGKey(1),
-                                     trace_counter=counter)
+    state = replicate(
+        create_train_state(model.apply, params, create_optimizer(config.optim, 10), False), mesh
+    )
+    step = steps_lib.make_train_step(
+        objective.loss_fn(model), mesh, jax.random.PRNGKey(1), trace_counter=counter
+    )
     before = jax.device_get(state.params)
     state, metrics = step(state, shard_batch(batcher.batch(0), mesh))
     state, metrics = step(state, shard_batch(batcher.batch(0), mesh))  # lr is 0 at step 0 (warm-up)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
     assert float(metrics["num_graphs"]) == config.batch_size
     after = jax.device_get(state.params)
-    moved = [float(np.abs(a - b).max()) for a, b in
-             zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before))]
+    moved = [
+        float(np.abs(a - b).max())
+        for a, b in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before))
+    ]
     assert max(moved) > 0
-    enc_moved = [float(np.abs(a - b).max()) for a, b in zip(
-        jax.tree_util.tree_leaves(after["params"]["encoder"]),
-        jax.tree_util.tree_leaves(before["params"]["encoder"]))]
+    enc_moved = [
+        float(np.abs(a - b).max())
+        for a, b in zip(
+            jax.tree_util.tree_leaves(after["params"]["encoder"]),
+            jax.tree_util.tree_leaves(before["params"]["encoder"]),
+        )
+    ]
     assert max(enc_moved) > 0
     if config.objective.name == "georecon":
         for part in ("heads_decoder", "heads_graph_code", "heads_node_noise"):
-            d = [float(np.abs(a - b).max()) for a, b in zip(
-                jax.tree_util.tree_leaves(after["params"][part]),
-                jax.tree_util.tree_leaves(before["params"][part]))]
+            d = [
+                float(np.abs(a - b).max())
+                for a, b in zip(
+                    jax.tree_util.tree_leaves(after["params"][part]),
+                    jax.tree_util.tree_leaves(before["params"][part]),
+                )
+            ]
             assert max(d) > 0, f"{part} received no update"
         assert {"recon_mse", "clean_mse", "node_denoise_mse"} <= set(metrics)
 
@@ -60,9 +74,12 @@ def test_no_recompilation_after_warm_up(qm9_small):
     _, batcher, model, params, objective = _setup(qm9_small, config, num_buckets=2)
     mesh = make_mesh(1)
     counter = []
-    state = replicate(create_train_state(model.apply, params, create_optimizer(config.optim, 100), False), mesh)
-    step = steps_lib.make_train_step(objective.loss_fn(model), mesh, jax.random.PRNGKey(1),
-                                     trace_counter=counter)
+    state = replicate(
+        create_train_state(model.apply, params, create_optimizer(config.optim, 100), False), mesh
+    )
+    step = steps_lib.make_train_step(
+        objective.loss_fn(model), mesh, jax.random.PRNGKey(1), trace_counter=counter
+    )
     shapes = []
     for k in range(3 * batcher.steps_per_epoch):
         batch = batcher.batch(k)
@@ -81,6 +98,7 @@ def test_loss_of_a_molecule_does_not_depend_on_its_batch(qm9_small):
     mols, batcher, model, params, objective = _setup(qm9_small, config)
     loss_fn = jax.jit(objective.loss_fn(model))
     from georecon_jax.graphs.batching import pack_graphs
+
     key = jax.random.PRNGKey(5)
     b = batcher.budgets[-1]
     alone = jax.tree_util.tree_map(jnp.asarray, pack_graphs(mols, [42], b))
@@ -122,9 +140,11 @@ def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small
     m = graph_masks(graph)
     zeroed = jax.tree_util.tree_map(lambda x: x, params)
     zeroed["params"]["heads_decoder"]["out"] = jax.tree_util.tree_map(
-        jnp.zeros_like, params["params"]["heads_decoder"]["out"])
-    eps0 = per_atom_normal(jax.random.PRNGKey(0), graph.globals.graph_id[m.node_graph],
-                           graph.nodes.atom_index)
+        jnp.zeros_like, params["params"]["heads_decoder"]["out"]
+    )
+    eps0 = per_atom_normal(
+        jax.random.PRNGKey(0), graph.globals.graph_id[m.node_graph], graph.nodes.atom_index
+    )
     start = np.where(np.asarray(m.node_mask)[:, None], config.objective.sigma_max * np.asarray(eps0), 0.0)
     np.testing.assert_allclose(np.asarray(recon(zeroed, graph, jax.random.PRNGKey(0))), start, atol=1e-5)
     assert float(np.abs(a - start).max()) > 1e-3  # the real decoder moves the atoms
@@ -132,6 +152,7 @@ def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small
 
 def test_every_registered_objective_refuses_an_unknown_name():
     from georecon_jax.objectives.registry import get_objective, names
+
     assert {"georecon", "coord", "coord_ladder", "3dmrl"} <= set(names())
     config = coord_config.get_config("tiny")
     config.objective.name = "cord"
@@ -142,17 +163,24 @@ def test_every_registered_objective_refuses_an_unknown_name():
 def test_adding_an_objective_is_one_file_and_one_config(qm9_small):
     """The README's worked example: objectives/coord_ladder.py + configs/coord_ladder.py train."""
     from experiments.configs import coord_ladder as ladder_config
+
     config = ladder_config.get_config("tiny")
     mols, batcher, model, params, objective = _setup(qm9_small, config, num_buckets=1)
     assert objective.name == "coord_ladder" and set(params["params"]) == {"encoder", "heads_node_noise"}
     mesh = make_mesh(1)
-    state = replicate(create_train_state(model.apply, params, create_optimizer(config.optim, 10), False), mesh)
+    state = replicate(
+        create_train_state(model.apply, params, create_optimizer(config.optim, 10), False), mesh
+    )
     step = steps_lib.make_train_step(objective.loss_fn(model), mesh, jax.random.PRNGKey(1))
     for k in range(2):  # the learning rate is 0 at step 0 (warm-up)
         state, metrics = step(state, shard_batch(batcher.batch(k), mesh))
     assert np.isfinite(float(metrics["loss"]))
-    moved = max(float(np.abs(a - b).max()) for a, b in zip(
-        jax.tree_util.tree_leaves(jax.device_get(state.params)), jax.tree_util.tree_leaves(params)))
+    moved = max(
+        float(np.abs(a - b).max())
+        for a, b in zip(
+            jax.tree_util.tree_leaves(jax.device_get(state.params)), jax.tree_util.tree_leaves(params)
+        )
+    )
     assert moved > 0
     # σ comes from the ladder: every molecule's σ is one of its num_levels levels.
     graph = jax.tree_util.tree_map(lambda x: x[0], batcher.batch(0))

@@ -3,6 +3,7 @@
 The 4-device checks run in a subprocess with ``--xla_force_host_platform_device_count=4``,
 because the pytest process has already started JAX with one device.
 """
+
 import json
 import math
 import os
@@ -87,13 +88,23 @@ SCRIPT = textwrap.dedent(r"""
 
 def test_data_parallel_matches_single_device_and_resumes_on_one(qm9_small, cache_dir, tmp_path):
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, cache_dir, str(tmp_path / "run")],
-                          env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=flags.strip(),
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, cache_dir, str(tmp_path / "run")],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
     assert out["num_devices_visible"] == 4
     # Same molecules, same per-molecule noise: the 4-device update equals the 1-device one.
     assert out["graphs_1"] == out["graphs_4"] == 8

@@ -1,4 +1,5 @@
 """Pretraining end to end on real QM9 (tiny config): files written, resume, determinism, safety."""
+
 import json
 import os
 import signal
@@ -84,11 +85,14 @@ def test_incompatible_config_is_refused_naming_the_difference(full_run, cache_di
         pretrain.run(c, workdir)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("objective.sigma_min", -0.1, "0 < sigma_min <= sigma_max"),
-    ("model.encoder.num_heads", 3, "not divisible by num_heads=3"),
-    ("batch_size", 0, "batch_size=0: must be positive"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("objective.sigma_min", -0.1, "0 < sigma_min <= sigma_max"),
+        ("model.encoder.num_heads", 3, "not divisible by num_heads=3"),
+        ("batch_size", 0, "batch_size=0: must be positive"),
+    ],
+)
 def test_invalid_config_values_are_refused_before_anything_runs(tmp_path, cache_dir, field, value, message):
     c = _config(2, cache_dir)
     *path, key = field.split(".")
@@ -109,8 +113,15 @@ def test_two_runs_never_share_a_workdir(tmp_path, cache_dir):
 
 def _cli(workdir, cache_dir, *extra):
     env = dict(os.environ, GEORECON_CACHE=cache_dir, JAX_PLATFORMS="cpu")
-    return [sys.executable, "-m", "experiments.pretrain", "--config=experiments/configs/georecon.py:tiny",
-            f"--workdir={workdir}", "--config.objective.num_recon_molecules=0", *extra], env
+    return [
+        sys.executable,
+        "-m",
+        "experiments.pretrain",
+        "--config=experiments/configs/georecon.py:tiny",
+        f"--workdir={workdir}",
+        "--config.objective.num_recon_molecules=0",
+        *extra,
+    ], env
 
 
 def test_unknown_config_key_fails_at_once_naming_it(tmp_path, cache_dir):
@@ -138,8 +149,13 @@ def test_sigkill_then_resume_equals_uninterrupted(full_run, tmp_path, cache_dir)
 
 def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, cache_dir):
     workdir = tmp_path / "term"
-    cmd, env = _cli(workdir, cache_dir, "--config.num_steps=100000", "--config.checkpoint_every=100000",
-                    "--config.eval_every=0")
+    cmd, env = _cli(
+        workdir,
+        cache_dir,
+        "--config.num_steps=100000",
+        "--config.checkpoint_every=100000",
+        "--config.eval_every=0",
+    )
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 240

@@ -1,4 +1,5 @@
 """QM9 loading: real data, units, split, cache rebuild, and bad records reported and skipped."""
+
 import json
 import os
 
@@ -8,16 +9,20 @@ import pytest
 from georecon_jax.data import qm9
 from georecon_jax.data.records import DataError
 
-HEADER = ("XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Mulliken_pop,"
-          "Harmonic_Freq_cmi,RotA_GHz,RotB_GHz,RotC_GHz,Dipole_debye,Polarizability_bohr3,HOMO_au,"
-          "LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,ZPVE_au,InternalEnergy_0K_au,InternalEnergy_298K_au,"
-          "Enthalphy_298K_au,GibbsFreeEnergy_298K_au,Heatcapacity_Cv_cal_mol_K")
+HEADER = (
+    "XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Mulliken_pop,"
+    "Harmonic_Freq_cmi,RotA_GHz,RotB_GHz,RotC_GHz,Dipole_debye,Polarizability_bohr3,HOMO_au,"
+    "LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,ZPVE_au,InternalEnergy_0K_au,InternalEnergy_298K_au,"
+    "Enthalphy_298K_au,GibbsFreeEnergy_298K_au,Heatcapacity_Cv_cal_mol_K"
+)
 
 
 def _row(index, elements, xyz, homo="-0.3877"):
-    return (f'"dsgdb9nsd_{index:06d}.xyz",{index},"C","InChI",{len(elements)},"[0]",'
-            f'"{elements}","{xyz}","[0]","[0]",1,1,1,0.5,13.21,{homo},0.1171,0.5048,35.3641,'
-            f'0.044749,-40.47893,-40.476062,-40.475117,-40.498597,6.469')
+    return (
+        f'"dsgdb9nsd_{index:06d}.xyz",{index},"C","InChI",{len(elements)},"[0]",'
+        f'"{elements}","{xyz}","[0]","[0]",1,1,1,0.5,13.21,{homo},0.1171,0.5048,35.3641,'
+        f"0.044749,-40.47893,-40.476062,-40.475117,-40.498597,6.469"
+    )
 
 
 def test_first_molecules_real_values_and_units(qm9_small):
@@ -44,10 +49,10 @@ def test_bad_records_are_reported_with_index_and_skipped(tmp_path, capsys):
     good = "[[0,0,0],[0,0,1.09],[1.03,0,-0.36],[-0.51,0.89,-0.36],[-0.51,-0.89,-0.36]]"
     rows = [
         _row(1, "['C','H','H','H','H']", good),
-        _row(2, "['C','Xx','H','H','H']", good),                       # unknown element
-        _row(3, "['C','H','H','H','H']", "[[0,0,0],[0,0,1.09]]"),     # missing coordinates
+        _row(2, "['C','Xx','H','H','H']", good),  # unknown element
+        _row(3, "['C','H','H','H','H']", "[[0,0,0],[0,0,1.09]]"),  # missing coordinates
         _row(4, "['C','H','H','H','H']", good.replace("1.09", "nan")),  # non-finite value
-        _row(5, "['C','H','H','H','H']", good, homo="inf"),           # non-finite target
+        _row(5, "['C','H','H','H','H']", good, homo="inf"),  # non-finite target
     ]
     (tmp_path / "qm9_part1.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
     mols, report = qm9.read_qm9pack(str(tmp_path))
@@ -63,14 +68,16 @@ def test_bad_records_are_reported_with_index_and_skipped(tmp_path, capsys):
 
 
 def test_xyz_directory_loader(tmp_path):
-    text = ("5\ngdb 1\t157.7118\t157.70997\t157.70699\t0.\t13.21\t-0.3877\t0.1171\t0.5048\t35.3641"
-            "\t0.044749\t-40.47893\t-40.476062\t-40.475117\t-40.498597\t6.469\t\n"
-            "C\t-0.0126981359\t 1.0858041578\t 0.0080009958\t-0.535689\n"
-            "H\t 0.002150416\t-0.0060313176\t 0.0019761204\t 0.133921\n"
-            "H\t 1.0117308433\t 1.4637511618\t 0.0002765748\t 0.133922\n"
-            "H\t-0.540815069\t 1.4475266138\t-0.8766437152\t 0.133923\n"
-            "H\t-0.5238136345\t 1.4379326443\t 0.9063972942\t 0.133923\n"
-            "1341.307\t1341.3284\nC\tC\nInChI=1S/CH4/h1H4\tInChI=1S/CH4/h1H4\n")
+    text = (
+        "5\ngdb 1\t157.7118\t157.70997\t157.70699\t0.\t13.21\t-0.3877\t0.1171\t0.5048\t35.3641"
+        "\t0.044749\t-40.47893\t-40.476062\t-40.475117\t-40.498597\t6.469\t\n"
+        "C\t-0.0126981359\t 1.0858041578\t 0.0080009958\t-0.535689\n"
+        "H\t 0.002150416\t-0.0060313176\t 0.0019761204\t 0.133921\n"
+        "H\t 1.0117308433\t 1.4637511618\t 0.0002765748\t 0.133922\n"
+        "H\t-0.540815069\t 1.4475266138\t-0.8766437152\t 0.133923\n"
+        "H\t-0.5238136345\t 1.4379326443\t 0.9063972942\t 0.133923\n"
+        "1341.307\t1341.3284\nC\tC\nInChI=1S/CH4/h1H4\tInChI=1S/CH4/h1H4\n"
+    )
     (tmp_path / "dsgdb9nsd_000001.xyz").write_text(text)
     (tmp_path / "dsgdb9nsd_000002.xyz").write_text(text.replace("C\t-0.0126981359", "Q\t-0.0126981359"))
     mols, report = qm9.read_qm9_xyz_dir(str(tmp_path))

@@ -1,4 +1,5 @@
 """Failure modes: corrupt/partial checkpoints, non-finite steps, malformed input files."""
+
 import json
 import os
 import re
@@ -60,21 +61,30 @@ class _FakeGraph:
 def _nan_step(max_bad):
     """A train step on a toy loss that is NaN whenever the batch says so."""
     import jraph
+
     mesh = make_mesh(1)
 
     def loss_fn(params, graph, key):
         bad = graph.globals[0]
-        per_graph = jnp.sum(params["w"] ** 2) * jnp.ones(graph.n_node.shape[0]) + jnp.where(bad > 0, jnp.nan, 0.0)
+        per_graph = jnp.sum(params["w"] ** 2) * jnp.ones(graph.n_node.shape[0]) + jnp.where(
+            bad > 0, jnp.nan, 0.0
+        )
         return per_graph, {}
 
     step = steps_lib.make_train_step(loss_fn, mesh, jax.random.PRNGKey(0))
 
     def batch(bad):
-        g = jraph.GraphsTuple(nodes=np.zeros((1, 2, 1), np.float32), edges=None,
-                              senders=np.zeros((1, 1), np.int32), receivers=np.zeros((1, 1), np.int32),
-                              n_node=np.array([[1, 1]], np.int32), n_edge=np.array([[1, 0]], np.int32),
-                              globals=np.array([[bad, bad]], np.float32))
+        g = jraph.GraphsTuple(
+            nodes=np.zeros((1, 2, 1), np.float32),
+            edges=None,
+            senders=np.zeros((1, 1), np.int32),
+            receivers=np.zeros((1, 1), np.int32),
+            n_node=np.array([[1, 1]], np.int32),
+            n_edge=np.array([[1, 0]], np.int32),
+            globals=np.array([[bad, bad]], np.float32),
+        )
         return g
+
     return mesh, step, batch
 
 
@@ -94,9 +104,17 @@ def test_too_many_consecutive_non_finite_steps_stop_the_run(tmp_path):
     state = replicate(_state(1.0), mesh)
     writer = MetricsWriter(str(tmp_path), tensorboard=False)
     with pytest.raises(FloatingPointError, match="consecutive steps"):
-        fit(state=state, train_step=step, make_batch=lambda k: batch(1.0), place=lambda b: b,
-            num_steps=50, checkpointer=Checkpointer(str(tmp_path)), writer=writer,
-            max_consecutive_nonfinite=3, progress=False)
+        fit(
+            state=state,
+            train_step=step,
+            make_batch=lambda k: batch(1.0),
+            place=lambda b: b,
+            num_steps=50,
+            checkpointer=Checkpointer(str(tmp_path)),
+            writer=writer,
+            max_consecutive_nonfinite=3,
+            progress=False,
+        )
     assert Checkpointer(str(tmp_path)).all_steps() == []  # nothing non-finite was written
 
 
@@ -107,10 +125,12 @@ csv_text = st.text(alphabet=string.printable, max_size=400)
 @given(body=csv_text, keep_header=st.booleans())
 def test_qm9_csv_reader_never_crashes_on_malformed_files(tmp_path_factory, body, keep_header):
     d = tmp_path_factory.mktemp("qm9csv")
-    header = ("XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Dipole_debye,"
-              "Polarizability_bohr3,HOMO_au,LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,ZPVE_au,"
-              "InternalEnergy_0K_au,InternalEnergy_298K_au,Enthalphy_298K_au,GibbsFreeEnergy_298K_au,"
-              "Heatcapacity_Cv_cal_mol_K\n")
+    header = (
+        "XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Dipole_debye,"
+        "Polarizability_bohr3,HOMO_au,LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,ZPVE_au,"
+        "InternalEnergy_0K_au,InternalEnergy_298K_au,Enthalphy_298K_au,GibbsFreeEnergy_298K_au,"
+        "Heatcapacity_Cv_cal_mol_K\n"
+    )
     (d / "qm9_part1.csv").write_text((header if keep_header else "") + body)
     try:
         mols, report = qm9.read_qm9pack(str(d))
@@ -124,6 +144,7 @@ def _real_qm9_rows(n=4):
     """The header and the first n rows of qm9pack's first CSV, as lists of fields."""
     import csv
     import itertools
+
     with open(os.path.join(qm9.qm9pack_data_dir(), "qm9_part1.csv"), newline="") as f:
         reader = csv.reader(f)
         return next(reader), [row for row in itertools.islice(reader, n)]
@@ -132,20 +153,38 @@ def _real_qm9_rows(n=4):
 QM9_HEADER, QM9_ROWS = _real_qm9_rows()
 # Fields the reader uses, and damage to one of them: junk, empty, non-finite or truncated.
 _USED = ["Index", "Elements", "XYZ_Ang", "HOMO_au", "Dipole_debye", "Heatcapacity_Cv_cal_mol_K"]
-_qm9_damage = st.one_of(st.text(alphabet=string.printable, max_size=12), st.sampled_from(["", "nan", "inf", "-inf"]),
-                   st.integers(0, 60).map(lambda k: ("truncate", k)))
+_qm9_damage = st.one_of(
+    st.text(alphabet=string.printable, max_size=12),
+    st.sampled_from(["", "nan", "inf", "-inf"]),
+    st.integers(0, 60).map(lambda k: ("truncate", k)),
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(st.integers(0, len(QM9_ROWS) - 1),
-                               st.one_of(st.none(), st.tuples(st.sampled_from(_USED), _qm9_damage))),
-                     min_size=1, max_size=6))
-@example(rows=[(0, None), (1, ("XYZ_Ang", ("truncate", 30))), (2, ("Index", "x")), (3, ("HOMO_au", "nan")),
-               (0, ("Index", "1e30"))])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, len(QM9_ROWS) - 1),
+            st.one_of(st.none(), st.tuples(st.sampled_from(_USED), _qm9_damage)),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+@example(
+    rows=[
+        (0, None),
+        (1, ("XYZ_Ang", ("truncate", 30))),
+        (2, ("Index", "x")),
+        (3, ("HOMO_au", "nan")),
+        (0, ("Index", "1e30")),
+    ]
+)
 def test_qm9_csv_reader_keeps_real_rows_and_reports_damaged_ones(tmp_path_factory, rows):
     """Real qm9pack rows, some with one field damaged: every row is either read with finite
     values or reported with its file and line; undamaged rows are always read."""
     import csv
+
     d = tmp_path_factory.mktemp("qm9rows")
     written = []
     with open(d / "qm9_part1.csv", "w", newline="") as f:
@@ -156,13 +195,15 @@ def test_qm9_csv_reader_keeps_real_rows_and_reports_damaged_ones(tmp_path_factor
             if field is not None:
                 col, bad = field
                 i = QM9_HEADER.index(col)
-                row[i] = row[i][:bad[1]] if isinstance(bad, tuple) else bad
+                row[i] = row[i][: bad[1]] if isinstance(bad, tuple) else bad
             written.append((row, row == QM9_ROWS[k]))
             w.writerow(row)
     mols, report = qm9.read_qm9pack(str(d))
     assert report.total == len(rows) and len(mols) + report.count == len(rows)
     assert np.all(np.isfinite(mols.positions)) and np.all(np.isfinite(mols.targets))
-    skipped_lines = {int(re.search(r"qm9_part1\.csv line (\d+)", s["record"]).group(1)) for s in report.skipped}
+    skipped_lines = {
+        int(re.search(r"qm9_part1\.csv line (\d+)", s["record"]).group(1)) for s in report.skipped
+    }
     assert len(skipped_lines) == report.count
     for line, (row, intact) in enumerate(written, start=2):
         if intact:
@@ -195,22 +236,32 @@ value = st.one_of(finite, st.just(float("nan")), st.just(float("inf")))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(n_atoms=st.integers(0, 4), n_frames=st.integers(0, 4), extra_atoms=st.integers(-1, 1),
-       extra_frames=st.integers(-1, 1), drop=st.sampled_from([None, "nuclear_charges", "coords",
-                                                             "energies", "forces"]),
-       fill=value, force_fill=value, z=st.integers(-2, 120))
-@example(n_atoms=3, n_frames=2, extra_atoms=0, extra_frames=0, drop=None, fill=1.0,
-         force_fill=float("nan"), z=6)                # valid file, one non-finite force
-def test_rmd17_reader_never_crashes_on_random_arrays(tmp_path_factory, n_atoms, n_frames, extra_atoms,
-                                                     extra_frames, drop, fill, force_fill, z):
+@given(
+    n_atoms=st.integers(0, 4),
+    n_frames=st.integers(0, 4),
+    extra_atoms=st.integers(-1, 1),
+    extra_frames=st.integers(-1, 1),
+    drop=st.sampled_from([None, "nuclear_charges", "coords", "energies", "forces"]),
+    fill=value,
+    force_fill=value,
+    z=st.integers(-2, 120),
+)
+@example(
+    n_atoms=3, n_frames=2, extra_atoms=0, extra_frames=0, drop=None, fill=1.0, force_fill=float("nan"), z=6
+)  # valid file, one non-finite force
+def test_rmd17_reader_never_crashes_on_random_arrays(
+    tmp_path_factory, n_atoms, n_frames, extra_atoms, extra_frames, drop, fill, force_fill, z
+):
     d = tmp_path_factory.mktemp("npz")
     rng = np.random.default_rng(0)
-    arrays = {"nuclear_charges": np.full(n_atoms, z),
-              "coords": rng.normal(size=(n_frames, n_atoms, 3)),
-              "energies": np.full(max(n_frames + extra_frames, 0), fill),
-              "forces": rng.normal(size=(n_frames, max(n_atoms + extra_atoms, 0), 3))}
+    arrays = {
+        "nuclear_charges": np.full(n_atoms, z),
+        "coords": rng.normal(size=(n_frames, n_atoms, 3)),
+        "energies": np.full(max(n_frames + extra_frames, 0), fill),
+        "forces": rng.normal(size=(n_frames, max(n_atoms + extra_atoms, 0), 3)),
+    }
     if arrays["forces"].size:
-        arrays["forces"][-1, -1, -1] = force_fill     # a non-finite force too, not only energies
+        arrays["forces"][-1, -1, -1] = force_fill  # a non-finite force too, not only energies
     arrays.pop(drop, None)
     path = d / "rmd17_random.npz"
     np.savez(path, **arrays)
@@ -242,21 +293,30 @@ def test_extxyz_reader_never_crashes_on_malformed_files(tmp_path_factory, body):
 def _water_extxyz(species: bool) -> str:
     """Two frames of water in extended XYZ, atoms named by symbol or by atomic number."""
     col = "species:S:1" if species else "Z:I:1"
-    atoms = [("O", 8, "0.0 0.0 0.0", "0.1 0.0 0.0"), ("H", 1, "0.96 0.0 0.0", "-0.1 0.0 0.0"),
-             ("H", 1, "-0.24 0.93 0.0", "0.0 0.0 0.0")]
+    atoms = [
+        ("O", 8, "0.0 0.0 0.0", "0.1 0.0 0.0"),
+        ("H", 1, "0.96 0.0 0.0", "-0.1 0.0 0.0"),
+        ("H", 1, "-0.24 0.93 0.0", "0.0 0.0 0.0"),
+    ]
     frames = []
     for energy in ("-1.5", "-1.25"):
-        frames.append(f"3\nenergy={energy} Properties={col}:pos:R:3:forces:R:3\n" + "".join(
-            f"{sym if species else z} {pos} {force}\n" for sym, z, pos, force in atoms))
+        frames.append(
+            f"3\nenergy={energy} Properties={col}:pos:R:3:forces:R:3\n"
+            + "".join(f"{sym if species else z} {pos} {force}\n" for sym, z, pos, force in atoms)
+        )
     return "".join(frames)
 
 
 # Damage that once crashed the reader with a ValueError / OverflowError instead of a DataError.
 _XYZ_SUBSTITUTIONS = [("pos:R:3", "pos:R:x"), ("\n8 ", "\n70000 ")]
 _xyz_damage = st.one_of(
-    st.tuples(st.floats(0, 1), st.integers(0, 3),  # where, how many characters go, what comes in
-              st.text(alphabet=string.ascii_letters + string.digits + ":=.- \n", max_size=4)),
-    st.sampled_from(_XYZ_SUBSTITUTIONS))
+    st.tuples(
+        st.floats(0, 1),
+        st.integers(0, 3),  # where, how many characters go, what comes in
+        st.text(alphabet=string.ascii_letters + string.digits + ":=.- \n", max_size=4),
+    ),
+    st.sampled_from(_XYZ_SUBSTITUTIONS),
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -274,7 +334,7 @@ def test_extxyz_reader_reads_or_names_the_frame_of_a_damaged_file(tmp_path_facto
     else:
         at, cut, text = damage
         k = int(at * len(body))
-        body = body[:k] + text + body[k + cut:]
+        body = body[:k] + text + body[k + cut :]
     path = tmp_path_factory.mktemp("xyzdamage") / "water.extxyz"
     path.write_text(body)
     try:
@@ -295,12 +355,22 @@ def test_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     import sys
     from conftest import ROOT, kill_after_first_checkpoint, require_shared
     from georecon_jax.training.checkpoint import restore_params
+
     data_dir = require_shared("rmd17")
 
     def cmd(workdir):
-        return [sys.executable, "-m", "experiments.finetune", "--config=experiments/configs/finetune_md17.py:tiny",
-                f"--config.data.data_dir={data_dir}", "--config.molecule=ethanol", "--config.num_steps=8",
-                "--config.checkpoint_every=2", "--config.eval_every=100", f"--workdir={workdir}"]
+        return [
+            sys.executable,
+            "-m",
+            "experiments.finetune",
+            "--config=experiments/configs/finetune_md17.py:tiny",
+            f"--config.data.data_dir={data_dir}",
+            "--config.molecule=ethanol",
+            "--config.num_steps=8",
+            "--config.checkpoint_every=2",
+            "--config.eval_every=100",
+            f"--workdir={workdir}",
+        ]
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     straight = tmp_path / "straight"
@@ -322,11 +392,16 @@ from georecon_jax.chem.conformers import MoleculeCache  # noqa: E402
 from georecon_jax.data import pairs  # noqa: E402
 
 smiles = st.sampled_from(["CCO", "O", "c1ccccc1", "C1CC", "not-a-smiles", "", "[Xe]", "CC(=O)O", "C#N"])
-label = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.sampled_from(["", "abc", "-1"]))
+label = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr), st.sampled_from(["", "abc", "-1"])
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(smiles, smiles, label), max_size=6), junk=st.one_of(csv_text, st.binary(max_size=60)))
+@given(
+    rows=st.lists(st.tuples(smiles, smiles, label), max_size=6),
+    junk=st.one_of(csv_text, st.binary(max_size=60)),
+)
 def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk):
     d = tmp_path_factory.mktemp("pairs")
     body = "solute,solvent,Gsolv\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows)
@@ -334,8 +409,14 @@ def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk
     path.write_bytes(body.encode() + (junk if isinstance(junk, bytes) else junk.encode()))
     cache = MoleculeCache(str(d / "cache"))
     try:
-        ds = pairs.load_pairs(files=[str(path)], smiles_columns=("solute", "solvent"),
-                              label_columns=("Gsolv",), cache=cache, num_workers=1, verbose=False)
+        ds = pairs.load_pairs(
+            files=[str(path)],
+            smiles_columns=("solute", "solvent"),
+            label_columns=("Gsolv",),
+            cache=cache,
+            num_workers=1,
+            verbose=False,
+        )
     except DataError as e:
         assert "pairs.csv" in str(e)
         return
@@ -345,8 +426,15 @@ def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk
         assert s["record"].startswith("pairs.csv:")
     with pytest.raises(DataError, match="strict"):
         if ds.skip.count:
-            pairs.load_pairs(files=[str(path)], smiles_columns=("solute", "solvent"), label_columns=("Gsolv",),
-                             cache=cache, num_workers=1, verbose=False, strict=True)
+            pairs.load_pairs(
+                files=[str(path)],
+                smiles_columns=("solute", "solvent"),
+                label_columns=("Gsolv",),
+                cache=cache,
+                num_workers=1,
+                verbose=False,
+                strict=True,
+            )
         else:
             raise DataError("strict: nothing to skip")
 
@@ -359,11 +447,19 @@ def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     import sys
     from conftest import ROOT, kill_after_first_checkpoint, require_shared
     from georecon_jax.training.checkpoint import restore_params
+
     data_root = require_shared("solvation")
 
     def cmd(workdir):
-        return [sys.executable, "-m", "experiments.finetune_pairs", "--config=experiments/configs/mrl_finetune.py:tiny",
-                f"--config.data.data_root={data_root.parent}", "--config.num_epochs=4", f"--workdir={workdir}"]
+        return [
+            sys.executable,
+            "-m",
+            "experiments.finetune_pairs",
+            "--config=experiments/configs/mrl_finetune.py:tiny",
+            f"--config.data.data_root={data_root.parent}",
+            "--config.num_epochs=4",
+            f"--workdir={workdir}",
+        ]
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     straight = tmp_path / "straight"
@@ -382,6 +478,9 @@ def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (straight, killed))
-    assert ra["test_mean_std"] == rb["test_mean_std"] and ra["splits"][0]["best_step"] == rb["splits"][0]["best_step"]
+    assert (
+        ra["test_mean_std"] == rb["test_mean_std"]
+        and ra["splits"][0]["best_step"] == rb["splits"][0]["best_step"]
+    )
     out = subprocess.run(cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0 and "finished before, not run again" in out.stdout, out.stderr[-2000:]

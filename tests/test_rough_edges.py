@@ -2,6 +2,7 @@
 workdir, the label of a run fine-tuned on a user's own files, and the benchmark command's input check
 (the 3DMRL pair file is checked before the long throughput part, and its absence skips only that
 benchmark). None of these trains a model."""
+
 import json
 import os
 import stat
@@ -26,6 +27,7 @@ def write_json(path: Path, obj) -> None:
 def config_json(name: str, size: str = "tiny") -> dict:
     """What the runner's `record_config` writes into config.json for ``experiments/configs/<name>.py``."""
     import importlib
+
     cfg = importlib.import_module(f"experiments.configs.{name}").get_config(size)
     return json.loads(cfg.to_json_best_effort())
 
@@ -43,6 +45,7 @@ def pretraining_workdir(tmp_path: Path, name: str = "georecon") -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # 1. evaluate refuses a workdir of another kind, in one line.
+
 
 def refusal(workdir) -> ValueError:
     """The error `evaluate` raises for ``workdir`` (before any data is read)."""
@@ -67,7 +70,9 @@ def test_evaluate_refuses_a_pretraining_workdir_naming_its_kind_and_report(tmp_p
         evaluation.predict_split(str(wd))
 
 
-@pytest.mark.parametrize("name, kind", [("coord", "Coord pretraining run"), ("mrl3d", "3DMRL pretraining run")])
+@pytest.mark.parametrize(
+    "name, kind", [("coord", "Coord pretraining run"), ("mrl3d", "3DMRL pretraining run")]
+)
 def test_evaluate_refuses_other_pretraining_workdirs(tmp_path, name, kind):
     wd = pretraining_workdir(tmp_path, name)
     message = str(refusal(wd))
@@ -106,8 +111,14 @@ def test_a_finetuning_workdir_passes_the_check(tmp_path):
 def test_evaluate_command_on_a_pretraining_workdir_exits_with_one_line(tmp_path):
     wd = pretraining_workdir(tmp_path, "georecon")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={wd}"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "experiments.evaluate", f"--workdir={wd}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr
     lines = [l for l in r.stderr.splitlines() if str(wd) in l]
@@ -119,9 +130,11 @@ def test_evaluate_command_on_a_pretraining_workdir_exits_with_one_line(tmp_path)
 # ---------------------------------------------------------------------------------------------
 # 2. A run's label comes from its data, never from an unrelated default.
 
+
 def md17_config(**data):
     from experiments.configs import finetune_md17
-    c = finetune_md17.get_config()          # molecule="aspirin", the default
+
+    c = finetune_md17.get_config()  # molecule="aspirin", the default
     c.data.update(data)
     return c
 
@@ -133,6 +146,7 @@ def test_run_label_comes_from_the_file_or_the_name():
     assert run_label(md17_config(train_file="train_300K.xyz")) == "train_300K"
     assert run_label(md17_config(train_file="/data/3BPA/train_300K.xyz", name="3BPA 300 K")) == "3BPA 300 K"
     from experiments.configs import finetune_qm9
+
     qm9 = finetune_qm9.get_config("tiny")
     qm9.target = "gap"
     assert run_label(qm9) == "gap"
@@ -140,6 +154,7 @@ def test_run_label_comes_from_the_file_or_the_name():
 
 def test_data_name_is_settable_from_the_command_line():
     from tests.test_configs import load_from_command_line
+
     c = load_from_command_line("finetune_md17", "tiny", "--config.data.name=3BPA 300K")
     assert c.data.name == "3BPA 300K"
     assert load_from_command_line("finetune_md17", "tiny").data.name is None
@@ -149,12 +164,22 @@ def test_results_and_plots_of_a_file_run_carry_the_files_label(tmp_path, monkeyp
     """evaluate() on an MD17 run trained on 3BPA/train_300K.xyz (predictions faked: no training):
     results.json, results.md and the plot titles name the file, not the default molecule."""
     config = property_data.resolve_config(
-        md17_config(train_file=str(tmp_path / "3BPA" / "train_300K.xyz"), file_energy_unit="eV"))
+        md17_config(train_file=str(tmp_path / "3BPA" / "train_300K.xyz"), file_energy_unit="eV")
+    )
     rng = np.random.default_rng(0)
     ref, fref = rng.normal(size=5), rng.normal(size=(40, 3))
-    fake = {"config": config, "saved": {"unit": "kcal/mol", "energy_offset": 0.0}, "step": 6, "label": "best",
-            "step_dir": "", "ids": np.arange(5), "reference": ref, "predicted": ref + 0.1,
-            "forces_reference": fref, "forces_predicted": fref - 0.2}
+    fake = {
+        "config": config,
+        "saved": {"unit": "kcal/mol", "energy_offset": 0.0},
+        "step": 6,
+        "label": "best",
+        "step_dir": "",
+        "ids": np.arange(5),
+        "reference": ref,
+        "predicted": ref + 0.1,
+        "forces_reference": fref,
+        "forces_predicted": fref - 0.2,
+    }
     monkeypatch.setattr(evaluation, "predict_split", lambda *a, **k: fake)
     titles = []
     monkeypatch.setattr(evaluation.plots, "parity_plot", lambda *a, title="", **k: titles.append(title))
@@ -174,21 +199,35 @@ def test_results_and_plots_of_a_file_run_carry_the_files_label(tmp_path, monkeyp
 # ---------------------------------------------------------------------------------------------
 # 3. The benchmark command checks the 3DMRL pair file first and skips only that benchmark.
 
+
 def test_mrl3d_env_check_names_the_missing_pair_file(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("GEORECON_DATA", None)
-    r = subprocess.run([sys.executable, "-m", "benchmarks.mrl3d_env", "--check", "--data-root", str(tmp_path)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.mrl3d_env", "--check", "--data-root", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [
         f"3DMRL environment benchmark skipped: no pair file {tmp_path / 'solvation' / 'combisolv.csv'} "
-        "(give the folder that holds solvation/combisolv.csv with --data-root DIR or GEORECON_DATA=DIR)"]
+        "(give the folder that holds solvation/combisolv.csv with --data-root DIR or GEORECON_DATA=DIR)"
+    ]
 
     (tmp_path / "solvation").mkdir()
     (tmp_path / "solvation" / "combisolv.csv").write_text("solute,solvent,Gsolv\n")
-    r = subprocess.run([sys.executable, "-m", "benchmarks.mrl3d_env", "--check", "--data-root", str(tmp_path)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.mrl3d_env", "--check", "--data-root", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -205,24 +244,35 @@ def test_run_sh_checks_the_pair_file_first_and_skips_only_that_benchmark(tmp_pat
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stub = bin_dir / "python"
-    stub.write_text(textwrap.dedent(f"""\
+    stub.write_text(
+        textwrap.dedent(f"""\
         #!/usr/bin/env bash
         echo "python $*" >> "{log}"
         if [ "$2" = benchmarks.mrl3d_env ]; then cd "{ROOT}" && exec "{sys.executable}" "$@"; fi
         exit 0
-        """))
+        """)
+    )
     stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
     missing = tmp_path / "no_data"
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", GEORECON_DATA=str(missing),
-               JAX_PLATFORMS="cpu")
-    r = subprocess.run(["bash", str(tree / "benchmarks" / "run.sh"), f"--data-root={missing}", "--rounds", "1"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        GEORECON_DATA=str(missing),
+        JAX_PLATFORMS="cpu",
+    )
+    r = subprocess.run(
+        ["bash", str(tree / "benchmarks" / "run.sh"), f"--data-root={missing}", "--rounds", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     calls = log.read_text().splitlines()
     assert calls[0].startswith("python -m benchmarks.mrl3d_env --check"), calls
-    assert "python -m benchmarks.throughput --rounds 1" in calls          # its options pass through
+    assert "python -m benchmarks.throughput --rounds 1" in calls  # its options pass through
     mrl_runs = [c for c in calls if "benchmarks.mrl3d_env" in c]
-    assert all("--check" in c for c in mrl_runs), calls                  # never run for real
+    assert all("--check" in c for c in mrl_runs), calls  # never run for real
     assert f"no pair file {missing / 'solvation' / 'combisolv.csv'}" in out
     assert "Traceback" not in out

@@ -27,6 +27,7 @@ may only set fields the config has (a typo is a KeyError), except that it skips 
 config has set to None (Coord has no decoder). Import as ``experiments.configs.common`` (the
 config files are loaded by path by ``ml_collections.config_flags`` from the repository root).
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Optional
@@ -45,22 +46,39 @@ def optional(field_type: type) -> ml_collections.FieldReference:
 # Blocks at paper scale.
 # ---------------------------------------------------------------------------------------------
 
+
 def training_loop(*, num_steps: int, batch_size: int, eval_every: int) -> ConfigDict:
     """The top level of a config run by the experiment runner (georecon_jax.training.runner)."""
-    return ConfigDict(dict(
-        seed=0, num_steps=num_steps, batch_size=batch_size,
-        num_devices=0,           # 0: all local devices
-        log_every=50, eval_every=eval_every, checkpoint_every=eval_every, keep_checkpoints=3,
-        max_consecutive_nonfinite=10,  # consecutive non-finite losses before the run stops
-        tensorboard=True,
-        allow_config_change=False,     # resuming with other model/objective sections is refused
-    ))
+    return ConfigDict(
+        dict(
+            seed=0,
+            num_steps=num_steps,
+            batch_size=batch_size,
+            num_devices=0,  # 0: all local devices
+            log_every=50,
+            eval_every=eval_every,
+            checkpoint_every=eval_every,
+            keep_checkpoints=3,
+            max_consecutive_nonfinite=10,  # consecutive non-finite losses before the run stops
+            tensorboard=True,
+            allow_config_change=False,  # resuming with other model/objective sections is refused
+        )
+    )
 
 
 def optimizer(**overrides) -> ConfigDict:
     """AdamW with warm-up then cosine decay to ``final_lr_fraction`` (training/optimizer.py)."""
-    c = ConfigDict(dict(optimizer="adamw", learning_rate=4e-4, warmup_steps=10_000, weight_decay=0.0,
-                        grad_clip=10.0, final_lr_fraction=0.0, ema_decay=0.0))
+    c = ConfigDict(
+        dict(
+            optimizer="adamw",
+            learning_rate=4e-4,
+            warmup_steps=10_000,
+            weight_decay=0.0,
+            grad_clip=10.0,
+            final_lr_fraction=0.0,
+            ema_decay=0.0,
+        )
+    )
     _apply(c, overrides)
     return c
 
@@ -69,9 +87,9 @@ def qm9_data(**extra) -> ConfigDict:
     """The QM9 data section (pretraining and QM9 fine-tuning); ``extra`` adds the job's fields."""
     c = ConfigDict()
     c.dataset = "qm9"
-    c.cache_dir = optional(str)   # default $GEORECON_CACHE or ~/.cache/georecon_jax
+    c.cache_dir = optional(str)  # default $GEORECON_CACHE or ~/.cache/georecon_jax
     c.source_dir = optional(str)  # original QM9 .xyz files
-    c.limit = optional(int)       # first N molecules only
+    c.limit = optional(int)  # first N molecules only
     c.split_seed = 0
     c.strict = False
     c.update(extra)
@@ -81,23 +99,27 @@ def qm9_data(**extra) -> ConfigDict:
 def pairs_data(*, max_atoms: int, **extra) -> ConfigDict:
     """The data section of the pair (solute/solvent, drug/drug) jobs: 3DMRL and its fine-tuning."""
     c = ConfigDict(extra)
-    c.data_root = optional(str)   # default ../shared/data or $GEORECON_DATA
-    c.cache_dir = optional(str)   # default $GEORECON_CACHE or ~/.cache/georecon_jax
-    c.max_pairs = optional(int)   # random subset of N pairs
-    c.limit = optional(int)       # first N rows of each file
-    c.max_atoms = max_atoms       # molecules with more (heavy) atoms are left out, counted
-    c.explicit_h = False          # hydrogens as graph nodes (must match fine-tuning: it is checked)
-    c.conformer_seed = 0          # ETKDG seed
-    c.mmff = False                # MMFF-optimise the ETKDG conformer
-    c.num_workers = 2             # processes embedding conformers (once; then cached)
+    c.data_root = optional(str)  # default ../shared/data or $GEORECON_DATA
+    c.cache_dir = optional(str)  # default $GEORECON_CACHE or ~/.cache/georecon_jax
+    c.max_pairs = optional(int)  # random subset of N pairs
+    c.limit = optional(int)  # first N rows of each file
+    c.max_atoms = max_atoms  # molecules with more (heavy) atoms are left out, counted
+    c.explicit_h = False  # hydrogens as graph nodes (must match fine-tuning: it is checked)
+    c.conformer_seed = 0  # ETKDG seed
+    c.mmff = False  # MMFF-optimise the ETKDG conformer
+    c.num_workers = 2  # processes embedding conformers (once; then cached)
     return c
 
 
 def graph(*, num_buckets: int) -> ConfigDict:
     """Graphs and padding: ``num_buckets`` padded shapes, each compiled once."""
-    return ConfigDict(dict(
-        neighbor_list="all_pairs",  # or "radius" (pairs within cutoff + skin)
-        skin=1.0, num_buckets=num_buckets))
+    return ConfigDict(
+        dict(
+            neighbor_list="all_pairs",  # or "radius" (pairs within cutoff + skin)
+            skin=1.0,
+            num_buckets=num_buckets,
+        )
+    )
 
 
 # The Equivariant Transformer encoder shared by pretraining and fine-tuning (the fine-tuning
@@ -166,10 +188,10 @@ def _apply(section: ConfigDict, overlay: Mapping, path: str = "") -> None:
         if key not in section:
             raise KeyError(f"{path}{key}: no such field to set (a typo?)")
         if isinstance(value, Mapping):
-            if section[key] is not None:   # None: a section this config has removed
+            if section[key] is not None:  # None: a section this config has removed
                 _apply(section[key], value, f"{path}{key}.")
         else:
-            section[key] = value           # keeps FieldReferences (typed None fields) in place
+            section[key] = value  # keeps FieldReferences (typed None fields) in place
 
 
 def check_size(size: Optional[str], valid) -> str:
@@ -177,8 +199,11 @@ def check_size(size: Optional[str], valid) -> str:
     size = size or ""
     names = ("",) + tuple(n for n in valid if n)
     if size not in names:
-        raise ValueError(f"unknown config size {size!r}: use one of "
-                         + ", ".join(repr(n) for n in names) + " ('' is paper scale)")
+        raise ValueError(
+            f"unknown config size {size!r}: use one of "
+            + ", ".join(repr(n) for n in names)
+            + " ('' is paper scale)"
+        )
     return size
 
 

@@ -6,6 +6,7 @@
 
 Same encoder, data, optimizer and sizes as georecon.py; no graph code or decoder.
 """
+
 from experiments.configs import common, georecon
 
 SIZES = georecon.SIZES
@@ -18,6 +19,5 @@ def get_config(size=None):
     c.model.decoder = None
 
     # Objective: one fixed σ.
-    c.objective.update(name="coord", schedule="fixed", sigma_min=0.04, sigma_max=0.04,
-                       num_recon_molecules=0)
+    c.objective.update(name="coord", schedule="fixed", sigma_min=0.04, sigma_max=0.04, num_recon_molecules=0)
     return common.resize(c, size, SIZES)

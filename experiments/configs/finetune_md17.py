@@ -17,22 +17,44 @@ Split: 950 training / 50 validation frames drawn from the training file (seed da
 Energies in kcal/mol, forces in kcal/mol/Å (data.energy_unit='eV' converts on load).
 Everything not set here is finetune_qm9.py's (loop, heads, optimizer), but not its sizes.
 """
+
 from experiments.configs import common, finetune_qm9
 
 SIZES = common.sizes(
-    common.LOOP_SIZES, common.ENCODER_SIZES,
-    quick=dict(num_steps=1500, batch_size=16, eval_every=250, checkpoint_every=250, keep_checkpoints=10,
-               early_stopping=dict(patience=0)),
-    tiny=dict(molecule="ethanol", num_steps=6, batch_size=4, eval_every=3, checkpoint_every=3,
-              early_stopping=dict(patience=0), data=dict(num_train=16, num_val=8, num_test_molecules=12)),
+    common.LOOP_SIZES,
+    common.ENCODER_SIZES,
+    quick=dict(
+        num_steps=1500,
+        batch_size=16,
+        eval_every=250,
+        checkpoint_every=250,
+        keep_checkpoints=10,
+        early_stopping=dict(patience=0),
+    ),
+    tiny=dict(
+        molecule="ethanol",
+        num_steps=6,
+        batch_size=4,
+        eval_every=3,
+        checkpoint_every=3,
+        early_stopping=dict(patience=0),
+        data=dict(num_train=16, num_val=8, num_test_molecules=12),
+    ),
 )
 
 
 def get_config(size=None):
     # Training loop (from finetune_qm9.py, paper scale).
     c = finetune_qm9.get_config()
-    c.update(task="md17", target="energy", molecule="aspirin", num_steps=100_000, batch_size=80,
-             eval_every=500, checkpoint_every=500)
+    c.update(
+        task="md17",
+        target="energy",
+        molecule="aspirin",
+        num_steps=100_000,
+        batch_size=80,
+        eval_every=500,
+        checkpoint_every=500,
+    )
     c.early_stopping.patience = 30
 
     # Data.
@@ -40,9 +62,9 @@ def get_config(size=None):
     c.data.data_dir = common.optional(str)
     c.data.train_file = common.optional(str)
     c.data.test_file = common.optional(str)
-    c.data.name = common.optional(str)    # the reports' label (tasks.property_data.run_label)
+    c.data.name = common.optional(str)  # the reports' label (tasks.property_data.run_label)
     c.data.file_energy_unit = "kcal/mol"  # what the files hold (extended XYZ records no unit)
-    c.data.energy_unit = "kcal/mol"       # what training and the reports use
+    c.data.energy_unit = "kcal/mol"  # what training and the reports use
     c.data.num_train = 950
     c.data.num_val = 50
     c.data.num_test_molecules = common.optional(int)  # None: all test frames

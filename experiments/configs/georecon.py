@@ -7,26 +7,38 @@
 Any field can be overridden on the command line, e.g. --config.optim.learning_rate=2e-4.
 Shared blocks and the size overlays: common.py. Coord (coord.py) reuses this file's sizes.
 """
+
 from experiments.configs import common
 
 SIZES = common.sizes(
-    common.LOOP_SIZES, common.ENCODER_SIZES,
-    quick=dict(num_steps=600, batch_size=32, eval_every=200, checkpoint_every=200,
-               data=dict(num_eval_molecules=256),
-               model=dict(decoder=dict(code_dim=64, num_heads=4, num_rbf=16)),
-               objective=dict(num_sampling_steps=30, num_recon_molecules=64)),
-    tiny=dict(num_steps=8, batch_size=8, eval_every=4, checkpoint_every=4,
-              data=dict(limit=400, num_eval_molecules=16),
-              model=dict(decoder=dict(code_dim=16, num_heads=2, num_rbf=8)),
-              objective=dict(num_sampling_steps=4, num_recon_molecules=8)),
+    common.LOOP_SIZES,
+    common.ENCODER_SIZES,
+    quick=dict(
+        num_steps=600,
+        batch_size=32,
+        eval_every=200,
+        checkpoint_every=200,
+        data=dict(num_eval_molecules=256),
+        model=dict(decoder=dict(code_dim=64, num_heads=4, num_rbf=16)),
+        objective=dict(num_sampling_steps=30, num_recon_molecules=64),
+    ),
+    tiny=dict(
+        num_steps=8,
+        batch_size=8,
+        eval_every=4,
+        checkpoint_every=4,
+        data=dict(limit=400, num_eval_molecules=16),
+        model=dict(decoder=dict(code_dim=16, num_heads=2, num_rbf=8)),
+        objective=dict(num_sampling_steps=4, num_recon_molecules=8),
+    ),
 )
 
 
 def get_config(size=None):
     # Training loop; batch 70 is Coord's pretraining batch size.
     c = common.training_loop(num_steps=200_000, batch_size=70, eval_every=2000)
-    c.micro_batches = 0          # per device and step, run one after another; 0: automatic (CPU:
-                                 # >= 4 molecules each, keeps per-edge tensors in cache; else 1)
+    c.micro_batches = 0  # per device and step, run one after another; 0: automatic (CPU:
+    # >= 4 molecules each, keeps per-edge tensors in cache; else 1)
 
     # Data, graphs and padding (5 buckets: ~6 % padding on QM9).
     c.data = common.qm9_data(num_eval_molecules=2000)
@@ -40,9 +52,9 @@ def get_config(size=None):
     # Objective.
     c.objective = common.ConfigDict()
     c.objective.name = "georecon"
-    c.objective.schedule = "geometric"   # log-uniform σ per molecule; "fixed" uses sigma_max
-    c.objective.sigma_min = 0.01         # Å
-    c.objective.sigma_max = 2.0          # Å
+    c.objective.schedule = "geometric"  # log-uniform σ per molecule; "fixed" uses sigma_max
+    c.objective.sigma_min = 0.01  # Å
+    c.objective.sigma_max = 2.0  # Å
     c.objective.node_denoise_weight = 0.1
     c.objective.clean_weight = 0.1
     c.objective.num_sampling_steps = 50

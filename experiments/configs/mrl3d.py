@@ -8,23 +8,40 @@
 
 Any field can be overridden, e.g. --config.data.presets='("combisolv","absorption")'.
 """
+
 from experiments.configs import common
 
 SIZES = common.sizes(
     common.LOOP_SIZES,
-    quick=dict(num_steps=200, batch_size=16, log_every=10, eval_every=100, checkpoint_every=100,
-               data=dict(pairs="observed", max_atoms=24, num_eval_pairs=128),
-               environment=dict(max_atoms=64),  # 95% of combisolv pairs (≤ 24 atoms) keep all 5 copies
-               model=dict(encoder3d=dict(num_interactions=3)),
-               optim=dict(learning_rate=5e-4, warmup_steps=20)),
-    tiny=dict(num_steps=6, batch_size=8, eval_every=3, checkpoint_every=3,
-              data=dict(presets=("freesolv",), pairs="observed", limit=60, num_workers=1, num_eval_pairs=8),
-              environment=dict(num_copies=3, max_atoms=0),
-              model=dict(relational=dict(features=16, num_steps=2), projection_hidden=(32,), projection_dim=16,
-                         encoder3d=dict(features=16, num_interactions=2, num_gaussians=12, num_layers=1,
-                                        num_heads=2, num_rbf=8),
-                         force=dict(features=16, num_gaussians=8)),
-              optim=dict(warmup_steps=1)),
+    quick=dict(
+        num_steps=200,
+        batch_size=16,
+        log_every=10,
+        eval_every=100,
+        checkpoint_every=100,
+        data=dict(pairs="observed", max_atoms=24, num_eval_pairs=128),
+        environment=dict(max_atoms=64),  # 95% of combisolv pairs (≤ 24 atoms) keep all 5 copies
+        model=dict(encoder3d=dict(num_interactions=3)),
+        optim=dict(learning_rate=5e-4, warmup_steps=20),
+    ),
+    tiny=dict(
+        num_steps=6,
+        batch_size=8,
+        eval_every=3,
+        checkpoint_every=3,
+        data=dict(presets=("freesolv",), pairs="observed", limit=60, num_workers=1, num_eval_pairs=8),
+        environment=dict(num_copies=3, max_atoms=0),
+        model=dict(
+            relational=dict(features=16, num_steps=2),
+            projection_hidden=(32,),
+            projection_dim=16,
+            encoder3d=dict(
+                features=16, num_interactions=2, num_gaussians=12, num_layers=1, num_heads=2, num_rbf=8
+            ),
+            force=dict(features=16, num_gaussians=8),
+        ),
+        optim=dict(warmup_steps=1),
+    ),
 )
 
 
@@ -35,30 +52,41 @@ def get_config(size=None):
     # Data.
     c.data = common.pairs_data(
         max_atoms=48,
-        presets=("combisolv",),       # keys of georecon_jax.data.pairs.PRESETS
-        pairs="combinations",         # 3DMRL: all solute × solvent combinations; or "observed"
-        combination_fraction=0.2,     # 3DMRL uses a 20% subset of the combinations
-        split_seed=0, num_eval_pairs=512)
+        presets=("combisolv",),  # keys of georecon_jax.data.pairs.PRESETS
+        pairs="combinations",  # 3DMRL: all solute × solvent combinations; or "observed"
+        combination_fraction=0.2,  # 3DMRL uses a 20% subset of the combinations
+        split_seed=0,
+        num_eval_pairs=512,
+    )
 
     # Virtual environment.
     c.environment = common.ConfigDict()
-    c.environment.num_copies = 5          # K
-    c.environment.min_radius = 1.5        # Å; only one-atom molecules (radius 0) are affected
-    c.environment.min_distance = 0.0      # Å; > 0 turns on clash rejection (3DMRL: none)
-    c.environment.num_trials = 8          # placements tried per copy when rejecting clashes
-    c.environment.max_atoms = 96          # atom budget M per environment (real atoms compacted into it;
-                                          # a pair gets fewer copies if n1 + K·n2 > M, counted as copies_cut);
-                                          # 0: no compaction, M = N1 + K·N2 slots
+    c.environment.num_copies = 5  # K
+    c.environment.min_radius = 1.5  # Å; only one-atom molecules (radius 0) are affected
+    c.environment.min_distance = 0.0  # Å; > 0 turns on clash rejection (3DMRL: none)
+    c.environment.num_trials = 8  # placements tried per copy when rejecting clashes
+    c.environment.max_atoms = 96  # atom budget M per environment (real atoms compacted into it;
+    # a pair gets fewer copies if n1 + K·n2 > M, counted as copies_cut);
+    # 0: no compaction, M = N1 + K·N2 slots
 
     # Model.
     c.model = common.ConfigDict()
     c.model.relational = common.relational()
-    c.model.encoder3d = common.ConfigDict(dict(
-        name="schnet",                    # or "et" (georecon_jax.models.et.EquivariantTransformer)
-        atom_labels="molecule",           # "molecule" (3DMRL) or "element" (use with a GeoRecon ET)
-        features=64, num_interactions=6, num_gaussians=50, cutoff=5.0,
-        num_layers=4, num_heads=4, num_rbf=32, trainable_rbf=False,   # ET only (as GeoRecon's)
-        init_from=""))                    # ET only: a GeoRecon/Coord workdir whose encoder to start from
+    c.model.encoder3d = common.ConfigDict(
+        dict(
+            name="schnet",  # or "et" (georecon_jax.models.et.EquivariantTransformer)
+            atom_labels="molecule",  # "molecule" (3DMRL) or "element" (use with a GeoRecon ET)
+            features=64,
+            num_interactions=6,
+            num_gaussians=50,
+            cutoff=5.0,
+            num_layers=4,
+            num_heads=4,
+            num_rbf=32,
+            trainable_rbf=False,  # ET only (as GeoRecon's)
+            init_from="",
+        )
+    )  # ET only: a GeoRecon/Coord workdir whose encoder to start from
     c.model.projection_hidden = (256,)
     c.model.projection_dim = 128
     c.model.force = common.ConfigDict(dict(features=64, num_gaussians=32, cutoff=10.0))

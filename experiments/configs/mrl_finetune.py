@@ -9,26 +9,36 @@ lifetime, chchminer, zhangddi) and the split with --config.split (cv | molecule 
 DDI presets switch 'cv' to 'molecule' automatically). --config.init_from=<3DMRL workdir> starts
 from pretrained 2D weights; the relational sizes and data.explicit_h must match the pretraining.
 """
+
 from experiments.configs import common
 
 CLASSIFICATION = ("chchminer", "zhangddi")
 
 SIZES = common.sizes(
     quick=dict(seeds=(0,), max_splits=1, num_epochs=8, data=dict(max_atoms=40)),
-    tiny=dict(seeds=(0,), num_folds=2, max_splits=1, num_epochs=2, batch_size=8, eval_batch_size=16,
-              tensorboard=False, data=dict(limit=60, num_workers=1), model=dict(features=16, num_steps=2, head_hidden=(16,)),
-              optim=dict(warmup_steps=1)),
+    tiny=dict(
+        seeds=(0,),
+        num_folds=2,
+        max_splits=1,
+        num_epochs=2,
+        batch_size=8,
+        eval_batch_size=16,
+        tensorboard=False,
+        data=dict(limit=60, num_workers=1),
+        model=dict(features=16, num_steps=2, head_hidden=(16,)),
+        optim=dict(warmup_steps=1),
+    ),
 )
 
 
 def get_config(size=None):
     # Splits and epochs: one run of the experiment runner per split (georecon_jax.tasks.finetune_pairs).
     c = common.ConfigDict(dict(seed=0, num_devices=1))
-    c.init_from = ""              # a 3DMRL pretraining workdir, or "" for scratch
-    c.split = "cv"                # cv (regression) | molecule | scaffold (DDI)
+    c.init_from = ""  # a 3DMRL pretraining workdir, or "" for scratch
+    c.split = "cv"  # cv (regression) | molecule | scaffold (DDI)
     c.num_folds = 5
     c.seeds = (0, 1, 2)
-    c.max_splits = 0              # 0: all folds × seeds
+    c.max_splits = 0  # 0: all folds × seeds
     c.update(num_epochs=100, batch_size=32, eval_batch_size=64)
     # Each split's run: a checkpoint, a log line and an evaluation per epoch.
     c.update(keep_checkpoints=2, max_consecutive_nonfinite=10, tensorboard=True, allow_config_change=False)

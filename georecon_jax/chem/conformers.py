@@ -11,6 +11,7 @@ version), keyed by canonical SMILES, under ``cache_dir`` (default ``$GEORECON_CA
 ``~/.cache/georecon_jax``). Missing molecules are computed over several processes. Molecules RDKit
 cannot parse or embed are cached with their reason, so they are reported (not retried) next time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,7 +36,9 @@ def default_cache_dir() -> str:
     return os.environ.get("GEORECON_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "georecon_jax")
 
 
-def embed_conformer(mol, seed: int = 0, mmff: bool = False, max_attempts: int = 2) -> Tuple[Optional[np.ndarray], Optional[str]]:
+def embed_conformer(
+    mol, seed: int = 0, mmff: bool = False, max_attempts: int = 2
+) -> Tuple[Optional[np.ndarray], Optional[str]]:
     """Coordinates [n_atoms_with_H, 3] (Å) of one ETKDGv3 conformer of ``AddHs(mol)``, or (None, reason)."""
     mol_h = Chem.AddHs(mol)
     params = AllChem.ETKDGv3()
@@ -45,7 +48,7 @@ def embed_conformer(mol, seed: int = 0, mmff: bool = False, max_attempts: int = 
     status = -1
     try:
         status = AllChem.EmbedMolecule(mol_h, params)
-        if status != 0 and max_attempts > 1:   # hard cases (macrocycles, cages): random starting coords
+        if status != 0 and max_attempts > 1:  # hard cases (macrocycles, cages): random starting coords
             params.useRandomCoords = True
             status = AllChem.EmbedMolecule(mol_h, params)
     except Exception as e:
@@ -64,7 +67,9 @@ def embed_conformer(mol, seed: int = 0, mmff: bool = False, max_attempts: int = 
     return pos, None
 
 
-def molecule_record(smiles: str, explicit_h: bool = False, seed: int = 0, mmff: bool = False) -> Tuple[Optional[dict], Optional[str]]:
+def molecule_record(
+    smiles: str, explicit_h: bool = False, seed: int = 0, mmff: bool = False
+) -> Tuple[Optional[dict], Optional[str]]:
     """(record, None) or (None, reason); never raises.
 
     record: the arrays of `featurize_mol` plus ``positions`` [n, 3] (Å) and ``smiles`` (canonical).
@@ -79,7 +84,7 @@ def molecule_record(smiles: str, explicit_h: bool = False, seed: int = 0, mmff: 
             return None, reason
         graph_mol = Chem.AddHs(mol) if explicit_h else mol
         rec = featurize_mol(graph_mol)
-        rec["positions"] = pos[:graph_mol.GetNumAtoms()]
+        rec["positions"] = pos[: graph_mol.GetNumAtoms()]
         rec["smiles"] = Chem.MolToSmiles(mol)
     except Exception as e:
         return None, f"featurisation failed ({type(e).__name__}: {e})"
@@ -95,6 +100,7 @@ def _start_method() -> str:
     """'fork' while no JAX backend has started (cheap, and works from scripts without a main guard);
     'spawn' once JAX runs threads, which a fork could deadlock."""
     import sys
+
     xb = sys.modules.get("jax._src.xla_bridge")
     started = bool(getattr(xb, "_backends", None)) if xb is not None else False
     return "spawn" if started else "fork"
@@ -103,8 +109,9 @@ def _start_method() -> str:
 class MoleculeCache:
     """Canonical SMILES -> record (or failure reason), persisted as one pickle per setting."""
 
-    def __init__(self, cache_dir: Optional[str] = None, explicit_h: bool = False, seed: int = 0,
-                 mmff: bool = False):
+    def __init__(
+        self, cache_dir: Optional[str] = None, explicit_h: bool = False, seed: int = 0, mmff: bool = False
+    ):
         self.cache_dir = os.path.join(cache_dir or default_cache_dir(), "mrl_molecules")
         self.explicit_h, self.seed, self.mmff = explicit_h, seed, mmff
         tag = f"v{FEATURE_VERSION}_h{int(explicit_h)}_seed{seed}_mmff{int(mmff)}"
@@ -136,8 +143,10 @@ class MoleculeCache:
         self._store.update(dict(results))
         if verbose:
             failed = sum(r[0] is None for _, r in results)
-            log.info(f"conformers: embedded {len(todo) - failed} new molecules, {failed} failed, "
-                  f"{time.time() - t0:.1f} s on {num_workers} process(es); cache {self.path}")
+            log.info(
+                f"conformers: embedded {len(todo) - failed} new molecules, {failed} failed, "
+                f"{time.time() - t0:.1f} s on {num_workers} process(es); cache {self.path}"
+            )
         os.makedirs(self.cache_dir, exist_ok=True)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:

@@ -26,6 +26,7 @@ graphs through `georecon_jax.chem.conformers.molecule_record`, which calls it, s
 treat hydrogens the same way. With ``explicit_h=False`` (the default, as CIGIN/3DMRL) hydrogens
 are counted in the "total hydrogen count" feature only.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -36,22 +37,54 @@ from rdkit import Chem
 ELEMENTS = ("H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br", "I", "Se")
 DEGREES = (0, 1, 2, 3, 4, 5)
 FORMAL_CHARGES = (-2, -1, 0, 1, 2)
-HYBRIDISATIONS = (Chem.rdchem.HybridizationType.S, Chem.rdchem.HybridizationType.SP,
-                  Chem.rdchem.HybridizationType.SP2, Chem.rdchem.HybridizationType.SP3,
-                  Chem.rdchem.HybridizationType.SP3D, Chem.rdchem.HybridizationType.SP3D2)
+HYBRIDISATIONS = (
+    Chem.rdchem.HybridizationType.S,
+    Chem.rdchem.HybridizationType.SP,
+    Chem.rdchem.HybridizationType.SP2,
+    Chem.rdchem.HybridizationType.SP3,
+    Chem.rdchem.HybridizationType.SP3D,
+    Chem.rdchem.HybridizationType.SP3D2,
+)
 H_COUNTS = (0, 1, 2, 3, 4)
 RING_SIZES = (3, 4, 5, 6, 7)
-CHIRALITY = (Chem.rdchem.ChiralType.CHI_UNSPECIFIED, Chem.rdchem.ChiralType.CHI_TETRAHEDRAL_CW,
-             Chem.rdchem.ChiralType.CHI_TETRAHEDRAL_CCW)
-BOND_TYPES = (Chem.rdchem.BondType.SINGLE, Chem.rdchem.BondType.DOUBLE,
-              Chem.rdchem.BondType.TRIPLE, Chem.rdchem.BondType.AROMATIC)
-BOND_STEREO = (Chem.rdchem.BondStereo.STEREONONE, Chem.rdchem.BondStereo.STEREOANY,
-               Chem.rdchem.BondStereo.STEREOZ, Chem.rdchem.BondStereo.STEREOE,
-               Chem.rdchem.BondStereo.STEREOCIS, Chem.rdchem.BondStereo.STEREOTRANS)
+CHIRALITY = (
+    Chem.rdchem.ChiralType.CHI_UNSPECIFIED,
+    Chem.rdchem.ChiralType.CHI_TETRAHEDRAL_CW,
+    Chem.rdchem.ChiralType.CHI_TETRAHEDRAL_CCW,
+)
+BOND_TYPES = (
+    Chem.rdchem.BondType.SINGLE,
+    Chem.rdchem.BondType.DOUBLE,
+    Chem.rdchem.BondType.TRIPLE,
+    Chem.rdchem.BondType.AROMATIC,
+)
+BOND_STEREO = (
+    Chem.rdchem.BondStereo.STEREONONE,
+    Chem.rdchem.BondStereo.STEREOANY,
+    Chem.rdchem.BondStereo.STEREOZ,
+    Chem.rdchem.BondStereo.STEREOE,
+    Chem.rdchem.BondStereo.STEREOCIS,
+    Chem.rdchem.BondStereo.STEREOTRANS,
+)
 
-ATOM_FEATURE_DIM = (len(ELEMENTS) + 1 + len(DEGREES) + 1 + len(FORMAL_CHARGES) + 1
-                    + len(HYBRIDISATIONS) + 1 + 1 + len(H_COUNTS) + 1 + 1 + len(RING_SIZES) + 1
-                    + len(CHIRALITY) + 1)
+ATOM_FEATURE_DIM = (
+    len(ELEMENTS)
+    + 1
+    + len(DEGREES)
+    + 1
+    + len(FORMAL_CHARGES)
+    + 1
+    + len(HYBRIDISATIONS)
+    + 1
+    + 1
+    + len(H_COUNTS)
+    + 1
+    + 1
+    + len(RING_SIZES)
+    + 1
+    + len(CHIRALITY)
+    + 1
+)
 BOND_FEATURE_DIM = len(BOND_TYPES) + 1 + 1 + 1 + len(BOND_STEREO) + 1
 
 
@@ -75,16 +108,26 @@ def _ring_size(atom) -> int:
 
 
 def atom_features(atom) -> list:
-    return (one_hot(atom.GetSymbol(), ELEMENTS) + one_hot(atom.GetDegree(), DEGREES)
-            + one_hot(atom.GetFormalCharge(), FORMAL_CHARGES)
-            + one_hot(atom.GetHybridization(), HYBRIDISATIONS) + [float(atom.GetIsAromatic())]
-            + one_hot(atom.GetTotalNumHs(), H_COUNTS) + [float(atom.IsInRing())]
-            + one_hot(_ring_size(atom), RING_SIZES) + one_hot(atom.GetChiralTag(), CHIRALITY))
+    return (
+        one_hot(atom.GetSymbol(), ELEMENTS)
+        + one_hot(atom.GetDegree(), DEGREES)
+        + one_hot(atom.GetFormalCharge(), FORMAL_CHARGES)
+        + one_hot(atom.GetHybridization(), HYBRIDISATIONS)
+        + [float(atom.GetIsAromatic())]
+        + one_hot(atom.GetTotalNumHs(), H_COUNTS)
+        + [float(atom.IsInRing())]
+        + one_hot(_ring_size(atom), RING_SIZES)
+        + one_hot(atom.GetChiralTag(), CHIRALITY)
+    )
 
 
 def bond_features(bond) -> list:
-    return (one_hot(bond.GetBondType(), BOND_TYPES) + [float(bond.GetIsConjugated())]
-            + [float(bond.IsInRing())] + one_hot(bond.GetStereo(), BOND_STEREO))
+    return (
+        one_hot(bond.GetBondType(), BOND_TYPES)
+        + [float(bond.GetIsConjugated())]
+        + [float(bond.IsInRing())]
+        + one_hot(bond.GetStereo(), BOND_STEREO)
+    )
 
 
 def featurize_mol(mol) -> dict:
@@ -102,11 +145,14 @@ def featurize_mol(mol) -> dict:
         senders += [i, j]
         receivers += [j, i]
         bfeats += [f, f]
-    return dict(atom_features=feats,
-                atomic_numbers=np.asarray([a.GetAtomicNum() for a in atoms], np.int32),
-                in_ring=np.asarray([a.IsInRing() for a in atoms], bool),
-                senders=np.asarray(senders, np.int32), receivers=np.asarray(receivers, np.int32),
-                bond_features=np.asarray(bfeats, np.float32).reshape(len(senders), BOND_FEATURE_DIM))
+    return dict(
+        atom_features=feats,
+        atomic_numbers=np.asarray([a.GetAtomicNum() for a in atoms], np.int32),
+        in_ring=np.asarray([a.IsInRing() for a in atoms], bool),
+        senders=np.asarray(senders, np.int32),
+        receivers=np.asarray(receivers, np.int32),
+        bond_features=np.asarray(bfeats, np.float32).reshape(len(senders), BOND_FEATURE_DIM),
+    )
 
 
 def parse_smiles(smiles: str) -> Tuple[Optional[object], Optional[str]]:
@@ -133,6 +179,7 @@ def canonical_smiles(smiles: str) -> Optional[str]:
 def murcko_scaffold(smiles: str) -> str:
     """Bemis–Murcko scaffold SMILES (empty for acyclic molecules; the input if unparseable)."""
     from rdkit.Chem.Scaffolds import MurckoScaffold
+
     mol, _ = parse_smiles(smiles)
     if mol is None:
         return smiles

@@ -26,6 +26,7 @@ naming the file and the frame. A frame whose values are unusable (non-finite ene
 coordinates) is skipped and recorded in the returned `SkipReport`; with ``strict=True`` it raises
 `DataError` naming the file and frame instead.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,14 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from georecon_jax.data.records import (DataError, MAX_ATOMIC_NUMBER, Molecules, SkipReport,
-                                       SYMBOL_TO_Z, check_molecule)
+from georecon_jax.data.records import (
+    DataError,
+    MAX_ATOMIC_NUMBER,
+    Molecules,
+    SkipReport,
+    SYMBOL_TO_Z,
+    check_molecule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,7 @@ class ForceFrames:
       frame_ids: [n_frames] int, index of each frame in its source file.
       source: the file read.
     """
+
     atomic_numbers: np.ndarray
     positions: np.ndarray
     energies: np.ndarray
@@ -84,13 +92,19 @@ class ForceFrames:
     def in_units(self, energy_unit: str) -> "ForceFrames":
         """The same frames with energies and forces converted to ``energy_unit``."""
         f = lambda x: convert_energy_units(x, self.energy_unit, energy_unit)
-        return dataclasses.replace(self, energies=f(self.energies), forces=f(self.forces),
-                                   energy_unit=energy_unit)
+        return dataclasses.replace(
+            self, energies=f(self.energies), forces=f(self.forces), energy_unit=energy_unit
+        )
 
     def subset(self, idx) -> "ForceFrames":
         idx = np.asarray(idx, np.int64)
-        return dataclasses.replace(self, positions=self.positions[idx], energies=self.energies[idx],
-                                   forces=self.forces[idx], frame_ids=self.frame_ids[idx])
+        return dataclasses.replace(
+            self,
+            positions=self.positions[idx],
+            energies=self.energies[idx],
+            forces=self.forces[idx],
+            frame_ids=self.frame_ids[idx],
+        )
 
     def to_molecules(self, energy_offset: float = 0.0) -> Tuple[Molecules, np.ndarray]:
         """(Molecules with one target column ``energy - energy_offset``, forces [n_rows, 3] float32
@@ -101,8 +115,10 @@ class ForceFrames:
             positions=self.positions.reshape(-1, 3).astype(np.float32),
             offsets=(np.arange(n_frames + 1) * n_atoms).astype(np.int64),
             targets=(self.energies - energy_offset).astype(np.float32)[:, None],
-            target_names=("energy",), target_units=(self.energy_unit,),
-            ids=np.asarray(self.frame_ids, np.int64))
+            target_names=("energy",),
+            target_units=(self.energy_unit,),
+            ids=np.asarray(self.frame_ids, np.int64),
+        )
         return mols, self.forces.reshape(-1, 3).astype(np.float32)
 
 
@@ -118,11 +134,15 @@ def _validate_frames(path, z, R, E, F, strict: bool) -> Tuple[np.ndarray, SkipRe
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise DataError(f"{name}: {label} have shape {arr.shape}, expected [n_frames, n_atoms, 3]")
         if arr.shape[0] != n_frames:
-            raise DataError(f"{name}: {arr.shape[0]} frames of {label} but {n_frames} energies "
-                            f"(frame {min(arr.shape[0], n_frames)} is the first without a partner)")
+            raise DataError(
+                f"{name}: {arr.shape[0]} frames of {label} but {n_frames} energies "
+                f"(frame {min(arr.shape[0], n_frames)} is the first without a partner)"
+            )
         if arr.shape[1] != n:
-            raise DataError(f"{name}: frame 0 has {arr.shape[1]} atoms in {label} but the molecule "
-                            f"has {n} atomic numbers (inconsistent atom counts)")
+            raise DataError(
+                f"{name}: frame 0 has {arr.shape[1]} atoms in {label} but the molecule "
+                f"has {n} atomic numbers (inconsistent atom counts)"
+            )
     reason = check_molecule(z, R[0]) if n_frames else None
     if reason and "coordinates" not in reason:
         raise DataError(f"{name}: {reason}")
@@ -149,8 +169,10 @@ def _validate_frames(path, z, R, E, F, strict: bool) -> Tuple[np.ndarray, SkipRe
 def _require(path, data, keys):
     missing = [k for k in keys if k not in data.files]
     if missing:
-        raise DataError(f"{os.path.basename(path)}: missing key(s) {missing} (has {sorted(data.files)}); "
-                        f"expected {list(keys)}")
+        raise DataError(
+            f"{os.path.basename(path)}: missing key(s) {missing} (has {sorted(data.files)}); "
+            f"expected {list(keys)}"
+        )
 
 
 def _frames(path, z, R, E, F, energy_unit, strict):
@@ -160,8 +182,15 @@ def _frames(path, z, R, E, F, energy_unit, strict):
     if E.ndim != 1:
         raise DataError(f"{os.path.basename(path)}: energies have shape {E.shape}, expected [n_frames]")
     keep, report = _validate_frames(path, z, R, E, F, strict)
-    frames = ForceFrames(atomic_numbers=np.asarray(z, np.int16), positions=R[keep], energies=E[keep],
-                         forces=F[keep], frame_ids=keep, source=path, energy_unit=energy_unit)
+    frames = ForceFrames(
+        atomic_numbers=np.asarray(z, np.int16),
+        positions=R[keep],
+        energies=E[keep],
+        forces=F[keep],
+        frame_ids=keep,
+        source=path,
+        energy_unit=energy_unit,
+    )
     return frames, report
 
 
@@ -169,8 +198,9 @@ def read_rmd17_npz(path: str, energy_unit: str = "kcal/mol", strict: bool = Fals
     """rMD17 ``.npz`` (nuclear_charges, coords, energies, forces) -> (ForceFrames, SkipReport)."""
     with np.load(path) as d:
         _require(path, d, ("nuclear_charges", "coords", "energies", "forces"))
-        return _frames(path, d["nuclear_charges"], d["coords"], d["energies"], d["forces"],
-                       energy_unit, strict)
+        return _frames(
+            path, d["nuclear_charges"], d["coords"], d["energies"], d["forces"], energy_unit, strict
+        )
 
 
 def read_sgdml_npz(path: str, energy_unit: str = "kcal/mol", strict: bool = False):
@@ -197,8 +227,13 @@ def _parse_properties(spec: str, where: str):
     return cols
 
 
-def read_extxyz(path: str, energy_unit: str = "kcal/mol", energy_key: str = "energy",
-                forces_key: str = "forces", strict: bool = False):
+def read_extxyz(
+    path: str,
+    energy_unit: str = "kcal/mol",
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    strict: bool = False,
+):
     """Extended XYZ -> (ForceFrames, SkipReport).
 
     Each frame: a line with the atom count, a comment line with ``key=value`` pairs (the energy
@@ -227,8 +262,9 @@ def read_extxyz(path: str, energy_unit: str = "kcal/mol", energy_key: str = "ene
             raise DataError(f"{where}: the file ends before the comment line")
         info = {k: v.strip('"') for k, v in _KV.findall(lines[i + 1])}
         if energy_key not in info:
-            raise DataError(f"{where}: no energy (no '{energy_key}=' in the comment line "
-                            f"{lines[i + 1][:80]!r})")
+            raise DataError(
+                f"{where}: no energy (no '{energy_key}=' in the comment line {lines[i + 1][:80]!r})"
+            )
         if "Properties" not in info:
             raise DataError(f"{where}: no 'Properties=' in the comment line")
         cols = _parse_properties(info["Properties"], where)
@@ -238,13 +274,15 @@ def read_extxyz(path: str, energy_unit: str = "kcal/mol", energy_key: str = "ene
                 raise DataError(f"{where}: Properties= has no '{key}' column ({info['Properties']})")
         if species_key is None:
             raise DataError(f"{where}: Properties= has no 'species' or 'Z' column")
-        atom_lines = lines[i + 2:i + 2 + n]
+        atom_lines = lines[i + 2 : i + 2 + n]
         width = sum(w for _, w in cols.values())
         rows = [ln.split() for ln in atom_lines]
         n_found = _count_atom_lines(lines, i + 2, width)
         if n_found != n:
-            raise DataError(f"{where}: the atom count line says {n} atoms but {n_found} atom lines "
-                            f"with {width} columns follow (inconsistent atom counts)")
+            raise DataError(
+                f"{where}: the atom count line says {n} atoms but {n_found} atom lines "
+                f"with {width} columns follow (inconsistent atom counts)"
+            )
         try:
             s0 = cols[species_key][0]
             if species_key == "species":
@@ -259,8 +297,8 @@ def read_extxyz(path: str, energy_unit: str = "kcal/mol", energy_key: str = "ene
                     raise DataError(f"{where}: atomic number(s) {bad[:5]} outside 1-{MAX_ATOMIC_NUMBER}")
                 z = np.array(numbers, np.int16)
             p0, f0 = cols["pos"][0], cols[forces_key][0]
-            R = np.array([[float(v) for v in r[p0:p0 + 3]] for r in rows])
-            F = np.array([[float(v) for v in r[f0:f0 + 3]] for r in rows])
+            R = np.array([[float(v) for v in r[p0 : p0 + 3]] for r in rows])
+            F = np.array([[float(v) for v in r[f0 : f0 + 3]] for r in rows])
             E = float(info[energy_key])
         except DataError:
             raise
@@ -269,9 +307,11 @@ def read_extxyz(path: str, energy_unit: str = "kcal/mol", energy_key: str = "ene
         if z_ref is None:
             z_ref = z
         elif len(z) != len(z_ref) or np.any(z != z_ref):
-            raise DataError(f"{where}: atoms {len(z)} ({_formula(z)}) differ from frame 0's "
-                            f"{len(z_ref)} ({_formula(z_ref)}); a file must hold one molecule "
-                            "with a fixed atom order (inconsistent atom counts)")
+            raise DataError(
+                f"{where}: atoms {len(z)} ({_formula(z)}) differ from frame 0's "
+                f"{len(z_ref)} ({_formula(z_ref)}); a file must hold one molecule "
+                "with a fixed atom order (inconsistent atom counts)"
+            )
         Rs.append(R), Fs.append(F), Es.append(E)
         i += 2 + n
         frame += 1
@@ -290,6 +330,7 @@ def _count_atom_lines(lines, start, width) -> int:
 
 def _formula(z) -> str:
     from georecon_jax.data.records import ELEMENT_SYMBOLS
+
     u, c = np.unique(np.asarray(z), return_counts=True)
     return "".join(f"{ELEMENT_SYMBOLS[a]}{n}" for a, n in zip(u, c))
 
@@ -308,32 +349,45 @@ def read_force_file(path: str, energy_unit: str = "kcal/mol", strict: bool = Fal
             return read_rmd17_npz(path, energy_unit, strict)
         if {"z", "R"} & keys:
             return read_sgdml_npz(path, energy_unit, strict)
-        raise DataError(f"{os.path.basename(path)}: keys {sorted(keys)} match neither rMD17 "
-                        "(nuclear_charges, coords, energies, forces) nor sGDML (z, R, E, F)")
+        raise DataError(
+            f"{os.path.basename(path)}: keys {sorted(keys)} match neither rMD17 "
+            "(nuclear_charges, coords, energies, forces) nor sGDML (z, R, E, F)"
+        )
     if path.endswith((".xyz", ".extxyz")):
         return read_extxyz(path, energy_unit, strict=strict, **kwargs)
     raise DataError(f"{path}: unknown format (expected .npz, .xyz or .extxyz)")
 
 
-def split_frames(n_frames: int, n_train: int = 950, n_val: int = 50, seed: int = 0,
-                 with_test: bool = True) -> Dict[str, np.ndarray]:
+def split_frames(
+    n_frames: int, n_train: int = 950, n_val: int = 50, seed: int = 0, with_test: bool = True
+) -> Dict[str, np.ndarray]:
     """Random train / validation (/ test = the remaining frames) indices.
 
     Raises `DataError` when the file has fewer frames than the split needs.
     """
     if n_frames < n_train + n_val + (1 if with_test else 0):
-        raise DataError(f"{n_frames} frames are too few for {n_train} training + {n_val} validation"
-                        + (" + at least 1 test frame" if with_test else ""))
+        raise DataError(
+            f"{n_frames} frames are too few for {n_train} training + {n_val} validation"
+            + (" + at least 1 test frame" if with_test else "")
+        )
     perm = np.random.default_rng(seed).permutation(n_frames)
-    out = {"train": np.sort(perm[:n_train]), "validation": np.sort(perm[n_train:n_train + n_val])}
+    out = {"train": np.sort(perm[:n_train]), "validation": np.sort(perm[n_train : n_train + n_val])}
     if with_test:
-        out["test"] = np.sort(perm[n_train + n_val:])
+        out["test"] = np.sort(perm[n_train + n_val :])
     return out
 
 
-def load_md17(train_file: str, test_file: Optional[str] = None, n_train: int = 950,
-              n_val: int = 50, split_seed: int = 0, energy_unit: str = "kcal/mol",
-              file_energy_unit: str = "kcal/mol", strict: bool = False, verbose: bool = True):
+def load_md17(
+    train_file: str,
+    test_file: Optional[str] = None,
+    n_train: int = 950,
+    n_val: int = 50,
+    split_seed: int = 0,
+    energy_unit: str = "kcal/mol",
+    file_energy_unit: str = "kcal/mol",
+    strict: bool = False,
+    verbose: bool = True,
+):
     """Train/validation frames from ``train_file``; test frames from ``test_file`` or, without one,
     the frames of ``train_file`` not used for training or validation.
 
@@ -350,10 +404,13 @@ def load_md17(train_file: str, test_file: Optional[str] = None, n_train: int = 9
     if test_file is not None:
         test, test_report = read_force_file(test_file, file_energy_unit, strict)
         reports[test_file] = test_report
-        if len(test.atomic_numbers) != len(frames.atomic_numbers) or \
-                np.any(test.atomic_numbers != frames.atomic_numbers):
-            raise DataError(f"{os.path.basename(test_file)}: frame 0: atoms ({_formula(test.atomic_numbers)}) "
-                            f"differ from {os.path.basename(train_file)}'s ({_formula(frames.atomic_numbers)})")
+        if len(test.atomic_numbers) != len(frames.atomic_numbers) or np.any(
+            test.atomic_numbers != frames.atomic_numbers
+        ):
+            raise DataError(
+                f"{os.path.basename(test_file)}: frame 0: atoms ({_formula(test.atomic_numbers)}) "
+                f"differ from {os.path.basename(train_file)}'s ({_formula(frames.atomic_numbers)})"
+            )
         out["test"] = test.in_units(energy_unit)
     if verbose:
         for r in reports.values():

@@ -22,6 +22,7 @@ Every molecule is featurised and embedded once (`georecon_jax.chem.conformers.Mo
 is skipped, and reported with file, row, column, SMILES and reason, when a molecule cannot be
 parsed or embedded or when a label is missing or not finite. Nothing raises for bad rows.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,12 +49,20 @@ PRESETS: Dict[str, dict] = {
     "absorption": dict(files=("chromophore/absorption.csv",), units="nm", **_SOLV),
     "emission": dict(files=("chromophore/emission.csv",), units="nm", **_SOLV),
     "lifetime": dict(files=("chromophore/lifetime.csv",), units="log10(ns)", log_labels=True, **_SOLV),
-    "chchminer": dict(files=tuple(f"ddi/ChChMiner_{s}.csv" for s in ("train", "valid", "test")),
-                      smiles_columns=("smiles_1", "smiles_2"), label_columns=("label",),
-                      task="classification", units="0/1"),
-    "zhangddi": dict(files=tuple(f"ddi/ZhangDDI_{s}.csv" for s in ("train", "valid", "test")),
-                     smiles_columns=("smiles_1", "smiles_2"), label_columns=("label",),
-                     task="classification", units="0/1"),
+    "chchminer": dict(
+        files=tuple(f"ddi/ChChMiner_{s}.csv" for s in ("train", "valid", "test")),
+        smiles_columns=("smiles_1", "smiles_2"),
+        label_columns=("label",),
+        task="classification",
+        units="0/1",
+    ),
+    "zhangddi": dict(
+        files=tuple(f"ddi/ZhangDDI_{s}.csv" for s in ("train", "valid", "test")),
+        smiles_columns=("smiles_1", "smiles_2"),
+        label_columns=("label",),
+        task="classification",
+        units="0/1",
+    ),
 }
 
 
@@ -68,6 +77,7 @@ class PairDataset:
       labels: [n_pairs, n_labels] float32 (NaN where a pair carries no label, e.g. pretraining).
       rows: [n_pairs] ``"file:row"`` of each pair (row 2 is the first data row, as a spreadsheet).
     """
+
     name: str
     molecules: List[dict]
     index1: np.ndarray
@@ -84,8 +94,13 @@ class PairDataset:
 
     def subset(self, indices) -> "PairDataset":
         idx = np.asarray(indices, np.int64)
-        return dataclasses.replace(self, index1=self.index1[idx], index2=self.index2[idx],
-                                   labels=self.labels[idx], rows=self.rows[idx])
+        return dataclasses.replace(
+            self,
+            index1=self.index1[idx],
+            index2=self.index2[idx],
+            labels=self.labels[idx],
+            rows=self.rows[idx],
+        )
 
     def n_atoms(self) -> np.ndarray:
         return np.asarray([len(m["atomic_numbers"]) for m in self.molecules], np.int64)
@@ -107,11 +122,21 @@ def _read_rows(path: str, smiles_columns, label_columns):
             raise DataError(f"{path}: unreadable after line {i + 2} ({type(e).__name__}: {e})") from e
 
 
-def load_pairs(preset: Optional[str] = None, *, data_root: str = "", files: Sequence[str] = (),
-               smiles_columns: Sequence[str] = (), label_columns: Sequence[str] = (),
-               log_labels: Optional[bool] = None, task: Optional[str] = None,
-               cache: Optional[MoleculeCache] = None, num_workers: int = 2, limit: Optional[int] = None,
-               verbose: bool = True, strict: bool = False) -> PairDataset:
+def load_pairs(
+    preset: Optional[str] = None,
+    *,
+    data_root: str = "",
+    files: Sequence[str] = (),
+    smiles_columns: Sequence[str] = (),
+    label_columns: Sequence[str] = (),
+    log_labels: Optional[bool] = None,
+    task: Optional[str] = None,
+    cache: Optional[MoleculeCache] = None,
+    num_workers: int = 2,
+    limit: Optional[int] = None,
+    verbose: bool = True,
+    strict: bool = False,
+) -> PairDataset:
     """Reads pair CSV files (a preset, or explicit files and column names) into a `PairDataset`.
 
     Args:
@@ -193,18 +218,28 @@ def load_pairs(preset: Optional[str] = None, *, data_root: str = "", files: Sequ
     if verbose:
         log.info(skip.summary())
     os.makedirs(cache.cache_dir, exist_ok=True)
-    skip.save(os.path.join(cache.cache_dir, "".join(c if c.isalnum() else "_" for c in name) + "_skipped.json"))
+    skip.save(
+        os.path.join(cache.cache_dir, "".join(c if c.isalnum() else "_" for c in name) + "_skipped.json")
+    )
     if strict and skip.count:
         raise DataError(f"strict mode: {skip.summary()}")
-    return PairDataset(name=name, molecules=molecules, index1=np.asarray(index1, np.int64),
-                       index2=np.asarray(index2, np.int64),
-                       labels=np.asarray(labels, np.float32).reshape(len(labels), len(label_columns)),
-                       label_names=label_columns, rows=np.asarray(rows, dtype=object), task=task,
-                       units=spec.get("units", ""), skip=skip)
+    return PairDataset(
+        name=name,
+        molecules=molecules,
+        index1=np.asarray(index1, np.int64),
+        index2=np.asarray(index2, np.int64),
+        labels=np.asarray(labels, np.float32).reshape(len(labels), len(label_columns)),
+        label_names=label_columns,
+        rows=np.asarray(rows, dtype=object),
+        task=task,
+        units=spec.get("units", ""),
+        skip=skip,
+    )
 
 
-def all_combinations(dataset: PairDataset, fraction: float = 1.0, seed: int = 0,
-                     max_pairs: Optional[int] = None) -> PairDataset:
+def all_combinations(
+    dataset: PairDataset, fraction: float = 1.0, seed: int = 0, max_pairs: Optional[int] = None
+) -> PairDataset:
     """Every (first molecule × second molecule) combination seen in ``dataset`` (3DMRL pretrains on
     all solute × solvent combinations of CombiSolv; a random ``fraction`` of them), unlabeled."""
     first, second = np.unique(dataset.index1), np.unique(dataset.index2)
@@ -215,9 +250,13 @@ def all_combinations(dataset: PairDataset, fraction: float = 1.0, seed: int = 0,
     if max_pairs is not None:
         n = min(n, max_pairs)
     keep = np.sort(rng.permutation(a.size)[:n])
-    return dataclasses.replace(dataset, index1=a[keep], index2=b[keep],
-                               labels=np.full((n, dataset.labels.shape[1]), np.nan, np.float32),
-                               rows=np.asarray([f"combination:{i}" for i in keep], dtype=object))
+    return dataclasses.replace(
+        dataset,
+        index1=a[keep],
+        index2=b[keep],
+        labels=np.full((n, dataset.labels.shape[1]), np.nan, np.float32),
+        rows=np.asarray([f"combination:{i}" for i in keep], dtype=object),
+    )
 
 
 def concat_datasets(datasets: Sequence[PairDataset], name: str = "pretraining") -> PairDataset:
@@ -236,5 +275,12 @@ def concat_datasets(datasets: Sequence[PairDataset], name: str = "pretraining") 
         i2.append(remap[ds.index2])
         rows.append(ds.rows)
     n = sum(len(x) for x in i1)
-    return PairDataset(name=name, molecules=molecules, index1=np.concatenate(i1), index2=np.concatenate(i2),
-                       labels=np.full((n, 0), np.nan, np.float32), label_names=(), rows=np.concatenate(rows))
+    return PairDataset(
+        name=name,
+        molecules=molecules,
+        index1=np.concatenate(i1),
+        index2=np.concatenate(i2),
+        labels=np.full((n, 0), np.nan, np.float32),
+        label_names=(),
+        rows=np.concatenate(rows),
+    )

@@ -30,6 +30,7 @@ Units of the 12 targets (as TorchMD-Net / PyG report them), in column order:
 Energies U0, U, H, G are total energies (no atom references subtracted); fine-tuning subtracts
 per-element references itself.
 """
+
 from __future__ import annotations
 
 import glob
@@ -41,8 +42,7 @@ from typing import Optional
 
 import numpy as np
 
-from georecon_jax.data.records import (DataError, Molecules, SkipReport, SYMBOL_TO_Z,
-                                       check_molecule)
+from georecon_jax.data.records import DataError, Molecules, SkipReport, SYMBOL_TO_Z, check_molecule
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,34 @@ TARGETS = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "
 TARGET_UNITS = ("D", "a0^3", "eV", "eV", "eV", "a0^2", "eV", "eV", "eV", "eV", "eV", "cal/(mol K)")
 # qm9pack column and the factor that converts it to the unit above.
 _QM9PACK_COLUMNS = (
-    ("Dipole_debye", 1.0), ("Polarizability_bohr3", 1.0), ("HOMO_au", HARTREE_TO_EV),
-    ("LUMO_au", HARTREE_TO_EV), ("HOMO_LUMO_gap_au", HARTREE_TO_EV), ("R2_bohr2", 1.0),
-    ("ZPVE_au", HARTREE_TO_EV), ("InternalEnergy_0K_au", HARTREE_TO_EV),
-    ("InternalEnergy_298K_au", HARTREE_TO_EV), ("Enthalphy_298K_au", HARTREE_TO_EV),
-    ("GibbsFreeEnergy_298K_au", HARTREE_TO_EV), ("Heatcapacity_Cv_cal_mol_K", 1.0))
+    ("Dipole_debye", 1.0),
+    ("Polarizability_bohr3", 1.0),
+    ("HOMO_au", HARTREE_TO_EV),
+    ("LUMO_au", HARTREE_TO_EV),
+    ("HOMO_LUMO_gap_au", HARTREE_TO_EV),
+    ("R2_bohr2", 1.0),
+    ("ZPVE_au", HARTREE_TO_EV),
+    ("InternalEnergy_0K_au", HARTREE_TO_EV),
+    ("InternalEnergy_298K_au", HARTREE_TO_EV),
+    ("Enthalphy_298K_au", HARTREE_TO_EV),
+    ("GibbsFreeEnergy_298K_au", HARTREE_TO_EV),
+    ("Heatcapacity_Cv_cal_mol_K", 1.0),
+)
 # Columns of the original .xyz comment line ("gdb 1 A B C mu alpha homo ... cv"): indices 5..16.
-_XYZ_FACTORS = (1.0, 1.0, HARTREE_TO_EV, HARTREE_TO_EV, HARTREE_TO_EV, 1.0, HARTREE_TO_EV,
-                HARTREE_TO_EV, HARTREE_TO_EV, HARTREE_TO_EV, HARTREE_TO_EV, 1.0)
+_XYZ_FACTORS = (
+    1.0,
+    1.0,
+    HARTREE_TO_EV,
+    HARTREE_TO_EV,
+    HARTREE_TO_EV,
+    1.0,
+    HARTREE_TO_EV,
+    HARTREE_TO_EV,
+    HARTREE_TO_EV,
+    HARTREE_TO_EV,
+    HARTREE_TO_EV,
+    1.0,
+)
 
 CACHE_VERSION = 2  # 2: targets stored as float64
 SPLIT_SIZES = (110_000, 10_000)  # train, validation; the rest is test.
@@ -73,8 +93,10 @@ def qm9pack_data_dir() -> str:
     """The ``data/`` folder inside the installed qm9pack (found without importing it)."""
     spec = importlib.util.find_spec("qm9pack")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the package qm9pack is not installed (pip install qm9pack), and no "
-                        "directory of QM9 .xyz files was given")
+        raise DataError(
+            "the package qm9pack is not installed (pip install qm9pack), and no "
+            "directory of QM9 .xyz files was given"
+        )
     return os.path.join(list(spec.submodule_search_locations)[0], "data")
 
 
@@ -91,6 +113,7 @@ def _qm9_index(value) -> Optional[int]:
 def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
     """Reads qm9pack's CSVs into (Molecules, SkipReport). ``limit`` reads only the first rows."""
     import pandas as pd
+
     data_dir = data_dir or qm9pack_data_dir()
     files = sorted(glob.glob(os.path.join(data_dir, "qm9_part*.csv")))
     if not files:
@@ -99,8 +122,9 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
     frames, n_read = [], 0
     for f in files:
         try:
-            df = pd.read_csv(f, usecols=cols, dtype={"Index": str},
-                             nrows=None if limit is None else max(limit - n_read, 0))
+            df = pd.read_csv(
+                f, usecols=cols, dtype={"Index": str}, nrows=None if limit is None else max(limit - n_read, 0)
+            )
         except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise DataError(f"{f}: not a qm9pack CSV ({type(e).__name__}: {str(e)[:200]})") from e
         df["_file"] = os.path.basename(f)
@@ -113,17 +137,21 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
     report = SkipReport(source=data_dir, total=len(df))
     z_list, pos_list, targets, ids = [], [], [], []
     factors = np.array([f for _, f in _QM9PACK_COLUMNS])
-    target_values = df[[c for c, _ in _QM9PACK_COLUMNS]].apply(pd.to_numeric, errors="coerce").to_numpy(
-        dtype=np.float64)  # unparseable numbers become NaN and the record is skipped below
+    target_values = (
+        df[[c for c, _ in _QM9PACK_COLUMNS]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    )  # unparseable numbers become NaN and the record is skipped below
     for k, (idx, elements, xyz, fname, row) in enumerate(
-            zip(df["Index"], df["Elements"], df["XYZ_Ang"], df["_file"], df["_row"])):
+        zip(df["Index"], df["Elements"], df["XYZ_Ang"], df["_file"], df["_row"])
+    ):
         where = f"{fname} line {row} (QM9 index {idx})"
         index = _qm9_index(idx)
         if index is None:
             report.add(where, f"QM9 index {idx!r} is not a whole number")
             continue
         if not isinstance(elements, str) or not isinstance(xyz, str):
-            report.add(where, "missing element list" if not isinstance(elements, str) else "missing coordinates")
+            report.add(
+                where, "missing element list" if not isinstance(elements, str) else "missing coordinates"
+            )
             continue
         try:
             symbols = [s.strip() for s in _parse_list(elements) if s.strip()]
@@ -151,8 +179,9 @@ def read_qm9pack(data_dir: Optional[str] = None, limit: Optional[int] = None):
         pos_list.append(pos)
         targets.append(target_values[k] * factors)
         ids.append(index)
-    mols = Molecules.from_lists(z_list, pos_list, np.array(targets).reshape(-1, len(TARGETS)), ids,
-                                TARGETS, TARGET_UNITS)
+    mols = Molecules.from_lists(
+        z_list, pos_list, np.array(targets).reshape(-1, len(TARGETS)), ids, TARGETS, TARGET_UNITS
+    )
     return mols, report
 
 
@@ -189,7 +218,9 @@ def read_qm9_xyz_dir(source_dir: str, limit: Optional[int] = None):
         except (ValueError, IndexError) as e:
             report.add(name, f"unparseable file: {e}")
             continue
-        reason = check_molecule(z, pos) or (None if np.all(np.isfinite(values)) else "non-finite target value")
+        reason = check_molecule(z, pos) or (
+            None if np.all(np.isfinite(values)) else "non-finite target value"
+        )
         if reason:
             report.add(name, reason)
             continue
@@ -197,8 +228,9 @@ def read_qm9_xyz_dir(source_dir: str, limit: Optional[int] = None):
         pos_list.append(pos)
         targets.append(np.array(values) * np.array(_XYZ_FACTORS))
         ids.append(idx)
-    mols = Molecules.from_lists(z_list, pos_list, np.array(targets).reshape(-1, 12), ids, TARGETS,
-                                TARGET_UNITS)
+    mols = Molecules.from_lists(
+        z_list, pos_list, np.array(targets).reshape(-1, 12), ids, TARGETS, TARGET_UNITS
+    )
     return mols, report
 
 
@@ -209,8 +241,11 @@ def standard_split(n: int, seed: int = 0, sizes=SPLIT_SIZES):
         n_train = int(round(n * 0.8))
         n_val = max(1, int(round(n * 0.1)))
     perm = np.random.default_rng(seed).permutation(n)
-    return {"train": np.sort(perm[:n_train]), "validation": np.sort(perm[n_train:n_train + n_val]),
-            "test": np.sort(perm[n_train + n_val:])}
+    return {
+        "train": np.sort(perm[:n_train]),
+        "validation": np.sort(perm[n_train : n_train + n_val]),
+        "test": np.sort(perm[n_train + n_val :]),
+    }
 
 
 def _cache_path(cache_dir: str, limit: Optional[int]) -> str:
@@ -221,10 +256,15 @@ def _load_cache(path: str):
     with np.load(path) as f:
         if int(f["cache_version"]) != CACHE_VERSION:
             raise DataError(f"{path}: cache version {int(f['cache_version'])}, expected {CACHE_VERSION}")
-        mols = Molecules(atomic_numbers=f["atomic_numbers"], positions=f["positions"],
-                         offsets=f["offsets"], targets=f["targets"],
-                         target_names=tuple(f["target_names"].tolist()),
-                         target_units=tuple(f["target_units"].tolist()), ids=f["ids"])
+        mols = Molecules(
+            atomic_numbers=f["atomic_numbers"],
+            positions=f["positions"],
+            offsets=f["offsets"],
+            targets=f["targets"],
+            target_names=tuple(f["target_names"].tolist()),
+            target_units=tuple(f["target_units"].tolist()),
+            ids=f["ids"],
+        )
         splits = {k: f[f"split_{k}"] for k in ("train", "validation", "test")}
         meta = json.loads(str(f["meta"]))
     if mols.offsets[-1] != len(mols.atomic_numbers) or len(mols.targets) != len(mols):
@@ -232,9 +272,14 @@ def _load_cache(path: str):
     return mols, splits, meta
 
 
-def load_qm9(cache_dir: Optional[str] = None, source_dir: Optional[str] = None,
-             limit: Optional[int] = None, split_seed: int = 0, strict: bool = False,
-             verbose: bool = True):
+def load_qm9(
+    cache_dir: Optional[str] = None,
+    source_dir: Optional[str] = None,
+    limit: Optional[int] = None,
+    split_seed: int = 0,
+    strict: bool = False,
+    verbose: bool = True,
+):
     """QM9 molecules and the standard split, from the cache (built on first use).
 
     Args:
@@ -257,15 +302,21 @@ def load_qm9(cache_dir: Optional[str] = None, source_dir: Optional[str] = None,
         except Exception as e:  # corrupt, truncated or of an older version: rebuild it
             meta = None
             if verbose:
-                log.info(f"QM9 cache {path} is unreadable or outdated ({type(e).__name__}: {e}); rebuilding it")
+                log.info(
+                    f"QM9 cache {path} is unreadable or outdated ({type(e).__name__}: {e}); rebuilding it"
+                )
         if meta is not None and meta.get("source") == source and meta.get("split_seed") == split_seed:
             if strict and meta.get("skipped", 0):
-                raise DataError(f"{path}: {meta['skipped']} records were skipped when the cache "
-                                "was built (see qm9_skipped.json) and strict mode is on")
+                raise DataError(
+                    f"{path}: {meta['skipped']} records were skipped when the cache "
+                    "was built (see qm9_skipped.json) and strict mode is on"
+                )
             return mols, splits
         if meta is not None and verbose:
-            log.info(f"QM9 cache {path} was built from {meta.get('source')} with split seed "
-                  f"{meta.get('split_seed')}; rebuilding for {source}, seed {split_seed}")
+            log.info(
+                f"QM9 cache {path} was built from {meta.get('source')} with split seed "
+                f"{meta.get('split_seed')}; rebuilding for {source}, seed {split_seed}"
+            )
     if verbose:
         log.info(f"Building the QM9 cache at {path} from {source} (once; about a minute) ...")
     if source_dir:
@@ -278,8 +329,11 @@ def load_qm9(cache_dir: Optional[str] = None, source_dir: Optional[str] = None,
         raise DataError(report.summary())
     report.save(os.path.join(cache_dir, os.path.basename(path).replace(".npz", "_skipped.json")))
     splits = standard_split(len(mols), split_seed)
-    meta = {"source": source, "split_seed": split_seed, "skipped": report.count,
-            "n_molecules": len(mols)}
-    mols.save_npz(path, cache_version=CACHE_VERSION, meta=json.dumps(meta),
-                  **{f"split_{k}": v for k, v in splits.items()})
+    meta = {"source": source, "split_seed": split_seed, "skipped": report.count, "n_molecules": len(mols)}
+    mols.save_npz(
+        path,
+        cache_version=CACHE_VERSION,
+        meta=json.dumps(meta),
+        **{f"split_{k}": v for k, v in splits.items()},
+    )
     return mols, splits

@@ -4,6 +4,7 @@ A `Molecules` set stores many molecules in flat arrays (CSR layout): atom ``i`` 
 molecule ``m`` lives at row ``offsets[m] + i``. This keeps 130k QM9 molecules in a
 few contiguous arrays that load from one ``.npz`` in well under a second.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,10 +16,61 @@ import numpy as np
 
 # Elements this codebase knows by symbol (QM9, MD17, MD22, drug-like molecules).
 ELEMENT_SYMBOLS = (
-    "X", "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si",
-    "P", "S", "Cl", "Ar", "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu",
-    "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Tc", "Ru",
-    "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I")
+    "X",
+    "H",
+    "He",
+    "Li",
+    "Be",
+    "B",
+    "C",
+    "N",
+    "O",
+    "F",
+    "Ne",
+    "Na",
+    "Mg",
+    "Al",
+    "Si",
+    "P",
+    "S",
+    "Cl",
+    "Ar",
+    "K",
+    "Ca",
+    "Sc",
+    "Ti",
+    "V",
+    "Cr",
+    "Mn",
+    "Fe",
+    "Co",
+    "Ni",
+    "Cu",
+    "Zn",
+    "Ga",
+    "Ge",
+    "As",
+    "Se",
+    "Br",
+    "Kr",
+    "Rb",
+    "Sr",
+    "Y",
+    "Zr",
+    "Nb",
+    "Mo",
+    "Tc",
+    "Ru",
+    "Rh",
+    "Pd",
+    "Ag",
+    "Cd",
+    "In",
+    "Sn",
+    "Sb",
+    "Te",
+    "I",
+)
 SYMBOL_TO_Z = {s: z for z, s in enumerate(ELEMENT_SYMBOLS) if z > 0}
 MAX_ATOMIC_NUMBER = len(ELEMENT_SYMBOLS) - 1
 
@@ -30,6 +82,7 @@ class DataError(ValueError):
 @dataclasses.dataclass
 class SkipReport:
     """Records that were skipped while reading a source, with the reason for each."""
+
     source: str
     skipped: list = dataclasses.field(default_factory=list)  # [{"record": ..., "reason": ...}]
     total: int = 0
@@ -46,7 +99,7 @@ class SkipReport:
             return f"{self.source}: read {self.total} records, skipped none"
         head = "; ".join(f"record {s['record']}: {s['reason']}" for s in self.skipped[:5])
         more = f" (+{self.count - 5} more)" if self.count > 5 else ""
-        return (f"{self.source}: read {self.total} records, skipped {self.count}: {head}{more}")
+        return f"{self.source}: read {self.total} records, skipped {self.count}: {head}{more}"
 
     def save(self, path: str):
         with open(path, "w") as f:
@@ -67,6 +120,7 @@ class Molecules:
       target_names / target_units: names and units of the target columns.
       ids: [n_molecules] int, the source's own identifier of each molecule.
     """
+
     atomic_numbers: np.ndarray
     positions: np.ndarray
     offsets: np.ndarray
@@ -96,36 +150,55 @@ class Molecules:
         indices = np.asarray(indices, dtype=np.int64)
         counts = self.n_atoms[indices]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        rows = np.concatenate([np.arange(self.offsets[m], self.offsets[m + 1]) for m in indices]) \
-            if len(indices) else np.zeros(0, np.int64)
+        rows = (
+            np.concatenate([np.arange(self.offsets[m], self.offsets[m + 1]) for m in indices])
+            if len(indices)
+            else np.zeros(0, np.int64)
+        )
         return Molecules(
-            atomic_numbers=self.atomic_numbers[rows], positions=self.positions[rows],
+            atomic_numbers=self.atomic_numbers[rows],
+            positions=self.positions[rows],
             offsets=offsets,
             targets=None if self.targets is None else self.targets[indices],
-            target_names=self.target_names, target_units=self.target_units,
-            ids=self.ids[indices])
+            target_names=self.target_names,
+            target_units=self.target_units,
+            ids=self.ids[indices],
+        )
 
     def save_npz(self, path: str, **extra):
         tmp = path + ".tmp.npz"
-        np.savez(tmp, atomic_numbers=self.atomic_numbers, positions=self.positions,
-                 offsets=self.offsets, ids=self.ids,
-                 targets=self.targets if self.targets is not None else np.zeros((len(self), 0)),
-                 target_names=np.array(self.target_names, dtype=str),
-                 target_units=np.array(self.target_units, dtype=str), **extra)
+        np.savez(
+            tmp,
+            atomic_numbers=self.atomic_numbers,
+            positions=self.positions,
+            offsets=self.offsets,
+            ids=self.ids,
+            targets=self.targets if self.targets is not None else np.zeros((len(self), 0)),
+            target_names=np.array(self.target_names, dtype=str),
+            target_units=np.array(self.target_units, dtype=str),
+            **extra,
+        )
         os.replace(tmp, path)  # atomic: a half-written cache is never seen under its name.
 
     @classmethod
-    def from_lists(cls, atomic_numbers, positions, targets=None, ids=None, target_names=(),
-                   target_units=()) -> "Molecules":
+    def from_lists(
+        cls, atomic_numbers, positions, targets=None, ids=None, target_names=(), target_units=()
+    ) -> "Molecules":
         counts = [len(z) for z in atomic_numbers]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return cls(
-            atomic_numbers=np.concatenate(atomic_numbers).astype(np.int16) if counts else np.zeros(0, np.int16),
-            positions=np.concatenate(positions).astype(np.float32) if counts else np.zeros((0, 3), np.float32),
+            atomic_numbers=np.concatenate(atomic_numbers).astype(np.int16)
+            if counts
+            else np.zeros(0, np.int16),
+            positions=np.concatenate(positions).astype(np.float32)
+            if counts
+            else np.zeros((0, 3), np.float32),
             offsets=offsets,
             targets=None if targets is None else np.asarray(targets, np.float64),
-            target_names=tuple(target_names), target_units=tuple(target_units),
-            ids=None if ids is None else np.asarray(ids, np.int64))
+            target_names=tuple(target_names),
+            target_units=tuple(target_units),
+            ids=None if ids is None else np.asarray(ids, np.int64),
+        )
 
 
 def check_molecule(atomic_numbers, positions) -> Optional[str]:

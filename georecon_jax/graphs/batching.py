@@ -19,6 +19,7 @@ cutoff, so the effective graph is the radius graph *at the positions the model s
 all pairs this is exact for perturbed and sampled coordinates alike; with a finite skin it is
 exact while no atom moves further than skin/2 (the objectives report violations).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,20 +32,21 @@ from georecon_jax.data.records import Molecules
 
 
 class NodeFeatures(NamedTuple):
-    positions: np.ndarray       # [n_node, 3] float32, Å
+    positions: np.ndarray  # [n_node, 3] float32, Å
     atomic_numbers: np.ndarray  # [n_node] int32 (0 on padding)
-    atom_index: np.ndarray      # [n_node] int32: index of the atom within its molecule
+    atom_index: np.ndarray  # [n_node] int32: index of the atom within its molecule
     forces: Optional[np.ndarray] = None  # [n_node, 3] float32, labelled force data only
 
 
 class GraphFeatures(NamedTuple):
-    graph_id: np.ndarray        # [n_graph] int32: index of the molecule in its data set; -1 padding
-    targets: np.ndarray         # [n_graph, n_targets] float32 (n_targets may be 0)
+    graph_id: np.ndarray  # [n_graph] int32: index of the molecule in its data set; -1 padding
+    targets: np.ndarray  # [n_graph, n_targets] float32 (n_targets may be 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Static sizes of one padded (per-device) sub-batch; n_graph includes the padding graph."""
+
     n_node: int
     n_edge: int
     n_graph: int
@@ -63,8 +65,9 @@ def _round_up(x: int, multiple: int) -> int:
     return int(-(-x // multiple) * multiple)
 
 
-def molecule_edges(positions: np.ndarray, neighbor_list: str = "all_pairs",
-                   cutoff: float = 5.0, skin: float = 0.0):
+def molecule_edges(
+    positions: np.ndarray, neighbor_list: str = "all_pairs", cutoff: float = 5.0, skin: float = 0.0
+):
     """Candidate atom pairs (senders, receivers) of one molecule, local atom indices.
 
     Each unordered pair of distinct atoms is listed once, receiver < sender, in receiver-major
@@ -87,8 +90,13 @@ def edge_counts(molecules: Molecules, neighbor_list: str, cutoff: float, skin: f
     if neighbor_list == "all_pairs":
         n = molecules.n_atoms.astype(np.int64)
         return n * (n - 1) // 2
-    return np.array([len(molecule_edges(molecules.molecule(m)[1], neighbor_list, cutoff, skin)[0])
-                     for m in range(len(molecules))], np.int64)
+    return np.array(
+        [
+            len(molecule_edges(molecules.molecule(m)[1], neighbor_list, cutoff, skin)[0])
+            for m in range(len(molecules))
+        ],
+        np.int64,
+    )
 
 
 def balanced_split(n_edges: np.ndarray, num_groups: int, per_group: int) -> List[np.ndarray]:
@@ -110,9 +118,15 @@ def balanced_split(n_edges: np.ndarray, num_groups: int, per_group: int) -> List
     return [np.sort(np.asarray(g, np.int64)) for g in groups]
 
 
-def estimate_budgets(n_atoms: np.ndarray, n_edges: np.ndarray, graphs_per_device: int,
-                     num_buckets: int = 3, num_samples: int = 2000, seed: int = 0,
-                     sub_batches: int = 1) -> List[Budget]:
+def estimate_budgets(
+    n_atoms: np.ndarray,
+    n_edges: np.ndarray,
+    graphs_per_device: int,
+    num_buckets: int = 3,
+    num_samples: int = 2000,
+    seed: int = 0,
+    sub_batches: int = 1,
+) -> List[Budget]:
     """A few budgets covering random batches of ``sub_batches`` x ``graphs_per_device`` molecules.
 
     Budgets sit at evenly spaced quantiles of the largest node and edge totals among the
@@ -132,24 +146,43 @@ def estimate_budgets(n_atoms: np.ndarray, n_edges: np.ndarray, graphs_per_device
                 edges[s] = max(edges[s], n_edges[batch[g]].sum())
     budgets = []
     for q in np.linspace(0.5, 0.995, max(num_buckets - 1, 0)) if num_buckets > 1 else []:
-        budgets.append(Budget(_round_up(int(np.quantile(nodes, q)) + 1, NODE_MULTIPLE),
-                              _round_up(int(np.quantile(edges, q)), EDGE_MULTIPLE), graphs_per_device + 1))
+        budgets.append(
+            Budget(
+                _round_up(int(np.quantile(nodes, q)) + 1, NODE_MULTIPLE),
+                _round_up(int(np.quantile(edges, q)), EDGE_MULTIPLE),
+                graphs_per_device + 1,
+            )
+        )
     k = min(graphs_per_device, len(n_atoms))
-    worst = Budget(_round_up(int(np.sort(n_atoms)[-k:].sum()) + 1, NODE_MULTIPLE),
-                   _round_up(int(np.sort(n_edges)[-k:].sum()), EDGE_MULTIPLE), graphs_per_device + 1)
+    worst = Budget(
+        _round_up(int(np.sort(n_atoms)[-k:].sum()) + 1, NODE_MULTIPLE),
+        _round_up(int(np.sort(n_edges)[-k:].sum()), EDGE_MULTIPLE),
+        graphs_per_device + 1,
+    )
     budgets.append(worst)
     # Drop duplicates / dominated entries, keep ascending order.
     out = []
     for b in sorted(set(budgets), key=lambda b: (b.n_node, b.n_edge)):
         if not out or (b.n_node > out[-1].n_node or b.n_edge > out[-1].n_edge):
-            out.append(Budget(max(b.n_node, out[-1].n_node) if out else b.n_node,
-                              max(b.n_edge, out[-1].n_edge) if out else b.n_edge, b.n_graph))
+            out.append(
+                Budget(
+                    max(b.n_node, out[-1].n_node) if out else b.n_node,
+                    max(b.n_edge, out[-1].n_edge) if out else b.n_edge,
+                    b.n_graph,
+                )
+            )
     return out
 
 
-def pack_graphs(molecules: Molecules, indices: Sequence[int], budget: Budget,
-                neighbor_list: str = "all_pairs", cutoff: float = 5.0, skin: float = 0.0,
-                forces: Optional[np.ndarray] = None) -> jraph.GraphsTuple:
+def pack_graphs(
+    molecules: Molecules,
+    indices: Sequence[int],
+    budget: Budget,
+    neighbor_list: str = "all_pairs",
+    cutoff: float = 5.0,
+    skin: float = 0.0,
+    forces: Optional[np.ndarray] = None,
+) -> jraph.GraphsTuple:
     """One padded GraphsTuple of the given molecules (numpy arrays, jraph padding convention)."""
     n_graph_real = len(indices)
     if n_graph_real + 1 > budget.n_graph:
@@ -160,7 +193,7 @@ def pack_graphs(molecules: Molecules, indices: Sequence[int], budget: Budget,
     for m, n in zip(indices, n_node):
         a = molecules.offsets[m]
         rows.append(np.arange(a, a + n))
-        s, r = molecule_edges(molecules.positions[a:a + n], neighbor_list, cutoff, skin)
+        s, r = molecule_edges(molecules.positions[a : a + n], neighbor_list, cutoff, skin)
         senders.append(s + offset)
         receivers.append(r + offset)
         n_edge.append(len(s))
@@ -174,8 +207,11 @@ def pack_graphs(molecules: Molecules, indices: Sequence[int], budget: Budget,
     def pad(x, n, value=0):
         return np.concatenate([x, np.full((n,) + x.shape[1:], value, x.dtype)])
 
-    atom_index = np.concatenate([np.arange(n) for n in n_node]).astype(np.int32) if n_graph_real \
+    atom_index = (
+        np.concatenate([np.arange(n) for n in n_node]).astype(np.int32)
+        if n_graph_real
         else np.zeros(0, np.int32)
+    )
     node_forces = None
     if forces is not None:
         node_forces = pad(forces[rows].astype(np.float32), pad_nodes)
@@ -183,32 +219,40 @@ def pack_graphs(molecules: Molecules, indices: Sequence[int], budget: Budget,
         positions=pad(molecules.positions[rows].astype(np.float32), pad_nodes),
         atomic_numbers=pad(molecules.atomic_numbers[rows].astype(np.int32), pad_nodes),
         atom_index=pad(atom_index, pad_nodes),
-        forces=node_forces)
+        forces=node_forces,
+    )
     n_targets = 0 if molecules.targets is None else molecules.targets.shape[1]
-    targets = (molecules.targets[np.asarray(indices, np.int64)].astype(np.float32) if n_targets
-               else np.zeros((n_graph_real, 0), np.float32))
+    targets = (
+        molecules.targets[np.asarray(indices, np.int64)].astype(np.float32)
+        if n_targets
+        else np.zeros((n_graph_real, 0), np.float32)
+    )
     pad_graphs = budget.n_graph - n_graph_real
     graph_ids = np.asarray(indices, np.int32)
     globals_ = GraphFeatures(graph_id=pad(graph_ids, pad_graphs, -1), targets=pad(targets, pad_graphs))
     pad_index = total_nodes  # padding edges are self-edges of the first padding node
     cat = lambda xs: np.concatenate(xs).astype(np.int32) if xs else np.zeros(0, np.int32)
     return jraph.GraphsTuple(
-        nodes=nodes, edges=None,
+        nodes=nodes,
+        edges=None,
         senders=pad(cat(senders), pad_edges, pad_index),
         receivers=pad(cat(receivers), pad_edges, pad_index),
         n_node=np.concatenate([n_node, [pad_nodes], np.zeros(pad_graphs - 1, np.int64)]).astype(np.int32),
         n_edge=np.concatenate([n_edge, [pad_edges], np.zeros(pad_graphs - 1, np.int64)]).astype(np.int32),
-        globals=globals_)
+        globals=globals_,
+    )
 
 
 def stack_graphs(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
     """Stacks same-shaped GraphsTuples along a new leading (device) axis."""
     import jax
+
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *graphs)
 
 
-def micro_batches_for(per_device: int, requested: int = 0, platform: str = "cpu",
-                      molecules_per_micro_batch: int = 4) -> int:
+def micro_batches_for(
+    per_device: int, requested: int = 0, platform: str = "cpu", molecules_per_micro_batch: int = 4
+) -> int:
     """How many sequential micro-batches each device's ``per_device`` molecules are split into.
 
     ``requested`` > 0 is taken as is (it must divide ``per_device``). 0 means automatic: on CPU
@@ -220,13 +264,17 @@ def micro_batches_for(per_device: int, requested: int = 0, platform: str = "cpu"
         raise ValueError(f"micro_batches={requested}: must be >= 0 (0: automatic)")
     if requested:
         if per_device % requested:
-            raise ValueError(f"micro_batches={requested} does not divide the {per_device} molecules "
-                             "per device")
+            raise ValueError(
+                f"micro_batches={requested} does not divide the {per_device} molecules per device"
+            )
         return requested
     if platform != "cpu":
         return 1
-    return max(m for m in range(1, per_device + 1)
-               if per_device % m == 0 and (per_device // m >= molecules_per_micro_batch or m == 1))
+    return max(
+        m
+        for m in range(1, per_device + 1)
+        if per_device % m == 0 and (per_device // m >= molecules_per_micro_batch or m == 1)
+    )
 
 
 class GraphBatcher:
@@ -244,14 +292,28 @@ class GraphBatcher:
     hosts choose the same padded shape, since the budget is chosen over the whole batch.
     """
 
-    def __init__(self, molecules: Molecules, indices, batch_size: int, *, num_devices: int = 1,
-                 shuffle: bool = True, seed: int = 0, drop_remainder: bool = True,
-                 neighbor_list: str = "all_pairs", cutoff: float = 5.0, skin: float = 0.0,
-                 num_buckets: int = 3, budgets: Optional[List[Budget]] = None,
-                 forces: Optional[np.ndarray] = None, process_index: Optional[int] = None,
-                 process_count: Optional[int] = None):
+    def __init__(
+        self,
+        molecules: Molecules,
+        indices,
+        batch_size: int,
+        *,
+        num_devices: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_remainder: bool = True,
+        neighbor_list: str = "all_pairs",
+        cutoff: float = 5.0,
+        skin: float = 0.0,
+        num_buckets: int = 3,
+        budgets: Optional[List[Budget]] = None,
+        forces: Optional[np.ndarray] = None,
+        process_index: Optional[int] = None,
+        process_count: Optional[int] = None,
+    ):
         if process_count is None:
             import jax
+
             process_index, process_count = jax.process_index(), jax.process_count()
         self.process_index, self.process_count = process_index or 0, process_count
         if num_devices % process_count:
@@ -270,8 +332,14 @@ class GraphBatcher:
         n_atoms = molecules.n_atoms[self.indices]
         self._n_edges = edge_counts(molecules, neighbor_list, cutoff, skin)
         self.budgets = budgets or estimate_budgets(
-            n_atoms, self._n_edges[self.indices], self.per_device, num_buckets, seed=seed,
-            num_samples=2000 if num_devices == 1 else 500, sub_batches=num_devices)
+            n_atoms,
+            self._n_edges[self.indices],
+            self.per_device,
+            num_buckets,
+            seed=seed,
+            num_samples=2000 if num_devices == 1 else 500,
+            sub_batches=num_devices,
+        )
         n = len(self.indices)
         self.steps_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
         if self.steps_per_epoch == 0:
@@ -279,9 +347,12 @@ class GraphBatcher:
 
     def batch_indices(self, k: int) -> np.ndarray:
         epoch, i = divmod(k, self.steps_per_epoch)
-        order = (np.random.default_rng([self.seed, epoch]).permutation(self.indices)
-                 if self.shuffle else self.indices)
-        return order[i * self.batch_size:(i + 1) * self.batch_size]
+        order = (
+            np.random.default_rng([self.seed, epoch]).permutation(self.indices)
+            if self.shuffle
+            else self.indices
+        )
+        return order[i * self.batch_size : (i + 1) * self.batch_size]
 
     def _budget_for(self, groups) -> Budget:
         need_n = max(int(self.molecules.n_atoms[g].sum()) for g in groups)
@@ -297,9 +368,17 @@ class GraphBatcher:
         idx = self.batch_indices(k)
         groups = [idx[g] for g in balanced_split(self._n_edges[idx], self.num_devices, self.per_device)]
         budget = self._budget_for(groups)
-        local = groups[self.process_index * self.local_devices:(self.process_index + 1) * self.local_devices]
-        return stack_graphs([pack_graphs(self.molecules, g, budget, self.neighbor_list, self.cutoff,
-                                         self.skin, self.forces) for g in local])
+        local = groups[
+            self.process_index * self.local_devices : (self.process_index + 1) * self.local_devices
+        ]
+        return stack_graphs(
+            [
+                pack_graphs(
+                    self.molecules, g, budget, self.neighbor_list, self.cutoff, self.skin, self.forces
+                )
+                for g in local
+            ]
+        )
 
     def epoch_batches(self) -> Iterator[jraph.GraphsTuple]:
         """One pass in fixed order (evaluation)."""
@@ -311,7 +390,7 @@ class GraphBatcher:
         pn, pe = [], []
         for k in range(min(num_batches, self.steps_per_epoch)):
             g = self.batch(k)
-            real = g.globals.graph_id >= 0                                   # [devices, n_graph]
+            real = g.globals.graph_id >= 0  # [devices, n_graph]
             pn.append(1.0 - g.n_node[real].sum() / g.n_node.sum())
             pe.append(1.0 - g.n_edge[real].sum() / max(g.n_edge.sum(), 1))
         return float(np.mean(pn)), float(np.mean(pe))

@@ -20,6 +20,7 @@ reads, from the same parameters; ``tests/test_et_reference.py`` checks this modu
 
 All modules take plain arrays and are pure functions of (params, inputs).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,8 @@ def edge_geometry(positions, senders, receivers, edge_mask, cutoff: float):
       0 on self/padding edges), active [n_edge] bool (real edge with distance < cutoff).
     """
     assert positions.ndim == 2 and positions.shape[1] == 3, positions.shape
-    vectors = positions[senders] - positions[receivers]            # [n_edge, 3]
-    d2 = jnp.sum(vectors ** 2, axis=-1)                            # [n_edge]
+    vectors = positions[senders] - positions[receivers]  # [n_edge, 3]
+    d2 = jnp.sum(vectors**2, axis=-1)  # [n_edge]
     nonzero = d2 > 0
     distances = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, d2, 1.0)), 0.0)  # NaN-safe gradient
     units = jnp.where(nonzero[:, None], vectors / jnp.where(nonzero, distances, 1.0)[:, None], 0.0)
@@ -78,6 +79,7 @@ class Pairs(NamedTuple):
     index p and receiver -> sender at p + P): ``senders``, ``receivers`` [2P] int, ``units`` [2P, 3]
     (unit vector sender - receiver). ``node_mask`` [n] bool: real atoms, the ones with a self-edge.
     """
+
     distances: jax.Array
     cutoff_weight: jax.Array
     active: jax.Array
@@ -96,10 +98,15 @@ def make_pairs(positions, senders, receivers, edge_mask, node_mask, cutoff: floa
     """`Pairs` from a pair list (each pair once; self-pairs and padding are masked out)."""
     distances, units, active = edge_geometry(positions, senders, receivers, edge_mask, cutoff)
     active = active & (senders != receivers)
-    return Pairs(distances=distances, cutoff_weight=cosine_cutoff(distances, cutoff) * active,
-                 active=active, senders=jnp.concatenate([senders, receivers]),
-                 receivers=jnp.concatenate([receivers, senders]),
-                 units=jnp.concatenate([units, -units]), node_mask=node_mask)
+    return Pairs(
+        distances=distances,
+        cutoff_weight=cosine_cutoff(distances, cutoff) * active,
+        active=active,
+        senders=jnp.concatenate([senders, receivers]),
+        receivers=jnp.concatenate([receivers, senders]),
+        units=jnp.concatenate([units, -units]),
+        node_mask=node_mask,
+    )
 
 
 class ExpNormalSmearing(nn.Module):
@@ -107,13 +114,14 @@ class ExpNormalSmearing(nn.Module):
 
     φ_k(d) = f_cut(d) · exp(-β_k (exp(α(d_lower - d)) - μ_k)^2), α = 5 / (d_upper - d_lower).
     """
+
     num_rbf: int = 50
     cutoff_lower: float = 0.0
     cutoff_upper: float = 5.0
     trainable: bool = True
 
     @nn.compact
-    def __call__(self, distances):                                  # [n_edge] -> [n_edge, num_rbf]
+    def __call__(self, distances):  # [n_edge] -> [n_edge, num_rbf]
         start = math.exp(-self.cutoff_upper + self.cutoff_lower)
         means0 = jnp.linspace(start, 1.0, self.num_rbf)
         betas0 = jnp.full((self.num_rbf,), (2.0 / self.num_rbf * (1.0 - start)) ** -2)
@@ -129,6 +137,7 @@ class ExpNormalSmearing(nn.Module):
 
 class NeighborEmbedding(nn.Module):
     """x_i <- W [x_i, Σ_j emb(Z_j) · (W_d φ(d_ij)) f_cut(d_ij)], self-edges excluded."""
+
     features: int
     max_z: int
 
@@ -136,8 +145,9 @@ class NeighborEmbedding(nn.Module):
     def __call__(self, atomic_numbers, x, rbf, pairs: Pairs):
         weight = Dense(self.features, name="distance_proj")(rbf) * pairs.cutoff_weight[:, None]  # [P, F]
         neighbors = nn.Embed(self.max_z + 1, self.features, name="embedding")(atomic_numbers)
-        agg = jax.ops.segment_sum(neighbors[pairs.senders] * twice(weight), pairs.receivers,
-                                  num_segments=x.shape[0])
+        agg = jax.ops.segment_sum(
+            neighbors[pairs.senders] * twice(weight), pairs.receivers, num_segments=x.shape[0]
+        )
         return Dense(self.features, name="combine")(jnp.concatenate([x, agg], axis=-1))
 
 
@@ -151,6 +161,7 @@ class AttentionMessages(NamedTuple):
       s_dir [2P, F]  per message j -> i, the gate of the direction r̂_ij (0 where not active);
       s_vec_self [n, F]  the self-edge's gate of vec_i (0 on padding atoms). Its direction is 0.
     """
+
     y: jax.Array
     s_vec: jax.Array
     s_dir: jax.Array
@@ -164,6 +175,7 @@ class _AttentionBase(nn.Module):
     submodules by name in the calling layer (``layernorm``, ``q_proj``, ``k_proj``, ``v_proj``,
     ``dk_proj``, ``dv_proj``), so both layers have the same parameter tree.
     """
+
     features: int
     num_heads: int
 
@@ -187,24 +199,27 @@ class _AttentionBase(nn.Module):
         F = H * D
         assert rbf.ndim == 2 and rbf_self.shape == rbf.shape[1:], (rbf.shape, rbf_self.shape)
         dk_proj, dv_proj = Dense(F, name="dk_proj"), Dense(3 * F, name="dv_proj")
-        dk, dv = silu(dk_proj(rbf)), silu(dv_proj(rbf))                        # [P, F], [P, 3F]
-        m = pairs.senders.shape[0]                                               # 2P messages
+        dk, dv = silu(dk_proj(rbf)), silu(dv_proj(rbf))  # [P, F], [P, 3F]
+        m = pairs.senders.shape[0]  # 2P messages
         dk, dv = twice(dk).reshape(m, H, D), twice(dv).reshape(m, H, 3 * D)
         # Messages from sender j to receiver i.
         s, r = pairs.senders, pairs.receivers
-        attn = jnp.sum(q[r] * k[s] * dk, axis=-1)                                # [2P, H]
+        attn = jnp.sum(q[r] * k[s] * dk, axis=-1)  # [2P, H]
         attn = silu(attn) * twice(pairs.cutoff_weight)[:, None]
-        s_x, s_vec, s_dir = jnp.split(v[s] * dv, 3, axis=-1)                     # [2P, H, D] each
+        s_x, s_vec, s_dir = jnp.split(v[s] * dv, 3, axis=-1)  # [2P, H, D] each
         y = jax.ops.segment_sum((s_x * attn[..., None]).reshape(m, F), r, num_segments=n)  # [n, F]
-        active = twice(pairs.active)[:, None]                                    # [2P, 1]
+        active = twice(pairs.active)[:, None]  # [2P, 1]
         # Self-edges: distance 0, cutoff weight 1, direction 0.
         attn_self = silu(jnp.sum(q * k * silu(dk_proj(rbf_self)).reshape(H, D), axis=-1))  # [n, H]
         self_x, self_vec, _ = jnp.split(v * silu(dv_proj(rbf_self)).reshape(H, 3 * D), 3, axis=-1)
-        real = pairs.node_mask[:, None]                                          # [n, 1]
+        real = pairs.node_mask[:, None]  # [n, 1]
         y = y + jnp.where(real, (self_x * attn_self[..., None]).reshape(n, F), 0.0)
-        return AttentionMessages(y=y, s_vec=s_vec.reshape(m, F) * active,
-                                 s_dir=s_dir.reshape(m, F) * active,
-                                 s_vec_self=jnp.where(real, self_vec.reshape(n, F), 0.0))
+        return AttentionMessages(
+            y=y,
+            s_vec=s_vec.reshape(m, F) * active,
+            s_dir=s_dir.reshape(m, F) * active,
+            s_vec_self=jnp.where(real, self_vec.reshape(n, F), 0.0),
+        )
 
 
 class EquivariantAttention(_AttentionBase):
@@ -234,13 +249,17 @@ class EquivariantAttention(_AttentionBase):
     def __call__(self, x, vec, rbf, rbf_self, pairs: Pairs):
         n, F = x.shape[0], self.features
         assert vec.shape == (n, 3, F), (vec.shape, (n, 3, F))
-        q, k, v = self._queries_keys_values(x)                                   # [n, H, D|D|3D]
-        vec1, vec2, vec3 = jnp.split(Dense(3 * F, use_bias=False, name="vec_proj")(vec), 3,
-                                     axis=-1)                                    # [n, 3, F] each
+        q, k, v = self._queries_keys_values(x)  # [n, H, D|D|3D]
+        vec1, vec2, vec3 = jnp.split(
+            Dense(3 * F, use_bias=False, name="vec_proj")(vec), 3, axis=-1
+        )  # [n, 3, F] each
         msg = self._messages(q, k, v, rbf, rbf_self, pairs)
         s, r = pairs.senders, pairs.receivers
-        w = jax.ops.segment_sum(msg.s_dir[:, None, :] * pairs.units[:, :, None]
-                                + vec[s] * msg.s_vec[:, None, :], r, num_segments=n)  # [n, 3, F]
+        w = jax.ops.segment_sum(
+            msg.s_dir[:, None, :] * pairs.units[:, :, None] + vec[s] * msg.s_vec[:, None, :],
+            r,
+            num_segments=n,
+        )  # [n, 3, F]
         w = w + vec * msg.s_vec_self[:, None, :]
         o1, o2, o3 = jnp.split(Dense(3 * F, name="o_proj")(msg.y), 3, axis=-1)  # [n, F] each
         dx = jnp.sum(vec1 * vec2, axis=1) * o2 + o3
@@ -267,8 +286,9 @@ class FirstEquivariantAttention(_AttentionBase):
         q, k, v = self._queries_keys_values(x)
         Dense(3 * F, use_bias=False, name="vec_proj")(jnp.zeros((1, F), x.dtype))
         msg = self._messages(q, k, v, rbf, rbf_self, pairs)
-        w = jax.ops.segment_sum(msg.s_dir[:, None, :] * pairs.units[:, :, None], pairs.receivers,
-                                num_segments=n)                                  # [n, 3, F]
+        w = jax.ops.segment_sum(
+            msg.s_dir[:, None, :] * pairs.units[:, :, None], pairs.receivers, num_segments=n
+        )  # [n, 3, F]
         _, _, o3 = jnp.split(Dense(3 * F, name="o_proj")(msg.y), 3, axis=-1)
         return o3, w
 
@@ -286,6 +306,7 @@ class EquivariantTransformer(nn.Module):
     all are named ``attention_<i>`` with the same parameters.
     Paper scale: num_layers=8, features=256, num_heads=8, num_rbf=64, cutoff=5 Å.
     """
+
     num_layers: int = 8
     features: int = 256
     num_heads: int = 8
@@ -295,8 +316,9 @@ class EquivariantTransformer(nn.Module):
     trainable_rbf: bool = True
 
     @nn.compact
-    def __call__(self, atomic_numbers, positions, senders, receivers, edge_mask,
-                 node_mask) -> Tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, atomic_numbers, positions, senders, receivers, edge_mask, node_mask
+    ) -> Tuple[jax.Array, jax.Array]:
         """Args: atomic_numbers [n] int, positions [n, 3] Å, senders/receivers [n_pair] int (each
         pair of distinct atoms once), edge_mask [n_pair] bool (False on padding), node_mask [n]
         bool (False on padding atoms: they get no self-edge, and zero outputs)."""
@@ -304,19 +326,23 @@ class EquivariantTransformer(nn.Module):
         assert positions.shape == (n, 3), positions.shape
         pairs = make_pairs(positions, senders, receivers, edge_mask, node_mask, self.cutoff)
         rbf, rbf_self = radial_basis(
-            ExpNormalSmearing(self.num_rbf, 0.0, self.cutoff, self.trainable_rbf, name="rbf"), pairs)
+            ExpNormalSmearing(self.num_rbf, 0.0, self.cutoff, self.trainable_rbf, name="rbf"), pairs
+        )
         x = nn.Embed(self.max_z + 1, self.features, name="embedding")(atomic_numbers)
         x = NeighborEmbedding(self.features, self.max_z, name="neighbor_embedding")(
-            atomic_numbers, x, rbf, pairs)
+            atomic_numbers, x, rbf, pairs
+        )
         if self.num_layers == 0:
             vec = jnp.zeros((n, 3, self.features), x.dtype)
-        else:                                        # vec = 0 before the first layer
+        else:  # vec = 0 before the first layer
             dx, vec = FirstEquivariantAttention(self.features, self.num_heads, name="attention_0")(
-                x, rbf, rbf_self, pairs)
+                x, rbf, rbf_self, pairs
+            )
             x = x + dx
         for i in range(1, self.num_layers):
             dx, dvec = EquivariantAttention(self.features, self.num_heads, name=f"attention_{i}")(
-                x, vec, rbf, rbf_self, pairs)
+                x, vec, rbf, rbf_self, pairs
+            )
             x, vec = x + dx, vec + dvec
         x = nn.LayerNorm(epsilon=1e-5, name="out_norm")(x)
         x = jnp.where(node_mask[:, None], x, 0.0)

@@ -21,6 +21,7 @@ Notation (per atom i, F features, H heads of D = F/H features, R radial basis fu
   r̂_ij = r_ij / d_ij (0 for i = j), f_cut(d) = ½(cos(π d / cutoff) + 1) for d < cutoff else 0,
   φ(d_ij) [R] the exp-normal radial basis (times f_cut), W· linear layers (``Dense``: x W + b).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,12 +63,12 @@ def pair_geometry(positions, pair_mask, cutoff: float):
     n = positions.shape[0]
     assert positions.shape == (n, 3), positions.shape
     assert pair_mask.shape == (n, n) and pair_mask.dtype == bool, (pair_mask.shape, pair_mask.dtype)
-    diff = positions[None, :, :] - positions[:, None, :]                    # [n, n, 3]  r_ij
-    d2 = jnp.sum(diff ** 2, axis=-1)                                        # [n, n]
-    apart = d2 > 0                                       # False on the diagonal (and coincident padding)
-    d = jnp.where(apart, jnp.sqrt(jnp.where(apart, d2, 1.0)), 0.0)          # [n, n]  NaN-safe gradient
+    diff = positions[None, :, :] - positions[:, None, :]  # [n, n, 3]  r_ij
+    d2 = jnp.sum(diff**2, axis=-1)  # [n, n]
+    apart = d2 > 0  # False on the diagonal (and coincident padding)
+    d = jnp.where(apart, jnp.sqrt(jnp.where(apart, d2, 1.0)), 0.0)  # [n, n]  NaN-safe gradient
     unit = jnp.where(apart[..., None], diff / jnp.where(apart, d, 1.0)[..., None], 0.0)  # [n, n, 3]
-    edge = pair_mask & (d < cutoff)                                         # [n, n]
+    edge = pair_mask & (d < cutoff)  # [n, n]
     cut = jnp.where(edge, 0.5 * (jnp.cos(d * math.pi / cutoff) + 1.0), 0.0)  # [n, n]
     return d, unit, edge, cut
 
@@ -81,8 +82,8 @@ def exp_normal_rbf(p_rbf, d, cut, num_rbf: int, cutoff: float):
     """
     start = math.exp(-cutoff)
     if p_rbf is None:
-        means = jnp.linspace(start, 1.0, num_rbf)                               # [R]
-        betas = jnp.full((num_rbf,), (2.0 / num_rbf * (1.0 - start)) ** -2)      # [R]
+        means = jnp.linspace(start, 1.0, num_rbf)  # [R]
+        betas = jnp.full((num_rbf,), (2.0 / num_rbf * (1.0 - start)) ** -2)  # [R]
     else:
         means, betas = p_rbf["means"], p_rbf["betas"]
     assert means.shape == betas.shape == (num_rbf,), (means.shape, betas.shape, num_rbf)
@@ -99,10 +100,10 @@ def neighbor_embedding(p: Params, atomic_numbers, x, rbf, cut, neighbors):
     """
     n, F = x.shape
     assert rbf.shape[:2] == cut.shape == neighbors.shape == (n, n), (rbf.shape, cut.shape)
-    w = dense(p["distance_proj"], rbf) * (cut * neighbors)[..., None]      # [n, n, F]
-    emb = p["embedding"]["embedding"][atomic_numbers]                       # [n, F]  W_N(z_j)
-    agg = jnp.einsum("ijf,jf->if", w, emb)                                  # [n, F]
-    return dense(p["combine"], jnp.concatenate([x, agg], axis=-1))          # [n, F]
+    w = dense(p["distance_proj"], rbf) * (cut * neighbors)[..., None]  # [n, n, F]
+    emb = p["embedding"]["embedding"][atomic_numbers]  # [n, F]  W_N(z_j)
+    agg = jnp.einsum("ijf,jf->if", w, emb)  # [n, F]
+    return dense(p["combine"], jnp.concatenate([x, agg], axis=-1))  # [n, F]
 
 
 def attention_layer(p: Params, x, vec, rbf, unit, edge, cut, num_heads: int):
@@ -128,27 +129,29 @@ def attention_layer(p: Params, x, vec, rbf, unit, edge, cut, num_heads: int):
     D = F // H
     assert vec.shape == (n, 3, F), vec.shape
     assert unit.shape == (n, n, 3) and edge.shape == cut.shape == (n, n), (unit.shape, edge.shape)
-    h = layer_norm(p["layernorm"], x)                                       # [n, F]
-    q = dense(p["q_proj"], h).reshape(n, H, D)                              # [n, H, D]
-    k = dense(p["k_proj"], h).reshape(n, H, D)                              # [n, H, D]
-    v = dense(p["v_proj"], h).reshape(n, H, 3 * D)                          # [n, H, 3D]
-    uvec = dense(p["vec_proj"], vec)                                        # [n, 3, 3F]
-    vec1, vec2, vec3 = uvec[..., :F], uvec[..., F:2 * F], uvec[..., 2 * F:]  # [n, 3, F] each
-    dk = silu(dense(p["dk_proj"], rbf)).reshape(n, n, H, D)                 # [n, n, H, D]
-    dv = silu(dense(p["dv_proj"], rbf)).reshape(n, n, H, 3 * D)             # [n, n, H, 3D]
+    h = layer_norm(p["layernorm"], x)  # [n, F]
+    q = dense(p["q_proj"], h).reshape(n, H, D)  # [n, H, D]
+    k = dense(p["k_proj"], h).reshape(n, H, D)  # [n, H, D]
+    v = dense(p["v_proj"], h).reshape(n, H, 3 * D)  # [n, H, 3D]
+    uvec = dense(p["vec_proj"], vec)  # [n, 3, 3F]
+    vec1, vec2, vec3 = uvec[..., :F], uvec[..., F : 2 * F], uvec[..., 2 * F :]  # [n, 3, F] each
+    dk = silu(dense(p["dk_proj"], rbf)).reshape(n, n, H, D)  # [n, n, H, D]
+    dv = silu(dense(p["dv_proj"], rbf)).reshape(n, n, H, 3 * D)  # [n, n, H, 3D]
     attn = silu(jnp.einsum("ihd,jhd,ijhd->ijh", q, k, dk)) * cut[..., None]  # [n, n, H]  A_ij
-    s = v[None, :, :, :] * dv                                               # [n, n, H, 3D]  v_j ∘ dv_ij
-    s_x = (s[..., :D] * attn[..., None]).reshape(n, n, F)                   # [n, n, F]  A_ij s_x_ij
-    s_vec = s[..., D:2 * D].reshape(n, n, F)                                # [n, n, F]
-    s_dir = s[..., 2 * D:].reshape(n, n, F)                                 # [n, n, F]
-    y = s_x.sum(axis=1)                                                     # [n, F]
-    w = (vec[None, :, :, :] * s_vec[:, :, None, :]                          # [n, n, 3, F]
-         + s_dir[:, :, None, :] * unit[..., None]) * edge[..., None, None]
-    w = w.sum(axis=1)                                                       # [n, 3, F]
-    o = dense(p["o_proj"], y)                                               # [n, 3F]
-    o1, o2, o3 = o[:, :F], o[:, F:2 * F], o[:, 2 * F:]                      # [n, F] each
-    dx = jnp.sum(vec1 * vec2, axis=1) * o2 + o3                             # [n, F]
-    dvec = vec3 * o1[:, None, :] + w                                        # [n, 3, F]
+    s = v[None, :, :, :] * dv  # [n, n, H, 3D]  v_j ∘ dv_ij
+    s_x = (s[..., :D] * attn[..., None]).reshape(n, n, F)  # [n, n, F]  A_ij s_x_ij
+    s_vec = s[..., D : 2 * D].reshape(n, n, F)  # [n, n, F]
+    s_dir = s[..., 2 * D :].reshape(n, n, F)  # [n, n, F]
+    y = s_x.sum(axis=1)  # [n, F]
+    w = (
+        vec[None, :, :, :] * s_vec[:, :, None, :]  # [n, n, 3, F]
+        + s_dir[:, :, None, :] * unit[..., None]
+    ) * edge[..., None, None]
+    w = w.sum(axis=1)  # [n, 3, F]
+    o = dense(p["o_proj"], y)  # [n, 3F]
+    o1, o2, o3 = o[:, :F], o[:, F : 2 * F], o[:, 2 * F :]  # [n, F] each
+    dx = jnp.sum(vec1 * vec2, axis=1) * o2 + o3  # [n, F]
+    dvec = vec3 * o1[:, None, :] + w  # [n, 3, F]
     return dx, dvec
 
 
@@ -158,8 +161,9 @@ def same_molecule_pairs(node_graph, node_mask):
     return (node_graph[:, None] == node_graph[None, :]) & real
 
 
-def equivariant_transformer(config, params: Params, atomic_numbers, positions, pair_mask,
-                            node_mask) -> Tuple[jax.Array, jax.Array]:
+def equivariant_transformer(
+    config, params: Params, atomic_numbers, positions, pair_mask, node_mask
+) -> Tuple[jax.Array, jax.Array]:
     """The ET encoder: (Z, positions) -> scalars x [n, F] (invariant), vectors vec [n, 3, F].
 
       x = W_E(z);  x = NeighborEmbedding(x);  vec = 0
@@ -185,15 +189,15 @@ def equivariant_transformer(config, params: Params, atomic_numbers, positions, p
     assert p["embedding"]["embedding"].shape[1] == F, p["embedding"]["embedding"].shape
 
     d, unit, edge, cut = pair_geometry(positions, pair_mask, config.cutoff)  # [n, n], [n, n, 3], ...
-    rbf = exp_normal_rbf(p.get("rbf"), d, cut, R, config.cutoff)             # [n, n, R]
-    x = p["embedding"]["embedding"][atomic_numbers]                          # [n, F]
+    rbf = exp_normal_rbf(p.get("rbf"), d, cut, R, config.cutoff)  # [n, n, R]
+    x = p["embedding"]["embedding"][atomic_numbers]  # [n, F]
     off_diagonal = ~jnp.eye(n, dtype=bool)
     x = neighbor_embedding(p["neighbor_embedding"], atomic_numbers, x, rbf, cut, edge & off_diagonal)
-    vec = jnp.zeros((n, 3, F), x.dtype)                                      # [n, 3, F]
+    vec = jnp.zeros((n, 3, F), x.dtype)  # [n, 3, F]
     for i in range(config.num_layers):
         dx, dvec = attention_layer(p[f"attention_{i}"], x, vec, rbf, unit, edge, cut, config.num_heads)
         x, vec = x + dx, vec + dvec
-    x = layer_norm(p["out_norm"], x)                                         # [n, F]
+    x = layer_norm(p["out_norm"], x)  # [n, F]
     x = jnp.where(node_mask[:, None], x, 0.0)
     vec = jnp.where(node_mask[:, None, None], vec, 0.0)
     return x, vec

@@ -6,6 +6,7 @@ A batch is a `jraph.GraphsTuple` whose ``nodes`` are `graphs.batching.NodeFeatur
 ``senders``/``receivers`` list each unordered atom pair once. Padding follows jraph: the last
 graph owns every padding node and edge. Everything here is jnp and jit-safe; shapes are static.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -16,17 +17,18 @@ import jraph
 
 
 class GraphMasks(NamedTuple):
-    node_mask: jax.Array   # [n_node] bool, False on padding nodes
-    edge_mask: jax.Array   # [n_edge] bool, False on padding edges
+    node_mask: jax.Array  # [n_node] bool, False on padding nodes
+    edge_mask: jax.Array  # [n_edge] bool, False on padding edges
     graph_mask: jax.Array  # [n_graph] bool, False on padding graphs
     node_graph: jax.Array  # [n_node] int, graph index of every node
-    n_graph: int           # static number of graphs (padding included)
+    n_graph: int  # static number of graphs (padding included)
 
 
 class NodeEmbedding(NamedTuple):
     """What an equivariant encoder returns per atom (zero on padding atoms)."""
-    scalars: jax.Array     # [n, F] rotation invariant
-    vectors: jax.Array     # [n, 3, F] rotation equivariant
+
+    scalars: jax.Array  # [n, F] rotation invariant
+    vectors: jax.Array  # [n, 3, F] rotation equivariant
 
 
 def graph_masks(graph: jraph.GraphsTuple) -> GraphMasks:
@@ -34,10 +36,13 @@ def graph_masks(graph: jraph.GraphsTuple) -> GraphMasks:
     n_node_total = graph.nodes.atomic_numbers.shape[0]
     n_graph = graph.n_node.shape[0]
     node_graph = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=n_node_total)
-    return GraphMasks(node_mask=jraph.get_node_padding_mask(graph),
-                      edge_mask=jraph.get_edge_padding_mask(graph),
-                      graph_mask=jraph.get_graph_padding_mask(graph),
-                      node_graph=node_graph, n_graph=n_graph)
+    return GraphMasks(
+        node_mask=jraph.get_node_padding_mask(graph),
+        edge_mask=jraph.get_edge_padding_mask(graph),
+        graph_mask=jraph.get_graph_padding_mask(graph),
+        node_graph=node_graph,
+        n_graph=n_graph,
+    )
 
 
 def masked_mean(values, masks: GraphMasks):

@@ -1,4 +1,5 @@
 """Output heads on (scalars [n, F], vectors [n, 3, F]) node features (pooling: `models.graph`)."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -9,7 +10,7 @@ from georecon_jax.models.et import Dense, silu
 
 def safe_norm(vec, axis=-2, eps=1e-8):
     """Vector norm with a finite gradient at zero (padding nodes have zero vectors)."""
-    return jnp.sqrt(jnp.sum(vec ** 2, axis=axis) + eps)
+    return jnp.sqrt(jnp.sum(vec**2, axis=axis) + eps)
 
 
 class GatedEquivariantBlock(nn.Module):
@@ -18,6 +19,7 @@ class GatedEquivariantBlock(nn.Module):
     (x [n, F], vec [n, 3, F]) -> (x' [n, out], vec' [n, 3, out]); vec' is equivariant because it is
     a linear map of vec scaled by invariant gates.
     """
+
     hidden: int
     out: int
     scalar_activation: bool = False
@@ -25,7 +27,7 @@ class GatedEquivariantBlock(nn.Module):
     @nn.compact
     def __call__(self, x, vec):
         vec1 = safe_norm(Dense(self.hidden, use_bias=False, name="vec1_proj")(vec))  # [n, hidden]
-        vec2 = Dense(self.out, use_bias=False, name="vec2_proj")(vec)                # [n, 3, out]
+        vec2 = Dense(self.out, use_bias=False, name="vec2_proj")(vec)  # [n, 3, out]
         h = silu(Dense(self.hidden, name="update_0")(jnp.concatenate([x, vec1], axis=-1)))
         x_out, gate = jnp.split(Dense(2 * self.out, name="update_1")(h), 2, axis=-1)
         vec_out = gate[:, None, :] * vec2
@@ -36,6 +38,7 @@ class GatedEquivariantBlock(nn.Module):
 
 class VectorHead(nn.Module):
     """Equivariant per-atom vector output [n, 3] (torchmd-net's ``EquivariantVectorOutput``)."""
+
     hidden: int
     num_blocks: int = 2
 
@@ -46,11 +49,12 @@ class VectorHead(nn.Module):
             width = max(self.hidden // 2 ** (i + 1), 1)
             x, vec = GatedEquivariantBlock(width, width, scalar_activation=True, name=f"block_{i}")(x, vec)
         _, vec = GatedEquivariantBlock(max(width // 2, 1), 1, name=f"block_{self.num_blocks - 1}")(x, vec)
-        return vec[..., 0]                                                           # [n, 3]
+        return vec[..., 0]  # [n, 3]
 
 
 class ScalarHead(nn.Module):
     """Invariant per-atom scalars [n, out] from the scalar channel (an MLP)."""
+
     hidden: int
     out: int = 1
 

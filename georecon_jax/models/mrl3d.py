@@ -6,6 +6,7 @@ sampled `Environment` of each pair, and returns a typed `MRL3DOutputs`. Its part
 given by `create_mrl3d_model(model_cfg)`; their parameters are named ``relational/`` (what pair
 fine-tuning restores), ``proj2d/``, ``encoder3d/``, ``proj3d/`` and ``force_head/``.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -26,14 +27,14 @@ def radius_adjacency(positions, node_mask, cutoff: float):
     d2 = sum((positions[..., :, None, c] - positions[..., None, :, c]) ** 2 for c in range(3))
     M = positions.shape[-2]
     both = node_mask[..., :, None] & node_mask[..., None, :]
-    return both & (d2 < cutoff ** 2) & ~jnp.eye(M, dtype=bool)
+    return both & (d2 < cutoff**2) & ~jnp.eye(M, dtype=bool)
 
 
 class MRL3DOutputs(NamedTuple):
-    z2d: jax.Array       # [B, P] projection of the 2D pair embedding
-    z3d: jax.Array       # [B, P] projection of the 3D environment embedding
-    force: jax.Array     # [B, M, 3] predicted force on every environment atom slot
-    n_edges: jax.Array   # [B] directed edges of each environment's radius graph
+    z2d: jax.Array  # [B, P] projection of the 2D pair embedding
+    z3d: jax.Array  # [B, P] projection of the 3D environment embedding
+    force: jax.Array  # [B, M, 3] predicted force on every environment atom slot
+    n_edges: jax.Array  # [B] directed edges of each environment's radius graph
 
 
 class Encoder3D(nn.Module):
@@ -42,25 +43,31 @@ class Encoder3D(nn.Module):
     ``kind``: 'schnet' (3DMRL) or 'et' (this project's equivariant transformer, which can start
     from a GeoRecon/Coord checkpoint). ``atom_labels``: 'molecule' (which molecule an atom belongs
     to, as 3DMRL) or 'element' (atomic numbers, for a pretrained ET)."""
+
     kind: str = "schnet"
     atom_labels: str = "molecule"
     features: int = 64
     cutoff: float = 5.0
-    num_interactions: int = 6      # SchNet
-    num_gaussians: int = 50        # SchNet
-    num_layers: int = 4            # ET
-    num_heads: int = 4             # ET
-    num_rbf: int = 32              # ET
-    trainable_rbf: bool = False    # ET
+    num_interactions: int = 6  # SchNet
+    num_gaussians: int = 50  # SchNet
+    num_layers: int = 4  # ET
+    num_heads: int = 4  # ET
+    num_rbf: int = 32  # ET
+    trainable_rbf: bool = False  # ET
 
     @nn.compact
     def __call__(self, env, atomic_numbers):
-        adjacency = radius_adjacency(env.positions, env.node_mask, self.cutoff)       # [B, M, M]
-        labels = env.molecule if self.atom_labels == "molecule" else atomic_numbers     # [B, M]
+        adjacency = radius_adjacency(env.positions, env.node_mask, self.cutoff)  # [B, M, M]
+        labels = env.molecule if self.atom_labels == "molecule" else atomic_numbers  # [B, M]
         if self.kind == "schnet":
-            x = SchNet(self.features, self.num_interactions, self.num_gaussians, self.cutoff,
-                       num_labels=2 if self.atom_labels == "molecule" else 101, name="schnet")(
-                labels, env.positions, env.node_mask, adjacency)
+            x = SchNet(
+                self.features,
+                self.num_interactions,
+                self.num_gaussians,
+                self.cutoff,
+                num_labels=2 if self.atom_labels == "molecule" else 101,
+                name="schnet",
+            )(labels, env.positions, env.node_mask, adjacency)
         elif self.kind == "et":
             B, M = labels.shape
             # Every pair of atom slots of each environment once (the ET adds both directions and
@@ -71,10 +78,22 @@ class Encoder3D(nn.Module):
             receivers = jnp.asarray((i[None, :] + offs).reshape(-1), jnp.int32)
             edge_mask = adjacency[:, i, j].reshape(-1)
             z = labels + 1 if self.atom_labels == "molecule" else labels
-            x, _ = EquivariantTransformer(self.num_layers, self.features, self.num_heads, self.num_rbf,
-                                          self.cutoff, trainable_rbf=self.trainable_rbf, name="encoder")(
-                z.reshape(-1), env.positions.reshape(-1, 3), senders, receivers, edge_mask,
-                env.node_mask.reshape(-1))
+            x, _ = EquivariantTransformer(
+                self.num_layers,
+                self.features,
+                self.num_heads,
+                self.num_rbf,
+                self.cutoff,
+                trainable_rbf=self.trainable_rbf,
+                name="encoder",
+            )(
+                z.reshape(-1),
+                env.positions.reshape(-1, 3),
+                senders,
+                receivers,
+                edge_mask,
+                env.node_mask.reshape(-1),
+            )
             x = x.reshape(B, M, -1)
         else:
             raise ValueError(f"unknown 3D encoder {self.kind!r}: use 'schnet' or 'et'")
@@ -84,6 +103,7 @@ class Encoder3D(nn.Module):
 
 class MRL3DPretrainer(nn.Module):
     """(PairBatch, Environment, environment atomic numbers [B, M]) -> `MRL3DOutputs`."""
+
     relational: nn.Module
     proj2d: nn.Module
     encoder3d: nn.Module
@@ -100,8 +120,8 @@ class MRL3DPretrainer(nn.Module):
         slot_atom = jnp.where(env.node_mask, env.slot_atom, 0)
         atom1 = gather(enc["nodes1"], jnp.minimum(slot_atom, enc["nodes1"].shape[1] - 1))
         atom2 = gather(enc["nodes2"], jnp.minimum(slot_atom, enc["nodes2"].shape[1] - 1))
-        atom2d = jnp.where((env.molecule == 0)[..., None], atom1, atom2)               # [B, M, D]
-        anchor_atom = jnp.take_along_axis(env.anchors, env.slot_copy, axis=1)          # [B, M]
+        atom2d = jnp.where((env.molecule == 0)[..., None], atom1, atom2)  # [B, M, D]
+        anchor_atom = jnp.take_along_axis(env.anchors, env.slot_copy, axis=1)  # [B, M]
         anchor2d = gather(enc["nodes1"], anchor_atom)
         force = self.force_head(atom2d, anchor2d, env.positions, env.node_mask)
         return MRL3DOutputs(z2d, z3d, force, jnp.sum(adjacency, axis=(1, 2)))
@@ -114,9 +134,18 @@ def create_mrl3d_model(model_cfg) -> MRL3DPretrainer:
     return MRL3DPretrainer(
         relational=RelationalEncoder(r.features, r.num_steps, r.set2set_steps),
         proj2d=MLP(hidden, model_cfg.projection_dim),
-        encoder3d=Encoder3D(kind=e.name, atom_labels=e.atom_labels, features=e.features, cutoff=e.cutoff,
-                            num_interactions=e.num_interactions, num_gaussians=e.num_gaussians,
-                            num_layers=e.num_layers, num_heads=e.num_heads, num_rbf=e.num_rbf,
-                            trainable_rbf=e.get("trainable_rbf", False)),
+        encoder3d=Encoder3D(
+            kind=e.name,
+            atom_labels=e.atom_labels,
+            features=e.features,
+            cutoff=e.cutoff,
+            num_interactions=e.num_interactions,
+            num_gaussians=e.num_gaussians,
+            num_layers=e.num_layers,
+            num_heads=e.num_heads,
+            num_rbf=e.num_rbf,
+            trainable_rbf=e.get("trainable_rbf", False),
+        ),
         proj3d=MLP(hidden, model_cfg.projection_dim),
-        force_head=ForceHead(f.features, f.num_gaussians, f.cutoff))
+        force_head=ForceHead(f.features, f.num_gaussians, f.cutoff),
+    )

@@ -15,6 +15,7 @@ typed `PropertyOutput`. Parameters live under ``encoder/`` (restored from pretra
 ``readout/`` and, when Coord's denoising regulariser is on, ``node_noise/`` (the same module as
 pretraining's node-noise head, so Coord's head carries over).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -29,17 +30,53 @@ from georecon_jax.models.graph import GraphMasks, NodeEmbedding, graph_masks, ma
 from georecon_jax.models.heads import GatedEquivariantBlock, ScalarHead, VectorHead
 from georecon_jax.models.pretrain import encode, make_encoder
 
-E_ANGSTROM_TO_DEBYE = 4.803204544      # 1 e·Å in debye
-ANGSTROM2_TO_BOHR2 = 1.0 / 0.529177210903 ** 2
+E_ANGSTROM_TO_DEBYE = 4.803204544  # 1 e·Å in debye
+ANGSTROM2_TO_BOHR2 = 1.0 / 0.529177210903**2
 HEAD_KINDS = ("scalar", "dipole", "spatial_extent")
 
 # Standard atomic weights (u) for Z = 0..36; heavier elements use 2.4 Z (only the centre of mass
 # of the dipole and spatial-extent heads uses them).
-_MASSES = np.array([
-    0.0, 1.008, 4.0026, 6.94, 9.0122, 10.81, 12.011, 14.007, 15.999, 18.998, 20.180, 22.990,
-    24.305, 26.982, 28.085, 30.974, 32.06, 35.45, 39.948, 39.098, 40.078, 44.956, 47.867, 50.942,
-    51.996, 54.938, 55.845, 58.933, 58.693, 63.546, 65.38, 69.723, 72.630, 74.922, 78.971, 79.904,
-    83.798])
+_MASSES = np.array(
+    [
+        0.0,
+        1.008,
+        4.0026,
+        6.94,
+        9.0122,
+        10.81,
+        12.011,
+        14.007,
+        15.999,
+        18.998,
+        20.180,
+        22.990,
+        24.305,
+        26.982,
+        28.085,
+        30.974,
+        32.06,
+        35.45,
+        39.948,
+        39.098,
+        40.078,
+        44.956,
+        47.867,
+        50.942,
+        51.996,
+        54.938,
+        55.845,
+        58.933,
+        58.693,
+        63.546,
+        65.38,
+        69.723,
+        72.630,
+        74.922,
+        78.971,
+        79.904,
+        83.798,
+    ]
+)
 
 
 def atomic_masses(max_z: int) -> np.ndarray:
@@ -52,19 +89,20 @@ def atomic_masses(max_z: int) -> np.ndarray:
 
 def centre_of_mass(positions, atomic_numbers, masks: GraphMasks, max_z: int):
     """[n_node, 3] the centre of mass of each node's graph (0 weight on padding)."""
-    m = jnp.asarray(atomic_masses(max_z))[atomic_numbers]                     # [n] u
-    total = masked_sum(positions * m[:, None], masks)                          # [n_graph, 3]
-    mass = masked_sum(m, masks)                                                # [n_graph]
+    m = jnp.asarray(atomic_masses(max_z))[atomic_numbers]  # [n] u
+    total = masked_sum(positions * m[:, None], masks)  # [n_graph, 3]
+    mass = masked_sum(m, masks)  # [n_graph]
     return (total / jnp.maximum(mass, 1e-9)[:, None])[masks.node_graph]
 
 
 class PropertyOutput(NamedTuple):
-    value: jax.Array             # [n_graph] the head's output (before target statistics)
-    embedding: NodeEmbedding     # the encoder's features, for auxiliary heads
+    value: jax.Array  # [n_graph] the head's output (before target statistics)
+    embedding: NodeEmbedding  # the encoder's features, for auxiliary heads
 
 
 class ScalarReadout(nn.Module):
     """Σ_i h(x_i) over real atoms (TorchMD-Net ``Scalar``): [n_graph]."""
+
     hidden: int
 
     @nn.compact
@@ -74,27 +112,29 @@ class ScalarReadout(nn.Module):
 
 class SpatialExtentReadout(nn.Module):
     """Σ_i q_i |r_i - c|² in a0² (TorchMD-Net ``ElectronicSpatialExtent``): [n_graph]."""
+
     hidden: int
     max_z: int = 100
 
     @nn.compact
     def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
-        rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)   # [n, 3] Å
-        q = ScalarHead(self.hidden, 1, name="head")(emb.scalars)[:, 0]                  # [n]
-        return masked_sum(q * jnp.sum(rel ** 2, axis=-1) * ANGSTROM2_TO_BOHR2, masks)
+        rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)  # [n, 3] Å
+        q = ScalarHead(self.hidden, 1, name="head")(emb.scalars)[:, 0]  # [n]
+        return masked_sum(q * jnp.sum(rel**2, axis=-1) * ANGSTROM2_TO_BOHR2, masks)
 
 
 class DipoleReadout(nn.Module):
     """|Σ_i q_i (r_i - c) + μ_i| in debye (TorchMD-Net ``EquivariantDipoleMoment``): [n_graph]."""
+
     hidden: int
     max_z: int = 100
 
     @nn.compact
     def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
-        rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)   # [n, 3] Å
-        q, mu = _DipoleHead(self.hidden, name="head")(emb.scalars, emb.vectors)          # [n], [n, 3]
-        total = masked_sum(q[:, None] * rel + mu, masks)                              # [n_graph, 3] e·Å
-        return jnp.sqrt(jnp.sum(total ** 2, axis=-1) + 1e-12) * E_ANGSTROM_TO_DEBYE
+        rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)  # [n, 3] Å
+        q, mu = _DipoleHead(self.hidden, name="head")(emb.scalars, emb.vectors)  # [n], [n, 3]
+        total = masked_sum(q[:, None] * rel + mu, masks)  # [n_graph, 3] e·Å
+        return jnp.sqrt(jnp.sum(total**2, axis=-1) + 1e-12) * E_ANGSTROM_TO_DEBYE
 
 
 READOUTS = {"scalar": ScalarReadout, "spatial_extent": SpatialExtentReadout, "dipole": DipoleReadout}
@@ -102,6 +142,7 @@ READOUTS = {"scalar": ScalarReadout, "spatial_extent": SpatialExtentReadout, "di
 
 class PropertyModel(nn.Module):
     """ET encoder + one property readout (+ optionally Coord's node-noise head)."""
+
     encoder: nn.Module
     readout: nn.Module
     node_noise: Optional[nn.Module] = None
@@ -132,17 +173,22 @@ def create_property_model(model_cfg) -> PropertyModel:
         raise ValueError(f"unknown head kind {kind!r}: use one of {HEAD_KINDS}")
     hidden = model_cfg.head.get("hidden", 0) or max(F // 2, 1)
     kwargs = {} if kind == "scalar" else {"max_z": model_cfg.encoder.get("max_z", 100)}
-    return PropertyModel(encoder=make_encoder(model_cfg.encoder), readout=READOUTS[kind](hidden, **kwargs),
-                         node_noise=VectorHead(F) if model_cfg.get("denoise_head", False) else None)
+    return PropertyModel(
+        encoder=make_encoder(model_cfg.encoder),
+        readout=READOUTS[kind](hidden, **kwargs),
+        node_noise=VectorHead(F) if model_cfg.get("denoise_head", False) else None,
+    )
 
 
 class _DipoleHead(nn.Module):
     """Two gated equivariant blocks -> (charge q [n], atomic dipole μ [n, 3])."""
+
     hidden: int
 
     @nn.compact
     def __call__(self, x, vec):
-        x, vec = GatedEquivariantBlock(self.hidden, self.hidden // 2 or 1, scalar_activation=True,
-                                       name="block_0")(x, vec)
+        x, vec = GatedEquivariantBlock(
+            self.hidden, self.hidden // 2 or 1, scalar_activation=True, name="block_0"
+        )(x, vec)
         q, mu = GatedEquivariantBlock(self.hidden // 2 or 1, 1, name="block_1")(x, vec)
         return q[:, 0], mu[..., 0]

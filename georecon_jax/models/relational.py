@@ -15,6 +15,7 @@ its parameters transfer by name):
 
 `PairPredictor` adds the MLP head (regression outputs or classification logits).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -31,6 +32,7 @@ NEG = -1e9
 
 class MPNNEncoder(nn.Module):
     """GraphsTuple (nodes: `AtomFeatures`, edges: `BondFeatures`) -> atom features [n, F], 0 on padding."""
+
     features: int = 64
     num_steps: int = 3
 
@@ -45,8 +47,8 @@ class MPNNEncoder(nn.Module):
         gru = nn.GRUCell(features=self.features, name="gru")
         for _ in range(self.num_steps):
             m = msg_1(nn.relu(msg_0(jnp.concatenate([h[graph.senders], edges.features], axis=-1))))
-            m = jnp.where(edges.mask[:, None], m, 0.0)                                # [n_edge, F]
-            agg = jax.ops.segment_sum(m, graph.receivers, num_segments=n)            # [n, F]
+            m = jnp.where(edges.mask[:, None], m, 0.0)  # [n_edge, F]
+            agg = jax.ops.segment_sum(m, graph.receivers, num_segments=n)  # [n, F]
             h, _ = gru(h, agg)
             h = jnp.where(node_mask, h, 0.0)
         return h
@@ -54,6 +56,7 @@ class MPNNEncoder(nn.Module):
 
 class Set2Set(nn.Module):
     """Set2Set (Vinyals et al. 2016) over padded sets: x [B, N, F], mask [B, N] -> [B, 2F]."""
+
     steps: int = 2
 
     @nn.compact
@@ -65,7 +68,7 @@ class Set2Set(nn.Module):
         for _ in range(self.steps):
             carry, q = lstm(carry, q_star)
             e = jnp.where(mask, jnp.einsum("bnf,bf->bn", x, q), NEG)
-            a = jax.nn.softmax(e, axis=-1) * mask                                    # 0 on padding
+            a = jax.nn.softmax(e, axis=-1) * mask  # 0 on padding
             r = jnp.einsum("bn,bnf->bf", a, x)
             q_star = jnp.concatenate([q, r], axis=-1)
         return q_star
@@ -74,6 +77,7 @@ class Set2Set(nn.Module):
 class RelationalEncoder(nn.Module):
     """PairBatch -> dict(pair_embedding [B, 8F], nodes1 [B, N1, 2F], nodes2 [B, N2, 2F],
     interaction [B, N1, N2])."""
+
     features: int = 64
     num_steps: int = 3
     set2set_steps: int = 2
@@ -86,15 +90,16 @@ class RelationalEncoder(nn.Module):
         h2 = MPNNEncoder(self.features, self.num_steps, name="encoder2")(g2).reshape(B, -1, self.features)
         m1, m2 = g1.nodes.mask.reshape(B, -1), g2.nodes.mask.reshape(B, -1)
         inter = jnp.tanh(jnp.einsum("bif,bjf->bij", h1, h2))
-        inter = jnp.where(m1[:, :, None] & m2[:, None, :], inter, 0.0)            # mask padding
+        inter = jnp.where(m1[:, :, None] & m2[:, None, :], inter, 0.0)  # mask padding
         p1 = jnp.einsum("bij,bjf->bif", inter, h2)
         p2 = jnp.einsum("bij,bif->bjf", inter, h1)
         n1 = jnp.concatenate([h1, p1], axis=-1)
         n2 = jnp.concatenate([h2, p2], axis=-1)
         r1 = Set2Set(self.set2set_steps, name="set2set1")(n1, m1)
         r2 = Set2Set(self.set2set_steps, name="set2set2")(n2, m2)
-        return dict(pair_embedding=jnp.concatenate([r1, r2], axis=-1), nodes1=n1, nodes2=n2,
-                    interaction=inter)
+        return dict(
+            pair_embedding=jnp.concatenate([r1, r2], axis=-1), nodes1=n1, nodes2=n2, interaction=inter
+        )
 
 
 class MLP(nn.Module):
@@ -113,6 +118,7 @@ class MLP(nn.Module):
 
 class PairPredictor(nn.Module):
     """CIGIN for prediction: PairBatch -> [B, num_outputs] (values, or logits for classification)."""
+
     features: int = 64
     num_steps: int = 3
     set2set_steps: int = 2
@@ -124,7 +130,8 @@ class PairPredictor(nn.Module):
     def __call__(self, batch, deterministic: bool = True):
         enc = RelationalEncoder(self.features, self.num_steps, self.set2set_steps, name="relational")(batch)
         return MLP(tuple(self.head_hidden), self.num_outputs, self.dropout, name="head")(
-            enc["pair_embedding"], deterministic)
+            enc["pair_embedding"], deterministic
+        )
 
 
 class ForceHead(nn.Module):
@@ -140,6 +147,7 @@ class ForceHead(nn.Module):
     Args (call): atom2d [B, M, D], anchor2d [B, M, D] (2D features per environment slot),
       positions [B, M, 3] Å, node_mask [B, M]. Returns: [B, M, 3].
     """
+
     features: int = 64
     num_gaussians: int = 32
     cutoff: float = 10.0
@@ -148,14 +156,16 @@ class ForceHead(nn.Module):
     def __call__(self, atom2d, anchor2d, positions, node_mask):
         from georecon_jax.models.et import cosine_cutoff
         from georecon_jax.models.schnet import GaussianSmearing
-        s = Dense(self.features, name="pair_1")(silu(Dense(self.features, name="pair_0")(
-            jnp.concatenate([atom2d, anchor2d], axis=-1))))                            # [B, M, F]
+
+        s = Dense(self.features, name="pair_1")(
+            silu(Dense(self.features, name="pair_0")(jnp.concatenate([atom2d, anchor2d], axis=-1)))
+        )  # [B, M, F]
         M = positions.shape[1]
         diffs = [positions[:, :, None, c] - positions[:, None, :, c] for c in range(3)]  # 3 × [B, M, M]
-        d2 = sum(x ** 2 for x in diffs)
+        d2 = sum(x**2 for x in diffs)
         ok = (d2 > 1e-8) & ~jnp.eye(M, dtype=bool) & node_mask[:, None, :] & node_mask[:, :, None]
         d = jnp.sqrt(jnp.where(ok, d2, 1.0))
-        rbf = GaussianSmearing(0.0, self.cutoff, self.num_gaussians)(d)                # [B, M, M, G]
+        rbf = GaussianSmearing(0.0, self.cutoff, self.num_gaussians)(d)  # [B, M, M, G]
         h = silu(Dense(self.features, name="filter")(rbf) + s[:, :, None, :])
         w = Dense(1, name="weight")(h)[..., 0] * cosine_cutoff(d, self.cutoff) * ok / d  # [B, M, M]
-        return jnp.stack([jnp.sum(w * x, axis=-1) for x in diffs], axis=-1)            # [B, M, 3]
+        return jnp.stack([jnp.sum(w * x, axis=-1) for x in diffs], axis=-1)  # [B, M, 3]

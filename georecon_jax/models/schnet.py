@@ -10,6 +10,7 @@ on Gaussian-expanded distances times a cosine cutoff, then Dense-ssp-Dense, resi
 setting: 6 interactions, 64 features, 50 Gaussians on [0, 5] Å, cutoff 5 Å, atoms labelled by
 which molecule they belong to (0: the first molecule, 1: a copy of the second).
 """
+
 from __future__ import annotations
 
 import math
@@ -35,11 +36,12 @@ def pairwise_distances(positions):
 
 class GaussianSmearing(nn.Module):
     """exp(-(d - μ_k)² / (2 Δ²)) with μ_k evenly spaced on [start, stop] and Δ their spacing."""
+
     start: float = 0.0
     stop: float = 5.0
     num_gaussians: int = 50
 
-    def __call__(self, distances):                                    # [...] -> [..., G]
+    def __call__(self, distances):  # [...] -> [..., G]
         offsets = jnp.linspace(self.start, self.stop, self.num_gaussians)
         coeff = -0.5 / (offsets[1] - offsets[0]) ** 2
         return jnp.exp(coeff * (distances[..., None] - offsets) ** 2)
@@ -52,10 +54,12 @@ class Interaction(nn.Module):
     @nn.compact
     def __call__(self, x, rbf, distances, adjacency):
         # x [B, M, F]; rbf [B, M, M, G]; distances, adjacency [B, M, M]
-        w = Dense(self.features, name="filter_1")(shifted_softplus(Dense(self.features, name="filter_0")(rbf)))
-        w = w * (cosine_cutoff(distances, self.cutoff) * adjacency)[..., None]     # [B, M, M, F]
-        xj = Dense(self.features, use_bias=False, name="in2f")(x)                    # [B, M, F]
-        msg = jnp.einsum("...ijf,...jf->...if", w, xj)                              # Σ_j W_ij ∘ x_j
+        w = Dense(self.features, name="filter_1")(
+            shifted_softplus(Dense(self.features, name="filter_0")(rbf))
+        )
+        w = w * (cosine_cutoff(distances, self.cutoff) * adjacency)[..., None]  # [B, M, M, F]
+        xj = Dense(self.features, use_bias=False, name="in2f")(x)  # [B, M, F]
+        msg = jnp.einsum("...ijf,...jf->...if", w, xj)  # Σ_j W_ij ∘ x_j
         v = Dense(self.features, name="f2out")(msg)
         return Dense(self.features, name="dense")(shifted_softplus(v))
 
@@ -63,6 +67,7 @@ class Interaction(nn.Module):
 class SchNet(nn.Module):
     """(labels [B, M] int, positions [B, M, 3] Å, node_mask [B, M], adjacency [B, M, M]) ->
     invariant atom features [B, M, F] (zero on padding)."""
+
     features: int = 64
     num_interactions: int = 6
     num_gaussians: int = 50
@@ -71,14 +76,19 @@ class SchNet(nn.Module):
 
     @nn.compact
     def __call__(self, labels, positions, node_mask, adjacency):
-        assert positions.shape[-1] == 3 and positions.shape[:-1] == labels.shape, (positions.shape, labels.shape)
+        assert positions.shape[-1] == 3 and positions.shape[:-1] == labels.shape, (
+            positions.shape,
+            labels.shape,
+        )
         assert adjacency.shape[-2:] == (labels.shape[-1], labels.shape[-1]), adjacency.shape
         distances = pairwise_distances(positions)
         rbf = GaussianSmearing(0.0, self.cutoff, self.num_gaussians)(distances)
         adjacency = adjacency.astype(positions.dtype)
         x = nn.Embed(self.num_labels, self.features, name="embedding")(labels)
         for i in range(self.num_interactions):
-            x = x + Interaction(self.features, self.cutoff, name=f"interaction_{i}")(x, rbf, distances, adjacency)
+            x = x + Interaction(self.features, self.cutoff, name=f"interaction_{i}")(
+                x, rbf, distances, adjacency
+            )
             x = jnp.where(node_mask[..., None], x, 0.0)
         return x
 

@@ -4,6 +4,7 @@ Every atom of a molecule is displaced by σ·ε (σ = 0.04 Å in Coord's pretrai
 'fixed'`` at ``sigma_max``); the node-noise head predicts ε from the perturbed structure alone.
 Loss: mean over atoms and axes of (ε̂ - ε)².
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -17,16 +18,18 @@ from georecon_jax.objectives.registry import Objective, register
 
 
 class NodeDenoisingOutputs(NamedTuple):
-    eps: jax.Array          # [n, 3] the noise drawn (dimensionless)
-    eps_hat: jax.Array      # [n, 3] the node head's prediction from the perturbed structure
-    sigma: jax.Array        # [n_graph] Å
+    eps: jax.Array  # [n, 3] the noise drawn (dimensionless)
+    eps_hat: jax.Array  # [n, 3] the node head's prediction from the perturbed structure
+    sigma: jax.Array  # [n_graph] Å
 
 
 def check_sigmas(cfg):
     """Problems with objective.sigma_min / sigma_max (Å)."""
     if not 0 < cfg.sigma_min <= cfg.sigma_max:
-        return [f"objective.sigma_min={cfg.sigma_min}, sigma_max={cfg.sigma_max}: "
-                "need 0 < sigma_min <= sigma_max (Å)"]
+        return [
+            f"objective.sigma_min={cfg.sigma_min}, sigma_max={cfg.sigma_max}: "
+            "need 0 < sigma_min <= sigma_max (Å)"
+        ]
     return []
 
 
@@ -38,7 +41,9 @@ def squared_error(pred, target):
 @register
 class Coord(Objective):
     name = "coord"
-    curves = {"loss (dimensionless, ε-MSE)": (("train", "loss", "train"), ("validation", "loss", "validation"))}
+    curves = {
+        "loss (dimensionless, ε-MSE)": (("train", "loss", "train"), ("validation", "loss", "validation"))
+    }
 
     def validate(self):
         return check_sigmas(self.cfg)
@@ -48,8 +53,9 @@ class Coord(Objective):
 
     def draw_sigma(self, graph, key):
         """σ per molecule [n_graph] Å (overridden by objectives that draw it differently)."""
-        return sample_noise_scale(key, graph.globals.graph_id, self.cfg.sigma_min, self.cfg.sigma_max,
-                                  self.cfg.schedule)
+        return sample_noise_scale(
+            key, graph.globals.graph_id, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.schedule
+        )
 
     def forward(self, model, graph, key):
         sigma = self.draw_sigma(graph, key)
@@ -58,5 +64,5 @@ class Coord(Objective):
         return NodeDenoisingOutputs(eps, model.heads["node_noise"](*emb), sigma)
 
     def loss(self, out: NodeDenoisingOutputs, graph):
-        mse = masked_mean(squared_error(out.eps_hat, out.eps), graph_masks(graph))     # [n_graph]
+        mse = masked_mean(squared_error(out.eps_hat, out.eps), graph_masks(graph))  # [n_graph]
         return mse, {"node_denoise_mse": mse, "sigma": out.sigma}

@@ -5,6 +5,7 @@ ladder of ``objective.num_levels`` levels between ``sigma_min`` and ``sigma_max`
 noise levels, and lets the node head predict the noise from the perturbed structure, as Coord
 does. Everything else (heads, forward, loss) is Coord's: the file overrides how σ is drawn.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ class CoordLadder(Coord):
         return problems
 
     def draw_sigma(self, graph, key):
-        levels = sigma_ladder(self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.num_levels)   # [K] Å
-        u = per_graph_uniform(key, graph.globals.graph_id)                                   # [n_graph]
+        levels = sigma_ladder(self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.num_levels)  # [K] Å
+        u = per_graph_uniform(key, graph.globals.graph_id)  # [n_graph]
         index = jnp.minimum((u * self.cfg.num_levels).astype(jnp.int32), self.cfg.num_levels - 1)
         return levels[index]

@@ -23,6 +23,7 @@ Everything is a fixed-shape array; the environment has M = N1 + K·N2 atom slots
 then copy k's N2 slots). `radius_adjacency` builds the radius graph on device as all M² pairs
 masked by the cutoff, so the edge budget is fixed and cannot overflow.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -34,29 +35,33 @@ from georecon_jax.models.mrl3d import radius_adjacency  # noqa: F401  (re-export
 
 
 class Environment(NamedTuple):
-    positions: jax.Array       # [M, 3] Å (batched: [B, M, 3]); molecule 1's atoms, then the copies'
-    node_mask: jax.Array       # [M] bool, real atom of molecule 1 or of a placed copy
-    molecule: jax.Array        # [M] int32: 0 molecule 1, 1 a copy of molecule 2
-    slot_copy: jax.Array       # [M] int32: which copy the slot's atom belongs to (0 for molecule 1)
-    slot_atom: jax.Array       # [M] int32: the atom's index within its own molecule
-    targets: jax.Array         # [M, 3] unit vector anchor -> atom (copy atoms; 0 elsewhere)
-    target_mask: jax.Array     # [M] bool, slot carries a force target
-    anchors: jax.Array         # [K] int32 atom ids in molecule 1
-    copy_mask: jax.Array       # [K] bool, copy placed
-    centroids: jax.Array       # [K, 3] Å
-    rotations: jax.Array       # [K, 3, 3]
-    radius: jax.Array          # [] Å, offset of every copy's centroid from its anchor
-    clashes: jax.Array         # [] int32, copies placed although no trial met min_distance
-    copies_cut: jax.Array      # [] int32, copies left out to fit the atom budget ``max_atoms``
+    positions: jax.Array  # [M, 3] Å (batched: [B, M, 3]); molecule 1's atoms, then the copies'
+    node_mask: jax.Array  # [M] bool, real atom of molecule 1 or of a placed copy
+    molecule: jax.Array  # [M] int32: 0 molecule 1, 1 a copy of molecule 2
+    slot_copy: jax.Array  # [M] int32: which copy the slot's atom belongs to (0 for molecule 1)
+    slot_atom: jax.Array  # [M] int32: the atom's index within its own molecule
+    targets: jax.Array  # [M, 3] unit vector anchor -> atom (copy atoms; 0 elsewhere)
+    target_mask: jax.Array  # [M] bool, slot carries a force target
+    anchors: jax.Array  # [K] int32 atom ids in molecule 1
+    copy_mask: jax.Array  # [K] bool, copy placed
+    centroids: jax.Array  # [K, 3] Å
+    rotations: jax.Array  # [K, 3, 3]
+    radius: jax.Array  # [] Å, offset of every copy's centroid from its anchor
+    clashes: jax.Array  # [] int32, copies placed although no trial met min_distance
+    copies_cut: jax.Array  # [] int32, copies left out to fit the atom budget ``max_atoms``
 
 
 def quaternion_to_rotation(q):
     """Unit quaternion(s) (w, x, y, z) [..., 4] -> rotation matrices [..., 3, 3]."""
     w, x, y, z = jnp.moveaxis(q, -1, 0)
-    return jnp.stack([
-        jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        jnp.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        jnp.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], -2)
+    return jnp.stack(
+        [
+            jnp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            jnp.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            jnp.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
 
 
 def random_rotations(key, shape=()):
@@ -77,7 +82,7 @@ def choose_anchors(key, mask1, in_ring1, num_copies: int):
     non_ring = mask1 & ~in_ring1
     candidates = jnp.where(jnp.any(non_ring), non_ring, mask1)
     scores = jnp.where(candidates, jax.random.uniform(key, mask1.shape), -1.0)
-    _, anchors = jax.lax.top_k(scores, num_copies)       # atom ids (positions in molecule 1)
+    _, anchors = jax.lax.top_k(scores, num_copies)  # atom ids (positions in molecule 1)
     copy_mask = jnp.arange(num_copies) < jnp.sum(candidates)
     return anchors.astype(jnp.int32), copy_mask
 
@@ -85,14 +90,25 @@ def choose_anchors(key, mask1, in_ring1, num_copies: int):
 def _min_distance(trials, mask, occupied, occ_mask):
     """Smallest distance between the real atoms of each trial placement trials [T, n, 3] (mask [n])
     and the occupied atoms [m, 3] (occ_mask [m]); [T], inf if none."""
-    d = jnp.linalg.norm(trials[:, :, None, :] - occupied[None, None, :, :], axis=-1)   # [T, n, m]
+    d = jnp.linalg.norm(trials[:, :, None, :] - occupied[None, None, :, :], axis=-1)  # [T, n, m]
     ok = mask[None, :, None] & occ_mask[None, None, :]
     return jnp.min(jnp.where(ok, d, jnp.inf), axis=(1, 2))
 
 
-def sample_environment(key, pos1, mask1, in_ring1, pos2, mask2, *, num_copies: int = 5,
-                       min_radius: float = 0.0, min_distance: float = 0.0, num_trials: int = 8,
-                       max_atoms: Optional[int] = None) -> Environment:
+def sample_environment(
+    key,
+    pos1,
+    mask1,
+    in_ring1,
+    pos2,
+    mask2,
+    *,
+    num_copies: int = 5,
+    min_radius: float = 0.0,
+    min_distance: float = 0.0,
+    num_trials: int = 8,
+    max_atoms: Optional[int] = None,
+) -> Environment:
     """One pair's environment. pos1 [N1, 3], mask1/in_ring1 [N1]; pos2 [N2, 3], mask2 [N2].
 
     ``max_atoms`` (default N1 + K·N2: no compaction) is the environment's atom budget M: a pair
@@ -117,20 +133,20 @@ def sample_environment(key, pos1, mask1, in_ring1, pos2, mask2, *, num_copies: i
         copies_cut = jnp.zeros((), jnp.int32)
     w2 = mask2.astype(pos2.dtype)
     centroid2 = jnp.sum(pos2 * w2[:, None], 0) / jnp.maximum(jnp.sum(w2), 1.0)
-    centered = jnp.where(mask2[:, None], pos2 - centroid2, 0.0)                      # [N2, 3]
+    centered = jnp.where(mask2[:, None], pos2 - centroid2, 0.0)  # [N2, 3]
     radius = jnp.maximum(jnp.max(jnp.linalg.norm(centered, axis=-1)), min_radius)
-    anchor_pos = pos1[anchors]                                                        # [K, 3]
+    anchor_pos = pos1[anchors]  # [K, 3]
 
     trials = num_trials if min_distance > 0 else 1
-    dirs = random_unit_vectors(k_dir, (K, trials))                                   # [K, T, 3]
-    rots = random_rotations(k_rot, (K, trials))                                      # [K, T, 3, 3]
-    cents = anchor_pos[:, None, :] + radius * dirs                                   # [K, T, 3]
-    placed = jnp.einsum("ktij,nj->ktni", rots, centered) + cents[:, :, None, :]      # [K, T, N2, 3]
+    dirs = random_unit_vectors(k_dir, (K, trials))  # [K, T, 3]
+    rots = random_rotations(k_rot, (K, trials))  # [K, T, 3, 3]
+    cents = anchor_pos[:, None, :] + radius * dirs  # [K, T, 3]
+    placed = jnp.einsum("ktij,nj->ktni", rots, centered) + cents[:, :, None, :]  # [K, T, N2, 3]
     if min_distance > 0:
         chosen, clashes = [], jnp.zeros((), jnp.int32)
         occupied, occ_mask = pos1, mask1
         for k in range(K):
-            dmin = _min_distance(placed[k], mask2, occupied, occ_mask)                   # [T]
+            dmin = _min_distance(placed[k], mask2, occupied, occ_mask)  # [T]
             ok = dmin >= min_distance
             pick = jnp.where(jnp.any(ok), jnp.argmax(ok), jnp.argmax(dmin))
             clashes = clashes + (copy_mask[k] & ~jnp.any(ok)).astype(jnp.int32)
@@ -141,31 +157,47 @@ def sample_environment(key, pos1, mask1, in_ring1, pos2, mask2, *, num_copies: i
     else:
         pick, clashes = jnp.zeros((K,), jnp.int32), jnp.zeros((), jnp.int32)
     take = lambda x: jnp.take_along_axis(x, pick.reshape((K, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
-    copies, centroids, rotations = take(placed), take(cents), take(rots)            # [K, N2, 3], [K, 3], [K, 3, 3]
+    copies, centroids, rotations = take(placed), take(cents), take(rots)  # [K, N2, 3], [K, 3], [K, 3, 3]
 
     rel = copies - anchor_pos[:, None, :]
     dist = jnp.linalg.norm(rel, axis=-1)
-    copy_atoms = copy_mask[:, None] & mask2[None, :]                                  # [K, N2]
+    copy_atoms = copy_mask[:, None] & mask2[None, :]  # [K, N2]
     target_mask = copy_atoms & (dist > 1e-6)
     targets = jnp.where(target_mask[..., None], rel / jnp.where(target_mask, dist, 1.0)[..., None], 0.0)
-    positions = jnp.concatenate([jnp.where(mask1[:, None], pos1, 0.0),
-                                 jnp.where(copy_atoms[..., None], copies, 0.0).reshape(K * N2, 3)], 0)
+    positions = jnp.concatenate(
+        [
+            jnp.where(mask1[:, None], pos1, 0.0),
+            jnp.where(copy_atoms[..., None], copies, 0.0).reshape(K * N2, 3),
+        ],
+        0,
+    )
     node_mask = jnp.concatenate([mask1, copy_atoms.reshape(-1)])
     molecule = jnp.concatenate([jnp.zeros((N1,), jnp.int32), jnp.ones((K * N2,), jnp.int32)])
     slot_copy = jnp.concatenate([jnp.zeros((N1,), jnp.int32), jnp.repeat(jnp.arange(K, dtype=jnp.int32), N2)])
-    slot_atom = jnp.concatenate([jnp.arange(N1, dtype=jnp.int32), jnp.tile(jnp.arange(N2, dtype=jnp.int32), K)])
+    slot_atom = jnp.concatenate(
+        [jnp.arange(N1, dtype=jnp.int32), jnp.tile(jnp.arange(N2, dtype=jnp.int32), K)]
+    )
     all_targets = jnp.concatenate([jnp.zeros((N1, 3), pos1.dtype), targets.reshape(K * N2, 3)], 0)
     all_tmask = jnp.concatenate([jnp.zeros((N1,), bool), target_mask.reshape(-1)])
     slots = (positions, node_mask, molecule, slot_copy, slot_atom, all_targets, all_tmask)
-    if max_atoms is not None:   # real atoms first (stable: molecule 1, then copy 0, 1, ...), keep M
+    if max_atoms is not None:  # real atoms first (stable: molecule 1, then copy 0, 1, ...), keep M
         order = jnp.argsort(~node_mask, stable=True)[:M]
         slots = tuple(x[order] for x in slots)
-    return Environment(*slots, anchors=anchors, copy_mask=copy_mask, centroids=centroids,
-                       rotations=rotations, radius=radius, clashes=clashes, copies_cut=copies_cut)
+    return Environment(
+        *slots,
+        anchors=anchors,
+        copy_mask=copy_mask,
+        centroids=centroids,
+        rotations=rotations,
+        radius=radius,
+        clashes=clashes,
+        copies_cut=copies_cut,
+    )
 
 
 def sample_environments(key, pos1, mask1, in_ring1, pos2, mask2, **kwargs) -> Environment:
     """Batched `sample_environment`: inputs with a leading [B] axis; one key per pair."""
     keys = jax.random.split(key, pos1.shape[0])
     return jax.vmap(lambda k, a, b, c, d, e: sample_environment(k, a, b, c, d, e, **kwargs))(
-        keys, pos1, mask1, in_ring1, pos2, mask2)
+        keys, pos1, mask1, in_ring1, pos2, mask2
+    )

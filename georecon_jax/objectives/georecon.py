@@ -16,6 +16,7 @@ As implemented here (choices the paper leaves open are marked *):
 
 Report: coordinates rebuilt from z alone (`make_reconstruct_fn`), scored by Kabsch RMSD (Å).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, NamedTuple
@@ -34,11 +35,11 @@ from georecon_jax.objectives.registry import Objective, register
 
 
 class GeoReconOutputs(NamedTuple):
-    eps: jax.Array           # [n, 3] the noise drawn
-    sigma: jax.Array         # [n_graph] Å
-    recon_eps: jax.Array     # [n, 3] the decoder's ε̂, guided by z
-    node_eps: jax.Array      # [n, 3] the node head's ε̂ from the perturbed structure, without z
-    clean_eps: jax.Array     # [n, 3] the node head on the clean structure (target 0)
+    eps: jax.Array  # [n, 3] the noise drawn
+    sigma: jax.Array  # [n_graph] Å
+    recon_eps: jax.Array  # [n, 3] the decoder's ε̂, guided by z
+    node_eps: jax.Array  # [n, 3] the node head's ε̂ from the perturbed structure, without z
+    clean_eps: jax.Array  # [n, 3] the node head on the clean structure (target 0)
 
 
 def graph_code(model, graph, clean):
@@ -49,15 +50,20 @@ def graph_code(model, graph, clean):
 def decode(model, graph, positions, code, log_sigma_per_node):
     """ε̂ [n, 3] at ``positions`` (the perturbed structure), guided by z [n_graph, C]."""
     noisy = model.encode(graph, positions)
-    return model.heads["decoder"](noisy, code[graph_masks(graph).node_graph], log_sigma_per_node,
-                                  graph, positions), noisy
+    return model.heads["decoder"](
+        noisy, code[graph_masks(graph).node_graph], log_sigma_per_node, graph, positions
+    ), noisy
 
 
 @register
 class GeoRecon(Objective):
     name = "georecon"
-    curves = {"loss (dimensionless, ε-MSE)": (("train", "loss", "train"), ("validation", "loss", "validation")),
-              "GeoRecon terms (train)": tuple(("train", k, k) for k in ("recon_mse", "node_denoise_mse", "clean_mse"))}
+    curves = {
+        "loss (dimensionless, ε-MSE)": (("train", "loss", "train"), ("validation", "loss", "validation")),
+        "GeoRecon terms (train)": tuple(
+            ("train", k, k) for k in ("recon_mse", "node_denoise_mse", "clean_mse")
+        ),
+    }
 
     def validate(self):
         problems = check_sigmas(self.cfg)
@@ -65,21 +71,25 @@ class GeoRecon(Objective):
         if dec is None:
             problems.append("objective.name='georecon' needs model.decoder (coord.py sets it to None)")
         elif enc.features % dec.num_heads:
-            problems.append(f"model.decoder.num_heads={dec.num_heads} does not divide "
-                            f"model.encoder.features={enc.features}")
+            problems.append(
+                f"model.decoder.num_heads={dec.num_heads} does not divide "
+                f"model.encoder.features={enc.features}"
+            )
         return problems
 
     def heads(self):
         enc, dec = self.config.model.encoder, self.config.model.decoder
-        return {"node_noise": VectorHead(enc.features),
-                "graph_code": Dense(dec.code_dim),
-                "decoder": GeometryDecoder(enc.features, dec.num_layers, dec.num_heads, dec.num_rbf,
-                                           enc.cutoff)}
+        return {
+            "node_noise": VectorHead(enc.features),
+            "graph_code": Dense(dec.code_dim),
+            "decoder": GeometryDecoder(enc.features, dec.num_layers, dec.num_heads, dec.num_rbf, enc.cutoff),
+        }
 
     def forward(self, model, graph, key):
         m = graph_masks(graph)
-        sigma = sample_noise_scale(key, graph.globals.graph_id, self.cfg.sigma_min, self.cfg.sigma_max,
-                                   self.cfg.schedule)
+        sigma = sample_noise_scale(
+            key, graph.globals.graph_id, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.schedule
+        )
         noisy_pos, eps = perturb(graph, key, sigma)
         clean = model.encode(graph)
         z = graph_code(model, graph, clean)
@@ -91,17 +101,17 @@ class GeoRecon(Objective):
         m = graph_masks(graph)
         recon = masked_mean(squared_error(out.recon_eps, out.eps), m)
         node = masked_mean(squared_error(out.node_eps, out.eps), m)
-        clean = masked_mean((out.clean_eps ** 2).mean(axis=-1), m)
+        clean = masked_mean((out.clean_eps**2).mean(axis=-1), m)
         total = recon + self.cfg.node_denoise_weight * node + self.cfg.clean_weight * clean
-        return total, {"recon_mse": recon, "node_denoise_mse": node, "clean_mse": clean,
-                       "sigma": out.sigma}
+        return total, {"recon_mse": recon, "node_denoise_mse": node, "clean_mse": clean, "sigma": out.sigma}
 
     def report(self, model, params, graphs: Iterable) -> Dict:
         """Kabsch RMSD (Å) of coordinates rebuilt from the graph code alone, against pure noise."""
         if not self.cfg.get("num_recon_molecules"):
             return {}
-        recon = jax.jit(make_reconstruct_fn(model, self.cfg.sigma_min, self.cfg.sigma_max,
-                                            self.cfg.num_sampling_steps))
+        recon = jax.jit(
+            make_reconstruct_fn(model, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.num_sampling_steps)
+        )
         key = jax.random.PRNGKey(self.config.seed + 17)
         rmsds, noise_rmsds = [], []
         for k, graph in enumerate(graphs):
@@ -110,10 +120,13 @@ class GeoRecon(Objective):
             for ref, rebuilt in split_molecules(graph, pred):
                 rmsds.append(kabsch_rmsd(rebuilt, ref))
                 noise_rmsds.append(kabsch_rmsd(rng.normal(size=ref.shape) * self.cfg.sigma_max, ref))
-        return {"reconstruction_rmsd_angstrom": float(np.mean(rmsds)),
-                "reconstruction_rmsd_median_angstrom": float(np.median(rmsds)),
-                "pure_noise_rmsd_angstrom": float(np.mean(noise_rmsds)),
-                "num_molecules": len(rmsds), "num_sampling_steps": self.cfg.num_sampling_steps}
+        return {
+            "reconstruction_rmsd_angstrom": float(np.mean(rmsds)),
+            "reconstruction_rmsd_median_angstrom": float(np.median(rmsds)),
+            "pure_noise_rmsd_angstrom": float(np.mean(noise_rmsds)),
+            "num_molecules": len(rmsds),
+            "num_sampling_steps": self.cfg.num_sampling_steps,
+        }
 
 
 def split_molecules(graph, per_atom: np.ndarray):

@@ -10,6 +10,7 @@ the placed copies of that pair. All parameters (2D encoder, both projection head
 force head) live in one flax module, so the optimiser sees every one of them (the reference
 implementation forgot the force head).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -30,9 +31,9 @@ def info_nce(z_a, z_b, mask, temperature: float = 0.2):
     Args: z_a, z_b [B, D] (row i of each is the positive pair), mask [B] bool (real pairs).
     """
     # sqrt(|z|² + ε): a finite gradient also for all-zero rows (padding pairs)
-    a = z_a / jnp.sqrt(jnp.sum(z_a ** 2, axis=-1, keepdims=True) + 1e-12)
-    b = z_b / jnp.sqrt(jnp.sum(z_b ** 2, axis=-1, keepdims=True) + 1e-12)
-    logits = a @ b.T / temperature                                                # [B, B]
+    a = z_a / jnp.sqrt(jnp.sum(z_a**2, axis=-1, keepdims=True) + 1e-12)
+    b = z_b / jnp.sqrt(jnp.sum(z_b**2, axis=-1, keepdims=True) + 1e-12)
+    logits = a @ b.T / temperature  # [B, B]
     valid = mask[:, None] & mask[None, :]
     logits = jnp.where(valid, logits, NEG)
     diag = jnp.diagonal(logits)
@@ -46,29 +47,42 @@ def environment_for(batch, key, env_cfg):
     B = batch.pair_mask.shape[0]
     g1, g2 = batch.graph1.nodes, batch.graph2.nodes
     d = lambda x: x.reshape((B, -1) + x.shape[1:])
-    env = sample_environments(key, d(g1.positions), d(g1.mask) & batch.pair_mask[:, None], d(g1.in_ring),
-                              d(g2.positions), d(g2.mask) & batch.pair_mask[:, None],
-                              num_copies=env_cfg.num_copies, min_radius=env_cfg.min_radius,
-                              min_distance=env_cfg.min_distance, num_trials=env_cfg.num_trials,
-                              max_atoms=env_cfg.get("max_atoms") or None)
-    z1 = jnp.take_along_axis(d(g1.atomic_numbers), jnp.minimum(env.slot_atom, d(g1.mask).shape[1] - 1), axis=1)
-    z2 = jnp.take_along_axis(d(g2.atomic_numbers), jnp.minimum(env.slot_atom, d(g2.mask).shape[1] - 1), axis=1)
+    env = sample_environments(
+        key,
+        d(g1.positions),
+        d(g1.mask) & batch.pair_mask[:, None],
+        d(g1.in_ring),
+        d(g2.positions),
+        d(g2.mask) & batch.pair_mask[:, None],
+        num_copies=env_cfg.num_copies,
+        min_radius=env_cfg.min_radius,
+        min_distance=env_cfg.min_distance,
+        num_trials=env_cfg.num_trials,
+        max_atoms=env_cfg.get("max_atoms") or None,
+    )
+    z1 = jnp.take_along_axis(
+        d(g1.atomic_numbers), jnp.minimum(env.slot_atom, d(g1.mask).shape[1] - 1), axis=1
+    )
+    z2 = jnp.take_along_axis(
+        d(g2.atomic_numbers), jnp.minimum(env.slot_atom, d(g2.mask).shape[1] - 1), axis=1
+    )
     z = jnp.where(env.molecule == 0, z1, z2)
     return env, jnp.where(env.node_mask, z, 0)
 
 
 class MRL3DForward(NamedTuple):
     out: MRL3DOutputs
-    force_target: jax.Array        # [B, M, 3] unit vectors anchor -> atom
-    force_mask: jax.Array          # [B, M] the copies' real atoms
-    copies: jax.Array              # [B] copies placed
-    clashes: jax.Array             # [B]
-    copies_cut: jax.Array          # [B] copies dropped by the atom budget
+    force_target: jax.Array  # [B, M, 3] unit vectors anchor -> atom
+    force_mask: jax.Array  # [B, M] the copies' real atoms
+    copies: jax.Array  # [B] copies placed
+    clashes: jax.Array  # [B]
+    copies_cut: jax.Array  # [B] copies dropped by the atom budget
 
 
 @register
 class MRL3D(Objective):
     """3DMRL on pairs of molecules (`PairBatch`es): see the module docstring."""
+
     name = "3dmrl"
     batch_kind = "pairs"
 
@@ -79,7 +93,9 @@ class MRL3D(Objective):
         if self.cfg.force_weight < 0:
             problems.append(f"objective.force_weight={self.cfg.force_weight}: must be >= 0")
         if self.config.model.encoder3d.name not in ("schnet", "et"):
-            problems.append(f"model.encoder3d.name={self.config.model.encoder3d.name!r}: use 'schnet' or 'et'")
+            problems.append(
+                f"model.encoder3d.name={self.config.model.encoder3d.name!r}: use 'schnet' or 'et'"
+            )
         return problems
 
     def create_model(self):
@@ -87,13 +103,19 @@ class MRL3D(Objective):
 
     def forward(self, model, batch, key):
         env, z = environment_for(batch, key, self.config.environment)
-        return MRL3DForward(model(batch, env, z), env.targets, env.target_mask,
-                            jnp.sum(env.copy_mask, axis=1), env.clashes, env.copies_cut)
+        return MRL3DForward(
+            model(batch, env, z),
+            env.targets,
+            env.target_mask,
+            jnp.sum(env.copy_mask, axis=1),
+            env.clashes,
+            env.copies_cut,
+        )
 
     def loss(self, f: MRL3DForward, batch):
         out, mask = f.out, batch.pair_mask
         contrastive = info_nce(out.z2d, out.z3d, mask, self.cfg.temperature)
-        err = jnp.sum((out.force - f.force_target) ** 2, axis=-1)                   # [B, M]
+        err = jnp.sum((out.force - f.force_target) ** 2, axis=-1)  # [B, M]
         tm = f.force_mask & mask[:, None]
         force = jnp.sum(jnp.where(tm, err, 0.0), axis=1) / jnp.maximum(jnp.sum(tm, axis=1), 1)
         per_pair = contrastive + self.cfg.force_weight * force
@@ -102,7 +124,13 @@ class MRL3D(Objective):
         b = out.z3d / jnp.linalg.norm(out.z3d, axis=-1, keepdims=True)
         sims = jnp.where(mask[None, :], a @ b.T, -jnp.inf)
         top1 = (jnp.argmax(sims, axis=1) == jnp.arange(mask.shape[0])).astype(jnp.float32)
-        metrics = dict(contrastive=contrastive, force_mse=force, retrieval_top1=top1,
-                       env_edges=out.n_edges.astype(jnp.float32), copies=f.copies.astype(jnp.float32),
-                       clashes=f.clashes.astype(jnp.float32), copies_cut=f.copies_cut.astype(jnp.float32))
+        metrics = dict(
+            contrastive=contrastive,
+            force_mse=force,
+            retrieval_top1=top1,
+            env_edges=out.n_edges.astype(jnp.float32),
+            copies=f.copies.astype(jnp.float32),
+            clashes=f.clashes.astype(jnp.float32),
+            copies_cut=f.copies_cut.astype(jnp.float32),
+        )
         return per_pair, metrics

@@ -5,6 +5,7 @@ molecule's noise scale from (step key, molecule id). The same molecule therefore
 noise whether it sits alone, in a padded batch, or on another device: padding, data parallelism
 and resumption cannot change the numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,10 @@ from georecon_jax.models.graph import graph_masks
 
 def per_atom_normal(key, graph_id_per_node, atom_index):
     """Standard normal [n, 3] noise, one independent draw per (molecule id, atom index)."""
+
     def one(g, a):
         return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, g), a), (3,))
+
     return jax.vmap(one)(graph_id_per_node, atom_index)
 
 
@@ -51,5 +54,5 @@ def perturb(graph, key, sigma_per_graph):
     """
     m = graph_masks(graph)
     eps = per_atom_normal(key, graph.globals.graph_id[m.node_graph], graph.nodes.atom_index)
-    eps = jnp.where(m.node_mask[:, None], eps, 0.0)                              # [n, 3]
+    eps = jnp.where(m.node_mask[:, None], eps, 0.0)  # [n, 3]
     return graph.nodes.positions + sigma_per_graph[m.node_graph][:, None] * eps, eps

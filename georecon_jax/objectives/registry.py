@@ -17,6 +17,7 @@ registers itself with `@register`. It owns:
 ``experiments/configs/coord_ladder.py`` with ``objectives/coord_ladder.py`` is the worked example
 of adding one (README, "Adding an objective").
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, List, Mapping, Type
@@ -30,6 +31,7 @@ _REGISTRY: Dict[str, Type["Objective"]] = {}
 
 class Objective:
     """Base class of a pretraining objective on molecular graphs (see the module docstring)."""
+
     name: str = ""
     #: what a batch is: "graphs" (padded molecular GraphsTuples, `tasks.pretrain`) or "pairs"
     #: (`PairBatch`es of two molecules, `tasks.mrl3d`)
@@ -38,7 +40,7 @@ class Objective:
     curves: Mapping[str, tuple] = {}
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config               # the whole run config; the objective reads its sections
+        self.config = config  # the whole run config; the objective reads its sections
         self.cfg = config.objective
 
     def validate(self) -> List[str]:
@@ -50,6 +52,7 @@ class Objective:
     def create_model(self):
         """The model: the shared encoder of ``config.model`` plus this objective's heads."""
         from georecon_jax.models.pretrain import create_model
+
         return create_model(self.config.model, self.heads())
 
     def forward(self, model, graph, key):
@@ -65,8 +68,10 @@ class Objective:
     # -- derived, not overridden -------------------------------------------------------------
     def loss_fn(self, model) -> Callable:
         """``loss_fn(params, graph, key) -> (per_graph_loss, metrics)`` for the training step."""
+
         def loss_fn(params, graph, key):
             return self.loss(model.apply(params, graph, key, method=self.forward), graph)
+
         return loss_fn
 
     def init(self, model, graph, key):
@@ -79,8 +84,9 @@ def register(cls: Type[Objective]) -> Type[Objective]:
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"two objectives are named {cls.name!r}: {_REGISTRY[cls.name].__name__} "
-                         f"and {cls.__name__}")
+        raise ValueError(
+            f"two objectives are named {cls.name!r}: {_REGISTRY[cls.name].__name__} and {cls.__name__}"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 

@@ -18,6 +18,7 @@ and, when ``loss.denoise_weight > 0`` (training only), Coord's fine-tuning regul
 displaced by σ·ε (σ = ``loss.denoise_sigma`` Å), the property is predicted from the displaced
 input and ``node_head`` predicts ε: + denoise_weight · mean (ε̂ - ε)².
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,6 +38,7 @@ LOSSES = ("l1", "mse")
 @dataclasses.dataclass(frozen=True)
 class TargetStats:
     """Training-set statistics of the residual target (target unit)."""
+
     mean: float = 0.0
     std: float = 1.0
 
@@ -80,8 +82,9 @@ def make_predict_fn(model: PropertyModel, stats: TargetStats, with_forces: bool)
     return predict
 
 
-def make_loss_fn(model: PropertyModel, cfg: ml_collections.ConfigDict, stats: TargetStats,
-                 train: bool) -> Callable:
+def make_loss_fn(
+    model: PropertyModel, cfg: ml_collections.ConfigDict, stats: TargetStats, train: bool
+) -> Callable:
     """``loss_fn(params, graph, key) -> (per_graph_loss, per_graph_metrics)`` (see module doc).
 
     Metrics (per graph, target units): ``mae`` for a property; ``energy_mae`` and ``force_mae``
@@ -95,8 +98,10 @@ def make_loss_fn(model: PropertyModel, cfg: ml_collections.ConfigDict, stats: Ta
     if denoise and model.node_noise is None:
         raise ValueError("loss.denoise_weight > 0 needs model.denoise_head = True")
     if denoise and with_forces:
-        raise ValueError("the denoising auxiliary loss is not defined with force labels "
-                         "(forces belong to the undisplaced geometry); set loss.denoise_weight=0")
+        raise ValueError(
+            "the denoising auxiliary loss is not defined with force labels "
+            "(forces belong to the undisplaced geometry); set loss.denoise_weight=0"
+        )
 
     def loss_fn(params, graph, key):
         m = graph_masks(graph)
@@ -109,11 +114,12 @@ def make_loss_fn(model: PropertyModel, cfg: ml_collections.ConfigDict, stats: Ta
         loss = point(err / stats.std)
         metrics = {}
         if with_forces:
-            ferr = forces - graph.nodes.forces                                     # [n, 3]
+            ferr = forces - graph.nodes.forces  # [n, 3]
             f_loss = masked_mean(jnp.mean(point(ferr / stats.std), axis=-1), m)
             loss = lc.energy_weight * loss + lc.force_weight * f_loss
-            metrics.update(energy_mae=jnp.abs(err),
-                           force_mae=masked_mean(jnp.mean(jnp.abs(ferr), axis=-1), m))
+            metrics.update(
+                energy_mae=jnp.abs(err), force_mae=masked_mean(jnp.mean(jnp.abs(ferr), axis=-1), m)
+            )
         else:
             metrics["mae"] = jnp.abs(err)
         if denoise:
@@ -129,7 +135,9 @@ def make_loss_fn(model: PropertyModel, cfg: ml_collections.ConfigDict, stats: Ta
 def init_params(model: PropertyModel, graph, key, with_denoise: bool):
     """Parameters of a `PropertyModel`: the readout's forward, and the node-noise head when the
     denoising regulariser uses it."""
+
     def forward(mdl, g):
         out = mdl(g)
         return mdl.denoise(out.embedding) if with_denoise else out.value
+
     return jax.jit(lambda k, g: model.init(k, g, method=forward))(key, graph)

@@ -11,6 +11,7 @@ same workdir resumes. Besides the runner's ``checkpoints/``, ``metrics.jsonl``, 
   learning_curves.png      training loss and validation MAE against step
   results.json, results.md, parity plots   with ``evaluate_at_end`` (`tasks.evaluation`)
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,11 +42,18 @@ def selection_metric(config) -> str:
 
 def learning_curve_panels(config, unit: str) -> dict:
     if config.task == "qm9":
-        return {"loss": (("train", "loss", "train loss"), ("validation", "loss", "validation loss")),
-                f"{config.target} MAE ({unit})": (("train", "mae", "train"), ("validation", "mae", "validation"))}
-    return {"loss": (("train", "loss", "train"), ("validation", "loss", "validation")),
-            f"energy MAE ({unit})": (("train", "energy_mae", "train"), ("validation", "energy_mae", "validation")),
-            f"force MAE ({unit}/Å)": (("train", "force_mae", "train"), ("validation", "force_mae", "validation"))}
+        return {
+            "loss": (("train", "loss", "train loss"), ("validation", "loss", "validation loss")),
+            f"{config.target} MAE ({unit})": (("train", "mae", "train"), ("validation", "mae", "validation")),
+        }
+    return {
+        "loss": (("train", "loss", "train"), ("validation", "loss", "validation")),
+        f"energy MAE ({unit})": (
+            ("train", "energy_mae", "train"),
+            ("validation", "energy_mae", "validation"),
+        ),
+        f"force MAE ({unit}/Å)": (("train", "force_mae", "train"), ("validation", "force_mae", "validation")),
+    }
 
 
 class FinetuneTask:
@@ -64,41 +72,69 @@ class FinetuneTask:
         self.data = data = load_workdir_task_data(config, workdir)
         batchers = make_batchers(config, data, num_devices)
         train, val = batchers["train"], batchers["validation"]
-        log.info("%s %s: %d training / %d validation / %d test molecules; target mean %.4g %s, std %.4g %s "
-                 "(after references); batch %d over %d device(s)", config.task, config.target,
-                 len(train.indices), len(val.indices), len(batchers["test"].indices), data.stats.mean,
-                 data.unit, data.stats.std, data.unit, config.batch_size, num_devices)
+        log.info(
+            "%s %s: %d training / %d validation / %d test molecules; target mean %.4g %s, std %.4g %s "
+            "(after references); batch %d over %d device(s)",
+            config.task,
+            config.target,
+            len(train.indices),
+            len(val.indices),
+            len(batchers["test"].indices),
+            data.stats.mean,
+            data.unit,
+            data.stats.std,
+            data.unit,
+            config.batch_size,
+            num_devices,
+        )
         model = create_property_model(config.model)
         graph = jax.tree_util.tree_map(lambda x: x[0], train.batch(0))
         params = init_params(model, graph, key, with_denoise=config.loss.get("denoise_weight", 0.0) > 0)
         self.pretrained = None
         if config.get("pretrained"):
             params, self.pretrained = load_pretrained_encoder(params, config.pretrained, config.model.encoder)
-        log.info("model: %s parameters (encoder %s); %s", f"{param_count(params):,}",
-                 f"{param_count(params['params']['encoder']):,}",
-                 "pretrained" if self.pretrained else "from scratch")
+        log.info(
+            "model: %s parameters (encoder %s); %s",
+            f"{param_count(params):,}",
+            f"{param_count(params['params']['encoder']):,}",
+            "pretrained" if self.pretrained else "from scratch",
+        )
         es = config.early_stopping
         best = runner.BestCheckpoint(workdir, selection_metric(config), "min", es.patience, es.min_delta)
         eval_loss = make_loss_fn(model, config, data.stats, train=False)
-        return runner.Job(params=params, apply_fn=model.apply,
-                          loss_fn=make_loss_fn(model, config, data.stats, train=True),
-                          train_batch=train.batch, num_steps=config.num_steps,
-                          eval_fn=runner.loss_evaluator(eval_loss, mesh, val.epoch_batches,
-                                                        jax.random.fold_in(key, 2)),
-                          on_eval=(best,), done=best.stopped, closers=(best,),
-                          desc=f"finetune {config.task} {config.target}")
+        return runner.Job(
+            params=params,
+            apply_fn=model.apply,
+            loss_fn=make_loss_fn(model, config, data.stats, train=True),
+            train_batch=train.batch,
+            num_steps=config.num_steps,
+            eval_fn=runner.loss_evaluator(eval_loss, mesh, val.epoch_batches, jax.random.fold_in(key, 2)),
+            on_eval=(best,),
+            done=best.stopped,
+            closers=(best,),
+            desc=f"finetune {config.task} {config.target}",
+        )
 
     def finish(self, config, workdir, job, state) -> Dict:
         config, data = self.config, self.data
         best = job.closers[0].best
-        plots.learning_curves(read_metrics(workdir), os.path.join(workdir, "learning_curves.png"),
-                              learning_curve_panels(config, data.unit),
-                              title=f"fine-tuning {config.task} {run_label(config)}")
+        plots.learning_curves(
+            read_metrics(workdir),
+            os.path.join(workdir, "learning_curves.png"),
+            learning_curve_panels(config, data.unit),
+            title=f"fine-tuning {config.task} {run_label(config)}",
+        )
         val = read_metrics(workdir, "validation")
-        summary = {"task": config.task, "target": config.target, "unit": data.unit,
-                   "best_step": best["step"], f"best_validation_{best['metric']}": best["value"],
-                   "final_validation": val[-1] if val else None, "pretrained": self.pretrained,
-                   "num_train_labels": data.saved["num_train_labels"]}
+        summary = {
+            "task": config.task,
+            "target": config.target,
+            "unit": data.unit,
+            "best_step": best["step"],
+            f"best_validation_{best['metric']}": best["value"],
+            "final_validation": val[-1] if val else None,
+            "pretrained": self.pretrained,
+            "num_train_labels": data.saved["num_train_labels"],
+        }
         if config.task == "md17":
             summary["force_unit"] = f"{data.unit}/Å"
         if config.get("evaluate_at_end", True):

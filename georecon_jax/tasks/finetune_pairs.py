@@ -8,6 +8,7 @@ last checkpoint. Each split evaluates on its validation pairs every epoch and ke
 state (RMSE, or ROC-AUC for classification) in ``best/``; its test metrics are reported, then
 mean ± std over splits in ``<workdir>/results.json`` and ``results.md``.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,16 +43,24 @@ def load_pretrained(path: str, config):
     """A 3DMRL checkpoint, read once, whose featurisation (``data.explicit_h``) and relational model
     settings agree with the fine-tuning config; each split copies its ``relational`` subtree."""
     pre = read_pretrained(path)
-    check_config(pre, [ConfigCheck("data", config.data, keys=("explicit_h",),
-                                   hint="hydrogens must be treated alike"),
-                       ConfigCheck("model.relational", config.model,
-                                   hint="the fine-tuning model's relational sizes must be the pretraining's")])
+    check_config(
+        pre,
+        [
+            ConfigCheck("data", config.data, keys=("explicit_h",), hint="hydrogens must be treated alike"),
+            ConfigCheck(
+                "model.relational",
+                config.model,
+                hint="the fine-tuning model's relational sizes must be the pretraining's",
+            ),
+        ],
+    )
     log.info("2D relational model initialised from %s (step %d)", path, pre.step)
     return pre
 
 
 class PairSplitTask:
     """One split of a pair task, as a run of the experiment runner."""
+
     compare_sections = ("model", "data", "optim")
 
     def __init__(self, ds: PairDataset, budget: PairBudget, split, pretrained=None):
@@ -64,7 +73,7 @@ class PairSplitTask:
         name, tr, va, te = self.split
         ds, num_devices = self.ds, mesh.devices.size
         task = self.task = ds.task
-        if task == "regression":    # targets standardised with the training split's statistics
+        if task == "regression":  # targets standardised with the training split's statistics
             mean, std = ds.labels[tr].mean(0), ds.labels[tr].std(0) + 1e-8
         else:
             mean, std = np.zeros(ds.labels.shape[1]), np.ones(ds.labels.shape[1])
@@ -72,15 +81,30 @@ class PairSplitTask:
         seed = config.seed + zlib.crc32(name.encode()) % 1000
         key = jax.random.PRNGKey(seed)
         train = PairBatcher(ds, tr, config.batch_size, self.budget, num_devices=num_devices, seed=seed)
-        self.batchers = {"train": train, **{
-            k: PairBatcher(ds, idx, config.eval_batch_size, self.budget, num_devices=num_devices,
-                           shuffle=False, drop_remainder=False) for k, idx in (("validation", va), ("test", te))}}
+        self.batchers = {
+            "train": train,
+            **{
+                k: PairBatcher(
+                    ds,
+                    idx,
+                    config.eval_batch_size,
+                    self.budget,
+                    num_devices=num_devices,
+                    shuffle=False,
+                    drop_remainder=False,
+                )
+                for k, idx in (("validation", va), ("test", te))
+            },
+        }
         m = config.model
-        model = PairPredictor(m.features, m.num_steps, m.set2set_steps, tuple(m.head_hidden),
-                              ds.labels.shape[1], m.dropout)
+        model = PairPredictor(
+            m.features, m.num_steps, m.set2set_steps, tuple(m.head_hidden), ds.labels.shape[1], m.dropout
+        )
         params = jax.jit(model.init)(key, jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), train.batch(0)))
         if self.pretrained is not None:
-            params, _ = transfer_subtrees(params, self.pretrained, [("params/relational", "params/relational", True)])
+            params, _ = transfer_subtrees(
+                params, self.pretrained, [("params/relational", "params/relational", True)]
+            )
         self.num_parameters = param_count(params)
 
         def loss_fn(p, batch, k):
@@ -95,13 +119,19 @@ class PairSplitTask:
 
         def predict(p, batch, _k):
             out = model.apply(p, batch, deterministic=True)
-            return dict(pred=out * std + mean if task == "regression" else out, label=batch.labels,
-                        mask=batch.pair_mask)
+            return dict(
+                pred=out * std + mean if task == "regression" else out,
+                label=batch.labels,
+                mask=batch.pair_mask,
+            )
 
         predict_step = make_pair_apply_step(predict, mesh)
 
         def evaluate(params, batcher) -> Dict[str, float]:
-            outs = [jax.device_get(predict_step(params, shard_batch(b, mesh), key)) for b in batcher.epoch_batches()]
+            outs = [
+                jax.device_get(predict_step(params, shard_batch(b, mesh), key))
+                for b in batcher.epoch_batches()
+            ]
             real = np.concatenate([o["mask"] for o in outs])
             y = np.concatenate([o["label"] for o in outs])[real]
             p = np.concatenate([o["pred"] for o in outs])[real]
@@ -110,24 +140,42 @@ class PairSplitTask:
         self.evaluate = evaluate
         self.select = "rmse" if task == "regression" else "roc_auc"
         best = runner.BestCheckpoint(workdir, self.select, "min" if task == "regression" else "max")
-        epoch = train.steps_per_epoch   # one evaluation, checkpoint and log line per epoch
-        return runner.Job(params=params, apply_fn=model.apply, loss_fn=loss_fn, train_batch=train.batch,
-                          num_steps=config.num_epochs * epoch,
-                          eval_fn=lambda state, step: evaluate(state.params, self.batchers["validation"]),
-                          on_eval=(best,), closers=(best,), mask_fn=pair_mask, fold_in_device=True,
-                          count_name="num_pairs", desc=f"{config.data.preset} {name}",
-                          eval_every=epoch, checkpoint_every=epoch, log_every=epoch)
+        epoch = train.steps_per_epoch  # one evaluation, checkpoint and log line per epoch
+        return runner.Job(
+            params=params,
+            apply_fn=model.apply,
+            loss_fn=loss_fn,
+            train_batch=train.batch,
+            num_steps=config.num_epochs * epoch,
+            eval_fn=lambda state, step: evaluate(state.params, self.batchers["validation"]),
+            on_eval=(best,),
+            closers=(best,),
+            mask_fn=pair_mask,
+            fold_in_device=True,
+            count_name="num_pairs",
+            desc=f"{config.data.preset} {name}",
+            eval_every=epoch,
+            checkpoint_every=epoch,
+            log_every=epoch,
+        )
 
     def finish(self, config, workdir, job, state) -> Dict:
         step, raw = restore_params(os.path.join(workdir, "best"))
         test = self.evaluate(jax.tree_util.tree_map(jnp.asarray, raw["params"]), self.batchers["test"])
         b = self.batchers
-        return {"split": self.split[0], "n_train": int(len(b["train"].indices)),
-                "n_validation": int(len(b["validation"].indices)), "n_test": int(len(b["test"].indices)),
-                "dropped_over_budget": int(sum(x.num_dropped for x in b.values())),
-                "best_epoch": int(step // b["train"].steps_per_epoch), "best_step": int(step),
-                "validation": _read_validation(workdir, step), "test": test,
-                "num_parameters": self.num_parameters, "selected_by": f"validation {self.select}"}
+        return {
+            "split": self.split[0],
+            "n_train": int(len(b["train"].indices)),
+            "n_validation": int(len(b["validation"].indices)),
+            "n_test": int(len(b["test"].indices)),
+            "dropped_over_budget": int(sum(x.num_dropped for x in b.values())),
+            "best_epoch": int(step // b["train"].steps_per_epoch),
+            "best_step": int(step),
+            "validation": _read_validation(workdir, step),
+            "test": test,
+            "num_parameters": self.num_parameters,
+            "selected_by": f"validation {self.select}",
+        }
 
 
 def _read_validation(workdir, step):
@@ -148,22 +196,36 @@ def split_finished(split_dir: str) -> bool:
 
 def summarise(rows: List[Dict]) -> Dict[str, Tuple[float, float]]:
     keys = rows[0]["test"].keys()
-    return {k: (float(np.mean([r["test"][k] for r in rows])), float(np.std([r["test"][k] for r in rows])))
-            for k in keys}
+    return {
+        k: (float(np.mean([r["test"][k] for r in rows])), float(np.std([r["test"][k] for r in rows])))
+        for k in keys
+    }
 
 
 def results_markdown(result: Dict) -> str:
     summary, rows = result["test_mean_std"], result["splits"]
     unit = f" ({result['units']})" if result["task_type"] == "regression" else ""
-    lines = [f"# {result['task']}: {result['split']} split, from {result['init']}", "",
-             f"{result['num_pairs']} pairs, {len(rows)} split(s), {result['num_epochs']} epochs, batch "
-             f"{result['batch_size']}; test metrics of the best-validation epoch, mean ± std over splits{unit}.", "",
-             "| metric | mean | std |", "|---|---:|---:|"]
+    lines = [
+        f"# {result['task']}: {result['split']} split, from {result['init']}",
+        "",
+        f"{result['num_pairs']} pairs, {len(rows)} split(s), {result['num_epochs']} epochs, batch "
+        f"{result['batch_size']}; test metrics of the best-validation epoch, mean ± std over splits{unit}.",
+        "",
+        "| metric | mean | std |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {k} | {m:.4f} | {s:.4f} |" for k, (m, s) in summary.items()]
-    lines += ["", "| split | n_train | n_val | n_test | best epoch | " + " | ".join(summary) + " |",
-              "|---|---:|---:|---:|---:|" + "---:|" * len(summary)]
-    lines += [f"| {r['split']} | {r['n_train']} | {r['n_validation']} | {r['n_test']} | {r['best_epoch']} | "
-              + " | ".join(f"{r['test'][k]:.4f}" for k in summary) + " |" for r in rows]
+    lines += [
+        "",
+        "| split | n_train | n_val | n_test | best epoch | " + " | ".join(summary) + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(summary),
+    ]
+    lines += [
+        f"| {r['split']} | {r['n_train']} | {r['n_validation']} | {r['n_test']} | {r['best_epoch']} | "
+        + " | ".join(f"{r['test'][k]:.4f}" for k in summary)
+        + " |"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -171,17 +233,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     """Fine-tunes every split (resuming where a previous run stopped); returns the results."""
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
-        record_config(config, workdir, compare_sections=("model", "data"),
-                      allow_change=config.get("allow_config_change", False))
+        record_config(
+            config,
+            workdir,
+            compare_sections=("model", "data"),
+            allow_change=config.get("allow_config_change", False),
+        )
         d = config.data
         ds = load_pair_task(config)
         budget = PairBudget.from_dataset(ds, max_atoms=d.max_atoms)
         splits = make_splits(ds, config)
         pretrained = load_pretrained(config.init_from, config) if config.init_from else None
         origin = f"3DMRL checkpoint {config.init_from}" if config.init_from else "scratch"
-        log.info("%s: %d pairs (%s, %s), %d split(s) '%s', from %s; budget side 1 (%d atoms), side 2 (%d atoms)",
-                 d.preset, len(ds), ds.task, ds.units, len(splits), split_kind(ds, config), origin,
-                 budget.n_node1, budget.n_node2)
+        log.info(
+            "%s: %d pairs (%s, %s), %d split(s) '%s', from %s; budget side 1 (%d atoms), side 2 (%d atoms)",
+            d.preset,
+            len(ds),
+            ds.task,
+            ds.units,
+            len(splits),
+            split_kind(ds, config),
+            origin,
+            budget.n_node1,
+            budget.n_node2,
+        )
         t0, rows = time.time(), []
         for split in splits:
             split_dir = os.path.join(workdir, "splits", split[0])
@@ -190,11 +265,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                     rows.append(json.load(f))
                 log.info("%s: finished before, not run again", split_dir)
                 continue
-            rows.append(runner.run_experiment(PairSplitTask(ds, budget, split, pretrained), config, split_dir))
-        result = {"task": d.preset, "units": ds.units, "task_type": ds.task, "split": split_kind(ds, config),
-                  "init": origin, "num_pairs": len(ds), "skipped_rows": ds.skip.count if ds.skip else 0,
-                  "num_epochs": config.num_epochs, "batch_size": config.batch_size,
-                  "test_mean_std": summarise(rows), "splits": rows, "wall_seconds_this_run": time.time() - t0}
+            rows.append(
+                runner.run_experiment(PairSplitTask(ds, budget, split, pretrained), config, split_dir)
+            )
+        result = {
+            "task": d.preset,
+            "units": ds.units,
+            "task_type": ds.task,
+            "split": split_kind(ds, config),
+            "init": origin,
+            "num_pairs": len(ds),
+            "skipped_rows": ds.skip.count if ds.skip else 0,
+            "num_epochs": config.num_epochs,
+            "batch_size": config.batch_size,
+            "test_mean_std": summarise(rows),
+            "splits": rows,
+            "wall_seconds_this_run": time.time() - t0,
+        }
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(result, f, indent=1)
         text = results_markdown(result)

@@ -6,6 +6,7 @@ calls (``objective.name = '3dmrl'``); running it again on the same workdir resum
 two GraphsTuples plus a pair mask: the runner's step averages per-pair losses over the real pairs of
 every device and folds the device index into the key (environments differ per device).
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,34 +41,78 @@ class MRL3DTask:
         budget = PairBudget.from_dataset(ds, max_atoms=config.data.max_atoms)
         order = np.random.default_rng(config.data.split_seed).permutation(len(ds))
         n_val = min(config.data.num_eval_pairs, len(ds) // 10)
-        train = PairBatcher(ds, order[n_val:], config.batch_size, budget, num_devices=num_devices,
-                            seed=config.seed)
-        val = PairBatcher(ds, order[:n_val], config.batch_size, budget, num_devices=num_devices,
-                          shuffle=False, drop_remainder=False)
+        train = PairBatcher(
+            ds, order[n_val:], config.batch_size, budget, num_devices=num_devices, seed=config.seed
+        )
+        val = PairBatcher(
+            ds,
+            order[:n_val],
+            config.batch_size,
+            budget,
+            num_devices=num_devices,
+            shuffle=False,
+            drop_remainder=False,
+        )
         self.train_pairs = len(train.indices)
-        log.info("%d training pairs (%d over the %d-atom cap left out), %d validation pairs, %d molecules; "
-                 "budget per molecule (atoms, bonds): side 1 (%d, %d), side 2 (%d, %d); environment %s "
-                 "atom slots; batch %d over %d device(s)", len(train.indices), train.num_dropped,
-                 config.data.max_atoms, len(val.indices), len(ds.molecules), budget.n_node1, budget.n_edge1,
-                 budget.n_node2, budget.n_edge2,
-                 config.environment.get("max_atoms") or budget.n_node1 + config.environment.num_copies * budget.n_node2,
-                 config.batch_size, num_devices)
+        log.info(
+            "%d training pairs (%d over the %d-atom cap left out), %d validation pairs, %d molecules; "
+            "budget per molecule (atoms, bonds): side 1 (%d, %d), side 2 (%d, %d); environment %s "
+            "atom slots; batch %d over %d device(s)",
+            len(train.indices),
+            train.num_dropped,
+            config.data.max_atoms,
+            len(val.indices),
+            len(ds.molecules),
+            budget.n_node1,
+            budget.n_edge1,
+            budget.n_node2,
+            budget.n_edge2,
+            config.environment.get("max_atoms")
+            or budget.n_node1 + config.environment.num_copies * budget.n_node2,
+            config.batch_size,
+            num_devices,
+        )
         objective = get_objective(config)
         model = objective.create_model()
-        params = objective.init(model, jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), train.batch(0)), key)
+        params = objective.init(
+            model, jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), train.batch(0)), key
+        )
         init_from = config.model.encoder3d.get("init_from")
         if init_from:
             params = load_3d_encoder(params, init_from, config.model.encoder3d.name)
         sub = params["params"]
-        log.info("model: %s parameters (2D relational %s, 3D encoder %s, force head %s)",
-                 f"{param_count(params):,}", f"{param_count(sub['relational']):,}",
-                 f"{param_count(sub['encoder3d']):,}", f"{param_count(sub['force_head']):,}")
+        log.info(
+            "model: %s parameters (2D relational %s, 3D encoder %s, force head %s)",
+            f"{param_count(params):,}",
+            f"{param_count(sub['relational']):,}",
+            f"{param_count(sub['encoder3d']):,}",
+            f"{param_count(sub['force_head']):,}",
+        )
         loss_fn = objective.loss_fn(model)
-        eval_fn = runner.loss_evaluator(loss_fn, mesh, val.epoch_batches, jax.random.fold_in(key, 2),
-                                        mask_fn=pair_mask, fold_in_device=True) if len(val.indices) else None
-        return runner.Job(params=params, apply_fn=model.apply, loss_fn=loss_fn, train_batch=train.batch,
-                          num_steps=config.num_steps, eval_fn=eval_fn, mask_fn=pair_mask,
-                          fold_in_device=True, count_name="num_pairs", desc="pretrain 3dmrl")
+        eval_fn = (
+            runner.loss_evaluator(
+                loss_fn,
+                mesh,
+                val.epoch_batches,
+                jax.random.fold_in(key, 2),
+                mask_fn=pair_mask,
+                fold_in_device=True,
+            )
+            if len(val.indices)
+            else None
+        )
+        return runner.Job(
+            params=params,
+            apply_fn=model.apply,
+            loss_fn=loss_fn,
+            train_batch=train.batch,
+            num_steps=config.num_steps,
+            eval_fn=eval_fn,
+            mask_fn=pair_mask,
+            fold_in_device=True,
+            count_name="num_pairs",
+            desc="pretrain 3dmrl",
+        )
 
     def finish(self, config, workdir, job, state) -> Dict:
         summary = {"objective": "3dmrl", "train_pairs": int(self.train_pairs)}

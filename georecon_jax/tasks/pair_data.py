@@ -12,6 +12,7 @@ Splits (every one is a list of (name, train, validation, test) index sets over t
   * ``scaffold``: as ``molecule``, but whole Bemis–Murcko scaffold groups are assigned (the largest
     groups to training first; groups of equal rank shuffled by the seed).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,12 @@ def default_data_root() -> str:
 
 
 def molecule_cache(data_cfg) -> MoleculeCache:
-    return MoleculeCache(data_cfg.get("cache_dir"), explicit_h=data_cfg.explicit_h,
-                         seed=data_cfg.conformer_seed, mmff=data_cfg.mmff)
+    return MoleculeCache(
+        data_cfg.get("cache_dir"),
+        explicit_h=data_cfg.explicit_h,
+        seed=data_cfg.conformer_seed,
+        mmff=data_cfg.mmff,
+    )
 
 
 def load_pretraining_pairs(data_cfg) -> PairDataset:
@@ -44,11 +49,13 @@ def load_pretraining_pairs(data_cfg) -> PairDataset:
     cache = molecule_cache(data_cfg)
     sets = []
     for preset in data_cfg.presets:
-        ds = load_pairs(preset, data_root=root, cache=cache, num_workers=data_cfg.num_workers,
-                        limit=data_cfg.get("limit"))
+        ds = load_pairs(
+            preset, data_root=root, cache=cache, num_workers=data_cfg.num_workers, limit=data_cfg.get("limit")
+        )
         if data_cfg.pairs == "combinations":
-            ds = all_combinations(ds, data_cfg.combination_fraction, data_cfg.split_seed,
-                                  data_cfg.get("max_pairs"))
+            ds = all_combinations(
+                ds, data_cfg.combination_fraction, data_cfg.split_seed, data_cfg.get("max_pairs")
+            )
         elif data_cfg.pairs != "observed":
             raise ValueError(f"unknown data.pairs {data_cfg.pairs!r}: use 'observed' or 'combinations'")
         sets.append(ds)
@@ -59,11 +66,18 @@ def load_pair_task(config) -> PairDataset:
     """The pairs of a fine-tuning config's ``data.preset``; with ``data.max_pairs``, a random subset
     of that many (seeded by ``config.seed``: pair files may be sorted by label)."""
     d = config.data
-    ds = load_pairs(d.preset, data_root=d.get("data_root") or default_data_root(), cache=molecule_cache(d),
-                    num_workers=d.num_workers, limit=d.get("limit"))
-    if d.get("max_pairs") and len(ds) > d.max_pairs:   # a random subset (files may be sorted by label)
+    ds = load_pairs(
+        d.preset,
+        data_root=d.get("data_root") or default_data_root(),
+        cache=molecule_cache(d),
+        num_workers=d.num_workers,
+        limit=d.get("limit"),
+    )
+    if d.get("max_pairs") and len(ds) > d.max_pairs:  # a random subset (files may be sorted by label)
         keep = np.sort(np.random.default_rng(config.seed).choice(len(ds), d.max_pairs, replace=False))
-        log.info(f"{d.preset}: using a random subset of {d.max_pairs} of the {len(ds)} pairs (seed {config.seed})")
+        log.info(
+            f"{d.preset}: using a random subset of {d.max_pairs} of the {len(ds)} pairs (seed {config.seed})"
+        )
         ds = ds.subset(keep)
     return ds
 
@@ -128,4 +142,4 @@ def make_splits(ds: PairDataset, cfg) -> list:
         splits = [(f"seed{s}_{kind}", *molecule_split(ds, kind, s)) for s in cfg.seeds]
     else:
         raise ValueError(f"unknown split {cfg.split!r}: use 'cv', 'molecule' or 'scaffold'")
-    return splits[:cfg.max_splits] if cfg.get("max_splits") else splits
+    return splits[: cfg.max_splits] if cfg.get("max_splits") else splits

@@ -5,6 +5,7 @@ running it again on the same workdir resumes. The objective (``config.objective.
 ``georecon_jax.objectives.registry``) supplies its heads, its loss and its end-of-run report;
 this module supplies the data, the batches and the plots.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,28 +33,46 @@ def load_dataset(cfg: ml_collections.ConfigDict):
     """(molecules, splits) of the pretraining data set (``data`` section)."""
     if cfg.dataset != "qm9":
         raise ValueError(f"unknown pretraining dataset {cfg.dataset!r}: only 'qm9' is implemented")
-    return load_qm9(cache_dir=cfg.get("cache_dir"), source_dir=cfg.get("source_dir"),
-                    limit=cfg.get("limit"), split_seed=cfg.split_seed, strict=cfg.get("strict", False))
+    return load_qm9(
+        cache_dir=cfg.get("cache_dir"),
+        source_dir=cfg.get("source_dir"),
+        limit=cfg.get("limit"),
+        split_seed=cfg.split_seed,
+        strict=cfg.get("strict", False),
+    )
 
 
 def micro_batches(config, num_devices: int) -> int:
     """Sequential micro-batches per device and step (config.micro_batches; 0: automatic)."""
     if config.batch_size % num_devices:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {num_devices} devices")
-    return micro_batches_for(config.batch_size // num_devices, config.get("micro_batches", 1),
-                             jax.default_backend())
+    return micro_batches_for(
+        config.batch_size // num_devices, config.get("micro_batches", 1), jax.default_backend()
+    )
 
 
 def make_batchers(config, molecules, splits, num_devices: int):
     """Training and validation batchers; their leading axis is devices × micro-batches."""
     d, g = config.data, config.graph
-    common = dict(num_devices=num_devices * micro_batches(config, num_devices),
-                  neighbor_list=g.neighbor_list, cutoff=config.model.encoder.cutoff,
-                  skin=g.skin, num_buckets=g.num_buckets, seed=config.seed)
+    common = dict(
+        num_devices=num_devices * micro_batches(config, num_devices),
+        neighbor_list=g.neighbor_list,
+        cutoff=config.model.encoder.cutoff,
+        skin=g.skin,
+        num_buckets=g.num_buckets,
+        seed=config.seed,
+    )
     train = GraphBatcher(molecules, splits["train"], config.batch_size, shuffle=True, **common)
-    val_idx = splits["validation"][:d.num_eval_molecules]
-    val = GraphBatcher(molecules, val_idx, config.batch_size, shuffle=False, drop_remainder=False,
-                       budgets=train.budgets, **{k: v for k, v in common.items() if k != "num_buckets"})
+    val_idx = splits["validation"][: d.num_eval_molecules]
+    val = GraphBatcher(
+        molecules,
+        val_idx,
+        config.batch_size,
+        shuffle=False,
+        drop_remainder=False,
+        budgets=train.budgets,
+        **{k: v for k, v in common.items() if k != "num_buckets"},
+    )
     return train, val
 
 
@@ -76,15 +95,16 @@ def fresh_train_step(config, batcher, mesh, key, params=None, trace_counter=None
     trace of the step. Returns (model, state, train_step)."""
     objective, model, p0 = init_model(config, batcher, key)
     tx = create_optimizer(config.optim, config.num_steps)
-    state = replicate(create_train_state(model.apply, p0 if params is None else params, tx, False),
-                      mesh)
-    step = steps_lib.make_train_step(objective.loss_fn(model), mesh, jax.random.fold_in(key, 1),
-                                     0.0, trace_counter)
+    state = replicate(create_train_state(model.apply, p0 if params is None else params, tx, False), mesh)
+    step = steps_lib.make_train_step(
+        objective.loss_fn(model), mesh, jax.random.fold_in(key, 1), 0.0, trace_counter
+    )
     return model, state, step
 
 
 class PretrainTask:
     """The runner's task for pretraining on molecular graphs."""
+
     compare_sections = ("model", "objective")
 
     def validate(self, config):
@@ -94,33 +114,55 @@ class PretrainTask:
         num_devices = mesh.devices.size
         self.molecules, self.splits = load_dataset(config.data)
         self.train, val = make_batchers(config, self.molecules, self.splits, num_devices)
-        log.info("%d training molecules, batch %d over %d device(s) x %d micro-batch(es); budgets "
-                 "(nodes, edges per micro-batch): %s", len(self.splits["train"]), config.batch_size,
-                 num_devices, micro_batches(config, num_devices),
-                 [(b.n_node, b.n_edge) for b in self.train.budgets])
+        log.info(
+            "%d training molecules, batch %d over %d device(s) x %d micro-batch(es); budgets "
+            "(nodes, edges per micro-batch): %s",
+            len(self.splits["train"]),
+            config.batch_size,
+            num_devices,
+            micro_batches(config, num_devices),
+            [(b.n_node, b.n_edge) for b in self.train.budgets],
+        )
         self.objective, self.model, params = init_model(config, self.train, key)
-        log.info("model: %s parameters (encoder %s)", f"{param_count(params):,}",
-                 f"{param_count(params['params']['encoder']):,}")
+        log.info(
+            "model: %s parameters (encoder %s)",
+            f"{param_count(params):,}",
+            f"{param_count(params['params']['encoder']):,}",
+        )
         loss_fn = self.objective.loss_fn(self.model)
-        return runner.Job(params=params, apply_fn=self.model.apply, loss_fn=loss_fn,
-                          train_batch=self.train.batch, num_steps=config.num_steps,
-                          eval_fn=runner.loss_evaluator(loss_fn, mesh, val.epoch_batches,
-                                                        jax.random.fold_in(key, 2)),
-                          desc=f"pretrain {config.objective.name}")
+        return runner.Job(
+            params=params,
+            apply_fn=self.model.apply,
+            loss_fn=loss_fn,
+            train_batch=self.train.batch,
+            num_steps=config.num_steps,
+            eval_fn=runner.loss_evaluator(loss_fn, mesh, val.epoch_batches, jax.random.fold_in(key, 2)),
+            desc=f"pretrain {config.objective.name}",
+        )
 
     def finish(self, config, workdir, job, state) -> Dict:
-        learning_curves(read_metrics(workdir), os.path.join(workdir, "learning_curves.png"),
-                        dict(self.objective.curves) or {"loss": (("train", "loss", "train"),)},
-                        title=f"{config.objective.name} pretraining on QM9")
+        learning_curves(
+            read_metrics(workdir),
+            os.path.join(workdir, "learning_curves.png"),
+            dict(self.objective.curves) or {"loss": (("train", "loss", "train"),)},
+            title=f"{config.objective.name} pretraining on QM9",
+        )
         summary = {"objective": config.objective.name}
         n = config.objective.get("num_recon_molecules", 0)
         if n:
             params = jax.device_get(runner.params_for_eval(state))
-            held_out = GraphBatcher(self.molecules, self.splits["validation"][:n], self.train.per_device,
-                                    num_devices=1, shuffle=False, drop_remainder=False,
-                                    neighbor_list=config.graph.neighbor_list,
-                                    cutoff=config.model.encoder.cutoff, skin=config.graph.skin,
-                                    budgets=self.train.budgets)
+            held_out = GraphBatcher(
+                self.molecules,
+                self.splits["validation"][:n],
+                self.train.per_device,
+                num_devices=1,
+                shuffle=False,
+                drop_remainder=False,
+                neighbor_list=config.graph.neighbor_list,
+                cutoff=config.model.encoder.cutoff,
+                skin=config.graph.skin,
+                budgets=self.train.budgets,
+            )
             graphs = (jax.tree_util.tree_map(lambda x: x[0], b) for b in held_out.epoch_batches())
             summary.update(self.objective.report(self.model, params, graphs))
         return summary

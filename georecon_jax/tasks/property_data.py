@@ -4,6 +4,7 @@ records, per-element references / energy offset and target statistics, and padde
 ``target_stats.json`` (`STATS_FILE`) in a fine-tuning workdir holds the references and statistics
 fitted on the training split; a rerun and the evaluation reuse them, so nothing is refitted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ STATS_FILE = "target_stats.json"
 # ---------------------------------------------------------------------------------------------
 # Configuration and data.
 
+
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy with 'auto' settings filled in (head kind, reference energies); raises on bad names."""
     c = config.copy_and_resolve_references()
@@ -50,16 +52,17 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         else:
             raise ValueError(f"unknown task {c.task!r}: use 'qm9' or 'md17'")
         if c.model.reference not in ("least_squares", "none"):
-            raise ValueError(f"unknown reference {c.model.reference!r}: use 'auto', "
-                             "'least_squares' or 'none'")
+            raise ValueError(
+                f"unknown reference {c.model.reference!r}: use 'auto', 'least_squares' or 'none'"
+            )
     return c
 
 
 @dataclasses.dataclass
 class Split:
-    molecules: Molecules      # targets: one column, the residual target (float32)
+    molecules: Molecules  # targets: one column, the residual target (float32)
     indices: np.ndarray
-    forces: Optional[np.ndarray] = None   # [n_rows, 3] (MD17)
+    forces: Optional[np.ndarray] = None  # [n_rows, 3] (MD17)
     reference: Optional[np.ndarray] = None  # [n_molecules] float64, added back to report totals
 
 
@@ -69,7 +72,7 @@ class TaskData:
     stats: TargetStats
     target: str
     unit: str
-    saved: dict               # what target_stats.json holds
+    saved: dict  # what target_stats.json holds
 
 
 def composition(molecules: Molecules, max_z: int) -> np.ndarray:
@@ -90,8 +93,13 @@ def fit_atomrefs(counts: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _qm9_task(config, saved: Optional[dict]) -> TaskData:
     d = config.data
-    mols, splits = load_qm9(cache_dir=d.get("cache_dir"), source_dir=d.get("source_dir"),
-                            limit=d.get("limit"), split_seed=d.split_seed, strict=d.get("strict", False))
+    mols, splits = load_qm9(
+        cache_dir=d.get("cache_dir"),
+        source_dir=d.get("source_dir"),
+        limit=d.get("limit"),
+        split_seed=d.split_seed,
+        strict=d.get("strict", False),
+    )
     col = TARGETS.index(config.target)
     y = mols.targets[:, col].astype(np.float64)
     train = splits["train"]
@@ -117,15 +125,27 @@ def _qm9_task(config, saved: Optional[dict]) -> TaskData:
     else:  # dipole / spatial extent: the head outputs the property itself; std scales the loss
         stats = TargetStats(mean=0.0, std=float(y[train].std()))
     unit = TARGET_UNITS[col]
-    mols_t = dataclasses.replace(mols, targets=residual.astype(np.float32)[:, None],
-                                 target_names=(config.target,), target_units=(unit,))
-    val = splits["validation"][:d.get("num_eval_molecules") or None]
-    test = splits["test"][:d.get("num_test_molecules") or None]
-    out = {name: Split(mols_t, idx, None, reference) for name, idx in
-           (("train", train), ("validation", val), ("test", test))}
-    saved = {"target": config.target, "unit": unit, "reference": config.model.reference,
-             "atomref": atomref.tolist(), "energy_offset": 0.0, "stats": stats.to_json(),
-             "num_train_labels": int(len(train))}
+    mols_t = dataclasses.replace(
+        mols,
+        targets=residual.astype(np.float32)[:, None],
+        target_names=(config.target,),
+        target_units=(unit,),
+    )
+    val = splits["validation"][: d.get("num_eval_molecules") or None]
+    test = splits["test"][: d.get("num_test_molecules") or None]
+    out = {
+        name: Split(mols_t, idx, None, reference)
+        for name, idx in (("train", train), ("validation", val), ("test", test))
+    }
+    saved = {
+        "target": config.target,
+        "unit": unit,
+        "reference": config.model.reference,
+        "atomref": atomref.tolist(),
+        "energy_offset": 0.0,
+        "stats": stats.to_json(),
+        "num_train_labels": int(len(train)),
+    }
     return TaskData(out, stats, config.target, unit, saved)
 
 
@@ -149,9 +169,14 @@ def run_label(config) -> str:
 def md17_files(config):
     """(train_file, test_file or None) from the config (see configs/finetune_md17.py)."""
     d = config.data
-    data_dir = d.get("data_dir") or os.environ.get("GEORECON_MD17_DIR") or os.path.join(
-        os.environ.get("GEORECON_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "georecon_jax")),
-        "md17")
+    data_dir = (
+        d.get("data_dir")
+        or os.environ.get("GEORECON_MD17_DIR")
+        or os.path.join(
+            os.environ.get("GEORECON_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "georecon_jax")),
+            "md17",
+        )
+    )
     train_file = d.get("train_file") or os.path.join(data_dir, f"rmd17_{config.molecule}_train_01.npz")
     test_file = d.get("test_file")
     if test_file is None and not d.get("train_file"):
@@ -163,9 +188,16 @@ def md17_files(config):
 def _md17_task(config, saved: Optional[dict]) -> TaskData:
     d = config.data
     train_file, test_file = md17_files(config)
-    frames, _ = md17_data.load_md17(train_file, test_file, n_train=d.num_train, n_val=d.num_val,
-                                    split_seed=d.split_seed, energy_unit=d.energy_unit,
-                                    file_energy_unit=d.file_energy_unit, strict=d.get("strict", False))
+    frames, _ = md17_data.load_md17(
+        train_file,
+        test_file,
+        n_train=d.num_train,
+        n_val=d.num_val,
+        split_seed=d.split_seed,
+        energy_unit=d.energy_unit,
+        file_energy_unit=d.file_energy_unit,
+        strict=d.get("strict", False),
+    )
     tr, va, te = frames["train"], frames["validation"], frames["test"]
     if d.get("num_test_molecules"):
         te = te.subset(np.arange(min(d.num_test_molecules, len(te))))
@@ -175,23 +207,35 @@ def _md17_task(config, saved: Optional[dict]) -> TaskData:
         # Offset: mean training energy (float64). Scale: RMS of the training force components,
         # the natural energy-per-Å unit of the forces, which carry 80% of the loss.
         offset = float(tr.energies.mean())
-        stats = TargetStats(mean=float((tr.energies - offset).mean()),
-                            std=float(np.sqrt(np.mean(tr.forces ** 2))))
-    both = dataclasses.replace(tr, positions=np.concatenate([tr.positions, va.positions]),
-                               energies=np.concatenate([tr.energies, va.energies]),
-                               forces=np.concatenate([tr.forces, va.forces]),
-                               frame_ids=np.concatenate([tr.frame_ids, va.frame_ids]))
+        stats = TargetStats(
+            mean=float((tr.energies - offset).mean()), std=float(np.sqrt(np.mean(tr.forces**2)))
+        )
+    both = dataclasses.replace(
+        tr,
+        positions=np.concatenate([tr.positions, va.positions]),
+        energies=np.concatenate([tr.energies, va.energies]),
+        forces=np.concatenate([tr.forces, va.forces]),
+        frame_ids=np.concatenate([tr.frame_ids, va.frame_ids]),
+    )
     mols, forces = both.to_molecules(offset)
     test_mols, test_forces = te.to_molecules(offset)
     n_tr = len(tr)
-    out = {"train": Split(mols, np.arange(n_tr), forces, np.full(len(mols), offset)),
-           "validation": Split(mols, np.arange(n_tr, len(mols)), forces, np.full(len(mols), offset)),
-           "test": Split(test_mols, np.arange(len(test_mols)), test_forces, np.full(len(test_mols), offset))}
-    saved = {"target": "energy", "unit": d.energy_unit, "force_unit": f"{d.energy_unit}/Å",
-             "reference": "mean training energy", "energy_offset": offset, "stats": stats.to_json(),
-             "train_file": os.path.abspath(train_file),
-             "test_file": os.path.abspath(test_file) if test_file else None,
-             "num_train_labels": int(n_tr)}
+    out = {
+        "train": Split(mols, np.arange(n_tr), forces, np.full(len(mols), offset)),
+        "validation": Split(mols, np.arange(n_tr, len(mols)), forces, np.full(len(mols), offset)),
+        "test": Split(test_mols, np.arange(len(test_mols)), test_forces, np.full(len(test_mols), offset)),
+    }
+    saved = {
+        "target": "energy",
+        "unit": d.energy_unit,
+        "force_unit": f"{d.energy_unit}/Å",
+        "reference": "mean training energy",
+        "energy_offset": offset,
+        "stats": stats.to_json(),
+        "train_file": os.path.abspath(train_file),
+        "test_file": os.path.abspath(test_file) if test_file else None,
+        "num_train_labels": int(n_tr),
+    }
     return TaskData(out, stats, "energy", d.energy_unit, saved)
 
 
@@ -210,22 +254,39 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
         s = data.splits[name]
         n_atoms.append(s.molecules.n_atoms[s.indices])
         n_edges.append(edge_counts(s.molecules, g.neighbor_list, cutoff, g.skin)[s.indices])
-    budgets = estimate_budgets(np.concatenate(n_atoms), np.concatenate(n_edges), per_device,
-                               g.num_buckets, seed=config.seed, sub_batches=num_devices,
-                               num_samples=2000 if num_devices == 1 else 500)
+    budgets = estimate_budgets(
+        np.concatenate(n_atoms),
+        np.concatenate(n_edges),
+        per_device,
+        g.num_buckets,
+        seed=config.seed,
+        sub_batches=num_devices,
+        num_samples=2000 if num_devices == 1 else 500,
+    )
     out = {}
     for name in names:
         s = data.splits[name]
         train = name == "train"
-        out[name] = GraphBatcher(s.molecules, s.indices, config.batch_size, num_devices=num_devices,
-                                 shuffle=train, seed=config.seed, drop_remainder=train,
-                                 neighbor_list=g.neighbor_list, cutoff=cutoff, skin=g.skin,
-                                 budgets=budgets, forces=s.forces)
+        out[name] = GraphBatcher(
+            s.molecules,
+            s.indices,
+            config.batch_size,
+            num_devices=num_devices,
+            shuffle=train,
+            seed=config.seed,
+            drop_remainder=train,
+            neighbor_list=g.neighbor_list,
+            cutoff=cutoff,
+            skin=g.skin,
+            budgets=budgets,
+            forces=s.forces,
+        )
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # target_stats.json
+
 
 def read_target_stats(workdir: str, target: Optional[str] = None) -> Optional[dict]:
     """The ``target_stats.json`` of ``workdir``, or None when there is none.
@@ -239,8 +300,10 @@ def read_target_stats(workdir: str, target: Optional[str] = None) -> Optional[di
     with open(path) as f:
         saved = json.load(f)
     if target is not None and saved.get("target") != target:
-        raise ValueError(f"{workdir} holds a fine-tuning run for target {saved.get('target')!r}, "
-                         f"not {target!r}: use another --workdir")
+        raise ValueError(
+            f"{workdir} holds a fine-tuning run for target {saved.get('target')!r}, "
+            f"not {target!r}: use another --workdir"
+        )
     return saved
 
 

@@ -6,6 +6,7 @@ finished. If the newest checkpoint cannot be read, `restore_latest` falls back t
 (with a warning). Arrays are restored onto the shardings of the target you pass, so a run saved
 on 4 devices resumes on 1 and vice versa.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,6 @@ from typing import Any, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
 
 
 class CheckpointError(RuntimeError):
@@ -31,9 +31,12 @@ class Checkpointer:
 
     def __init__(self, workdir: str, max_to_keep: int = 3, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                               read_only=read_only,
-                                               enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def all_steps(self):
@@ -44,8 +47,11 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, force: bool = True) -> bool:
         leaves = jax.tree_util.tree_leaves(state)
-        if not all(np.all(np.isfinite(np.asarray(x))) for x in leaves
-                   if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)):
+        if not all(
+            np.all(np.isfinite(np.asarray(x)))
+            for x in leaves
+            if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)
+        ):
             raise CheckpointError(f"refusing to save step {step}: the state holds non-finite values")
         saved = self._manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
         self._manager.wait_until_finished()
@@ -54,8 +60,13 @@ class Checkpointer:
     def restore(self, step: int, target: Any) -> Any:
         """Restores step into the structure, dtypes and shardings of ``target``."""
         abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-            if hasattr(x, "shape") else x, target)
+            lambda x: (
+                jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+                if hasattr(x, "shape")
+                else x
+            ),
+            target,
+        )
         return self._manager.restore(int(step), args=ocp.args.StandardRestore(abstract))
 
     def restore_latest(self, target: Any) -> Tuple[Optional[int], Any]:
@@ -66,9 +77,12 @@ class Checkpointer:
             except Exception as e:  # corrupt or incompatible: try the one before
                 if _is_shape_mismatch(e):
                     raise CheckpointError(
-                        f"checkpoint {self.directory}/{step} does not match this model: {e}") from e
-                warnings.warn(f"checkpoint {self.directory}/{step} is unreadable "
-                              f"({type(e).__name__}: {str(e)[:200]}); trying the one before")
+                        f"checkpoint {self.directory}/{step} does not match this model: {e}"
+                    ) from e
+                warnings.warn(
+                    f"checkpoint {self.directory}/{step} is unreadable "
+                    f"({type(e).__name__}: {str(e)[:200]}); trying the one before"
+                )
         return None, target
 
     def close(self):

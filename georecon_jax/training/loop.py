@@ -4,6 +4,7 @@ One loop serves pretraining and fine-tuning: it pulls batch k from a background 
 runs the jitted step, and around it logs (progress bar, ``metrics.jsonl``, TensorBoard events),
 evaluates, and checkpoints every N steps, at the end, and on SIGTERM (preemption).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,11 +38,16 @@ class MetricsWriter:
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, split: str, metrics: Dict[str, float]):
-        row = {"step": int(step), "split": split, "time": time.time(),
-               **{k: float(v) for k, v in metrics.items()}}
+        row = {
+            "step": int(step),
+            "split": split,
+            "time": time.time(),
+            **{k: float(v) for k, v in metrics.items()},
+        }
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -94,8 +100,12 @@ def flatten_dict(d, sep: str = ".", prefix: str = ""):
     return out
 
 
-def record_config(config: ml_collections.ConfigDict, workdir: str, compare_sections=("model", "objective"),
-                  allow_change: bool = False):
+def record_config(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    compare_sections=("model", "objective"),
+    allow_change: bool = False,
+):
     """Saves the resolved config as ``config.json``; on resume, refuses a config whose listed
     sections differ from the saved one (naming every difference) unless ``allow_change``."""
     path = os.path.join(workdir, "config.json")
@@ -111,8 +121,10 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, compare_secti
                     diffs.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
         if diffs and not allow_change:
             raise ConfigMismatchError(
-                f"{workdir} holds a run with a different configuration:\n  " + "\n  ".join(diffs)
-                + "\nUse another --workdir, or pass --config.allow_config_change=True to resume anyway.")
+                f"{workdir} holds a run with a different configuration:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse another --workdir, or pass --config.allow_config_change=True to resume anyway."
+            )
     with open(path + ".tmp", "w") as f:
         json.dump(new, f, indent=1, sort_keys=True)
     os.replace(path + ".tmp", path)
@@ -159,16 +171,31 @@ class NonfiniteWatch:
                 raise FloatingPointError(
                     f"{self.consecutive} consecutive steps (up to step {step}) had a non-finite "
                     "loss or gradient; they were not applied. Lower the learning rate or check "
-                    "the data; the last good state is in the latest checkpoint.")
+                    "the data; the last good state is in the latest checkpoint."
+                )
         self._pending = []
 
 
-def fit(*, state, train_step: Callable, make_batch: Callable[[int], object], place: Callable,
-        num_steps: int, checkpointer: Checkpointer, writer: MetricsWriter,
-        eval_fn: Optional[Callable] = None, eval_every: int = 0, checkpoint_every: int = 1000,
-        log_every: int = 50, max_consecutive_nonfinite: int = 10, prefetch: int = 4,
-        progress: bool = True, desc: str = "train", stop_after: Optional[int] = None,
-        on_eval: Sequence[Callable] = ()):
+def fit(
+    *,
+    state,
+    train_step: Callable,
+    make_batch: Callable[[int], object],
+    place: Callable,
+    num_steps: int,
+    checkpointer: Checkpointer,
+    writer: MetricsWriter,
+    eval_fn: Optional[Callable] = None,
+    eval_every: int = 0,
+    checkpoint_every: int = 1000,
+    log_every: int = 50,
+    max_consecutive_nonfinite: int = 10,
+    prefetch: int = 4,
+    progress: bool = True,
+    desc: str = "train",
+    stop_after: Optional[int] = None,
+    on_eval: Sequence[Callable] = (),
+):
     """Runs steps ``state.step .. num_steps - 1``; returns (final state, whether a hook stopped it).
 
     ``stop_after`` ends the run early at that step (with a checkpoint) while keeping the schedule

@@ -6,6 +6,7 @@ own mask of real examples: per-example losses averaged over real examples of all
 summed over devices, non-finite steps skipped. `make_pair_apply_step` maps any per-device function
 over the data axis and gathers its outputs.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -26,12 +27,19 @@ def _drop_device_axis(tree):
     return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
-def make_pair_train_step(loss_fn: Callable, mesh: Mesh, base_key, ema_decay: float = 0.0,
-                         mask_fn: Callable = pair_mask, count_name: str = "num_pairs"):
+def make_pair_train_step(
+    loss_fn: Callable,
+    mesh: Mesh,
+    base_key,
+    ema_decay: float = 0.0,
+    mask_fn: Callable = pair_mask,
+    count_name: str = "num_pairs",
+):
     """The shared data-parallel train step on batches whose real examples ``mask_fn(batch)`` marks
     (default: ``batch.pair_mask``); the step key is fold_in(fold_in(base_key, step), device index)."""
-    return steps_lib.make_train_step(loss_fn, mesh, base_key, ema_decay,
-                                     mask_fn=mask_fn, fold_in_device=True, count_name=count_name)
+    return steps_lib.make_train_step(
+        loss_fn, mesh, base_key, ema_decay, mask_fn=mask_fn, fold_in_device=True, count_name=count_name
+    )
 
 
 def make_pair_apply_step(fn: Callable, mesh: Mesh):
@@ -42,6 +50,7 @@ def make_pair_apply_step(fn: Callable, mesh: Mesh):
         batch = _drop_device_axis(batch)
         return fn(params, batch, jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS)))
 
-    sharded = jax.shard_map(device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
-                            out_specs=P(DATA_AXIS), check_vma=False)
+    sharded = jax.shard_map(
+        device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(DATA_AXIS), check_vma=False
+    )
     return jax.jit(sharded)

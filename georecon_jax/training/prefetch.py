@@ -1,4 +1,5 @@
 """Host batches prepared ahead of the device, in a background thread; no chemistry here."""
+
 from __future__ import annotations
 
 import queue
@@ -28,6 +29,7 @@ class Prefetcher:
                         continue
                 if item[2] is not None:
                     return
+
         self._thread = threading.Thread(target=work, daemon=True)
         self._thread.start()
 

@@ -15,6 +15,7 @@ A job is described by a *task* (``georecon_jax.tasks``), which supplies what dif
 
 Everything in here is chemistry-free: batches are opaque pytrees with a leading device axis.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,6 +55,7 @@ class Job:
       closers: objects whose ``close()`` runs at the end (e.g. a best-checkpoint hook).
       mask_fn, fold_in_device, count_name: see `training.steps.make_train_step`.
     """
+
     params: Any
     apply_fn: Callable
     loss_fn: Callable
@@ -75,9 +77,11 @@ class Job:
 
 def loop_problems(config: ml_collections.ConfigDict) -> List[str]:
     """Problems with the settings every run shares (positive sizes, a positive learning rate)."""
-    problems = [f"{field}={config[field]}: must be positive"
-                for field in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
-                if field in config and config[field] <= 0]
+    problems = [
+        f"{field}={config[field]}: must be positive"
+        for field in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
+        if field in config and config[field] <= 0
+    ]
     if config.optim.learning_rate <= 0:
         problems.append(f"optim.learning_rate={config.optim.learning_rate}: must be positive")
     return problems
@@ -94,8 +98,14 @@ def params_for_eval(state):
     return state.ema_params if state.ema_params is not None else state.params
 
 
-def loss_evaluator(loss_fn: Callable, mesh, batches: Callable[[], Iterable], key,
-                   mask_fn: Callable = jraph.get_graph_padding_mask, fold_in_device: bool = False):
+def loss_evaluator(
+    loss_fn: Callable,
+    mesh,
+    batches: Callable[[], Iterable],
+    key,
+    mask_fn: Callable = jraph.get_graph_padding_mask,
+    fold_in_device: bool = False,
+):
     """``eval_fn(state, step)``: the loss and metrics averaged over the real examples of
     ``batches()`` (host batches with a leading device axis), with the evaluation parameters."""
     eval_step = steps_lib.make_eval_step(loss_fn, mesh, key, mask_fn, fold_in_device)
@@ -103,7 +113,8 @@ def loss_evaluator(loss_fn: Callable, mesh, batches: Callable[[], Iterable], key
     def eval_fn(state, _step):
         params = params_for_eval(state)
         return steps_lib.combine_eval_sums(
-            [eval_step(params, shard_batch(b, mesh), i) for i, b in enumerate(batches())])
+            [eval_step(params, shard_batch(b, mesh), i) for i, b in enumerate(batches())]
+        )
 
     return eval_fn
 
@@ -114,8 +125,9 @@ class BestCheckpoint:
     after that many evaluations without an improvement of more than ``min_delta`` (writing
     ``early_stopped.json``, so that running the command again does not train further)."""
 
-    def __init__(self, workdir: str, metric: str, mode: str = "min", patience: int = 0,
-                 min_delta: float = 0.0):
+    def __init__(
+        self, workdir: str, metric: str, mode: str = "min", patience: int = 0, min_delta: float = 0.0
+    ):
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode!r}: use 'min' or 'max'")
         self.workdir, self.metric, self.mode = workdir, metric, mode
@@ -151,8 +163,12 @@ class BestCheckpoint:
         _write_json(self.path, self.best)
         if self.patience and self.best["evals_since"] >= self.patience:
             _write_json(self.early_stopped_path, {"step": int(step), **self.best})
-            log.info("early stopping at step %d: no validation improvement in %d evaluations "
-                     "(best step %s)", step, self.patience, self.best["step"])
+            log.info(
+                "early stopping at step %d: no validation improvement in %d evaluations (best step %s)",
+                step,
+                self.patience,
+                self.best["step"],
+            )
             return True
         return False
 
@@ -170,8 +186,9 @@ def _write_json(path: str, obj):
     os.replace(path + ".tmp", path)
 
 
-def run_experiment(task, config: ml_collections.ConfigDict, workdir: str,
-                   stop_after: Optional[int] = None) -> Dict:
+def run_experiment(
+    task, config: ml_collections.ConfigDict, workdir: str, stop_after: Optional[int] = None
+) -> Dict:
     """Trains (or resumes) ``task`` in ``workdir``; returns the summary (also ``summary.json``).
 
     ``stop_after`` ends the run early at that step (checkpointed) while keeping the schedule of
@@ -180,8 +197,12 @@ def run_experiment(task, config: ml_collections.ConfigDict, workdir: str,
     check_config(task, config)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
-        record_config(config, workdir, compare_sections=task.compare_sections,
-                      allow_change=config.get("allow_config_change", False))
+        record_config(
+            config,
+            workdir,
+            compare_sections=task.compare_sections,
+            allow_change=config.get("allow_config_change", False),
+        )
         mesh = make_mesh(config.get("num_devices") or None)
         key = jax.random.PRNGKey(config.seed)
         job = task.build(config, workdir, mesh, key)
@@ -192,9 +213,15 @@ def run_experiment(task, config: ml_collections.ConfigDict, workdir: str,
         step, state = checkpointer.restore_latest(state)
         if step is not None:
             log.info("resuming from the checkpoint at step %d", step)
-        train_step = steps_lib.make_train_step(job.loss_fn, mesh, jax.random.fold_in(key, 1), ema,
-                                               mask_fn=job.mask_fn, fold_in_device=job.fold_in_device,
-                                               count_name=job.count_name)
+        train_step = steps_lib.make_train_step(
+            job.loss_fn,
+            mesh,
+            jax.random.fold_in(key, 1),
+            ema,
+            mask_fn=job.mask_fn,
+            fold_in_device=job.fold_in_device,
+            count_name=job.count_name,
+        )
         writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
         t0, stopped = time.time(), False
         try:
@@ -202,24 +229,37 @@ def run_experiment(task, config: ml_collections.ConfigDict, workdir: str,
                 log.info("%s: this run has ended before (early stopping); not training further", workdir)
             else:
                 state, stopped = fit(
-                    state=state, train_step=train_step, make_batch=job.train_batch,
-                    place=lambda b: shard_batch(b, mesh), num_steps=job.num_steps,
-                    checkpointer=checkpointer, writer=writer, eval_fn=job.eval_fn,
+                    state=state,
+                    train_step=train_step,
+                    make_batch=job.train_batch,
+                    place=lambda b: shard_batch(b, mesh),
+                    num_steps=job.num_steps,
+                    checkpointer=checkpointer,
+                    writer=writer,
+                    eval_fn=job.eval_fn,
                     eval_every=_first(job.eval_every, config.get("eval_every", 0)),
                     checkpoint_every=_first(job.checkpoint_every, config.get("checkpoint_every")),
                     log_every=_first(job.log_every, config.get("log_every")),
                     max_consecutive_nonfinite=config.get("max_consecutive_nonfinite", 10),
-                    desc=job.desc, stop_after=stop_after, on_eval=job.on_eval)
+                    desc=job.desc,
+                    stop_after=stop_after,
+                    on_eval=job.on_eval,
+                )
         finally:
             writer.close()
             checkpointer.close()
             for c in job.closers:
                 c.close()
         first, last = first_and_last(workdir)
-        summary = {"steps": int(jax.device_get(state.step)), "num_steps": job.num_steps,
-                   "first_train_loss": first, "final_train_loss": last,
-                   "skipped_nonfinite_steps": int(jax.device_get(state.skipped_steps)),
-                   "stopped_by_hook": bool(stopped), "wall_seconds_this_run": time.time() - t0}
+        summary = {
+            "steps": int(jax.device_get(state.step)),
+            "num_steps": job.num_steps,
+            "first_train_loss": first,
+            "final_train_loss": last,
+            "skipped_nonfinite_steps": int(jax.device_get(state.skipped_steps)),
+            "stopped_by_hook": bool(stopped),
+            "wall_seconds_this_run": time.time() - t0,
+        }
         summary.update(task.finish(config, workdir, job, state) or {})
         _write_json(os.path.join(workdir, "summary.json"), summary)
         log.info("summary: %s", json.dumps(summary, indent=1))

@@ -1,4 +1,5 @@
 """Train state and the device mesh; no chemistry here (the optimizer: `training.optimizer`)."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -16,8 +17,9 @@ DATA_AXIS = "data"
 
 class TrainState(train_state.TrainState):
     """flax TrainState plus an optional EMA of the parameters and a count of skipped steps."""
+
     ema_params: Any = None
-    skipped_steps: jax.Array = None   # steps whose loss or gradient was non-finite (not applied)
+    skipped_steps: jax.Array = None  # steps whose loss or gradient was non-finite (not applied)
 
 
 def strong_types(tree):
@@ -29,9 +31,13 @@ def strong_types(tree):
 
 def create_train_state(apply_fn, params, tx, use_ema: bool) -> TrainState:
     params = strong_types(params)
-    state = TrainState.create(apply_fn=apply_fn, params=params, tx=tx,
-                              ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
-                              skipped_steps=jnp.zeros((), jnp.int32))
+    state = TrainState.create(
+        apply_fn=apply_fn,
+        params=params,
+        tx=tx,
+        ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
+        skipped_steps=jnp.zeros((), jnp.int32),
+    )
     # A strong int32 step: flax's Python-int 0 would make the first step trace a second time.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -45,8 +51,11 @@ def initialize_distributed(force: bool = False) -> bool:
     anything else touches the devices; a no-op on one host and when already initialised.
     Returns whether this process is part of a multi-process run.
     """
-    wanted = force or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or \
-        os.environ.get("GEORECON_MULTIHOST", "") not in ("", "0")
+    wanted = (
+        force
+        or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+        or os.environ.get("GEORECON_MULTIHOST", "") not in ("", "0")
+    )
     if wanted and not jax.distributed.is_initialized():
         kwargs = {}
         if os.environ.get("JAX_NUM_PROCESSES"):
@@ -86,7 +95,8 @@ def shard_batch(batch, mesh: Mesh):
     sharding = NamedSharding(mesh, P(DATA_AXIS))
     if jax.process_count() > 1:
         return jax.tree_util.tree_map(
-            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+        )
     return jax.device_put(batch, sharding)
 
 

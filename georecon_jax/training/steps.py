@@ -16,6 +16,7 @@ only a few molecules are alive at a time. On CPU this keeps them in cache: 8 mic
 A step whose loss or gradient is not finite is not applied: parameters and optimizer state stay
 as they were, ``skipped_steps`` grows, and the metrics carry ``nonfinite = 1``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -43,10 +44,16 @@ def _masked_sums(per_graph_loss, metrics: Dict[str, jax.Array], graph_mask):
     return jnp.sum(jnp.where(graph_mask, per_graph_loss, 0.0)), sums, jnp.sum(w)
 
 
-def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
-                    ema_decay: float = 0.0, trace_counter: Optional[list] = None,
-                    mask_fn: Callable = jraph.get_graph_padding_mask, fold_in_device: bool = False,
-                    count_name: str = "num_graphs"):
+def make_train_step(
+    loss_fn: Callable,
+    mesh: Mesh,
+    base_key: jax.Array,
+    ema_decay: float = 0.0,
+    trace_counter: Optional[list] = None,
+    mask_fn: Callable = jraph.get_graph_padding_mask,
+    fold_in_device: bool = False,
+    count_name: str = "num_graphs",
+):
     """``train_step(state, batch) -> (state, metrics)``, jitted; batch has a leading device axis.
 
     Args:
@@ -94,8 +101,9 @@ def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
         metrics[count_name] = n_real
         return loss, grads, metrics
 
-    sharded = jax.shard_map(device_grads, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
-                            out_specs=(P(), P(), P()), check_vma=False)
+    sharded = jax.shard_map(
+        device_grads, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=(P(), P(), P()), check_vma=False
+    )
 
     def train_step(state: TrainState, batch):
         if trace_counter is not None:
@@ -105,23 +113,33 @@ def make_train_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
         new_state = state.apply_gradients(grads=grads)
         if state.ema_params is not None and ema_decay > 0:
-            new_state = new_state.replace(ema_params=jax.tree_util.tree_map(
-                lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, new_state.params))
+            new_state = new_state.replace(
+                ema_params=jax.tree_util.tree_map(
+                    lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, new_state.params
+                )
+            )
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = new_state.replace(
             params=keep(new_state.params, state.params),
             opt_state=keep(new_state.opt_state, state.opt_state),
             ema_params=keep(new_state.ema_params, state.ema_params),
-            skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                       nonfinite=(~finite).astype(jnp.float32))
+            skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+        )
+        metrics = dict(
+            metrics, loss=loss, grad_norm=optax.global_norm(grads), nonfinite=(~finite).astype(jnp.float32)
+        )
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=(0,))
 
 
-def make_eval_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
-                   mask_fn: Callable = jraph.get_graph_padding_mask, fold_in_device: bool = False):
+def make_eval_step(
+    loss_fn: Callable,
+    mesh: Mesh,
+    base_key: jax.Array,
+    mask_fn: Callable = jraph.get_graph_padding_mask,
+    fold_in_device: bool = False,
+):
     """``eval_step(params, batch, index) -> sums`` of the loss and metrics over the real examples
     of a batch, with their count ``num_graphs`` (`combine_eval_sums` averages batches). The key is
     ``fold_in(base_key, index)`` (and the device index with ``fold_in_device``)."""
@@ -138,14 +156,17 @@ def make_eval_step(loss_fn: Callable, mesh: Mesh, base_key: jax.Array,
         if _num_micro(batch) == 1:
             total = micro_sums(_index(batch, 0))
         else:  # micro-batches (see the module docstring), one after another
-            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                           jax.eval_shape(micro_sums, _index(batch, 0)))
+            zeros = jax.tree_util.tree_map(
+                lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(micro_sums, _index(batch, 0))
+            )
             total, _ = jax.lax.scan(
-                lambda c, g: (jax.tree_util.tree_map(jnp.add, c, micro_sums(g)), None), zeros, batch)
+                lambda c, g: (jax.tree_util.tree_map(jnp.add, c, micro_sums(g)), None), zeros, batch
+            )
         return {k: jax.lax.psum(v, DATA_AXIS) for k, v in total.items()}
 
-    sharded = jax.shard_map(device_eval, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
-                            out_specs=P(), check_vma=False)
+    sharded = jax.shard_map(
+        device_eval, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P(), check_vma=False
+    )
 
     @jax.jit
     def eval_step(params, batch, index):

@@ -14,6 +14,7 @@ validation policy; no chemistry here.
     parameters, then how many more, and every differing setting).
   * Loaded leaves are cast to the dtypes of the model's parameters.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,6 +49,7 @@ class ConfigCheck:
         key that the checkpoint's config lacks counts as None.
       hint: said after the differences, when there are any.
     """
+
     section: str
     values: Any
     keys: Optional[Sequence[str]] = None
@@ -57,9 +59,10 @@ class ConfigCheck:
 @dataclasses.dataclass(frozen=True)
 class PretrainedCheckpoint:
     """One read checkpoint: read it once with `read_pretrained`, transfer from it many times."""
-    path: str              # absolute
+
+    path: str  # absolute
     step: int
-    variables: Any         # the parameter tree ({"params": ...}): its EMA copy when it kept one
+    variables: Any  # the parameter tree ({"params": ...}): its EMA copy when it kept one
     ema: bool
     config: Optional[dict]  # the pretraining run's config.json, when there is one
 
@@ -82,12 +85,13 @@ def read_pretrained(path: str) -> PretrainedCheckpoint:
     ema = raw.get("ema_params") if isinstance(raw, Mapping) else None
     variables = ema or (raw.get("params", raw) if isinstance(raw, Mapping) else raw)
     if not (isinstance(variables, Mapping) and "params" in variables):
-        variables = {"params": variables}   # a bare parameter tree
+        variables = {"params": variables}  # a bare parameter tree
     return PretrainedCheckpoint(os.path.abspath(path), int(step), variables, bool(ema), run_config(path))
 
 
-def config_mismatches(pretrained: PretrainedCheckpoint,
-                      checks: Sequence[ConfigCheck]) -> Tuple[List[str], List[str]]:
+def config_mismatches(
+    pretrained: PretrainedCheckpoint, checks: Sequence[ConfigCheck]
+) -> Tuple[List[str], List[str]]:
     """('section.key: pretrained x, model y' for every differing setting, the hints of the failing checks)."""
     if pretrained.config is None:
         return [], []
@@ -97,8 +101,11 @@ def config_mismatches(pretrained: PretrainedCheckpoint,
         for part in check.section.split("."):
             theirs = theirs.get(part, {}) if isinstance(theirs, Mapping) else {}
         keys = sorted(theirs) if check.keys is None else list(check.keys)
-        found = [f"{check.section}.{k}: pretrained {theirs.get(k)!r}, model {check.values.get(k)!r}"
-                 for k in keys if check.values.get(k) != theirs.get(k)]
+        found = [
+            f"{check.section}.{k}: pretrained {theirs.get(k)!r}, model {check.values.get(k)!r}"
+            for k in keys
+            if check.values.get(k) != theirs.get(k)
+        ]
         diffs += found
         if found and check.hint:
             hints.append(check.hint)
@@ -113,12 +120,15 @@ def check_config(pretrained: PretrainedCheckpoint, checks: Sequence[ConfigCheck]
     """Raises PretrainedMismatchError naming every setting that differs from the pretraining's."""
     diffs, hints = config_mismatches(pretrained, checks)
     if diffs:
-        raise PretrainedMismatchError(f"the checkpoint in {pretrained.path} was configured differently: "
-                                      + _config_message(diffs, hints))
+        raise PretrainedMismatchError(
+            f"the checkpoint in {pretrained.path} was configured differently: "
+            + _config_message(diffs, hints)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Trees.
+
 
 def _key(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
@@ -147,15 +157,18 @@ def _replace(tree, parts: Sequence[str], value):
 
 def _shape_problems(theirs: Dict[str, Any], ours: Dict[str, Any]) -> List[str]:
     common = sorted(set(ours) & set(theirs), key=lambda k: (k.count("/"), k))
-    problems = [f"{k}: checkpoint {tuple(jnp.shape(theirs[k]))}, model {tuple(jnp.shape(ours[k]))}"
-                for k in common if tuple(jnp.shape(theirs[k])) != tuple(jnp.shape(ours[k]))]
+    problems = [
+        f"{k}: checkpoint {tuple(jnp.shape(theirs[k]))}, model {tuple(jnp.shape(ours[k]))}"
+        for k in common
+        if tuple(jnp.shape(theirs[k])) != tuple(jnp.shape(ours[k]))
+    ]
     problems += [f"{k}: in the model, not in the checkpoint" for k in sorted(set(ours) - set(theirs))]
     problems += [f"{k}: in the checkpoint, not in the model" for k in sorted(set(theirs) - set(ours))]
     return problems
 
 
 def _name(target: str) -> str:
-    return target[len("params/"):] if target.startswith("params/") else target
+    return target[len("params/") :] if target.startswith("params/") else target
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,10 +177,15 @@ def _name(target: str) -> str:
 SubtreeMapping = Union[Tuple[str, str], Tuple[str, str, bool]]
 
 
-def transfer_subtrees(params, source: Union[str, PretrainedCheckpoint], mappings: Sequence[SubtreeMapping],
-                      config_checks: Sequence[ConfigCheck] = (),
-                      describe: Optional[Callable[[Dict[str, Any]], str]] = None, hint: str = "",
-                      verbose: bool = False):
+def transfer_subtrees(
+    params,
+    source: Union[str, PretrainedCheckpoint],
+    mappings: Sequence[SubtreeMapping],
+    config_checks: Sequence[ConfigCheck] = (),
+    describe: Optional[Callable[[Dict[str, Any]], str]] = None,
+    hint: str = "",
+    verbose: bool = False,
+):
     """``params`` with subtrees replaced by a pretrained checkpoint's.
 
     Args:
@@ -199,8 +217,15 @@ def transfer_subtrees(params, source: Union[str, PretrainedCheckpoint], mappings
         src, keys_there = _get(pre.variables, src_path)
         if src is None:
             if required:
-                failures.append((src_path, tgt_path, None, None,
-                                 [f"the checkpoint holds no '{src_path}' subtree (next to it: {keys_there})"]))
+                failures.append(
+                    (
+                        src_path,
+                        tgt_path,
+                        None,
+                        None,
+                        [f"the checkpoint holds no '{src_path}' subtree (next to it: {keys_there})"],
+                    )
+                )
             continue
         theirs, ours = _flat(src), _flat(target)
         problems = _shape_problems(theirs, ours)
@@ -208,8 +233,11 @@ def transfer_subtrees(params, source: Union[str, PretrainedCheckpoint], mappings
             if required:
                 failures.append((src_path, tgt_path, theirs, ours, problems))
             continue
-        new = _replace(new, tgt_path.split("/"), jax.tree_util.tree_map_with_path(
-            lambda p, ref: jnp.asarray(theirs[_key(p)], ref.dtype), target))
+        new = _replace(
+            new,
+            tgt_path.split("/"),
+            jax.tree_util.tree_map_with_path(lambda p, ref: jnp.asarray(theirs[_key(p)], ref.dtype), target),
+        )
         loaded.append(_name(tgt_path))
     diffs, hints = config_mismatches(pre, config_checks)
     if failures or diffs:
@@ -230,20 +258,28 @@ def transfer_subtrees(params, source: Union[str, PretrainedCheckpoint], mappings
             lines.append(hint)
         raise PretrainedMismatchError("\n".join(lines))
     if verbose:
-        log.info("loaded %s from %s (pretraining step %d%s)", ", ".join(loaded), pre.path, pre.step,
-                 ", EMA weights" if pre.ema else "")
+        log.info(
+            "loaded %s from %s (pretraining step %d%s)",
+            ", ".join(loaded),
+            pre.path,
+            pre.step,
+            ", EMA weights" if pre.ema else "",
+        )
     return new, {"path": pre.path, "step": pre.step, "loaded": loaded}
 
 
 # ---------------------------------------------------------------------------------------------
 # The library's transfers: which subtrees, and which settings must agree.
 
+
 def describe_encoder(flat: Dict[str, Any]) -> str:
     """Widths of an encoder subtree from its parameter names and shapes (for mismatch errors)."""
     emb = flat.get("embedding/embedding")
     layers = len({k.split("/")[0] for k in flat if k.startswith("attention_")})
-    return (f"features={emb.shape[1] if emb is not None else '?'}, num_layers={layers}, "
-            f"num_rbf={flat['rbf/means'].shape[0] if 'rbf/means' in flat else '?'}")
+    return (
+        f"features={emb.shape[1] if emb is not None else '?'}, num_layers={layers}, "
+        f"num_rbf={flat['rbf/means'].shape[0] if 'rbf/means' in flat else '?'}"
+    )
 
 
 # The node-noise head carries over when both sides have it with the same shapes: a pretraining
@@ -259,10 +295,15 @@ def load_pretrained_encoder(params, path: str, encoder_cfg, verbose: bool = True
 
     Returns (params, {"path", "step", "loaded"}); raises PretrainedMismatchError.
     """
-    return transfer_subtrees(params, path, (("params/encoder", "params/encoder", True),) + NODE_NOISE_HEADS,
-                             config_checks=[ConfigCheck("model.encoder", encoder_cfg)],
-                             describe=describe_encoder,
-                             hint="Set --config.model.encoder.* to the pretraining values.", verbose=verbose)
+    return transfer_subtrees(
+        params,
+        path,
+        (("params/encoder", "params/encoder", True),) + NODE_NOISE_HEADS,
+        config_checks=[ConfigCheck("model.encoder", encoder_cfg)],
+        describe=describe_encoder,
+        hint="Set --config.model.encoder.* to the pretraining values.",
+        verbose=verbose,
+    )
 
 
 def load_3d_encoder(params, path: str, name: str, verbose: bool = True):
@@ -270,8 +311,13 @@ def load_3d_encoder(params, path: str, name: str, verbose: bool = True):
     (``params/encoder3d/encoder``); returns the new params."""
     if name != "et":
         raise ValueError("model.encoder3d.init_from needs model.encoder3d.name = 'et'")
-    params, _ = transfer_subtrees(params, path, [("params/encoder", "params/encoder3d/encoder", True)],
-                                  describe=describe_encoder,
-                                  hint="model.encoder3d must match the checkpoint's encoder (layers, features, "
-                                       "heads, num_rbf, trainable_rbf and max_z must agree)", verbose=verbose)
+    params, _ = transfer_subtrees(
+        params,
+        path,
+        [("params/encoder", "params/encoder3d/encoder", True)],
+        describe=describe_encoder,
+        hint="model.encoder3d must match the checkpoint's encoder (layers, features, "
+        "heads, num_rbf, trainable_rbf and max_z must agree)",
+        verbose=verbose,
+    )
     return params
