@@ -79,6 +79,8 @@ def init(model, graph, seed=0):
 
 
 def with_positions(graph, positions):
+    """The graph (as jax arrays: jraph indexes its arrays with traced values) at other positions."""
+    graph = jax.tree_util.tree_map(jnp.asarray, graph)
     return graph._replace(nodes=graph.nodes._replace(positions=positions))
 
 
