@@ -440,15 +440,29 @@ def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk
 
 
 def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    """FreeSolv pair fine-tuning: kill -9 after an epoch's checkpoint, rerun the same command: the
-    split resumes from its checkpoint and ends with the parameters and test metrics of a straight run;
-    a third run finds every split finished and trains nothing."""
+    """3DMRL pretraining through the pretrain command, then FreeSolv pair fine-tuning from its
+    checkpoint: kill -9 after an epoch's checkpoint, rerun the same command: the split resumes from
+    its checkpoint and ends with the parameters and test metrics of a straight run; a third run
+    finds every split finished and trains nothing."""
     import subprocess
     import sys
     from conftest import ROOT, kill_after_first_checkpoint, require_shared
     from georecon_jax.training.checkpoint import restore_params
 
     data_root = require_shared("solvation")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    pretrained = tmp_path / "mrl3d"
+    pre = [
+        sys.executable,
+        "-m",
+        "experiments.pretrain",
+        "--config=experiments/configs/mrl3d.py:tiny",
+        f"--config.data.data_root={data_root.parent}",
+        f"--workdir={pretrained}",
+    ]
+    out = subprocess.run(pre, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((pretrained / "summary.json").read_text())["objective"] == "3dmrl"
 
     def cmd(workdir):
         return [
@@ -457,11 +471,11 @@ def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
             "experiments.finetune_pairs",
             "--config=experiments/configs/mrl_finetune.py:tiny",
             f"--config.data.data_root={data_root.parent}",
+            f"--config.init_from={pretrained}",
             "--config.num_epochs=4",
             f"--workdir={workdir}",
         ]
 
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     straight = tmp_path / "straight"
     out = subprocess.run(cmd(straight), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -478,6 +492,7 @@ def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (straight, killed))
+    assert ra["init"] == f"3DMRL checkpoint {pretrained}"
     assert (
         ra["test_mean_std"] == rb["test_mean_std"]
         and ra["splits"][0]["best_step"] == rb["splits"][0]["best_step"]
