@@ -1,4 +1,5 @@
-"""PNG figures (matplotlib, Agg backend: no display needed): learning curves and parity plots."""
+"""PNG figures (matplotlib, Agg backend: no display needed): learning curves, parity plots and
+GeoRecon's z diagnostic."""
 
 from __future__ import annotations
 
@@ -60,6 +61,48 @@ def parity_plot(
     ax.set_ylabel(f"predicted {label} ({unit})")
     text = title + (f"\nMAE {mae:.4g} {unit}" if mae is not None else "")
     ax.set_title(text.strip(), fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def z_diagnostic_plot(diag: Dict, path: str, title: str = ""):
+    """GeoRecon's z diagnostic (``summary.json["z_diagnostic"]``): the decoder's ε-MSE by σ with the
+    molecule's own, another molecule's and a zero code, the ratio own/other, and the RMSD of the
+    reconstruction from z alone with the own code against another same-size molecule's code."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    sig = diag.get("sigmas") or []
+    ax = axes[0]
+    for key, label in (
+        ("mse_own", "own code"),
+        ("mse_other", "another molecule's code"),
+        ("mse_zero", "zero code"),
+    ):
+        if sig and key in diag:
+            ax.plot(sig, diag[key], marker="o", ms=3, label=label)
+    ax.set(xscale="log", yscale="log", xlabel="σ (Å)", ylabel="decoder ε-MSE", title="decoder error by code")
+    ax = axes[1]
+    for key, label in (("own_over_other", "own / other"), ("own_over_zero", "own / zero")):
+        if sig and key in diag:
+            ax.plot(sig, diag[key], marker="o", ms=3, label=label)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set(xscale="log", xlabel="σ (Å)", ylabel="MSE ratio", title="< 1: the decoder uses z")
+    ax = axes[2]
+    names = ["own code", "other code\n(same size)", "pure noise"]
+    keys = ("recon_rmsd_own", "recon_rmsd_other", "pure_noise_rmsd")
+    vals = [np.nan if diag.get(k) is None else diag[k] for k in keys]  # None: not measured
+    ax.bar(names, vals, color=["C0", "C1", "0.6"])
+    ax.set(
+        ylabel="Kabsch RMSD (Å)", title=f"reconstruction from z ({diag.get('n_pairs_same_size', 0)} pairs)"
+    )
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[2].grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -188,3 +188,136 @@ def test_adding_an_objective_is_one_file_and_one_config(qm9_small):
     levels = np.geomspace(config.objective.sigma_max, config.objective.sigma_min, config.objective.num_levels)
     assert np.all(np.min(np.abs(sigma[:, None] - levels[None, :]), axis=1) < 1e-5 * levels.max())
     assert len(np.unique(np.round(sigma, 6))) > 1
+
+
+# -- the z diagnostic (does the decoder use the graph code?) --------------------------------------
+
+
+def _diagnostic_setup(qm9_small):
+    config = georecon_config.get_config("tiny")
+    mols, batcher, model, params, objective = _setup(qm9_small, config, num_buckets=1)
+    graph = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), batcher.batch(0))
+    return config, model, params, graph
+
+
+def test_z_diagnostic_is_the_objectives_error_and_is_blind_to_an_ignored_code(qm9_small):
+    """On the real GeoRecon model: the own-code MSE at σ is the loss's recon_mse with the same key
+    (same noise, same code); the other code is another real molecule's; with the code rows of
+    fuse_hidden zeroed (the decoder ignores z) own = other = zero up to float rounding."""
+    from georecon_jax.objectives.georecon import make_decoder_errors_fn
+    from georecon_jax.objectives.graph_code_diagnostic import aggregate_decoder_errors
+    from georecon_jax.objectives.registry import get_objective
+
+    config, model, params, graph = _diagnostic_setup(qm9_small)
+    sigmas = (0.1, 1.0)
+    errors = jax.jit(make_decoder_errors_fn(model, sigmas))
+    key = jax.random.PRNGKey(3)
+    res = errors(params, graph, key)
+    real = np.asarray(graph.globals.graph_id >= 0)
+    other = np.asarray(res["other"])
+    assert real.sum() >= 2 and np.all(np.asarray(res["has_other"]) == real)
+    assert np.all(other[real] != np.flatnonzero(real)) and sorted(other[real]) == list(np.flatnonzero(real))
+    fixed = georecon_config.get_config("tiny")
+    fixed.objective.update(schedule="fixed", sigma_max=sigmas[-1])
+    _, metrics = jax.jit(get_objective(fixed).loss_fn(model))(params, graph, key)
+    np.testing.assert_allclose(
+        np.asarray(res["mse_own"][-1])[real], np.asarray(metrics["recon_mse"])[real], rtol=1e-4
+    )
+    # an untrained decoder does read z: another code changes ε̂
+    assert float(np.abs(np.asarray(res["mse_own"] - res["mse_other"])[:, real]).max()) > 1e-6
+    # the decoder with its code input cut: exactly blind
+    blind = jax.tree_util.tree_map(lambda x: x, params)
+    fuse = dict(params["params"]["heads_decoder"]["fuse_hidden"])
+    f, c = config.model.encoder.features, config.model.decoder.code_dim
+    fuse["kernel"] = fuse["kernel"].at[f : f + c].set(0.0)
+    blind["params"]["heads_decoder"] = dict(params["params"]["heads_decoder"], fuse_hidden=fuse)
+    r = errors(blind, graph, key)
+    for k in ("mse_other", "mse_zero"):
+        np.testing.assert_allclose(np.asarray(r[k]), np.asarray(r["mse_own"]), rtol=1e-5, atol=1e-7)
+    agg = aggregate_decoder_errors([jax.device_get(r)], sigmas)
+    np.testing.assert_allclose(agg["own_over_other"], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(agg["own_over_zero"], 1.0, rtol=1e-5)
+    assert agg["n_molecules_decoder"] == real.sum()
+
+
+def test_z_diagnostic_tells_a_decoder_that_uses_z_from_one_that_cannot(qm9_small):
+    """A toy decoder whose only source of the clean structure is z: ε̂ = (x - x̂₀(z)) / σ, x̂₀ a
+    small trainable map from the code (the tiny GeoRecon encoder + graph_code of the clean
+    molecule) to per-atom positions, trained briefly by denoising. Its twin gets a constant code.
+    The library's `decoder_errors` must find own/other well below 1 for the first and 1 for the
+    second."""
+    import flax.linen as nn
+    import optax
+
+    from georecon_jax.objectives.georecon import make_code_fn
+    from georecon_jax.objectives.graph_code_diagnostic import aggregate_decoder_errors, decoder_errors
+    from georecon_jax.objectives.noise import perturb
+
+    config, model, params, graph = _diagnostic_setup(qm9_small)
+    max_atoms = 29  # QM9
+
+    class CleanFromCode(nn.Module):
+        @nn.compact
+        def __call__(self, z):
+            z = nn.LayerNorm()(z)
+            return nn.Dense(max_atoms * 3)(nn.silu(nn.Dense(128)(z))).reshape(-1, max_atoms, 3)
+
+    net = CleanFromCode()
+    m = graph_masks(graph)
+    true_code = jax.jit(make_code_fn(model))(params, graph)
+
+    def train(code_fn):
+        def decode_fn(p):
+            def decode(g, pos, codes, log_sigma):
+                sigma = jnp.exp(log_sigma)[:, None]
+                return [(pos - net.apply(p, c)[m.node_graph, g.nodes.atom_index]) / sigma for c in codes]
+
+            return decode
+
+        p = net.init(jax.random.PRNGKey(0), code_fn(graph))
+        tx = optax.adam(3e-3)
+
+        def loss(p, key):  # denoising at σ = 1 Å: (ε̂ - ε)² = (x₀ - x̂₀(z))²
+            pos, eps = perturb(graph, key, jnp.ones(m.n_graph))
+            (e,) = decode_fn(p)(graph, pos, [code_fn(graph)], jnp.zeros(pos.shape[0]))
+            return jnp.sum(jnp.where(m.node_mask[:, None], (e - eps) ** 2, 0.0)) / jnp.sum(m.node_mask)
+
+        @jax.jit
+        def fit(p):
+            def step(carry, key):
+                p, s = carry
+                g = jax.grad(loss)(p, key)
+                u, s = tx.update(g, s, p)
+                return (optax.apply_updates(p, u), s), None
+
+            (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), jax.random.split(jax.random.PRNGKey(1), 400))
+            return p
+
+        p = fit(p)
+        sigmas = (0.04, 0.3, 1.0)
+        res = jax.jit(lambda g, k: decoder_errors(code_fn, decode_fn(p), g, k, sigmas))(
+            graph, jax.random.PRNGKey(7)
+        )
+        return aggregate_decoder_errors([jax.device_get(res)], sigmas)
+
+    uses = train(lambda g: true_code)
+    blind = train(lambda g: jnp.ones_like(true_code))
+    assert max(uses["own_over_other"]) < 0.2, uses
+    assert max(uses["own_over_zero"]) < 0.2, uses
+    np.testing.assert_allclose(blind["own_over_other"], 1.0, rtol=1e-5)
+    assert np.all(np.asarray(blind["mse_own"]) > 10 * np.asarray(uses["mse_own"])), (uses, blind)
+
+
+def test_z_diagnostic_partners():
+    """The derangement skips padding graphs (several may be empty, not only the last); same-size
+    partners prefer the same composition and never pair a molecule with itself."""
+    from georecon_jax.objectives.graph_code_diagnostic import derangement, same_size_partners
+
+    other, has = derangement(jnp.array([True, False, True, True, False, False]))
+    assert np.asarray(other).tolist() == [2, 1, 3, 0, 4, 5]
+    assert np.asarray(has).tolist() == [True, False, True, True, False, False]
+    other, has = derangement(jnp.array([True, False, False]))
+    assert np.asarray(other).tolist() == [0, 1, 2] and not np.asarray(has).any()
+    mols = [np.array(z) for z in ([6, 1, 1], [1, 6, 1], [8, 1, 1], [6, 6], [7, 7, 7, 1])]
+    partner, same = same_size_partners(mols)
+    assert partner.tolist() == [1, 0, 0, -1, -1] and same.tolist() == [True, True, False, False, False]

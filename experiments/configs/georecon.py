@@ -59,6 +59,9 @@ def get_config(size=None):
     c.objective.clean_weight = 0.1
     c.objective.num_sampling_steps = 50
     c.objective.num_recon_molecules = 256  # held-out molecules rebuilt from z at the end
+    # z diagnostic on those molecules (summary.json "z_diagnostic", z_diagnostic.png): decoder
+    # ε-MSE with own / another molecule's / zero code at each σ (Å); () skips that part
+    c.objective.diagnostic_sigmas = (0.01, 0.04, 0.1, 0.3, 0.6, 1.0, 1.5, 2.0)
 
     # Optimizer.
     c.optim = common.optimizer()

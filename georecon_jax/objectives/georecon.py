@@ -14,11 +14,15 @@ As implemented here (choices the paper leaves open are marked *):
      (``node_denoise_weight``), and a clean head (``clean_weight``): the same node head on the
      clean features must predict zero noise.
 
-Report: coordinates rebuilt from z alone (`make_reconstruct_fn`), scored by Kabsch RMSD (Å).
+Report: coordinates rebuilt from z alone (`make_reconstruct_fn`), scored by Kabsch RMSD (Å), and
+the z diagnostic (`graph_code_diagnostic`): does the decoder do better with the molecule's own code
+than with another molecule's or a zero code, by σ, and does reconstruction from z?
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Dict, Iterable, NamedTuple
 
 import jax
@@ -30,8 +34,16 @@ from georecon_jax.models.graph import graph_masks, masked_mean
 from georecon_jax.models.heads import VectorHead
 from georecon_jax.models.pretrain import GeometryDecoder
 from georecon_jax.objectives.coord import check_sigmas, squared_error
+from georecon_jax.objectives.graph_code_diagnostic import (
+    DEFAULT_SIGMAS,
+    aggregate_decoder_errors,
+    decoder_errors,
+    same_size_partners,
+)
 from georecon_jax.objectives.noise import per_atom_normal, perturb, sample_noise_scale, sigma_ladder
 from georecon_jax.objectives.registry import Objective, register
+
+log = logging.getLogger(__name__)
 
 
 class GeoReconOutputs(NamedTuple):
@@ -106,27 +118,123 @@ class GeoRecon(Objective):
         return total, {"recon_mse": recon, "node_denoise_mse": node, "clean_mse": clean, "sigma": out.sigma}
 
     def report(self, model, params, graphs: Iterable) -> Dict:
-        """Kabsch RMSD (Å) of coordinates rebuilt from the graph code alone, against pure noise."""
+        """Kabsch RMSD (Å) of coordinates rebuilt from the graph code alone, against pure noise, and
+        the z diagnostic (``z_diagnostic``: see `graph_code_diagnostic`)."""
         if not self.cfg.get("num_recon_molecules"):
             return {}
-        recon = jax.jit(
-            make_reconstruct_fn(model, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.num_sampling_steps)
-        )
+        t0 = time.perf_counter()
+        graphs = [jax.device_get(g) for g in graphs]
         key = jax.random.PRNGKey(self.config.seed + 17)
+        code_fn = jax.jit(make_code_fn(model))
+        recon = jax.jit(
+            make_reconstruct_from_code_fn(
+                model, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.num_sampling_steps
+            )
+        )
+        codes = [np.asarray(code_fn(params, g)) for g in graphs]
+        own = [np.asarray(recon(params, g, c, key)) for g, c in zip(graphs, codes)]
         rmsds, noise_rmsds = [], []
-        for k, graph in enumerate(graphs):
-            pred = np.asarray(recon(params, graph, key))
+        for k, (graph, pred) in enumerate(zip(graphs, own)):
             rng = np.random.default_rng(k)
             for ref, rebuilt in split_molecules(graph, pred):
                 rmsds.append(kabsch_rmsd(rebuilt, ref))
                 noise_rmsds.append(kabsch_rmsd(rng.normal(size=ref.shape) * self.cfg.sigma_max, ref))
-        return {
+        out = {
             "reconstruction_rmsd_angstrom": float(np.mean(rmsds)),
             "reconstruction_rmsd_median_angstrom": float(np.median(rmsds)),
             "pure_noise_rmsd_angstrom": float(np.mean(noise_rmsds)),
             "num_molecules": len(rmsds),
             "num_sampling_steps": self.cfg.num_sampling_steps,
         }
+        t1 = time.perf_counter()
+        diag = {}
+        sigmas = tuple(self.cfg.get("diagnostic_sigmas", DEFAULT_SIGMAS) or ())
+        if sigmas:
+            errors = jax.jit(make_decoder_errors_fn(model, sigmas))
+            dkey = jax.random.fold_in(key, 1)
+            diag.update(aggregate_decoder_errors([errors(params, g, dkey) for g in graphs], sigmas))
+        diag.update(reconstruction_with_other_codes(recon, params, graphs, codes, own, key))
+        diag["pure_noise_rmsd"] = out["pure_noise_rmsd_angstrom"]
+        out["z_diagnostic"] = diag
+        log.info(
+            "report: reconstruction %.1f s, z diagnostic %.1f s",
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
+        return out
+
+
+def make_code_fn(model):
+    """``code(params, graph) -> z [n_graph, C]`` of the clean molecules."""
+    return lambda params, graph: model.apply(
+        params, graph, method=lambda mdl, g: graph_code(mdl, g, mdl.encode(g))
+    )
+
+
+def make_decoder_errors_fn(model, sigmas):
+    """``errors(params, graph, key)``: `graph_code_diagnostic.decoder_errors` of a GeoRecon model
+    (jittable): the perturbed molecule is encoded once per σ and decoded with each code."""
+
+    def decode_many(mdl, g, positions, codes, log_sigma):
+        noisy = mdl.encode(g, positions)
+        node_graph = graph_masks(g).node_graph
+        return [mdl.heads["decoder"](noisy, c[node_graph], log_sigma, g, positions) for c in codes]
+
+    code = make_code_fn(model)
+
+    def errors(params, graph, key):
+        return decoder_errors(
+            lambda g: code(params, g),
+            lambda g, pos, codes, ls: model.apply(params, g, pos, codes, ls, method=decode_many),
+            graph,
+            key,
+            sigmas,
+        )
+
+    return errors
+
+
+def reconstruction_with_other_codes(recon, params, graphs, codes, own, key) -> Dict:
+    """Reconstruction from z alone with the molecule's own code (``own``, already rebuilt) against
+    the code of another held-out molecule with the same atom count (the same composition when one
+    exists): same graph, same start noise; Kabsch RMSD (Å) to the molecule's own structure, over
+    the molecules that have such a partner."""
+    slots = []  # (batch, graph slot, atomic numbers) of each real molecule
+    for b, graph in enumerate(graphs):
+        start = np.cumsum(np.concatenate([[0], np.asarray(graph.n_node)]))
+        z = np.asarray(graph.nodes.atomic_numbers)
+        for gi, mol in enumerate(np.asarray(graph.globals.graph_id)):
+            if mol >= 0:
+                slots.append((b, gi, z[start[gi] : start[gi + 1]]))
+    partner, same_comp = same_size_partners([s[2] for s in slots])
+    other_codes = [c.copy() for c in codes]
+    for (b, gi, _), p in zip(slots, partner):
+        if p >= 0:
+            pb, pg, _ = slots[p]
+            other_codes[b][gi] = codes[pb][pg]
+    rmsd_own, rmsd_other = [], []
+    paired = {(b, gi) for (b, gi, _), p in zip(slots, partner) if p >= 0}
+    for b, graph in enumerate(graphs):
+        if not any(k[0] == b for k in paired):
+            continue
+        other = np.asarray(recon(params, graph, other_codes[b], key))
+        start = np.cumsum(np.concatenate([[0], np.asarray(graph.n_node)]))
+        pos = np.asarray(graph.nodes.positions)
+        for gi in range(len(start) - 1):
+            if (b, gi) in paired:
+                a, e = start[gi], start[gi + 1]
+                rmsd_own.append(kabsch_rmsd(own[b][a:e], pos[a:e]))
+                rmsd_other.append(kabsch_rmsd(other[a:e], pos[a:e]))
+    rmsd_own, rmsd_other = np.asarray(rmsd_own), np.asarray(rmsd_other)
+    n = len(rmsd_own)
+    return {
+        "recon_rmsd_own": float(rmsd_own.mean()) if n else None,  # None: no same-size pair
+        "recon_rmsd_other": float(rmsd_other.mean()) if n else None,
+        "recon_own_closer_fraction": float(np.mean(rmsd_own < rmsd_other)) if n else None,
+        "n_pairs_same_size": int(n),
+        "n_pairs_same_composition": int(same_comp[partner >= 0].sum()),
+        "n_molecules_recon": len(slots),
+    }
 
 
 def split_molecules(graph, per_atom: np.ndarray):
@@ -145,11 +253,22 @@ def make_reconstruct_fn(model, sigma_min: float, sigma_max: float, num_steps: in
     deterministic (DDIM, η = 0) update of a variance-exploding diffusion:
     x̂₀ = x - σ_k ε̂(x, σ_k, z);  x ← x̂₀ + σ_{k+1} ε̂.  Returns the last x̂₀.
     """
-    sigmas = sigma_ladder(sigma_min, sigma_max, num_steps)
+    from_code = make_reconstruct_from_code_fn(model, sigma_min, sigma_max, num_steps)
+    code = make_code_fn(model)
 
     def reconstruct(params, graph, key):
+        return from_code(params, graph, code(params, graph), key)
+
+    return reconstruct
+
+
+def make_reconstruct_from_code_fn(model, sigma_min: float, sigma_max: float, num_steps: int):
+    """``reconstruct(params, graph, code, key) -> positions [n, 3]``: `make_reconstruct_fn` with the
+    graph code z [n_graph, C] given (the z diagnostic rebuilds a molecule from another's code)."""
+    sigmas = sigma_ladder(sigma_min, sigma_max, num_steps)
+
+    def reconstruct(params, graph, code, key):
         m = graph_masks(graph)
-        code = model.apply(params, graph, method=lambda mdl, g: graph_code(mdl, g, mdl.encode(g)))
         eps0 = per_atom_normal(key, graph.globals.graph_id[m.node_graph], graph.nodes.atom_index)
         x = jnp.where(m.node_mask[:, None], sigmas[0] * eps0, 0.0)
         next_sigmas = jnp.concatenate([sigmas[1:], jnp.zeros(1)])

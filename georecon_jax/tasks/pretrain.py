@@ -19,7 +19,7 @@ from georecon_jax.data.qm9 import load_qm9
 from georecon_jax.graphs.batching import GraphBatcher, micro_batches_for
 from georecon_jax.models.pretrain import create_model, encoder_problems
 from georecon_jax.objectives.registry import get_objective
-from georecon_jax.plots import learning_curves
+from georecon_jax.plots import learning_curves, z_diagnostic_plot
 from georecon_jax.training import runner
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.loop import read_metrics
@@ -165,6 +165,12 @@ class PretrainTask:
             )
             graphs = (jax.tree_util.tree_map(lambda x: x[0], b) for b in held_out.epoch_batches())
             summary.update(self.objective.report(self.model, params, graphs))
+        if "z_diagnostic" in summary:
+            z_diagnostic_plot(
+                summary["z_diagnostic"],
+                os.path.join(workdir, "z_diagnostic.png"),
+                title=f"{config.objective.name}: does the decoder use the graph code z?",
+            )
         return summary
 
 

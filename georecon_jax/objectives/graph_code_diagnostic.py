@@ -1,0 +1,139 @@
+"""Does the decoder use the graph code z? The z diagnostic of every GeoRecon run.
+
+Two measurements on held-out molecules, both from a fixed key:
+
+  1. Decoder error by σ (`decoder_errors`): at each σ of a fixed list, every real molecule is
+     perturbed once (the same ε for every σ and for all three codes) and the decoder's ε-MSE is
+     taken with (a) its own code, (b) another real molecule's code of the same batch (a
+     derangement: the next real molecule, cyclically) and (c) a zero code. A decoder that ignores
+     z gives own = other = zero; one that uses it gives own < other.
+  2. Reconstruction from z alone (in `georecon.GeoRecon.report`): the same start noise and the
+     same molecular graph, rebuilt once with the molecule's own code and once with the code of
+     another held-out molecule with the same atom count (the same composition when one exists),
+     scored against the molecule's own structure (Kabsch RMSD). The sampler starts from pure
+     noise σ_max·ε that holds nothing of the structure, so only z and the graph can inform it.
+
+`decoder_errors` is generic over how codes and ε̂ are computed (``code_fn``, ``decode_fn``), so
+that the tests can run it on a toy decoder whose only source of the target is z;
+`georecon.make_decoder_errors_fn` binds it to a GeoRecon model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from georecon_jax.models.graph import graph_masks
+from georecon_jax.objectives.noise import perturb
+
+DEFAULT_SIGMAS = (0.01, 0.04, 0.1, 0.3, 0.6, 1.0, 1.5, 2.0)  # Å
+
+
+def derangement(real):
+    """(other [n_graph], has_other [n_graph]) for ``real`` [n_graph] bool, the real graphs: other is
+    the index of another real graph for each real graph, the next one cyclically (itself when the
+    batch holds a single real graph; padding graphs map to themselves); has_other: real, and the
+    batch holds at least two real graphs."""
+    n_graph = real.shape[0]
+    n_real = real.astype(jnp.int32).sum()
+    rank = jnp.cumsum(real.astype(jnp.int32)) - 1  # the rank of each real graph among the real
+    real_idx = jnp.nonzero(real, size=n_graph, fill_value=0)[0]  # the real graphs, in order
+    nxt = real_idx[(rank + 1) % jnp.maximum(n_real, 1)]
+    other = jnp.where(real, nxt, jnp.arange(n_graph))
+    return other, real & (n_real >= 2)
+
+
+def decoder_errors(
+    code_fn: Callable, decode_fn: Callable, graph, key, sigmas: Sequence[float]
+) -> Dict[str, jax.Array]:
+    """Per-molecule decoder ε-MSE with its own, another molecule's and a zero code (jittable).
+
+    Args:
+      code_fn(graph) -> z [n_graph, C], the codes of the clean molecules;
+      decode_fn(graph, positions, codes, log_sigma_per_node) -> a list of ε̂ [n, 3], one for each
+        code of the list ``codes`` (each [n_graph, C]) at the same perturbed ``positions``;
+      graph: a padded graph batch; key: the noise key; sigmas: the σ levels (Å).
+
+    Returns {"mse_own", "mse_other", "mse_zero": [S, n_graph] (mean over atoms and axes),
+    "has_other": [n_graph] bool (a real molecule with a partner), "other": [n_graph] int}.
+    The noise is the objective's (`noise.perturb`, keyed by molecule id and atom index): at σ it is
+    exactly the ε that `GeoRecon.forward` draws from the same key.
+    """
+    m = graph_masks(graph)
+    # real molecules: a batch may hold several empty padding graphs (graph_id -1), not only the last
+    other, has_other = derangement(m.graph_mask & (graph.globals.graph_id >= 0))
+    z = code_fn(graph)
+    codes = [z, z[other], jnp.zeros_like(z)]
+    sigmas = jnp.asarray(sigmas, jnp.float32)
+    count = jax.ops.segment_sum(m.node_mask.astype(jnp.float32), m.node_graph, num_segments=m.n_graph)
+
+    def at(sigma):
+        pos, eps = perturb(graph, key, jnp.full(m.n_graph, sigma))
+        log_sigma = jnp.full(pos.shape[0], jnp.log(sigma))
+        outs = decode_fn(graph, pos, codes, log_sigma)
+
+        def mse(e):
+            per_atom = jnp.where(m.node_mask, jnp.mean((e - eps) ** 2, axis=-1), 0.0)
+            total = jax.ops.segment_sum(per_atom, m.node_graph, num_segments=m.n_graph)
+            return total / jnp.maximum(count, 1.0)
+
+        return jnp.stack([mse(e) for e in outs])  # [3, n_graph]
+
+    errs = jax.lax.map(at, sigmas)  # [S, 3, n_graph]
+    return {
+        "mse_own": errs[:, 0],
+        "mse_other": errs[:, 1],
+        "mse_zero": errs[:, 2],
+        "has_other": has_other,
+        "other": other,
+    }
+
+
+def aggregate_decoder_errors(results: List[Dict], sigmas: Sequence[float]) -> Dict:
+    """Host side: mean MSE own / other / zero per σ over the real molecules with a partner, and
+    the ratios own/other and own/zero (ratios of the means). ``results``: `decoder_errors` of
+    each batch, on the host."""
+    keep = [np.asarray(r["has_other"]) for r in results]
+    cat = {
+        k: np.concatenate([np.asarray(r[k])[:, h] for r, h in zip(results, keep)], axis=1)
+        for k in ("mse_own", "mse_other", "mse_zero")
+    }
+    n = int(sum(h.sum() for h in keep))
+    if not n:  # no batch held two real molecules
+        return {"sigmas": [float(s) for s in sigmas], "n_molecules_decoder": 0}
+    mean = {k: v.mean(axis=1) for k, v in cat.items()}
+    return {
+        "sigmas": [float(s) for s in sigmas],
+        "mse_own": mean["mse_own"].tolist(),
+        "mse_other": mean["mse_other"].tolist(),
+        "mse_zero": mean["mse_zero"].tolist(),
+        "own_over_other": (mean["mse_own"] / mean["mse_other"]).tolist(),
+        "own_over_zero": (mean["mse_own"] / mean["mse_zero"]).tolist(),
+        "n_molecules_decoder": n,
+    }
+
+
+def same_size_partners(atomic_numbers: List[np.ndarray]) -> tuple:
+    """For each molecule (its atomic numbers), another molecule with the same atom count, preferring
+    the same composition: (partner index or -1 [N], same_composition bool [N]). Partners are
+    chosen cyclically within each group, so no molecule is its own partner."""
+    n = len(atomic_numbers)
+    partner = np.full(n, -1, np.int64)
+    same_comp = np.zeros(n, bool)
+    by_comp, by_size = {}, {}
+    for i, z in enumerate(atomic_numbers):
+        by_comp.setdefault(tuple(sorted(int(a) for a in z)), []).append(i)
+        by_size.setdefault(len(z), []).append(i)
+    for group in by_comp.values():
+        if len(group) > 1:
+            for k, i in enumerate(group):
+                partner[i] = group[(k + 1) % len(group)]
+                same_comp[i] = True
+    for group in by_size.values():
+        for k, i in enumerate(group):
+            if partner[i] < 0 and len(group) > 1:
+                partner[i] = group[(k + 1) % len(group)]
+    return partner, same_comp
