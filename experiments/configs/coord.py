@@ -19,5 +19,8 @@ def get_config(size=None):
     c.model.decoder = None
 
     # Objective: one fixed σ.
-    c.objective.update(name="coord", schedule="fixed", sigma_min=0.04, sigma_max=0.04, num_recon_molecules=0)
-    return common.resize(c, size, SIZES)
+    c.objective.update(name="coord", schedule="fixed", sigma_min=0.04, sigma_max=0.04)
+    c = common.resize(c, size, SIZES)
+    # No graph code to rebuild from, at every size (georecon's overlays set it for quick and tiny).
+    c.objective.num_recon_molecules = 0
+    return c

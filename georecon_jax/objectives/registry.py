@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from georecon_jax.models.pretrain import create_model
+
 _REGISTRY: Dict[str, Type["Objective"]] = {}
 
 
@@ -51,8 +53,6 @@ class Objective:
 
     def create_model(self):
         """The model: the shared encoder of ``config.model`` plus this objective's heads."""
-        from georecon_jax.models.pretrain import create_model
-
         return create_model(self.config.model, self.heads())
 
     def forward(self, model, graph, key):
