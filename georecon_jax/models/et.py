@@ -38,6 +38,20 @@ def Dense(features: int, use_bias: bool = True, name=None) -> nn.Dense:
     return nn.Dense(features, use_bias=use_bias, kernel_init=dense_init, name=name)
 
 
+EMBEDDING_INITS = ("normal", "scaled")
+VEC_NORMS = ("none", "whitened", "whitened_reference")
+
+
+def embedding_init(kind: str):
+    """Initialiser of the atom-type embeddings: ``normal`` N(0, 1), as torch's ``nn.Embedding`` in
+    torchmd-net; ``scaled`` N(0, 1/F), flax's default (this project's choice before 2026-12)."""
+    if kind == "normal":
+        return nn.initializers.normal(stddev=1.0)
+    if kind == "scaled":
+        return nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+    raise ValueError(f"unknown embedding_init {kind!r}: use one of {EMBEDDING_INITS}")
+
+
 def silu(x):
     """SiLU, x·sigmoid(x): the one SiLU of the models in ``georecon_jax.models``. Written with tanh,
     the same function to float rounding, and 6-11 % faster encoder steps on XLA:CPU than
@@ -140,11 +154,17 @@ class NeighborEmbedding(nn.Module):
 
     features: int
     max_z: int
+    embedding_init: str = "normal"
 
     @nn.compact
     def __call__(self, atomic_numbers, x, rbf, pairs: Pairs):
         weight = Dense(self.features, name="distance_proj")(rbf) * pairs.cutoff_weight[:, None]  # [P, F]
-        neighbors = nn.Embed(self.max_z + 1, self.features, name="embedding")(atomic_numbers)
+        neighbors = nn.Embed(
+            self.max_z + 1,
+            self.features,
+            embedding_init=embedding_init(self.embedding_init),
+            name="embedding",
+        )(atomic_numbers)
         agg = jax.ops.segment_sum(
             neighbors[pairs.senders] * twice(weight), pairs.receivers, num_segments=x.shape[0]
         )
@@ -293,6 +313,67 @@ class FirstEquivariantAttention(_AttentionBase):
         return o3, w
 
 
+# The whitening vector layer norm (pre-training-via-denoising, torchmdnet/models/torchmd_et.py
+# ``EquivariantLayerNorm``, used by Coord as ``--layernorm-on-vec whitened``).
+VEC_NORM_EPS = 1e-5
+
+
+@jax.custom_jvp
+def _inv_sqrt_spd(a):
+    """(A + eps I)^(-1/2) of symmetric positive definite [..., 3, 3] matrices, by eigh; its
+    derivative is written out (below) so that it stays finite when eigenvalues coincide."""
+    lam, v = jnp.linalg.eigh(a)
+    lam = jnp.maximum(lam, 0.0)  # float32 eigh can return -1e-6 for a singular covariance
+    return jnp.einsum("...ij,...j,...kj->...ik", v, jax.lax.rsqrt(lam + VEC_NORM_EPS), v)
+
+
+@_inv_sqrt_spd.defjvp
+def _inv_sqrt_spd_jvp(primals, tangents):
+    # Daleckii-Krein: for F = V f(Λ) Vᵀ, dF = V (G ∘ Vᵀ dA V) Vᵀ with G_ij the divided difference
+    # (f(λ_i) - f(λ_j)) / (λ_i - λ_j). For f(λ) = (λ + eps)^(-1/2) it is, without cancellation,
+    # -1 / (s_i s_j (s_i + s_j)), s = sqrt(λ + eps); at λ_i = λ_j it equals f'(λ_i).
+    (a,), (da,) = primals, tangents
+    lam, v = jnp.linalg.eigh(a)
+    s = jnp.sqrt(jnp.maximum(lam, 0.0) + VEC_NORM_EPS)
+    out = jnp.einsum("...ij,...j,...kj->...ik", v, 1.0 / s, v)
+    da = 0.5 * (da + jnp.swapaxes(da, -1, -2))
+    g = -1.0 / (s[..., :, None] * s[..., None, :] * (s[..., :, None] + s[..., None, :]))
+    inner = jnp.einsum("...ji,...jk,...kl->...il", v, da, v)
+    return out, jnp.einsum("...ij,...jk,...lk->...il", v, g * inner, v)
+
+
+class EquivariantLayerNorm(nn.Module):
+    """Whitening layer norm of vector features [n, 3, F] (pre-training-via-denoising's
+    ``EquivariantLayerNorm``): centre over the F channels, whiten with the inverse square root of
+    the 3 x 3 channel covariance + eps·I, scale each channel by ``weight`` (ones at init; no bias,
+    which would break equivariance). Output = R(input) for any rotation R: the covariance turns as
+    R C Rᵀ.
+
+    A documented correction: the reference adds eps·diag(1, 2, 3) instead of eps·I so that an
+    all-zero input has distinct eigenvalues for its SVD's backward pass. That term does not turn
+    with the molecule, so the layer is not equivariant where the covariance is comparable to eps
+    (small vector features, e.g. at initialisation: errors of 1e-2 in tests/test_models.py). The
+    derivative here stays finite at equal eigenvalues, so the isotropic term is safe.
+    ``reference=True`` (``vec_norm='whitened_reference'``) keeps diag(1, 2, 3), e.g. to compare
+    with an imported checkpoint bit for bit.
+
+    The reference computes it in float64 by SVD. Here it is float32 by eigh (x64 is off in
+    JAX), with the derivative written out (`_inv_sqrt_spd`); tests/test_vec_norm.py checks it
+    against a float64 implementation of the reference's formula on real molecules."""
+
+    features: int
+    reference: bool = False
+
+    @nn.compact
+    def __call__(self, vec):
+        weight = self.param("weight", nn.initializers.ones, (self.features,))
+        centred = vec - jnp.mean(vec, axis=-1, keepdims=True)
+        cov = jnp.einsum("nif,njf->nij", centred, centred) / self.features
+        reg = jnp.array([1.0, 2.0, 3.0] if self.reference else [1.0, 1.0, 1.0], vec.dtype)
+        cov = cov + VEC_NORM_EPS * jnp.diag(reg)
+        return jnp.einsum("nij,njf->nif", _inv_sqrt_spd(cov), centred) * weight
+
+
 def radial_basis(module: nn.Module, pairs: Pairs):
     """(rbf of the pairs [P, R], 0 where not active; rbf of distance 0 [R]) from an ExpNormalSmearing."""
     both = module(jnp.concatenate([pairs.distances, jnp.zeros((1,), pairs.distances.dtype)]))
@@ -314,6 +395,8 @@ class EquivariantTransformer(nn.Module):
     cutoff: float = 5.0
     max_z: int = 100
     trainable_rbf: bool = True
+    vec_norm: str = "none"  # "whitened": `EquivariantLayerNorm` on the final vec (Coord's option)
+    embedding_init: str = "normal"  # see `embedding_init`
 
     @nn.compact
     def __call__(
@@ -328,8 +411,11 @@ class EquivariantTransformer(nn.Module):
         rbf, rbf_self = radial_basis(
             ExpNormalSmearing(self.num_rbf, 0.0, self.cutoff, self.trainable_rbf, name="rbf"), pairs
         )
-        x = nn.Embed(self.max_z + 1, self.features, name="embedding")(atomic_numbers)
-        x = NeighborEmbedding(self.features, self.max_z, name="neighbor_embedding")(
+        if self.vec_norm not in VEC_NORMS:
+            raise ValueError(f"unknown vec_norm {self.vec_norm!r}: use one of {VEC_NORMS}")
+        init = embedding_init(self.embedding_init)
+        x = nn.Embed(self.max_z + 1, self.features, embedding_init=init, name="embedding")(atomic_numbers)
+        x = NeighborEmbedding(self.features, self.max_z, self.embedding_init, name="neighbor_embedding")(
             atomic_numbers, x, rbf, pairs
         )
         if self.num_layers == 0:
@@ -345,6 +431,9 @@ class EquivariantTransformer(nn.Module):
             )
             x, vec = x + dx, vec + dvec
         x = nn.LayerNorm(epsilon=1e-5, name="out_norm")(x)
+        if self.vec_norm != "none":
+            reference = self.vec_norm == "whitened_reference"
+            vec = EquivariantLayerNorm(self.features, reference, name="out_norm_vec")(vec)
         x = jnp.where(node_mask[:, None], x, 0.0)
         vec = jnp.where(node_mask[:, None, None], vec, 0.0)
         return x, vec

@@ -36,20 +36,41 @@ class GatedEquivariantBlock(nn.Module):
         return x_out, vec_out
 
 
-class VectorHead(nn.Module):
-    """Equivariant per-atom vector output [n, 3] (torchmd-net's ``EquivariantVectorOutput``)."""
+class EquivariantHead(nn.Module):
+    """torchmd-net's ``EquivariantScalar`` output network: two gated equivariant blocks,
+    (x [n, F], vec [n, 3, F]) -> (scalar [n], vector [n, 3]).
+
+    Widths as torchmd-net (``output_modules.py``): block_0 maps F -> hidden // 2 with hidden-wide
+    vector projections and update MLP, block_1 maps hidden // 2 -> 1; ``hidden`` = F there.
+    ``EquivariantScalar`` reads the scalar, ``EquivariantVectorOutput`` (Coord's noise head) the
+    vector, ``EquivariantDipoleMoment`` both.
+    """
 
     hidden: int
-    num_blocks: int = 2
 
     @nn.compact
     def __call__(self, x, vec):
-        width = self.hidden
-        for i in range(self.num_blocks - 1):
-            width = max(self.hidden // 2 ** (i + 1), 1)
-            x, vec = GatedEquivariantBlock(width, width, scalar_activation=True, name=f"block_{i}")(x, vec)
-        _, vec = GatedEquivariantBlock(max(width // 2, 1), 1, name=f"block_{self.num_blocks - 1}")(x, vec)
-        return vec[..., 0]  # [n, 3]
+        return _two_gated_blocks(self.hidden, x, vec)
+
+
+class VectorHead(nn.Module):
+    """Equivariant per-atom vector output [n, 3] (torchmd-net's ``EquivariantVectorOutput``: the
+    `EquivariantHead` blocks, read as a vector). Parameters ``block_0``, ``block_1``."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x, vec):
+        return _two_gated_blocks(self.hidden, x, vec)[1]
+
+
+def _two_gated_blocks(hidden: int, x, vec):
+    """block_0 (F -> hidden // 2, scalar activation) then block_1 (-> 1), created in the calling
+    module's scope: (scalar [n], vector [n, 3])."""
+    half = max(hidden // 2, 1)
+    x, vec = GatedEquivariantBlock(hidden, half, scalar_activation=True, name="block_0")(x, vec)
+    x, vec = GatedEquivariantBlock(half, 1, name="block_1")(x, vec)
+    return x[:, 0], vec[..., 0]
 
 
 class ScalarHead(nn.Module):

@@ -34,7 +34,7 @@ from georecon_jax.models.heads import VectorHead
 
 def make_encoder(cfg, name: Optional[str] = None) -> EquivariantTransformer:
     """The ET from a ``model.encoder`` config section (num_layers, features, num_heads, num_rbf,
-    cutoff in Å, max_z, trainable_rbf)."""
+    cutoff in Å, max_z, trainable_rbf, vec_norm, embedding_init)."""
     kwargs = {} if name is None else {"name": name}
     return EquivariantTransformer(
         num_layers=cfg.num_layers,
@@ -44,6 +44,8 @@ def make_encoder(cfg, name: Optional[str] = None) -> EquivariantTransformer:
         cutoff=cfg.cutoff,
         max_z=cfg.get("max_z", 100),
         trainable_rbf=cfg.get("trainable_rbf", False),
+        vec_norm=cfg.get("vec_norm", "none"),
+        embedding_init=cfg.get("embedding_init", "normal"),
         **kwargs,
     )
 

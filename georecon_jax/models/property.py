@@ -2,9 +2,14 @@
 
 Heads (``config.head.kind``), each returning one number per graph, before target statistics:
 
-  ``scalar``          Σ_i h(x_i): an MLP per atom, summed over real atoms (TorchMD-Net ``Scalar``).
-                      Energies, HOMO/LUMO, ... The caller applies std, per-element references and
-                      the mean (TorchMD-Net's convention, `objectives.supervised.predict`).
+  ``equivariant_scalar``  Σ_i h(x_i, vec_i): two gated equivariant blocks per atom reading scalars
+                      and vectors, summed over real atoms (TorchMD-Net ``EquivariantScalar``, what
+                      torchmd-net's ``output_model: Scalar`` builds on the ET). Energies, HOMO/LUMO,
+                      ... The caller applies std, per-element references and the mean (TorchMD-Net's
+                      convention, `objectives.supervised.make_predict_fn`).
+  ``mlp``             Σ_i h(x_i): an MLP on the scalars only (TorchMD-Net ``Scalar``, as used with
+                      its non-equivariant models; this project's head before 2026-12; ``scalar`` is
+                      an alias kept for older configs).
   ``dipole``          |Σ_i q_i (r_i - c) + μ_i| with c the centre of mass: charges q_i (invariant) and
                       atomic dipoles μ_i (equivariant) from gated equivariant blocks (TorchMD-Net
                       ``EquivariantDipoleMoment``). Positions in Å, charges in e; output in debye.
@@ -27,12 +32,13 @@ import jraph
 import numpy as np
 
 from georecon_jax.models.graph import GraphMasks, NodeEmbedding, graph_masks, masked_sum
-from georecon_jax.models.heads import GatedEquivariantBlock, ScalarHead, VectorHead
+from georecon_jax.models.heads import EquivariantHead, ScalarHead, VectorHead
 from georecon_jax.models.pretrain import encode, make_encoder
 
 E_ANGSTROM_TO_DEBYE = 4.803204544  # 1 e·Å in debye
 ANGSTROM2_TO_BOHR2 = 1.0 / 0.529177210903**2
-HEAD_KINDS = ("scalar", "dipole", "spatial_extent")
+HEAD_KINDS = ("equivariant_scalar", "mlp", "dipole", "spatial_extent")
+HEAD_ALIASES = {"scalar": "mlp"}  # the name of the MLP head before 2026-12
 
 # Standard atomic weights (u) for Z = 0..36; heavier elements use 2.4 Z (only the centre of mass
 # of the dipole and spatial-extent heads uses them).
@@ -104,10 +110,22 @@ class ScalarReadout(nn.Module):
     """Σ_i h(x_i) over real atoms (TorchMD-Net ``Scalar``): [n_graph]."""
 
     hidden: int
+    standardized = True  # the output is scaled by the target's std and shifted by its mean
 
     @nn.compact
     def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
         return masked_sum(ScalarHead(self.hidden, 1, name="head")(emb.scalars)[:, 0], masks)
+
+
+class EquivariantScalarReadout(nn.Module):
+    """Σ_i h(x_i, vec_i) over real atoms (TorchMD-Net ``EquivariantScalar``): [n_graph]."""
+
+    hidden: int
+    standardized = True
+
+    @nn.compact
+    def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
+        return masked_sum(EquivariantHead(self.hidden, name="head")(emb.scalars, emb.vectors)[0], masks)
 
 
 class SpatialExtentReadout(nn.Module):
@@ -115,6 +133,7 @@ class SpatialExtentReadout(nn.Module):
 
     hidden: int
     max_z: int = 100
+    standardized = False
 
     @nn.compact
     def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
@@ -128,16 +147,25 @@ class DipoleReadout(nn.Module):
 
     hidden: int
     max_z: int = 100
+    standardized = False
 
     @nn.compact
     def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
         rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)  # [n, 3] Å
-        q, mu = _DipoleHead(self.hidden, name="head")(emb.scalars, emb.vectors)  # [n], [n, 3]
+        q, mu = EquivariantHead(self.hidden, name="head")(emb.scalars, emb.vectors)  # [n], [n, 3]
         total = masked_sum(q[:, None] * rel + mu, masks)  # [n_graph, 3] e·Å
         return jnp.sqrt(jnp.sum(total**2, axis=-1) + 1e-12) * E_ANGSTROM_TO_DEBYE
 
 
-READOUTS = {"scalar": ScalarReadout, "spatial_extent": SpatialExtentReadout, "dipole": DipoleReadout}
+READOUTS = {
+    "equivariant_scalar": EquivariantScalarReadout,
+    "mlp": ScalarReadout,
+    "spatial_extent": SpatialExtentReadout,
+    "dipole": DipoleReadout,
+}
+# The reference's hidden width for head.hidden = 0 (torchmd-net output_modules.py): the gated
+# heads' first block is F wide; the MLPs' hidden layer F // 2.
+_GATED = ("equivariant_scalar", "dipole")
 
 
 class PropertyModel(nn.Module):
@@ -165,30 +193,16 @@ class PropertyModel(nn.Module):
 
 def create_property_model(model_cfg) -> PropertyModel:
     """A `PropertyModel` from a fine-tuning config's ``model`` section: ``encoder`` (as in
-    pretraining), ``head.kind`` (scalar | dipole | spatial_extent), ``head.hidden`` (0:
-    features // 2) and ``denoise_head``."""
+    pretraining), ``head.kind`` (see `HEAD_KINDS`), ``head.hidden`` (0: torchmd-net's width, F for
+    the gated heads and F // 2 for the MLPs) and ``denoise_head``."""
     F = model_cfg.encoder.features
-    kind = model_cfg.head.kind
+    kind = HEAD_ALIASES.get(model_cfg.head.kind, model_cfg.head.kind)
     if kind not in READOUTS:
         raise ValueError(f"unknown head kind {kind!r}: use one of {HEAD_KINDS}")
-    hidden = model_cfg.head.get("hidden", 0) or max(F // 2, 1)
-    kwargs = {} if kind == "scalar" else {"max_z": model_cfg.encoder.get("max_z", 100)}
+    hidden = model_cfg.head.get("hidden", 0) or (F if kind in _GATED else max(F // 2, 1))
+    kwargs = {"max_z": model_cfg.encoder.get("max_z", 100)} if kind in ("dipole", "spatial_extent") else {}
     return PropertyModel(
         encoder=make_encoder(model_cfg.encoder),
         readout=READOUTS[kind](hidden, **kwargs),
         node_noise=VectorHead(F) if model_cfg.get("denoise_head", False) else None,
     )
-
-
-class _DipoleHead(nn.Module):
-    """Two gated equivariant blocks -> (charge q [n], atomic dipole μ [n, 3])."""
-
-    hidden: int
-
-    @nn.compact
-    def __call__(self, x, vec):
-        x, vec = GatedEquivariantBlock(
-            self.hidden, self.hidden // 2 or 1, scalar_activation=True, name="block_0"
-        )(x, vec)
-        q, mu = GatedEquivariantBlock(self.hidden // 2 or 1, 1, name="block_1")(x, vec)
-        return q[:, 0], mu[..., 0]
