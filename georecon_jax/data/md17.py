@@ -358,6 +358,18 @@ def read_force_file(path: str, energy_unit: str = "kcal/mol", strict: bool = Fal
     raise DataError(f"{path}: unknown format (expected .npz, .xyz or .extxyz)")
 
 
+def fit_split(n_frames: int, n_train: int, n_val: int, with_test: bool):
+    """(n_train, n_val) scaled down in proportion so that they fit ``n_frames`` (leaving 5 % of
+    the frames, at least 1, for testing when the file is also the test set); unchanged if they fit.
+    For protocols stated for a larger file (Frad's 9,500 / 500 frames of MD17) run on a smaller
+    one (rMD17's 1,000 frames per split file)."""
+    room = n_frames - (max(1, n_frames // 20) if with_test else 0)
+    if n_train + n_val <= room:
+        return n_train, n_val
+    val = max(1, round(room * n_val / (n_train + n_val)))
+    return room - val, val
+
+
 def split_frames(
     n_frames: int, n_train: int = 950, n_val: int = 50, seed: int = 0, with_test: bool = True
 ) -> Dict[str, np.ndarray]:
@@ -387,18 +399,33 @@ def load_md17(
     file_energy_unit: str = "kcal/mol",
     strict: bool = False,
     verbose: bool = True,
+    shrink_split: bool = False,
 ):
     """Train/validation frames from ``train_file``; test frames from ``test_file`` or, without one,
     the frames of ``train_file`` not used for training or validation.
 
     Args:
       energy_unit: the unit to return (converted from ``file_energy_unit``, what the file holds).
+      shrink_split: when the file has too few frames for n_train + n_val, scale both down in
+        proportion (`fit_split`, logged) instead of raising.
 
     Returns:
       {"train": ForceFrames, "validation": ForceFrames, "test": ForceFrames}, {file: SkipReport}.
     """
     frames, report = read_force_file(train_file, file_energy_unit, strict)
     reports = {train_file: report}
+    if shrink_split:
+        fitted = fit_split(len(frames), n_train, n_val, test_file is None)
+        if fitted != (n_train, n_val):
+            log.warning(
+                "%s has %d frames: %d training / %d validation frames instead of %d / %d",
+                os.path.basename(train_file),
+                len(frames),
+                *fitted,
+                n_train,
+                n_val,
+            )
+            n_train, n_val = fitted
     split = split_frames(len(frames), n_train, n_val, split_seed, with_test=test_file is None)
     out = {k: frames.subset(v).in_units(energy_unit) for k, v in split.items()}
     if test_file is not None:

@@ -7,13 +7,14 @@ Loss: mean over atoms and axes of (ε̂ - ε)².
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import jax
 
 from georecon_jax.models.graph import graph_masks, masked_mean
 from georecon_jax.models.heads import VectorHead
-from georecon_jax.objectives.noise import perturb, sample_noise_scale
+from georecon_jax.objectives.noise import NoiseNormaliser, perturb, rms_noise_scale, sample_noise_scale
 from georecon_jax.objectives.registry import Objective, register
 
 
@@ -56,6 +57,13 @@ class Coord(Objective):
         return sample_noise_scale(
             key, graph.globals.graph_id, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.schedule
         )
+
+    def noise_normaliser(self):
+        def draw(key, graph_ids):  # draw_sigma reads only graph.globals.graph_id
+            return self.draw_sigma(SimpleNamespace(globals=SimpleNamespace(graph_id=graph_ids)), key)
+
+        sigma = rms_noise_scale(draw)
+        return NoiseNormaliser.of_sigma(sigma, f"objective {self.name}: rms of the σ it draws, Å")
 
     def forward(self, model, graph, key):
         sigma = self.draw_sigma(graph, key)

@@ -40,7 +40,14 @@ from georecon_jax.objectives.graph_code_diagnostic import (
     decoder_errors,
     same_size_partners,
 )
-from georecon_jax.objectives.noise import per_atom_normal, perturb, sample_noise_scale, sigma_ladder
+from georecon_jax.objectives.noise import (
+    NoiseNormaliser,
+    per_atom_normal,
+    perturb,
+    rms_noise_scale,
+    sample_noise_scale,
+    sigma_ladder,
+)
 from georecon_jax.objectives.registry import Objective, register
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,17 @@ class GeoRecon(Objective):
             "graph_code": Dense(dec.code_dim),
             "decoder": GeometryDecoder(enc.features, dec.num_layers, dec.num_heads, dec.num_rbf, enc.cutoff),
         }
+
+    def noise_normaliser(self):
+        # The node-noise head is trained on ε at each molecule's σ; the normaliser an accumulated
+        # statistic of its raw displacements would reach is the rms σ of the schedule.
+        def draw(key, graph_ids):
+            return sample_noise_scale(
+                key, graph_ids, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.schedule
+            )
+
+        sigma = rms_noise_scale(draw)
+        return NoiseNormaliser.of_sigma(sigma, f"objective {self.name}: rms of the σ it draws, Å")
 
     def forward(self, model, graph, key):
         m = graph_masks(graph)

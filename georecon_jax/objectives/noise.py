@@ -8,7 +8,9 @@ and resumption cannot change the numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -56,3 +58,52 @@ def perturb(graph, key, sigma_per_graph):
     eps = per_atom_normal(key, graph.globals.graph_id[m.node_graph], graph.nodes.atom_index)
     eps = jnp.where(m.node_mask[:, None], eps, 0.0)  # [n, 3]
     return graph.nodes.positions + sigma_per_graph[m.node_graph][:, None] * eps, eps
+
+
+# ---------------------------------------------------------------------------------------------
+# The noise normaliser: how a node-noise head's target is scaled.
+
+NOISE_NORMALISER_FILE = "noise_normaliser.json"  # in a pretraining workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseNormaliser:
+    """Per-axis mean and std (Å) of the displacements a node-noise head learnt to predict.
+
+    Coord's reference (pre-training-via-denoising, torchmdnet/models/model.py
+    ``AccumulatedNormalization`` ``pos_normalizer``) keeps running statistics of the raw
+    displacement σ·ε over pretraining and trains the head on (σ·ε - mean) / std; the statistics
+    travel in the checkpoint, so fine-tuning's regulariser at σ = 0.005 Å has the target
+    ≈ (0.005 / 0.04)·ε. Here the pretraining writes them (`NOISE_NORMALISER_FILE`) from the
+    objective's σ distribution (`rms_noise_scale`), and fine-tuning reads them.
+    """
+
+    mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    source: str = ""
+
+    @classmethod
+    def of_sigma(cls, sigma: float, source: str) -> "NoiseNormaliser":
+        return cls((0.0, 0.0, 0.0), (float(sigma),) * 3, source)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "NoiseNormaliser":
+        mean, std = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"a noise normaliser needs 3 means and 3 positive stds (Å), not {d}")
+        return cls(mean, std, str(d.get("source", "")))
+
+    def target(self, displacement):
+        """The head's target for raw displacements [n, 3] Å."""
+        return (displacement - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+
+
+def rms_noise_scale(draw_sigma: Callable, num: int = 1 << 16, seed: int = 0) -> float:
+    """sqrt(E[σ²]) (Å) of a σ distribution, ``draw_sigma(key, graph_ids) -> σ [num]``: the std per
+    axis of the displacement σ·ε that an accumulated normaliser converges to (every molecule's σ
+    weighs the same; the reference weighs atoms, which differs only if σ depended on size)."""
+    sigma = draw_sigma(jax.random.PRNGKey(seed), jnp.arange(num, dtype=jnp.int32))
+    return float(jnp.sqrt(jnp.mean(jnp.square(sigma))))

@@ -20,13 +20,14 @@ of adding one (README, "Adding an objective").
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Mapping, Type
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Type
 
 import flax.linen as nn
 import jax
 import ml_collections
 
 from georecon_jax.models.pretrain import create_model
+from georecon_jax.objectives.noise import NoiseNormaliser
 
 _REGISTRY: Dict[str, Type["Objective"]] = {}
 
@@ -64,6 +65,11 @@ class Objective:
     def report(self, model, params, graphs: Iterable) -> Dict:
         """End-of-run numbers (held-out graphs, one device); none by default."""
         return {}
+
+    def noise_normaliser(self) -> Optional[NoiseNormaliser]:
+        """The statistics of the displacements its node-noise head learns (written to the
+        workdir for fine-tuning's denoising regulariser); None when it has no such head."""
+        return None
 
     # -- derived, not overridden -------------------------------------------------------------
     def loss_fn(self, model) -> Callable:

@@ -14,9 +14,10 @@ same workdir resumes. Besides the runner's ``checkpoints/``, ``metrics.jsonl``, 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import jax
 import ml_collections
@@ -24,13 +25,14 @@ import ml_collections
 from georecon_jax import plots
 from georecon_jax.models.pretrain import encoder_problems
 from georecon_jax.models.property import create_property_model
-from georecon_jax.objectives.supervised import LOSSES, init_params, make_loss_fn
+from georecon_jax.objectives.noise import NOISE_NORMALISER_FILE, NoiseNormaliser
+from georecon_jax.objectives.supervised import LOSSES, denoise_normaliser, init_params, make_loss_fn
 from georecon_jax.tasks import evaluation
 from georecon_jax.tasks.property_data import load_workdir_task_data, make_batchers, resolve_config, run_label
 from georecon_jax.training import runner
 from georecon_jax.training.loop import read_metrics
 from georecon_jax.training.state import param_count
-from georecon_jax.training.transfer import load_pretrained_encoder
+from georecon_jax.training.transfer import load_pretrained_encoder, run_file
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,25 @@ def learning_curve_panels(config, unit: str) -> dict:
         ),
         f"force MAE ({unit}/Å)": (("train", "force_mae", "train"), ("validation", "force_mae", "validation")),
     }
+
+
+def read_noise_normaliser(pretrained: str) -> Optional[NoiseNormaliser]:
+    """The pretraining run's `NoiseNormaliser` (its ``noise_normaliser.json``), or None with a
+    warning when the run has none (then the regulariser's std is σ)."""
+    path = run_file(pretrained, NOISE_NORMALISER_FILE)
+    if path is None:
+        log.warning(
+            "%s has no %s (a run from before 2026-12, or an objective without a node-noise head): the "
+            "denoising regulariser's target is ε (std = σ)",
+            pretrained,
+            NOISE_NORMALISER_FILE,
+        )
+        return None
+    with open(path) as f:
+        try:
+            return NoiseNormaliser.from_json(json.load(f))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a noise normaliser ({e})") from e
 
 
 class FinetuneTask:
@@ -91,8 +112,19 @@ class FinetuneTask:
         graph = jax.tree_util.tree_map(lambda x: x[0], train.batch(0))
         params = init_params(model, graph, key, with_denoise=config.loss.get("denoise_weight", 0.0) > 0)
         self.pretrained = None
+        self.normaliser = normaliser = None
         if config.get("pretrained"):
             params, self.pretrained = load_pretrained_encoder(params, config.pretrained, config.model.encoder)
+            normaliser = read_noise_normaliser(config.pretrained)
+        if config.loss.get("denoise_weight", 0.0) > 0:
+            self.normaliser = normaliser = denoise_normaliser(config.loss, normaliser)
+            log.info(
+                "denoising regulariser: σ = %g Å, target (d - %s) / %s Å (%s)",
+                config.loss.denoise_sigma,
+                [round(v, 5) for v in normaliser.mean],
+                [round(v, 5) for v in normaliser.std],
+                normaliser.source,
+            )
         log.info(
             "model: %s parameters (encoder %s); %s",
             f"{param_count(params):,}",
@@ -105,7 +137,7 @@ class FinetuneTask:
         return runner.Job(
             params=params,
             apply_fn=model.apply,
-            loss_fn=make_loss_fn(model, config, data.stats, train=True),
+            loss_fn=make_loss_fn(model, config, data.stats, train=True, noise_normaliser=normaliser),
             train_batch=train.batch,
             num_steps=config.num_steps,
             eval_fn=runner.loss_evaluator(eval_loss, mesh, val.epoch_batches, jax.random.fold_in(key, 2)),
@@ -133,6 +165,7 @@ class FinetuneTask:
             f"best_validation_{best['metric']}": best["value"],
             "final_validation": val[-1] if val else None,
             "pretrained": self.pretrained,
+            "denoise_normaliser": self.normaliser.to_json() if self.normaliser else None,
             "num_train_labels": data.saved["num_train_labels"],
         }
         if config.task == "md17":

@@ -8,6 +8,7 @@ this module supplies the data, the batches and the plots.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Dict
@@ -18,6 +19,7 @@ import ml_collections
 from georecon_jax.data.qm9 import load_qm9
 from georecon_jax.graphs.batching import GraphBatcher, micro_batches_for
 from georecon_jax.models.pretrain import create_model, encoder_problems
+from georecon_jax.objectives.noise import NOISE_NORMALISER_FILE
 from georecon_jax.objectives.registry import get_objective
 from georecon_jax.plots import learning_curves, z_diagnostic_plot
 from georecon_jax.training import runner
@@ -102,6 +104,17 @@ def fresh_train_step(config, batcher, mesh, key, params=None, trace_counter=None
     return model, state, step
 
 
+def write_noise_normaliser(workdir: str, normaliser) -> None:
+    """``noise_normaliser.json`` (atomically): what fine-tuning's denoising regulariser divides its
+    displacements by (objectives.noise.NoiseNormaliser); nothing when the objective has none."""
+    if normaliser is None:
+        return
+    path = os.path.join(workdir, NOISE_NORMALISER_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(normaliser.to_json(), f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 class PretrainTask:
     """The runner's task for pretraining on molecular graphs."""
 
@@ -124,6 +137,7 @@ class PretrainTask:
             [(b.n_node, b.n_edge) for b in self.train.budgets],
         )
         self.objective, self.model, params = init_model(config, self.train, key)
+        write_noise_normaliser(workdir, self.objective.noise_normaliser())
         log.info(
             "model: %s parameters (encoder %s)",
             f"{param_count(params):,}",

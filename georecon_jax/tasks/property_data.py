@@ -23,6 +23,8 @@ from georecon_jax.objectives.supervised import TargetStats
 
 ENERGY_TARGETS = ("U0", "U", "H", "G")
 HEAD_FOR_TARGET = {"mu": "dipole", "r2": "spatial_extent"}
+# Heads whose output is scaled by the target's std and shifted by its mean (models/property.py).
+STANDARDIZED_HEADS = ("equivariant_scalar", "mlp", "scalar")
 STATS_FILE = "target_stats.json"
 
 
@@ -38,15 +40,19 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
             if c.target not in TARGETS:
                 raise ValueError(f"unknown QM9 target {c.target!r}: use one of {TARGETS}")
             if c.model.head.kind == "auto":
-                c.model.head.kind = HEAD_FOR_TARGET.get(c.target, "scalar")
+                # torchmd-net's output_model Scalar on the ET builds EquivariantScalar (model.py)
+                c.model.head.kind = HEAD_FOR_TARGET.get(c.target, "equivariant_scalar")
             if c.model.reference == "auto":
                 c.model.reference = "least_squares" if c.target in ENERGY_TARGETS else "none"
         elif c.task == "md17":
             c.target = "energy"
             if c.model.head.kind == "auto":
-                c.model.head.kind = "scalar"
-            if c.model.head.kind != "scalar":
-                raise ValueError("MD17 needs model.head.kind='scalar' (an energy)")
+                c.model.head.kind = "equivariant_scalar"
+            if c.model.head.kind not in STANDARDIZED_HEADS:
+                raise ValueError(
+                    f"MD17 needs an energy head: model.head.kind in {STANDARDIZED_HEADS}, "
+                    f"not {c.model.head.kind!r}"
+                )
             if c.model.reference == "auto":
                 c.model.reference = "none"
         else:
@@ -120,8 +126,8 @@ def _qm9_task(config, saved: Optional[dict]) -> TaskData:
     residual = y - reference
     if saved is not None:
         stats = TargetStats(**saved["stats"])
-    elif config.model.head.kind == "scalar":
-        stats = TargetStats(mean=float(residual[train].mean()), std=float(residual[train].std()))
+    elif config.model.head.kind in STANDARDIZED_HEADS:
+        stats = TargetStats(mean=float(residual[train].mean()), std=float(residual[train].std(ddof=1)))
     else:  # dipole / spatial extent: the head outputs the property itself; std scales the loss
         stats = TargetStats(mean=0.0, std=float(y[train].std()))
     unit = TARGET_UNITS[col]
@@ -193,6 +199,7 @@ def _md17_task(config, saved: Optional[dict]) -> TaskData:
         test_file,
         n_train=d.num_train,
         n_val=d.num_val,
+        shrink_split=d.get("shrink_split", False),
         split_seed=d.split_seed,
         energy_unit=d.energy_unit,
         file_energy_unit=d.file_energy_unit,
@@ -204,12 +211,18 @@ def _md17_task(config, saved: Optional[dict]) -> TaskData:
     if saved is not None:
         offset, stats = float(saved["energy_offset"]), TargetStats(**saved["stats"])
     else:
-        # Offset: mean training energy (float64). Scale: RMS of the training force components,
-        # the natural energy-per-Å unit of the forces, which carry 80% of the loss.
+        # Offset: mean training energy (float64). Scale (data.std_from): 'energies', the std of
+        # the training energies (torchmd-net data.py _standardize); 'forces', the RMS of the
+        # training force components (this project's choice before 2026-12).
         offset = float(tr.energies.mean())
-        stats = TargetStats(
-            mean=float((tr.energies - offset).mean()), std=float(np.sqrt(np.mean(tr.forces**2)))
-        )
+        std_from = d.get("std_from", "energies")
+        if std_from == "energies":
+            std = float(tr.energies.std(ddof=1))  # torch.std is unbiased
+        elif std_from == "forces":
+            std = float(np.sqrt(np.mean(tr.forces**2)))
+        else:
+            raise ValueError(f"unknown data.std_from {std_from!r}: use 'energies' or 'forces'")
+        stats = TargetStats(mean=float((tr.energies - offset).mean()), std=std)
     both = dataclasses.replace(
         tr,
         positions=np.concatenate([tr.positions, va.positions]),

@@ -23,6 +23,8 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
         decay_steps=max(num_steps, warmup + 1),
         end_value=cfg.learning_rate * cfg.get("final_lr_fraction", 0.0),
     )
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    # grad_clip <= 0: no clipping (torchmd-net's fine-tuning); identity keeps the state's structure
+    clip = (
+        optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip and cfg.grad_clip > 0 else optax.identity()
     )
+    return optax.chain(clip, optax.adamw(schedule, weight_decay=cfg.weight_decay))

@@ -67,16 +67,24 @@ class PretrainedCheckpoint:
     config: Optional[dict]  # the pretraining run's config.json, when there is one
 
 
-def run_config(path: str, levels: int = 4) -> Optional[dict]:
-    """The ``config.json`` of the run that holds ``path`` (``path`` itself or up to ``levels - 1``
-    folders above it), if there is one."""
+def run_file(path: str, name: str = "config.json", levels: int = 4) -> Optional[str]:
+    """The path of the file ``name`` of the run that holds ``path`` (in ``path`` itself or up to
+    ``levels - 1`` folders above it: a workdir, its checkpoints/ or one step), if there is one."""
     p = os.path.abspath(path)
     for _ in range(levels):
-        if os.path.isfile(os.path.join(p, "config.json")):
-            with open(os.path.join(p, "config.json")) as f:
-                return json.load(f)
+        if os.path.isfile(os.path.join(p, name)):
+            return os.path.join(p, name)
         p = os.path.dirname(p)
     return None
+
+
+def run_config(path: str, levels: int = 4) -> Optional[dict]:
+    """The ``config.json`` of the run that holds ``path`` (see `run_file`), if there is one."""
+    found = run_file(path, "config.json", levels)
+    if found is None:
+        return None
+    with open(found) as f:
+        return json.load(f)
 
 
 def read_pretrained(path: str) -> PretrainedCheckpoint:
