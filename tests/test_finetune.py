@@ -54,11 +54,13 @@ def ethanol_graph(n_frames=2):
     return pack_graphs(mols, np.arange(n_frames), budget, forces=forces)
 
 
-def tiny_model(kind="scalar"):
-    """One attention layer of 8 features: enough for the symmetry checks, quick to compile."""
+def tiny_model(kind="equivariant_scalar"):
+    """One attention layer of 8 features: enough for the symmetry checks, quick to compile. No
+    vector norm: these tests are about the heads (tests/test_vec_norm.py tests the norm, whose
+    float32 conditioning at random initialisation would blur them)."""
     cfg = finetune_qm9.get_config("tiny").model
     cfg.head.kind = kind
-    cfg.encoder.update(num_layers=1, features=8, num_rbf=8)
+    cfg.encoder.update(num_layers=1, features=8, num_rbf=8, vec_norm="none")
     cfg.denoise_head = False
     return create_property_model(cfg)
 

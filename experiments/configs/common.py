@@ -128,14 +128,31 @@ def graph(*, num_buckets: int) -> ConfigDict:
 # torchmd-net's ET-QM9.yaml.
 ENCODER = {
     "": dict(num_layers=8, features=256, num_heads=8, num_rbf=64),
+    # torchmd-net examples/ET-MD17.yaml (and Frad's MD17 fine-tuning): 6 x 128, 32 RBF
+    "md17": dict(num_layers=6, features=128, num_heads=8, num_rbf=32),
     "quick": dict(num_layers=3, features=64, num_heads=4, num_rbf=32),
     "tiny": dict(num_layers=2, features=16, num_heads=2, num_rbf=8),
 }
 
 
 def encoder(size: str = "", **overrides) -> ConfigDict:
-    """The ET encoder at a size of `ENCODER`, 5 Å cutoff."""
-    c = ConfigDict(dict(ENCODER[size], cutoff=5.0, max_z=100, trainable_rbf=False))
+    """The ET encoder at a size of `ENCODER`, 5 Å cutoff.
+
+    vec_norm: 'whitened' puts pre-training-via-denoising's EquivariantLayerNorm on the final
+    vectors (Coord's ``--layernorm-on-vec whitened`` in pretraining and fine-tuning, README of
+    shehzaidi/pre-training-via-denoising); 'none' is torchmd-net's plain ET.
+    embedding_init: 'normal' N(0, 1), torch's nn.Embedding (torchmd_et.py); 'scaled' N(0, 1/F).
+    """
+    c = ConfigDict(
+        dict(
+            ENCODER[size],
+            cutoff=5.0,
+            max_z=100,
+            trainable_rbf=False,
+            vec_norm="whitened",
+            embedding_init="normal",
+        )
+    )
     _apply(c, overrides)
     return c
 

@@ -3,6 +3,7 @@
   --config=experiments/configs/coord.py         paper scale
   --config=experiments/configs/coord.py:quick   2 CPU cores, a few minutes
   --config=experiments/configs/coord.py:tiny    seconds; used by the tests
+  --config=experiments/configs/coord.py:md17    paper scale with the MD17 fine-tuning encoder
 
 Same encoder, data, optimizer and sizes as georecon.py; no graph code or decoder.
 """

@@ -1,9 +1,22 @@
-"""Fine-tuning on one MD17-family molecule: energies and forces (F = -dE/dR by jax.grad).
+"""Fine-tuning on one MD17-family molecule: energies and forces (F = -dE/dR by jax.grad),
+torchmd-net's protocol.
 
-  --config=experiments/configs/finetune_md17.py         Frad's setting (6 x 128 ET, 32 RBF, batch 80,
-                                                        lr 1e-3, energy/force weights 0.2/0.8)
+  --config=experiments/configs/finetune_md17.py         torchmd-net examples/ET-MD17.yaml (below)
   --config=experiments/configs/finetune_md17.py:quick   2 CPU cores, minutes
   --config=experiments/configs/finetune_md17.py:tiny    seconds; used by the tests
+  finetune_md17_frad.py                                 Frad's protocol (more frames, batch 80,
+                                                        Coord's regulariser)
+
+The 'torchmd' protocol, as torchmd-net's examples/ET-MD17.yaml states it: 950 training / 50
+validation frames drawn from the training file; batch 8; 6 x 128 ET, 8 heads, 32 RBF, 5 Å;
+EquivariantScalar head; MSE with energy weight 0.2 and force weight 0.8, the energy loss smoothed
+with ema_alpha_y = 0.05 (its gradient is 0.05 x the energy loss's: loss.energy_loss_scale);
+energies standardised by the std of the training energies; AdamW lr 1e-3 with 1,000 linear
+warm-up steps, then ReduceLROnPlateau on the validation loss (factor 0.8, patience 30 epochs,
+lr_min 1e-7); early stopping after 300 epochs without improvement; up to 3,000 epochs. One
+evaluation per epoch (950 / 8 = 119 steps). Departures: the whitened vector norm is on (so that
+`georecon.py:md17` and `coord.py:md17` checkpoints load; torchmd-net 3.x has no such layer, and its
+``vector_cutoff: true`` has no counterpart in this ET); validation losses are not EMA-smoothed.
 
   --config.molecule=aspirin      rMD17 files <data_dir>/rmd17_<molecule>_{train,test}_01.npz, where
                                  data_dir is --config.data.data_dir, else $GEORECON_MD17_DIR, else
@@ -12,10 +25,11 @@
   --config.data.test_file=...    unset and no <molecule>_test file: test on the unused train frames
   --config.data.name=...         what the reports call the data (default: <molecule>, or the training
                                  file's <folder>/<stem> when files are named, e.g. 3BPA/train_300K)
+  --config.pretrained=<run>      a pretraining run with the same encoder: georecon.py:md17,
+                                 coord.py:md17
 
-Split: 950 training / 50 validation frames drawn from the training file (seed data.split_seed).
 Energies in kcal/mol, forces in kcal/mol/Å (data.energy_unit='eV' converts on load).
-Everything not set here is finetune_qm9.py's (loop, heads, optimizer), but not its sizes.
+Everything not set here is finetune_qm9.py's (heads, loss fields), but not its sizes.
 """
 
 from experiments.configs import common, finetune_qm9
@@ -25,7 +39,7 @@ SIZES = common.sizes(
     common.ENCODER_SIZES,
     quick=dict(
         num_steps=1500,
-        batch_size=16,
+        batch_size=8,
         eval_every=250,
         checkpoint_every=250,
         keep_checkpoints=10,
@@ -42,20 +56,14 @@ SIZES = common.sizes(
     ),
 )
 
+# torchmd-net ET-MD17.yaml: train_size 950, batch_size 8, so one epoch is 119 steps.
+EPOCH_STEPS = 119
 
-def get_config(size=None):
-    # Training loop (from finetune_qm9.py, paper scale).
+
+def base_config():
+    """Data, model and loss shared by the MD17 protocols (this file's and Frad's)."""
     c = finetune_qm9.get_config()
-    c.update(
-        task="md17",
-        target="energy",
-        molecule="aspirin",
-        num_steps=100_000,
-        batch_size=80,
-        eval_every=500,
-        checkpoint_every=500,
-    )
-    c.early_stopping.patience = 30
+    c.update(task="md17", target="energy", molecule="aspirin")
 
     # Data.
     c.data = common.ConfigDict(dict(dataset="md17", split_seed=0, strict=False))
@@ -67,16 +75,39 @@ def get_config(size=None):
     c.data.energy_unit = "kcal/mol"  # what training and the reports use
     c.data.num_train = 950
     c.data.num_val = 50
+    c.data.shrink_split = False  # True: a file with fewer frames gets a proportionally smaller split
+    c.data.std_from = "energies"  # std of the training energies (torchmd-net data.py)
     c.data.num_test_molecules = common.optional(int)  # None: all test frames
 
-    # Model: Frad's 6 x 128 ET; one molecule, so the mean training energy is the only reference.
-    c.model.encoder.update(num_layers=6, features=128, num_heads=8, num_rbf=32)
-    c.model.head.kind = "scalar"
+    # Model: the ET-MD17 encoder; one molecule, so the mean training energy is the only reference.
+    c.model.encoder = common.encoder("md17")
+    c.model.head.kind = "equivariant_scalar"
     c.model.update(reference="none", denoise_head=False)
 
-    # Loss: energies and forces.
-    c.loss.update(name="mse", denoise_weight=0.0, energy_weight=0.2, force_weight=0.8)
+    # Loss: energies and forces (y_weight 0.2, neg_dy_weight 0.8).
+    c.loss.update(denoise_weight=0.0, energy_weight=0.2, force_weight=0.8)
+    return c
 
-    # Optimizer.
-    c.optim.update(learning_rate=1e-3, warmup_steps=1000)
+
+def get_config(size=None):
+    c = base_config()
+    # Training loop: 3,000 epochs of 119 steps, one evaluation per epoch.
+    c.update(
+        num_steps=3000 * EPOCH_STEPS,
+        batch_size=8,
+        eval_every=EPOCH_STEPS,
+        checkpoint_every=EPOCH_STEPS,
+    )
+    c.early_stopping.patience = 300  # epochs (evaluations)
+    c.loss.energy_loss_scale = 0.05  # ema_alpha_y
+
+    # Optimizer: lr 1e-3, 1,000 warm-up steps, ReduceLROnPlateau(0.8, 30 epochs, min 1e-7).
+    c.optim.update(
+        learning_rate=1e-3,
+        warmup_steps=1000,
+        schedule="plateau",
+        plateau_factor=0.8,
+        plateau_patience=30,
+        min_learning_rate=1e-7,
+    )
     return common.resize(c, size, SIZES)

@@ -3,6 +3,8 @@
   --config=experiments/configs/georecon.py         paper scale (8 layers x 256, 64 RBF, 5 Å)
   --config=experiments/configs/georecon.py:quick   2 CPU cores, a few minutes (README quick start)
   --config=experiments/configs/georecon.py:tiny    seconds; used by the tests
+  --config=experiments/configs/georecon.py:md17    paper-scale run with the MD17 fine-tuning encoder
+                                                   (6 x 128, 32 RBF: finetune_md17*.py load it)
 
 Any field can be overridden on the command line, e.g. --config.optim.learning_rate=2e-4.
 Shared blocks and the size overlays: common.py. Coord (coord.py) reuses this file's sizes.
@@ -22,6 +24,8 @@ SIZES = common.sizes(
         model=dict(decoder=dict(code_dim=64, num_heads=4, num_rbf=16)),
         objective=dict(num_sampling_steps=30, num_recon_molecules=64),
     ),
+    # The encoder of torchmd-net's ET-MD17.yaml, so that finetune_md17.py loads the checkpoint.
+    md17=dict(model=dict(encoder=common.ENCODER["md17"])),
     tiny=dict(
         num_steps=8,
         batch_size=8,
