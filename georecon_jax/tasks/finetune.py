@@ -38,8 +38,12 @@ log = logging.getLogger(__name__)
 
 
 def selection_metric(config) -> str:
-    """The validation metric that picks the best checkpoint: the target's MAE (QM9), the loss (MD17)."""
-    return "mae" if config.task == "qm9" else "loss"
+    """The validation metric that picks the best checkpoint and drives early stopping:
+    ``config.select_on`` ('loss', the reference's val_loss, the default; 'mae' for QM9)."""
+    metric = config.get("select_on", "loss")
+    if metric not in ("loss", "mae") or (metric == "mae" and config.task != "qm9"):
+        raise ValueError(f"select_on={metric!r}: use 'loss' (or 'mae' for QM9)")
+    return metric
 
 
 def learning_curve_panels(config, unit: str) -> dict:
