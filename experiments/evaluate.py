@@ -14,13 +14,16 @@ import sys
 
 from absl import app, flags
 
-from experiments.cli import setup_logging
+from experiments.cli import apply_accelerator_settings, setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", None, "Fine-tuning workdir(s), comma-separated.")
 flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 flags.DEFINE_string("split", "test", "'test' or 'validation'.")
 flags.DEFINE_string("table", None, "Also write one Markdown table of all workdirs here.")
+flags.DEFINE_string(
+    "matmul_precision", None, "float32 matrix-product precision; default: the first workdir's config's."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -31,8 +34,12 @@ def main(argv):
     from georecon_jax.tasks import evaluation
 
     try:
-        for w in FLAGS.workdir:  # every workdir checked before the first is evaluated
-            evaluation.check_finetune_workdir(w)
+        configs = [evaluation.check_finetune_workdir(w) for w in FLAGS.workdir]  # all, before the first runs
+        precision = FLAGS.matmul_precision or configs[0].get("matmul_precision")
+        try:
+            apply_accelerator_settings(dict(configs[0], matmul_precision=precision))
+        except ValueError as e:  # an unknown precision, named
+            sys.exit(f"error: {e}")
         results = [evaluation.evaluate(w, FLAGS.checkpoint, FLAGS.split) for w in FLAGS.workdir]
     except (evaluation.WorkdirError, evaluation.CheckpointError) as e:
         sys.exit(f"error: {e}")

@@ -62,8 +62,17 @@ def training_loop(*, num_steps: int, batch_size: int, eval_every: int) -> Config
             max_consecutive_nonfinite=10,  # consecutive non-finite losses before the run stops
             tensorboard=True,
             allow_config_change=False,  # resuming with other model/objective sections is refused
+            **accelerator(),
         )
     )
+
+
+def accelerator() -> dict:
+    """Top-level fields every entry point applies before it runs (georecon_jax/training/precision.py):
+    ``matmul_precision`` of float32 matrix products ('highest': float32 on TPUs too, which would
+    otherwise use bfloat16 passes; 'default', 'high', 'bf16', 'tf32' trade accuracy for speed) and
+    ``compilation_cache_dir``, an optional folder for XLA's persistent compilation cache."""
+    return dict(matmul_precision="highest", compilation_cache_dir=optional(str))
 
 
 def optimizer(**overrides) -> ConfigDict:

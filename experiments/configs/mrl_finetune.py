@@ -42,6 +42,7 @@ def get_config(size=None):
     c.update(num_epochs=100, batch_size=32, eval_batch_size=64)
     # Each split's run: a checkpoint, a log line and an evaluation per epoch.
     c.update(keep_checkpoints=2, max_consecutive_nonfinite=10, tensorboard=True, allow_config_change=False)
+    c.update(common.accelerator())
 
     # Data.
     c.data = common.pairs_data(max_atoms=64, preset="freesolv")
