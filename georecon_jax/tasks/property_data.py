@@ -151,6 +151,7 @@ def _qm9_task(config, saved: Optional[dict]) -> TaskData:
         "energy_offset": 0.0,
         "stats": stats.to_json(),
         "num_train_labels": int(len(train)),
+        "elements": np.nonzero(counts[train].sum(0))[0].tolist(),  # what the model saw (predictions check)
     }
     return TaskData(out, stats, config.target, unit, saved)
 
@@ -248,6 +249,7 @@ def _md17_task(config, saved: Optional[dict]) -> TaskData:
         "train_file": os.path.abspath(train_file),
         "test_file": os.path.abspath(test_file) if test_file else None,
         "num_train_labels": int(n_tr),
+        "elements": sorted({int(z) for z in tr.atomic_numbers}),  # what the model saw (predictions check)
     }
     return TaskData(out, stats, "energy", d.energy_unit, saved)
 
