@@ -60,6 +60,7 @@ QM9_ELEMENTS = (1, 6, 7, 8, 9)  # H, C, N, O, F
 ENERGY_TARGETS = ("U0", "U", "H", "G")  # QM9 targets that are energies (eV)
 EXPORT_FORMAT = "georecon_jax.export/1"
 MIN_TIER = 8
+_JITTED: Dict = {}  # (model config, target statistics, forces) -> jitted network
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -223,7 +224,6 @@ class Model:
         self.energy_offset = float(saved.get("energy_offset", 0.0) or 0.0)
         g = config.graph
         self._edges = dict(neighbor_list=g.neighbor_list, cutoff=config.model.encoder.cutoff, skin=g.skin)
-        self._fns = {}
         self.shapes_compiled = set()  # (tier, graphs, forces) seen so far
 
     def __repr__(self):
@@ -264,12 +264,13 @@ class Model:
     # --- the network ----------------------------------------------------------------------------
 
     def _fn(self, forces: bool):
-        if forces not in self._fns:
+        """The jitted network of this model's architecture and statistics, shared by every `Model`
+        that has them (a model loaded twice, from its workdir and its export, compiles once)."""
+        key = (self.config.model.to_json(sort_keys=True), self.stats, forces)
+        if key not in _JITTED:
             predict = make_predict_fn(self.module, self.stats, forces)
-            self._fns[forces] = jax.jit(
-                lambda params, graph: predict(params, graph, graph.nodes.positions)[:2]
-            )
-        return self._fns[forces]
+            _JITTED[key] = jax.jit(lambda params, graph: predict(params, graph, graph.nodes.positions)[:2])
+        return _JITTED[key]
 
     def _run_batch(self, structures: Sequence[Structure], tier: int, graphs: int, forces: bool):
         """Residual outputs [k] float64 and forces [k] of up to ``graphs`` molecules of <= ``tier``
