@@ -24,6 +24,8 @@ ALLOWED = {
     "training": set(),
     "tasks": {"training", "objectives", "models", "graphs", "data", "chem", "plots"},
     "plots": set(),
+    # Fine-tuned models in other programs' terms (the ASE calculator): on top of tasks.inference.
+    "interop": {"tasks", "data"},
 }
 # Modules of tasks/ that each run one kind of job: none may import another.
 JOBS = {"pretrain", "finetune", "mrl3d", "finetune_pairs"}
