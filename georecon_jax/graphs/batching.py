@@ -16,8 +16,11 @@ n(n-1)/2 pairs (``neighbor_list="all_pairs"``), or the pairs closer than ``cutof
 record's positions (``"radius"``). The models recompute distances from
 the positions they are given and weight every edge by a cosine cutoff that vanishes beyond the
 cutoff, so the effective graph is the radius graph *at the positions the model sees*. With
-all pairs this is exact for perturbed and sampled coordinates alike; with a finite skin it is
-exact while no atom moves further than skin/2 (the objectives report violations).
+all pairs this is exact for perturbed and sampled coordinates alike. A radius list is chosen at
+the clean positions: it is exact only while no pair's relative displacement exceeds the skin, and
+otherwise leaks the clean geometry (which atoms are near) and loses pairs. Configs whose noise
+could exceed it are refused (skin >= 4·σ·√2·√3, ``objectives.noise.neighbor_list_problems``), and
+GeoRecon's sampling from pure noise always runs on all pairs.
 """
 
 from __future__ import annotations

@@ -142,6 +142,7 @@ class GeoRecon(Objective):
             return {}
         t0 = time.perf_counter()
         graphs = [jax.device_get(g) for g in graphs]
+        require_all_pairs(graphs)
         key = jax.random.PRNGKey(self.config.seed + 17)
         code_fn = jax.jit(make_code_fn(model))
         recon = jax.jit(
@@ -180,6 +181,24 @@ class GeoRecon(Objective):
             time.perf_counter() - t1,
         )
         return out
+
+
+def require_all_pairs(graphs) -> None:
+    """Refuses host graphs whose real molecules do not list all their atom pairs. Reconstruction
+    starts from pure noise and the z diagnostic perturbs by up to 2 Å: on candidate pairs chosen at
+    the clean positions (``graph.neighbor_list='radius'``) the sampler would be told which atoms
+    are near each other in the structure it is to rebuild. (`tasks.pretrain` builds all-pairs
+    graphs for the report.)"""
+    for graph in graphs:
+        real = np.asarray(graph.globals.graph_id) >= 0
+        n = np.asarray(graph.n_node)[: len(real)][real].astype(np.int64)
+        edges = np.asarray(graph.n_edge)[: len(real)][real]
+        if np.any(edges != n * (n - 1) // 2):
+            raise ValueError(
+                "GeoRecon's reconstruction from pure noise and its z diagnostic need graphs with all "
+                "atom pairs (graph.neighbor_list=all_pairs): these hold a radius list built from the "
+                "clean positions, which would leak the geometry being rebuilt"
+            )
 
 
 def make_code_fn(model):

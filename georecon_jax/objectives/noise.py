@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Tuple
+from typing import Callable, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -107,3 +107,67 @@ def rms_noise_scale(draw_sigma: Callable, num: int = 1 << 16, seed: int = 0) -> 
     weighs the same; the reference weighs atoms, which differs only if σ depended on size)."""
     sigma = draw_sigma(jax.random.PRNGKey(seed), jnp.arange(num, dtype=jnp.int32))
     return float(jnp.sqrt(jnp.mean(jnp.square(sigma))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise and the neighbour list: a radius list built from the clean positions must not leak them.
+
+#: How many σ of per-coordinate noise ``graph.skin`` must cover (`neighbor_list_problems`):
+#: 4 standard deviations of a pair's relative displacement per axis (σ√2), times √3 for its
+#: length in three dimensions, i.e. 4·σ·√6 ≈ 9.8·σ.
+SKIN_PER_SIGMA = 4.0 * math.sqrt(2.0) * math.sqrt(3.0)
+
+#: P(|ε_i - ε_j|·σ > SKIN_PER_SIGMA·σ) for one pair: the χ distribution with 3 degrees of freedom
+#: beyond 4√3 (scipy.stats.chi(3).sf(4 * 3 ** 0.5)).
+SKIN_MISS_PROBABILITY = 2.13e-10
+
+
+def required_skin(sigma: float) -> float:
+    """The smallest ``graph.skin`` (Å) for a radius list built from clean positions to serve atoms
+    displaced by σ·ε, ε ~ N(0, I) per coordinate (σ in Å): `SKIN_PER_SIGMA` x σ."""
+    return SKIN_PER_SIGMA * float(sigma)
+
+
+def neighbor_list_problems(graph_cfg, sigma: float, field: str) -> List[str]:
+    """Problems with evaluating structures displaced by σ·ε (``field`` names σ, in Å) on the
+    candidate pairs of ``graph_cfg`` (a config's ``graph`` section); [] when safe.
+
+    With ``graph.neighbor_list='radius'`` the candidate pairs are those closer than cutoff + skin
+    at the *clean* positions (`georecon_jax.graphs.batching`). The model sees the radius graph
+    at the positions it is given only if no pair left out comes within the cutoff; one that does
+    is missing from the model's graph, and which pairs are missing tells the model which atoms are
+    far apart in the clean structure: the list leaks the clean geometry (and loses an edge).
+    A left-out pair (clean distance >= cutoff + skin) can come within the cutoff only if the
+    relative displacement of its atoms, σ·(ε_i - ε_j), is longer than the skin. Each of its
+    components has std σ√2, so its length over σ√2 follows the χ distribution with 3 degrees of
+    freedom (rms σ√6). The criterion is skin >= 4·σ·√2·√3 (`SKIN_PER_SIGMA`, 9.8 σ): a left-out
+    pair comes within the cutoff with probability <= 2.1e-10 per pair and evaluation
+    (`SKIN_MISS_PROBABILITY`), i.e. about 0.03 times in a whole paper-scale Coord pretraining
+    (200,000 steps x 70 QM9 molecules x 11 left-out pairs each, the mean over 5,000 random QM9
+    molecules at skin 0.39 Å), and then almost always just inside the cutoff (the tail is steep),
+    where the cosine cutoff weighs the pair ~0. At 3 std (7.3 σ) it would be 5.9e-6 per pair:
+    hundreds of times per run. Coord's σ = 0.04 Å needs skin >= 0.39 Å (the default 1.0 Å
+    serves), the fine-tuning regulariser's 0.005 Å 0.049 Å; GeoRecon's σ_max = 2 Å needs 19.6 Å,
+    i.e. all pairs. ``all_pairs`` lists every pair: always exact.
+    """
+    if graph_cfg is None:
+        return []
+    kind = graph_cfg.get("neighbor_list", "all_pairs")
+    if kind == "all_pairs":
+        return []
+    if kind != "radius":
+        return [f"graph.neighbor_list={kind!r}: use 'all_pairs' or 'radius'"]
+    if sigma is None or not sigma > 0:
+        return []  # the objective's own checks name a non-positive σ
+    skin, need = float(graph_cfg.skin), required_skin(sigma)
+    if skin >= need:
+        return []
+    return [
+        f"graph.skin={skin:g} Å covers relative displacements of two atoms up to {skin:g} Å, but "
+        f"{field}={sigma:g} Å moves every atom by σ·ε (ε ~ N(0, 1) per axis): a pair's relative "
+        f"displacement has std σ√2 = {sigma * math.sqrt(2):.3g} Å per axis and rms length σ√6 = "
+        f"{sigma * math.sqrt(6):.3g} Å, so pairs left out of the radius list (built from the clean "
+        "positions) can come within the cutoff: the list would leak the clean geometry. Use "
+        f"graph.neighbor_list=all_pairs, or graph.skin >= 4·σ·√2·√3 = {need:.3g} Å (a left-out pair "
+        f"then comes within the cutoff with probability < {SKIN_MISS_PROBABILITY:.1g} per evaluation)"
+    ]

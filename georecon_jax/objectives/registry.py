@@ -12,7 +12,10 @@ registers itself with `@register`. It owns:
   * ``loss(outputs, graph)``: a pure function of those outputs and the batch ->
     (per-graph loss [n_graph], {metric: per-graph values [n_graph]}); the training step averages
     both over real molecules and devices;
-  * optionally ``report(model, params, graphs)``: numbers for ``summary.json`` at the end of a run.
+  * optionally ``report(model, params, graphs)``: numbers for ``summary.json`` at the end of a run;
+  * ``noise_scales()``: the largest σ (Å) of each Gaussian displacement it applies to the clean
+    structure (default: ``objective.sigma_max`` when the section has one). `problems` refuses a
+    radius neighbour list whose skin does not cover them (`noise.neighbor_list_problems`).
 
 ``experiments/configs/coord_ladder.py`` with ``objectives/coord_ladder.py`` is the worked example
 of adding one (README, "Adding an objective").
@@ -27,7 +30,7 @@ import jax
 import ml_collections
 
 from georecon_jax.models.pretrain import create_model
-from georecon_jax.objectives.noise import NoiseNormaliser
+from georecon_jax.objectives.noise import NoiseNormaliser, neighbor_list_problems
 
 _REGISTRY: Dict[str, Type["Objective"]] = {}
 
@@ -48,6 +51,12 @@ class Objective:
 
     def validate(self) -> List[str]:
         return []
+
+    def noise_scales(self) -> Dict[str, float]:
+        """{config field: σ (Å)}: the largest scale of each per-coordinate Gaussian displacement
+        ``forward`` applies to the clean positions (evaluated on the batch's candidate pairs)."""
+        sigma = self.cfg.get("sigma_max")
+        return {"objective.sigma_max": sigma} if sigma is not None else {}
 
     def heads(self) -> Dict[str, nn.Module]:
         return {}
@@ -72,6 +81,16 @@ class Objective:
         return None
 
     # -- derived, not overridden -------------------------------------------------------------
+    def problems(self) -> List[str]:
+        """``validate()`` plus what every objective is checked for: that a radius neighbour list
+        (``graph.neighbor_list='radius'``, built from the clean positions) has a skin covering each
+        of its `noise_scales` (`noise.neighbor_list_problems`), so that it cannot leak the clean
+        geometry. What the pretraining task refuses a config for."""
+        problems = list(self.validate())
+        for field, sigma in self.noise_scales().items():
+            problems += neighbor_list_problems(self.config.get("graph"), sigma, field)
+        return problems
+
     def loss_fn(self, model) -> Callable:
         """``loss_fn(params, graph, key) -> (per_graph_loss, metrics)`` for the training step."""
 

@@ -121,7 +121,7 @@ class PretrainTask:
     compare_sections = ("model", "objective")
 
     def validate(self, config):
-        return encoder_problems(config.model.encoder) + get_objective(config).validate()
+        return encoder_problems(config.model.encoder) + get_objective(config).problems()
 
     def build(self, config, workdir, mesh, key) -> runner.Job:
         num_devices = mesh.devices.size
@@ -165,6 +165,9 @@ class PretrainTask:
         n = config.objective.get("num_recon_molecules", 0)
         if n:
             params = jax.device_get(runner.params_for_eval(state))
+            # All pairs, whatever graph.neighbor_list says: the report samples from pure noise (and
+            # perturbs by up to 2 Å), where a radius list of the clean positions would leak them.
+            all_pairs = config.graph.neighbor_list == "all_pairs"
             held_out = GraphBatcher(
                 self.molecules,
                 self.splits["validation"][:n],
@@ -172,10 +175,9 @@ class PretrainTask:
                 num_devices=1,
                 shuffle=False,
                 drop_remainder=False,
-                neighbor_list=config.graph.neighbor_list,
+                neighbor_list="all_pairs",
                 cutoff=config.model.encoder.cutoff,
-                skin=config.graph.skin,
-                budgets=self.train.budgets,
+                budgets=self.train.budgets if all_pairs else None,
             )
             graphs = (jax.tree_util.tree_map(lambda x: x[0], b) for b in held_out.epoch_batches())
             summary.update(self.objective.report(self.model, params, graphs))

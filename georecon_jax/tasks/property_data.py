@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import ml_collections
 import numpy as np
@@ -19,6 +19,7 @@ from georecon_jax.data import md17 as md17_data
 from georecon_jax.data.qm9 import TARGETS, TARGET_UNITS, load_qm9
 from georecon_jax.data.records import Molecules
 from georecon_jax.graphs.batching import GraphBatcher, edge_counts, estimate_budgets
+from georecon_jax.objectives.noise import neighbor_list_problems
 from georecon_jax.objectives.supervised import TargetStats
 
 ENERGY_TARGETS = ("U0", "U", "H", "G")
@@ -259,8 +260,26 @@ def load_task_data(config, saved: Optional[dict] = None) -> TaskData:
     return (_qm9_task if config.task == "qm9" else _md17_task)(config, saved)
 
 
+def denoise_neighbor_list_problems(config) -> List[str]:
+    """Problems with the fine-tuning regulariser's noise (``loss.denoise_sigma`` Å, applied in
+    training when ``loss.denoise_weight > 0``) on the config's neighbour list: a radius list,
+    built from the clean positions, needs graph.skin >= 4·σ·√2·√3
+    (`objectives.noise.neighbor_list_problems`). For the fine-tuning task's ``validate``."""
+    loss = config.get("loss")
+    if loss is None or not loss.get("denoise_weight", 0.0) > 0:
+        return []
+    return neighbor_list_problems(config.get("graph"), loss.get("denoise_sigma"), "loss.denoise_sigma")
+
+
 def make_batchers(config, data: TaskData, num_devices: int, names=("train", "validation", "test")):
-    """Padded batchers sharing one set of budgets that covers every split (one set of shapes)."""
+    """Padded batchers sharing one set of budgets that covers every split (one set of shapes).
+
+    Raises ValueError for a training batcher whose radius list the regulariser's noise could
+    defeat (`denoise_neighbor_list_problems`): it would leak the clean geometry."""
+    if "train" in names:
+        problems = denoise_neighbor_list_problems(config)
+        if problems:
+            raise ValueError("invalid config:\n  " + "\n  ".join(problems))
     g = config.graph
     cutoff = config.model.encoder.cutoff
     per_device = config.batch_size // num_devices
