@@ -195,6 +195,7 @@ def fit(
     desc: str = "train",
     stop_after: Optional[int] = None,
     on_eval: Sequence[Callable] = (),
+    adapt: Optional[Callable] = None,
 ):
     """Runs steps ``state.step .. num_steps - 1``; returns (final state, whether a hook stopped it).
 
@@ -207,6 +208,9 @@ def fit(
       eval_fn: (state, step) -> metrics dict, written under split "validation".
       on_eval: hooks ``(step, state, metrics) -> bool`` called after each evaluation (best
         checkpoint, early stopping); any True ends training there, with a checkpoint.
+      adapt: ``(step, state, metrics) -> (state, metrics)`` after each evaluation, before the
+        metrics are written and the hooks run: changes the state from what the evaluation found
+        (the plateau schedule). What it changes is in the next checkpoint, like the parameters.
     """
     start = int(jax.device_get(state.step))
     end = num_steps if stop_after is None else min(stop_after, num_steps)
@@ -239,6 +243,8 @@ def fit(
                 if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
                     watch.check()
                     metrics = eval_fn(state, step)
+                    if adapt is not None:
+                        state, metrics = adapt(step, state, metrics)
                     writer.write(step, "validation", metrics)
                     stopped = any([bool(hook(step, state, metrics)) for hook in on_eval])
                 if step % checkpoint_every == 0 or step == end or preempt.requested or stopped:

@@ -32,7 +32,14 @@ import ml_collections
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.checkpoint import Checkpointer
 from georecon_jax.training.loop import MetricsWriter, first_and_last, fit, record_config, workdir_lock
-from georecon_jax.training.optimizer import create_optimizer
+from georecon_jax.training.optimizer import (
+    create_optimizer,
+    find_plateau,
+    optimizer_problems,
+    plateau_learning_rate,
+    plateau_step,
+    replace_plateau,
+)
 from georecon_jax.training.state import create_train_state, make_mesh, replicate, shard_batch
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ class Job:
       done: the run has already ended for good (e.g. early stopping): do not train further.
       closers: objects whose ``close()`` runs at the end (e.g. a best-checkpoint hook).
       mask_fn, fold_in_device, count_name: see `training.steps.make_train_step`.
+      plateau_metric: the validation metric that ``optim.schedule='plateau'`` follows (default
+        the validation loss, torchmd-net's ``val_total_mse_loss``).
     """
 
     params: Any
@@ -73,6 +82,7 @@ class Job:
     eval_every: Optional[int] = None
     checkpoint_every: Optional[int] = None
     log_every: Optional[int] = None
+    plateau_metric: str = "loss"
 
 
 def loop_problems(config: ml_collections.ConfigDict) -> List[str]:
@@ -84,7 +94,12 @@ def loop_problems(config: ml_collections.ConfigDict) -> List[str]:
     ]
     if config.optim.learning_rate <= 0:
         problems.append(f"optim.learning_rate={config.optim.learning_rate}: must be positive")
-    return problems
+    if config.optim.get("schedule", "cosine") == "plateau" and config.get("eval_every", 1) <= 0:
+        problems.append(
+            f"optim.schedule='plateau' with eval_every={config.eval_every}: the schedule lowers the rate "
+            "from validation evaluations; evaluate (eval_every > 0) or use 'cosine'"
+        )
+    return problems + optimizer_problems(config.optim)
 
 
 def check_config(task, config: ml_collections.ConfigDict):
@@ -176,6 +191,42 @@ class BestCheckpoint:
         self.checkpointer.close()
 
 
+def plateau_adapter(cfg: ml_collections.ConfigDict, metric: str = "loss") -> Callable:
+    """``adapt(step, state, metrics) -> (state, metrics)`` for `loop.fit`: one step of the plateau
+    schedule (`optimizer.plateau_step`) on the validation ``metric``, written into the optimizer
+    state (so checkpoints carry it); adds ``learning_rate`` (of the next update) and
+    ``plateau_bad_evaluations`` to the validation metrics."""
+
+    def adapt(step, state, metrics):
+        if metric not in metrics:
+            raise KeyError(
+                f"optim.schedule='plateau' follows validation {metric!r}, not among {sorted(metrics)}"
+            )
+        old = find_plateau(state.opt_state)
+        if old is None:
+            raise ValueError("optim.schedule='plateau' but the optimizer state has no plateau state")
+        new, reduced = plateau_step(jax.device_get(old), float(metrics[metric]), int(step), cfg)
+        if reduced:
+            log.info(
+                "step %d: validation %s has not improved on %.6g for %d evaluations; learning rate "
+                "%.4g -> %.4g",
+                step,
+                metric,
+                float(new.best),
+                cfg.plateau_patience + 1,
+                cfg.learning_rate * float(old.scale),
+                cfg.learning_rate * float(new.scale),
+            )
+        state = state.replace(opt_state=replace_plateau(state.opt_state, new))
+        extra = {
+            "learning_rate": plateau_learning_rate(new, int(step), cfg),
+            "plateau_bad_evaluations": new.num_bad,
+        }
+        return state, dict(metrics, **extra)
+
+    return adapt
+
+
 def _first(*values):
     return next(v for v in values if v is not None)
 
@@ -222,6 +273,15 @@ def run_experiment(
             fold_in_device=job.fold_in_device,
             count_name=job.count_name,
         )
+        eval_every = _first(job.eval_every, config.get("eval_every", 0))
+        adapt = None
+        if config.optim.get("schedule", "cosine") == "plateau":
+            if job.eval_fn is None or not eval_every:
+                raise ValueError(
+                    "optim.schedule='plateau' lowers the learning rate from validation evaluations, "
+                    "and this job has none (eval_every=0 or no validation data): use 'cosine'"
+                )
+            adapt = plateau_adapter(config.optim, job.plateau_metric)
         writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
         t0, stopped = time.time(), False
         try:
@@ -237,13 +297,14 @@ def run_experiment(
                     checkpointer=checkpointer,
                     writer=writer,
                     eval_fn=job.eval_fn,
-                    eval_every=_first(job.eval_every, config.get("eval_every", 0)),
+                    eval_every=eval_every,
                     checkpoint_every=_first(job.checkpoint_every, config.get("checkpoint_every")),
                     log_every=_first(job.log_every, config.get("log_every")),
                     max_consecutive_nonfinite=config.get("max_consecutive_nonfinite", 10),
                     desc=job.desc,
                     stop_after=stop_after,
                     on_eval=job.on_eval,
+                    adapt=adapt,
                 )
         finally:
             writer.close()
