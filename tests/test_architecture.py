@@ -24,8 +24,11 @@ ALLOWED = {
     "training": set(),
     "tasks": {"training", "objectives", "models", "graphs", "data", "chem", "plots"},
     "plots": set(),
-    # Fine-tuned models in other programs' terms (the ASE calculator): on top of tasks.inference.
-    "interop": {"tasks", "data"},
+    # Models in other programs' terms: the ASE calculator (on top of tasks.inference) and torchmd-net
+    # checkpoints imported as workdirs (interop/torchmd*.py: they build this library's models and
+    # configs, check the parameters against them, and save checkpoints, target statistics and noise
+    # statistics as the jobs do), so a room above tasks that may import what tasks imports.
+    "interop": {"tasks", "data", "graphs", "models", "objectives", "training"},
 }
 # Modules of tasks/ that each run one kind of job: none may import another.
 JOBS = {"pretrain", "finetune", "mrl3d", "finetune_pairs"}
