@@ -215,8 +215,8 @@ def write_finetune_workdir(model: TorchmdModel, config: ml_collections.ConfigDic
                     "Atomref values beyond Z = %d dropped (the encoder has no embedding for them)", rows - 1
                 )
         partial = {"target": resolved.target, "atomref": atomref.tolist(), "stats": stats}
-    else:
-        partial = {"target": "energy", "energy_offset": 0.0, "stats": stats}
+    else:  # the mean as the energy offset, added on the host in float64 (torch adds it in float32)
+        partial = {"target": "energy", "energy_offset": float(model.mean), "stats": {**stats, "mean": 0.0}}
     record_config(config, workdir)
     data = load_task_data(resolved, partial)
     write_target_stats(workdir, data.saved)
