@@ -69,7 +69,7 @@ def main(argv):
     try:
         model = read_torchmd(FLAGS.checkpoint, FLAGS.hparams, FLAGS.vec_norm)
         config = FLAGS.config
-        kind = w.resolve_kind(model, FLAGS.kind, config.get("task") if config is not None else None)
+        kind = w.resolve_kind(model, FLAGS.kind)
         if config is None:
             config = default_config(kind, model.task)
         if kind == "finetuned":

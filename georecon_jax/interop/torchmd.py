@@ -226,7 +226,7 @@ def read_checkpoint_file(path: str, hparams_path: Optional[str] = None):
         hparams = {**hparams, **read_hparams_file(hparams_path)}
     if not hparams:
         raise TorchmdImportError(
-            f"{path}: no hyper-parameters in the file (a bare state dict): pass them with "
+            f"{path}: the file holds no hyper-parameters: pass them with "
             "--hparams=FILE (the run's hparams.yaml or its input YAML)"
         )
     state_dict = {(k[len("model.") :] if k.startswith("model.") else k): v for k, v in state_dict.items()}

@@ -50,14 +50,15 @@ KINDS = ("auto", "finetuned", "pretrained")
 IMPORTED_FILE = "imported.json"
 
 
-def resolve_kind(model: TorchmdModel, kind: str = "auto", task: Optional[str] = None) -> str:
+def resolve_kind(model: TorchmdModel, kind: str = "auto") -> str:
     """'finetuned' or 'pretrained'. auto: fine-tuned when the checkpoint has an output model and
-    was trained on QM9 or MD17 (or ``task`` is given), pretrained otherwise."""
+    was trained on QM9 or MD17 (its ``dataset``), pretrained otherwise (e.g. Coord's PCQM4Mv2
+    pretraining, whose property head was never trained)."""
     if kind not in KINDS:
         raise TorchmdImportError(f"kind={kind!r}: use one of {KINDS}")
     if kind != "auto":
         return kind
-    return "finetuned" if model.head is not None and (task or model.task) else "pretrained"
+    return "finetuned" if model.head is not None and model.task is not None else "pretrained"
 
 
 def _set_encoder(config: ml_collections.ConfigDict, model: TorchmdModel):
