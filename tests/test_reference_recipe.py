@@ -199,12 +199,14 @@ def pretraining_workdir(workdir, config, mols):
 
 @pytest.mark.slow
 def test_georecon_pretraining_to_md17_finetuning_loads_at_matching_sizes(tmp_path, molecules):
-    """A georecon.py:tiny run -> finetune_md17.py:tiny with --config.pretrained, no edits (the
-    default sizes agree field by field: tests/test_configs.py)."""
+    """A georecon.py:tiny run (without the vector norm, as georecon.py:md17) -> finetune_md17.py:tiny
+    with --config.pretrained (the default sizes agree field by field: tests/test_configs.py)."""
     from conftest import require_shared
 
     data_dir = require_shared("rmd17")
-    pretraining_workdir(str(tmp_path / "pre"), georecon.get_config("tiny"), molecules)
+    pre = georecon.get_config("tiny")
+    pre.model.encoder.vec_norm = "none"  # as georecon.py:md17 (MD17's encoder has no vector norm)
+    pretraining_workdir(str(tmp_path / "pre"), pre, molecules)
     cfg = finetune_md17.get_config("tiny")
     cfg.data.data_dir = str(data_dir)
     cfg.update(num_steps=2, eval_every=2, checkpoint_every=2, pretrained=str(tmp_path / "pre"))

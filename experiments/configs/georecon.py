@@ -25,7 +25,7 @@ SIZES = common.sizes(
         objective=dict(num_sampling_steps=30, num_recon_molecules=64),
     ),
     # The encoder of torchmd-net's ET-MD17.yaml, so that finetune_md17.py loads the checkpoint.
-    md17=dict(model=dict(encoder=common.ENCODER["md17"])),
+    md17=dict(model=dict(encoder=dict(common.ENCODER["md17"], vec_norm="none"))),
     tiny=dict(
         num_steps=8,
         batch_size=8,

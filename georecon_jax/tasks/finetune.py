@@ -28,7 +28,13 @@ from georecon_jax.models.property import create_property_model
 from georecon_jax.objectives.noise import NOISE_NORMALISER_FILE, NoiseNormaliser
 from georecon_jax.objectives.supervised import LOSSES, denoise_normaliser, init_params, make_loss_fn
 from georecon_jax.tasks import evaluation
-from georecon_jax.tasks.property_data import load_workdir_task_data, make_batchers, resolve_config, run_label
+from georecon_jax.tasks.property_data import (
+    denoise_neighbor_list_problems,
+    load_workdir_task_data,
+    make_batchers,
+    resolve_config,
+    run_label,
+)
 from georecon_jax.training import runner
 from georecon_jax.training.loop import read_metrics
 from georecon_jax.training.state import param_count
@@ -88,7 +94,8 @@ class FinetuneTask:
         problems = encoder_problems(config.model.encoder)
         if config.loss.name not in LOSSES:
             problems.append(f"loss.name={config.loss.name!r}: use one of {LOSSES}")
-        return problems
+        # a radius list (built from clean positions) must cover the regulariser's noise
+        return problems + denoise_neighbor_list_problems(config)
 
     def build(self, config, workdir, mesh, key) -> runner.Job:
         config = resolve_config(config)
