@@ -69,7 +69,8 @@ def parity_plot(
 
 def z_diagnostic_plot(diag: Dict, path: str, title: str = ""):
     """GeoRecon's z diagnostic (``summary.json["z_diagnostic"]``): the decoder's ε-MSE by σ with the
-    molecule's own, another molecule's and a zero code, the ratio own/other, and the RMSD of the
+    molecule's own, another molecule's and a zero code, the ratios own/other (of ε-MSE and of the
+    frame-free distance error of x̂₀) and own/zero, and the RMSD of the
     reconstruction from z alone with the own code against another same-size molecule's code."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -84,11 +85,15 @@ def z_diagnostic_plot(diag: Dict, path: str, title: str = ""):
             ax.plot(sig, diag[key], marker="o", ms=3, label=label)
     ax.set(xscale="log", yscale="log", xlabel="σ (Å)", ylabel="decoder ε-MSE", title="decoder error by code")
     ax = axes[1]
-    for key, label in (("own_over_other", "own / other"), ("own_over_zero", "own / zero")):
+    for key, label in (
+        ("own_over_other", "ε-MSE own / other"),
+        ("own_over_zero", "ε-MSE own / zero"),
+        ("dist_own_over_other", "distance error of x̂₀ own / other"),
+    ):
         if sig and key in diag:
             ax.plot(sig, diag[key], marker="o", ms=3, label=label)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set(xscale="log", xlabel="σ (Å)", ylabel="MSE ratio", title="< 1: the decoder uses z")
+    ax.set(xscale="log", xlabel="σ (Å)", ylabel="error ratio", title="< 1: the decoder uses z")
     ax = axes[2]
     names = ["own code", "other code\n(same size)", "pure noise"]
     keys = ("recon_rmsd_own", "recon_rmsd_other", "pure_noise_rmsd")

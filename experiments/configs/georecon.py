@@ -5,6 +5,8 @@
   --config=experiments/configs/georecon.py:tiny    seconds; used by the tests
   --config=experiments/configs/georecon.py:md17    paper-scale run with the MD17 fine-tuning encoder
                                                    (6 x 128, 32 RBF: finetune_md17*.py load it)
+  --config=experiments/configs/georecon.py:quick+frame_free_topology
+                                                   a size, then objective variants (`VARIANTS`)
 
 Any field can be overridden on the command line, e.g. --config.optim.learning_rate=2e-4.
 Shared blocks and the size overlays: common.py. Coord (coord.py) reuses this file's sizes.
@@ -38,7 +40,51 @@ SIZES = common.sizes(
 )
 
 
+# Objective variants in which reconstruction may have to go through z (issue 20; README, "Does the
+# decoder use the graph code?"). The paper's caption is the default; a variant is added to a size
+# with '+': georecon.py:quick+frame_free_topology. Each entry says why it might make z necessary.
+WIDE_SIGMAS = (0.01, 0.1, 0.3, 0.6, 1.0, 2.0, 4.0, 8.0)  # Å, the diagnostic's σ up to σ_max = 10
+_LARGE_SIGMA = dict(sigma_max=10.0, diagnostic_sigmas=WIDE_SIGMAS)
+VARIANTS = dict(
+    # ε-MSE on the caption's decoder, noise up to 10 Å (beyond a QM9 molecule's size) with EDM
+    # preconditioning: the large-σ terms now weigh as much as the small ones.
+    edm=dict(objective=dict(parametrization="edm", **_LARGE_SIGMA)),
+    # + a frame-free loss on the interatomic distances of x̂0: at σ beyond the molecule's size the
+    # decoder no longer has to guess the noise's frame, only the molecule's internal geometry.
+    frame_free=dict(objective=dict(parametrization="edm", loss="x0_distance", **_LARGE_SIGMA)),
+    # + the clean molecule's bonds in the decoder: it knows which atom is which, so the distance
+    # target is well posed; the conformation (angles, torsions, non-bonded distances) is z's.
+    frame_free_topology=dict(
+        objective=dict(parametrization="edm", loss="x0_distance", **_LARGE_SIGMA),
+        model=dict(decoder=dict(topology=True)),
+    ),
+    # + a bottleneck: the decoder does not see the encoder's features of the perturbed structure,
+    # only atom types, bonds, the perturbed positions (two attention layers) and z.
+    bottleneck_topology=dict(
+        objective=dict(parametrization="edm", loss="x0_distance", **_LARGE_SIGMA),
+        model=dict(decoder=dict(topology=True, input="atoms", num_layers=2)),
+    ),
+    # the same with a Kabsch-aligned coordinate loss instead of distances
+    kabsch_topology=dict(
+        objective=dict(parametrization="edm", loss="x0_kabsch", **_LARGE_SIGMA),
+        model=dict(decoder=dict(topology=True, input="atoms", num_layers=2)),
+    ),
+)
+
+
 def get_config(size=None):
+    """``size``: '' (paper scale), a name of `SIZES`, and optionally '+'-separated `VARIANTS`."""
+    size, *variants = (size or "").split("+")
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"unknown GeoRecon variant {v!r}: use one of {', '.join(VARIANTS)}")
+    c = _config(size)
+    for v in variants:
+        common._apply(c, VARIANTS[v])
+    return c
+
+
+def _config(size=None):
     # Training loop; batch 70 is Coord's pretraining batch size.
     c = common.training_loop(num_steps=200_000, batch_size=70, eval_every=2000)
     c.micro_batches = 0  # per device and step, run one after another; 0: automatic (CPU:
@@ -51,7 +97,18 @@ def get_config(size=None):
     # Model.
     c.model = common.ConfigDict()
     c.model.encoder = common.encoder()
-    c.model.decoder = common.ConfigDict(dict(code_dim=256, num_layers=1, num_heads=8, num_rbf=32))
+    c.model.decoder = common.ConfigDict(
+        dict(
+            code_dim=256,
+            num_layers=1,
+            num_heads=8,
+            num_rbf=32,
+            input="encoder",  # the caption: the shared encoder's features of the perturbed structure;
+            # "atoms": atom types only (a bottleneck)
+            topology=False,  # True: the clean molecule's bonds (not distances) reach the decoder
+            topology_layers=3,  # message-passing rounds over the bonds
+        )
+    )
 
     # Objective.
     c.objective = common.ConfigDict()
@@ -59,6 +116,9 @@ def get_config(size=None):
     c.objective.schedule = "geometric"  # log-uniform σ per molecule; "fixed" uses sigma_max
     c.objective.sigma_min = 0.01  # Å
     c.objective.sigma_max = 2.0  # Å
+    c.objective.parametrization = "eps"  # the decoder predicts ε (caption); "edm": x̂0 preconditioned
+    c.objective.loss = "eps_mse"  # (caption); "x0_distance" | "x0_kabsch": frame-free errors of x̂0
+    c.objective.sigma_data = 1.5  # Å, EDM's data scale (QM9 coordinates' per-axis spread)
     c.objective.node_denoise_weight = 0.1
     c.objective.clean_weight = 0.1
     c.objective.num_sampling_steps = 50

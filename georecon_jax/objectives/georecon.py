@@ -14,6 +14,24 @@ As implemented here (choices the paper leaves open are marked *):
      (``node_denoise_weight``), and a clean head (``clean_weight``): the same node head on the
      clean features must predict zero noise.
 
+Variants (issue 20: the decoder above learns to ignore z; README "Does the decoder use z?"). The
+caption-faithful objective is the default; each variant is one config field:
+  * ``objective.parametrization``: ``eps`` (the decoder's output is ε̂) or ``edm`` (Karras et al.
+    2022 preconditioning about each molecule's centroid c: the decoder sees c + c_in (x - c) with
+    c_in = σ_d/√(σ²+σ_d²), so that a cloud of any σ reaches it at about the molecule's spread σ_d
+    (``objective.sigma_data``, Å), and x̂₀ = c + c_skip (x - c) + c_out F with c_skip = σ_d²/(σ²+σ_d²),
+    c_out = σσ_d/√(σ²+σ_d²): at σ ≫ σ_d the structure must come from F, i.e. from z).
+  * ``objective.loss``: ``eps_mse`` (above), or a frame-free error of x̂₀ = x - σ ε̂ against the clean
+    structure, weighted by 1/c_out² = (σ²+σ_d²)/(σσ_d)² (ε-MSE's scale at σ ≪ σ_d, x̂₀'s at σ ≫ σ_d):
+    ``x0_distance`` (squared error of every interatomic distance of the molecule's pair list, Å²)
+    or ``x0_kabsch`` (squared coordinate error after the optimal rotation, per axis, Å²). A
+    rotation-invariant z cannot tell the noise's frame at σ beyond the molecule's size; these
+    losses do not ask it to.
+  * ``model.decoder.input``: ``encoder`` (the shared encoder's features of the perturbed structure)
+    or ``atoms`` (the decoder's own atom-type embedding: a bottleneck).
+  * ``model.decoder.topology``: the decoder also gets the clean structure's bonds
+    (`models.pretrain.TopologyEmbedding`), i.e. which atom is which, but no distances.
+
 Report: coordinates rebuilt from z alone (`make_reconstruct_fn`), scored by Kabsch RMSD (Å), and
 the z diagnostic (`graph_code_diagnostic`): does the decoder do better with the molecule's own code
 than with another molecule's or a zero code, by σ, and does reconstruction from z?
@@ -21,6 +39,7 @@ than with another molecule's or a zero code, by σ, and does reconstruction from
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Dict, Iterable, NamedTuple
@@ -38,6 +57,7 @@ from georecon_jax.objectives.graph_code_diagnostic import (
     DEFAULT_SIGMAS,
     aggregate_decoder_errors,
     decoder_errors,
+    distance_errors,
     same_size_partners,
 )
 from georecon_jax.objectives.noise import (
@@ -57,8 +77,13 @@ class GeoReconOutputs(NamedTuple):
     eps: jax.Array  # [n, 3] the noise drawn
     sigma: jax.Array  # [n_graph] Å
     recon_eps: jax.Array  # [n, 3] the decoder's ε̂, guided by z
+    recon_x0: jax.Array  # [n, 3] Å its x̂₀ = x - σ ε̂
     node_eps: jax.Array  # [n, 3] the node head's ε̂ from the perturbed structure, without z
     clean_eps: jax.Array  # [n, 3] the node head on the clean structure (target 0)
+
+
+PARAMETRIZATIONS = ("eps", "edm")
+LOSSES = ("eps_mse", "x0_distance", "x0_kabsch")
 
 
 def graph_code(model, graph, clean):
@@ -66,33 +91,128 @@ def graph_code(model, graph, clean):
     return model.heads["graph_code"](masked_mean(clean.scalars, graph_masks(graph)))
 
 
-def decode(model, graph, positions, code, log_sigma_per_node):
-    """ε̂ [n, 3] at ``positions`` (the perturbed structure), guided by z [n_graph, C]."""
-    noisy = model.encode(graph, positions)
-    return model.heads["decoder"](
-        noisy, code[graph_masks(graph).node_graph], log_sigma_per_node, graph, positions
-    ), noisy
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+    """How the decoder's output becomes ε̂ and x̂₀ (``parametrization``, module docstring), and what
+    it reads (``input``: the encoder's features of the perturbed structure, or atoms only)."""
+
+    parametrization: str = "eps"
+    sigma_data: float = 1.5  # Å
+    input: str = "encoder"
+
+    @classmethod
+    def of(cls, config):
+        ob, dec = config.objective, config.model.decoder
+        return cls(ob.get("parametrization", "eps"), ob.get("sigma_data", 1.5), dec.get("input", "encoder"))
+
+    def inputs(self, mdl, graph, x, sigma_node, need_noisy: bool = False):
+        """(positions the decoder sees [n, 3] Å, the encoder's features there or None, centroid
+        per atom [n, 3])."""
+        m = graph_masks(graph)
+        center = masked_mean(x, m)[m.node_graph]
+        if self.parametrization == "edm":
+            c_in = self.sigma_data / jnp.sqrt(sigma_node**2 + self.sigma_data**2)
+            x_in = center + c_in[:, None] * (x - center)
+        else:
+            x_in = x
+        noisy = mdl.encode(graph, x_in) if (need_noisy or self.input == "encoder") else None
+        return x_in, noisy, center
+
+    def outputs(self, mdl, graph, x, sigma_node, code, x_in, noisy, center):
+        """(ε̂ [n, 3], x̂₀ [n, 3] Å) with the graph code ``code`` [n_graph, C]."""
+        m = graph_masks(graph)
+        out = mdl.heads["decoder"](
+            noisy if self.input == "encoder" else None,
+            code[m.node_graph],
+            jnp.log(sigma_node),
+            graph,
+            x_in,
+        )
+        s = sigma_node[:, None]
+        if self.parametrization == "edm":
+            sd2 = self.sigma_data**2
+            x0 = center + sd2 / (s**2 + sd2) * (x - center) + s * self.sigma_data / jnp.sqrt(s**2 + sd2) * out
+            eps = (x - x0) / s
+        else:
+            eps, x0 = out, x - s * out
+        return jnp.where(m.node_mask[:, None], eps, 0.0), jnp.where(m.node_mask[:, None], x0, 0.0)
+
+    def __call__(self, mdl, graph, x, code, sigma_node):
+        """(ε̂, x̂₀, the encoder's features of the perturbed structure or None)."""
+        x_in, noisy, center = self.inputs(mdl, graph, x, sigma_node)
+        eps, x0 = self.outputs(mdl, graph, x, sigma_node, code, x_in, noisy, center)
+        return eps, x0, noisy
+
+
+def decode(model, graph, positions, code, log_sigma_per_node, denoiser: Denoiser = Denoiser()):
+    """(ε̂ [n, 3], the encoder's features of ``positions``) at ``positions`` (the perturbed
+    structure), guided by z [n_graph, C]: the caption-faithful decoder unless ``denoiser`` says."""
+    eps, _, noisy = denoiser(model, graph, positions, code, jnp.exp(log_sigma_per_node))
+    return eps, noisy
+
+
+def loss_weight(sigma, sigma_data):
+    """1/c_out² = (σ²+σ_d²)/(σσ_d)² [n_graph] (1/Å²): the x̂₀ losses' weight."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def kabsch_errors(x0_hat, graph):
+    """Per molecule, mean over atoms and axes of the squared error of x̂₀ after the rotation (no
+    reflection) and translation that best fit it to the clean structure [n_graph] (Å²). The
+    rotation is held fixed in the gradient (it is optimal, so its own gradient term is 0)."""
+    m = graph_masks(graph)
+    ref = graph.nodes.positions
+    p = x0_hat - masked_mean(x0_hat, m)[m.node_graph]
+    q = ref - masked_mean(ref, m)[m.node_graph]
+    w = m.node_mask.astype(p.dtype)[:, None, None]
+    h = jax.ops.segment_sum(w * p[:, :, None] * q[:, None, :], m.node_graph, num_segments=m.n_graph)
+    u, _, vt = jnp.linalg.svd(jax.lax.stop_gradient(h) + 1e-9 * jnp.eye(3))
+    d = jnp.sign(jnp.linalg.det(u @ vt))
+    rot = u @ (jnp.stack([jnp.ones_like(d), jnp.ones_like(d), d], -1)[..., None] * vt)  # [G, 3, 3]
+    aligned = jnp.einsum("nk,nkl->nl", p, rot[m.node_graph])
+    return masked_mean(((aligned - q) ** 2).mean(axis=-1), m)
 
 
 @register
 class GeoRecon(Objective):
     name = "georecon"
     curves = {
-        "loss (dimensionless, ε-MSE)": (("train", "loss", "train"), ("validation", "loss", "validation")),
+        "loss (dimensionless)": (("train", "loss", "train"), ("validation", "loss", "validation")),
         "GeoRecon terms (train)": tuple(
-            ("train", k, k) for k in ("recon_mse", "node_denoise_mse", "clean_mse")
+            ("train", k, k) for k in ("recon_loss", "recon_mse", "node_denoise_mse", "clean_mse")
         ),
+        "distance error of x̂₀ (Å², train)": (("train", "recon_distance_mse", "train"),),
     }
+
+    @property
+    def denoiser(self) -> Denoiser:
+        return Denoiser.of(self.config)
 
     def validate(self):
         problems = check_sigmas(self.cfg)
         dec, enc = self.config.model.get("decoder"), self.config.model.encoder
         if dec is None:
             problems.append("objective.name='georecon' needs model.decoder (coord.py sets it to None)")
-        elif enc.features % dec.num_heads:
+            return problems
+        if enc.features % dec.num_heads:
             problems.append(
                 f"model.decoder.num_heads={dec.num_heads} does not divide "
                 f"model.encoder.features={enc.features}"
+            )
+        if self.cfg.get("parametrization", "eps") not in PARAMETRIZATIONS:
+            problems.append(
+                f"objective.parametrization={self.cfg.parametrization!r}: use one of {PARAMETRIZATIONS}"
+            )
+        if self.cfg.get("loss", "eps_mse") not in LOSSES:
+            problems.append(f"objective.loss={self.cfg.loss!r}: use one of {LOSSES}")
+        if not self.cfg.get("sigma_data", 1.5) > 0:
+            problems.append(f"objective.sigma_data={self.cfg.sigma_data}: must be positive (Å)")
+        if dec.get("input", "encoder") not in ("encoder", "atoms"):
+            problems.append(f"model.decoder.input={dec.input!r}: use 'encoder' or 'atoms'")
+        if dec.get("input", "encoder") == "atoms" and not dec.num_layers:
+            problems.append(
+                "model.decoder.input='atoms' with num_layers=0 would never see the perturbed "
+                "positions: use num_layers >= 1"
             )
         return problems
 
@@ -101,7 +221,17 @@ class GeoRecon(Objective):
         return {
             "node_noise": VectorHead(enc.features),
             "graph_code": Dense(dec.code_dim),
-            "decoder": GeometryDecoder(enc.features, dec.num_layers, dec.num_heads, dec.num_rbf, enc.cutoff),
+            "decoder": GeometryDecoder(
+                enc.features,
+                dec.num_layers,
+                dec.num_heads,
+                dec.num_rbf,
+                enc.cutoff,
+                input=dec.get("input", "encoder"),
+                topology=dec.get("topology", False),
+                topology_layers=dec.get("topology_layers", 3),
+                max_z=enc.get("max_z", 100),
+            ),
         }
 
     def noise_normaliser(self):
@@ -123,17 +253,35 @@ class GeoRecon(Objective):
         noisy_pos, eps = perturb(graph, key, sigma)
         clean = model.encode(graph)
         z = graph_code(model, graph, clean)
-        recon, noisy = decode(model, graph, noisy_pos, z, jnp.log(sigma)[m.node_graph])
+        den, sigma_node = self.denoiser, sigma[m.node_graph]
+        need_noisy = self.cfg.node_denoise_weight > 0
+        x_in, noisy, center = den.inputs(model, graph, noisy_pos, sigma_node, need_noisy)
+        recon_eps, recon_x0 = den.outputs(model, graph, noisy_pos, sigma_node, z, x_in, noisy, center)
         node_head = model.heads["node_noise"]
-        return GeoReconOutputs(eps, sigma, recon, node_head(*noisy), node_head(*clean))
+        node_eps = node_head(*noisy) if noisy is not None else jnp.zeros_like(eps)
+        return GeoReconOutputs(eps, sigma, recon_eps, recon_x0, node_eps, node_head(*clean))
 
     def loss(self, out: GeoReconOutputs, graph):
         m = graph_masks(graph)
-        recon = masked_mean(squared_error(out.recon_eps, out.eps), m)
+        eps_mse = masked_mean(squared_error(out.recon_eps, out.eps), m)
+        dist = distance_errors(out.recon_x0, graph)
+        kind = self.cfg.get("loss", "eps_mse")
+        if kind == "eps_mse":
+            recon = eps_mse
+        else:
+            err = dist if kind == "x0_distance" else kabsch_errors(out.recon_x0, graph)
+            recon = loss_weight(out.sigma, self.cfg.get("sigma_data", 1.5)) * err
         node = masked_mean(squared_error(out.node_eps, out.eps), m)
         clean = masked_mean((out.clean_eps**2).mean(axis=-1), m)
         total = recon + self.cfg.node_denoise_weight * node + self.cfg.clean_weight * clean
-        return total, {"recon_mse": recon, "node_denoise_mse": node, "clean_mse": clean, "sigma": out.sigma}
+        return total, {
+            "recon_loss": recon,
+            "recon_mse": eps_mse,
+            "recon_distance_mse": dist,
+            "node_denoise_mse": node,
+            "clean_mse": clean,
+            "sigma": out.sigma,
+        }
 
     def report(self, model, params, graphs: Iterable) -> Dict:
         """Kabsch RMSD (Å) of coordinates rebuilt from the graph code alone, against pure noise, and
@@ -147,7 +295,11 @@ class GeoRecon(Objective):
         code_fn = jax.jit(make_code_fn(model))
         recon = jax.jit(
             make_reconstruct_from_code_fn(
-                model, self.cfg.sigma_min, self.cfg.sigma_max, self.cfg.num_sampling_steps
+                model,
+                self.cfg.sigma_min,
+                self.cfg.sigma_max,
+                self.cfg.num_sampling_steps,
+                self.denoiser,
             )
         )
         codes = [np.asarray(code_fn(params, g)) for g in graphs]
@@ -169,7 +321,7 @@ class GeoRecon(Objective):
         diag = {}
         sigmas = tuple(self.cfg.get("diagnostic_sigmas", DEFAULT_SIGMAS) or ())
         if sigmas:
-            errors = jax.jit(make_decoder_errors_fn(model, sigmas))
+            errors = jax.jit(make_decoder_errors_fn(model, sigmas, self.denoiser))
             dkey = jax.random.fold_in(key, 1)
             diag.update(aggregate_decoder_errors([errors(params, g, dkey) for g in graphs], sigmas))
         diag.update(reconstruction_with_other_codes(recon, params, graphs, codes, own, key))
@@ -208,14 +360,14 @@ def make_code_fn(model):
     )
 
 
-def make_decoder_errors_fn(model, sigmas):
+def make_decoder_errors_fn(model, sigmas, denoiser: Denoiser = Denoiser()):
     """``errors(params, graph, key)``: `graph_code_diagnostic.decoder_errors` of a GeoRecon model
     (jittable): the perturbed molecule is encoded once per σ and decoded with each code."""
 
     def decode_many(mdl, g, positions, codes, log_sigma):
-        noisy = mdl.encode(g, positions)
-        node_graph = graph_masks(g).node_graph
-        return [mdl.heads["decoder"](noisy, c[node_graph], log_sigma, g, positions) for c in codes]
+        sigma = jnp.exp(log_sigma)
+        x_in, noisy, center = denoiser.inputs(mdl, g, positions, sigma)
+        return [denoiser.outputs(mdl, g, positions, sigma, c, x_in, noisy, center)[0] for c in codes]
 
     code = make_code_fn(model)
 
@@ -283,14 +435,16 @@ def split_molecules(graph, per_atom: np.ndarray):
             yield np.asarray(graph.nodes.positions)[a:b], per_atom[a:b]
 
 
-def make_reconstruct_fn(model, sigma_min: float, sigma_max: float, num_steps: int):
+def make_reconstruct_fn(
+    model, sigma_min: float, sigma_max: float, num_steps: int, denoiser: Denoiser = Denoiser()
+):
     """``reconstruct(params, graph, key) -> positions [n, 3]``: rebuild coordinates from z alone.
 
     Starts from pure noise σ_max·ε and walks the geometric σ ladder down to σ_min with the
     deterministic (DDIM, η = 0) update of a variance-exploding diffusion:
     x̂₀ = x - σ_k ε̂(x, σ_k, z);  x ← x̂₀ + σ_{k+1} ε̂.  Returns the last x̂₀.
     """
-    from_code = make_reconstruct_from_code_fn(model, sigma_min, sigma_max, num_steps)
+    from_code = make_reconstruct_from_code_fn(model, sigma_min, sigma_max, num_steps, denoiser)
     code = make_code_fn(model)
 
     def reconstruct(params, graph, key):
@@ -299,7 +453,9 @@ def make_reconstruct_fn(model, sigma_min: float, sigma_max: float, num_steps: in
     return reconstruct
 
 
-def make_reconstruct_from_code_fn(model, sigma_min: float, sigma_max: float, num_steps: int):
+def make_reconstruct_from_code_fn(
+    model, sigma_min: float, sigma_max: float, num_steps: int, denoiser: Denoiser = Denoiser()
+):
     """``reconstruct(params, graph, code, key) -> positions [n, 3]``: `make_reconstruct_fn` with the
     graph code z [n_graph, C] given (the z diagnostic rebuilds a molecule from another's code)."""
     sigmas = sigma_ladder(sigma_min, sigma_max, num_steps)
@@ -313,7 +469,7 @@ def make_reconstruct_from_code_fn(model, sigma_min: float, sigma_max: float, num
         def step(x, s):
             sigma, sigma_next = s
             log_sigma = jnp.full(x.shape[0], jnp.log(sigma))
-            e, _ = model.apply(params, graph, x, code, log_sigma, method=decode)
+            e, _ = model.apply(params, graph, x, code, log_sigma, denoiser, method=decode)
             x0 = x - sigma * e
             x = jnp.where(m.node_mask[:, None], x0 + sigma_next * e, 0.0)
             return x, x0

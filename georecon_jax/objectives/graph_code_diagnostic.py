@@ -32,6 +32,22 @@ from georecon_jax.objectives.noise import perturb
 DEFAULT_SIGMAS = (0.01, 0.04, 0.1, 0.3, 0.6, 1.0, 1.5, 2.0)  # Å
 
 
+def distance_errors(x0_hat, graph):
+    """Per molecule, mean over its pairs of (|x̂₀_i - x̂₀_j| - |x_i - x_j|)² [n_graph] (Å²): the
+    frame-free reconstruction error on the graph's pair list (every pair on all-pairs graphs)."""
+    m = graph_masks(graph)
+    s, r = graph.senders, graph.receivers
+    real = m.edge_mask & (s != r)
+    ref = graph.nodes.positions
+    d_hat = jnp.sqrt(jnp.sum((x0_hat[s] - x0_hat[r]) ** 2, axis=-1) + 1e-8)
+    d = jnp.sqrt(jnp.sum((ref[s] - ref[r]) ** 2, axis=-1) + 1e-8)
+    w = real.astype(d.dtype)
+    edge_graph = m.node_graph[s]
+    total = jax.ops.segment_sum(w * (d_hat - d) ** 2, edge_graph, num_segments=m.n_graph)
+    count = jax.ops.segment_sum(w, edge_graph, num_segments=m.n_graph)
+    return total / jnp.maximum(count, 1.0)
+
+
 def derangement(real):
     """(other [n_graph], has_other [n_graph]) for ``real`` [n_graph] bool, the real graphs: other is
     the index of another real graph for each real graph, the next one cyclically (itself when the
@@ -58,6 +74,8 @@ def decoder_errors(
       graph: a padded graph batch; key: the noise key; sigmas: the σ levels (Å).
 
     Returns {"mse_own", "mse_other", "mse_zero": [S, n_graph] (mean over atoms and axes),
+    "dist_own", "dist_other", "dist_zero": [S, n_graph] (`distance_errors` of x̂₀ = x - σ ε̂, Å²:
+    frame-free, so also fair to decoders trained on a frame-free loss),
     "has_other": [n_graph] bool (a real molecule with a partner), "other": [n_graph] int}.
     The noise is the objective's (`noise.perturb`, keyed by molecule id and atom index): at σ it is
     exactly the ε that `GeoRecon.forward` draws from the same key.
@@ -80,13 +98,18 @@ def decoder_errors(
             total = jax.ops.segment_sum(per_atom, m.node_graph, num_segments=m.n_graph)
             return total / jnp.maximum(count, 1.0)
 
-        return jnp.stack([mse(e) for e in outs])  # [3, n_graph]
+        mses = jnp.stack([mse(e) for e in outs])  # [3, n_graph]
+        dists = jnp.stack([distance_errors(pos - sigma * e, graph) for e in outs])
+        return jnp.stack([mses, dists])  # [2, 3, n_graph]
 
-    errs = jax.lax.map(at, sigmas)  # [S, 3, n_graph]
+    errs = jax.lax.map(at, sigmas)  # [S, 2, 3, n_graph]
     return {
-        "mse_own": errs[:, 0],
-        "mse_other": errs[:, 1],
-        "mse_zero": errs[:, 2],
+        "mse_own": errs[:, 0, 0],
+        "mse_other": errs[:, 0, 1],
+        "mse_zero": errs[:, 0, 2],
+        "dist_own": errs[:, 1, 0],
+        "dist_other": errs[:, 1, 1],
+        "dist_zero": errs[:, 1, 2],
         "has_other": has_other,
         "other": other,
     }
@@ -99,13 +122,14 @@ def aggregate_decoder_errors(results: List[Dict], sigmas: Sequence[float]) -> Di
     keep = [np.asarray(r["has_other"]) for r in results]
     cat = {
         k: np.concatenate([np.asarray(r[k])[:, h] for r, h in zip(results, keep)], axis=1)
-        for k in ("mse_own", "mse_other", "mse_zero")
+        for k in ("mse_own", "mse_other", "mse_zero", "dist_own", "dist_other", "dist_zero")
+        if k in results[0]
     }
     n = int(sum(h.sum() for h in keep))
     if not n:  # no batch held two real molecules
         return {"sigmas": [float(s) for s in sigmas], "n_molecules_decoder": 0}
     mean = {k: v.mean(axis=1) for k, v in cat.items()}
-    return {
+    out = {
         "sigmas": [float(s) for s in sigmas],
         "mse_own": mean["mse_own"].tolist(),
         "mse_other": mean["mse_other"].tolist(),
@@ -114,6 +138,14 @@ def aggregate_decoder_errors(results: List[Dict], sigmas: Sequence[float]) -> Di
         "own_over_zero": (mean["mse_own"] / mean["mse_zero"]).tolist(),
         "n_molecules_decoder": n,
     }
+    if "dist_own" in mean:  # the frame-free error of x̂₀ (Å²)
+        out.update(
+            dist_mse_own=mean["dist_own"].tolist(),
+            dist_mse_other=mean["dist_other"].tolist(),
+            dist_mse_zero=mean["dist_zero"].tolist(),
+            dist_own_over_other=(mean["dist_own"] / mean["dist_other"]).tolist(),
+        )
+    return out
 
 
 def same_size_partners(atomic_numbers: List[np.ndarray]) -> tuple:
