@@ -11,7 +11,13 @@ from experiments.configs import georecon as georecon_config
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
 from georecon_jax.models.graph import graph_masks
 from georecon_jax.models.pretrain import bonded_pairs
-from georecon_jax.objectives.georecon import Denoiser, decode, kabsch_errors, kabsch_rmsd
+from georecon_jax.objectives.georecon import (
+    Denoiser,
+    decode,
+    kabsch_errors,
+    kabsch_rmsd,
+    spectrum_errors,
+)
 from georecon_jax.objectives.graph_code_diagnostic import distance_errors
 from georecon_jax.objectives.registry import get_objective
 from symmetry import assert_symmetric
@@ -32,14 +38,19 @@ def test_frame_free_errors_ignore_rigid_motions_and_equal_numpy(qm9_small):
     mols, _ = qm9_small
     g = _graph(mols, [11, 150, 222], n_graph=4)
     ref = np.asarray(g.nodes.positions, np.float64)
-    moved, distorted = ref.copy(), ref.copy()
+    moved, distorted, shuffled = ref.copy(), ref.copy(), ref.copy()
     rng = np.random.default_rng(0)
     for k, (a, e) in enumerate(_molecules(g)):
         rot = random_rotation(k).astype(np.float64)
         moved[a:e] = ref[a:e] @ rot.T + rng.normal(size=3) * 3.0
         distorted[a:e] = moved[a:e] + 0.2 * rng.normal(size=(e - a, 3))
-    for errors in (distance_errors, kabsch_errors):
+        shuffled[a:e] = moved[a:e][rng.permutation(e - a)]
+    for errors in (distance_errors, kabsch_errors, spectrum_errors):
         assert float(jnp.abs(errors(jnp.asarray(moved, jnp.float32), g)).max()) < 1e-5
+    # the spectrum does not know which atom is which; the other two do
+    assert float(jnp.abs(spectrum_errors(jnp.asarray(shuffled, jnp.float32), g)).max()) < 1e-5
+    assert float(distance_errors(jnp.asarray(shuffled, jnp.float32), g)[:3].min()) > 0.1
+    spec = np.asarray(spectrum_errors(jnp.asarray(distorted, jnp.float32), g))
     dist = np.asarray(distance_errors(jnp.asarray(distorted, jnp.float32), g))
     kab = np.asarray(kabsch_errors(jnp.asarray(distorted, jnp.float32), g))
     for k, (a, e) in enumerate(_molecules(g)):
@@ -48,9 +59,10 @@ def test_frame_free_errors_ignore_rigid_motions_and_equal_numpy(qm9_small):
         d_hat = np.linalg.norm(distorted[a:e][i] - distorted[a:e][j], axis=1)
         d = np.linalg.norm(ref[a:e][i] - ref[a:e][j], axis=1)
         np.testing.assert_allclose(dist[k], np.mean((d_hat - d) ** 2), rtol=1e-4)
+        np.testing.assert_allclose(spec[k], np.mean((np.sort(d_hat) - np.sort(d)) ** 2), rtol=1e-4)
         # Kabsch: mean over atoms and axes = RMSD² / 3
         np.testing.assert_allclose(kab[k], kabsch_rmsd(distorted[a:e], ref[a:e]) ** 2 / 3, rtol=1e-4)
-    assert dist[3] == 0 and kab[3] == 0  # the padding graph
+    assert dist[3] == 0 and kab[3] == 0 and spec[3] == 0  # the padding graph
 
 
 def test_bonds_are_rdkits_connectivity(qm9_small):

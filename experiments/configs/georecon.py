@@ -64,6 +64,10 @@ VARIANTS = dict(
         objective=dict(parametrization="edm", loss="x0_distance", **_LARGE_SIGMA),
         model=dict(decoder=dict(topology=True, input="atoms", num_layers=2)),
     ),
+    # the sorted distances of x̂0 against the clean ones (a 1-D optimal transport per molecule):
+    # no bonds and no atom correspondence needed, only the molecule's shape, which at σ beyond its
+    # size only z knows
+    spectrum=dict(objective=dict(parametrization="edm", loss="x0_spectrum", **_LARGE_SIGMA)),
     # the same with a Kabsch-aligned coordinate loss instead of distances
     kabsch_topology=dict(
         objective=dict(parametrization="edm", loss="x0_kabsch", **_LARGE_SIGMA),
@@ -117,7 +121,8 @@ def _config(size=None):
     c.objective.sigma_min = 0.01  # Å
     c.objective.sigma_max = 2.0  # Å
     c.objective.parametrization = "eps"  # the decoder predicts ε (caption); "edm": x̂0 preconditioned
-    c.objective.loss = "eps_mse"  # (caption); "x0_distance" | "x0_kabsch": frame-free errors of x̂0
+    c.objective.loss = "eps_mse"  # (caption); "x0_distance" | "x0_kabsch" | "x0_spectrum": frame-free
+    # errors of x̂0 (all pairs | after alignment | sorted distances)
     c.objective.sigma_data = 1.5  # Å, EDM's data scale (QM9 coordinates' per-axis spread)
     c.objective.node_denoise_weight = 0.1
     c.objective.clean_weight = 0.1

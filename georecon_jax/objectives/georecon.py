@@ -24,7 +24,8 @@ caption-faithful objective is the default; each variant is one config field:
   * ``objective.loss``: ``eps_mse`` (above), or a frame-free error of x̂₀ = x - σ ε̂ against the clean
     structure, weighted by 1/c_out² = (σ²+σ_d²)/(σσ_d)² (ε-MSE's scale at σ ≪ σ_d, x̂₀'s at σ ≫ σ_d):
     ``x0_distance`` (squared error of every interatomic distance of the molecule's pair list, Å²)
-    or ``x0_kabsch`` (squared coordinate error after the optimal rotation, per axis, Å²). A
+    or ``x0_kabsch`` (squared coordinate error after the optimal rotation, per axis, Å²) or
+    ``x0_spectrum`` (squared error of the sorted pair distances: blind to which atom is which). A
     rotation-invariant z cannot tell the noise's frame at σ beyond the molecule's size; these
     losses do not ask it to.
   * ``model.decoder.input``: ``encoder`` (the shared encoder's features of the perturbed structure)
@@ -83,7 +84,7 @@ class GeoReconOutputs(NamedTuple):
 
 
 PARAMETRIZATIONS = ("eps", "edm")
-LOSSES = ("eps_mse", "x0_distance", "x0_kabsch")
+LOSSES = ("eps_mse", "x0_distance", "x0_kabsch", "x0_spectrum")
 
 
 def graph_code(model, graph, clean):
@@ -171,6 +172,32 @@ def kabsch_errors(x0_hat, graph):
     rot = u @ (jnp.stack([jnp.ones_like(d), jnp.ones_like(d), d], -1)[..., None] * vt)  # [G, 3, 3]
     aligned = jnp.einsum("nk,nkl->nl", p, rot[m.node_graph])
     return masked_mean(((aligned - q) ** 2).mean(axis=-1), m)
+
+
+def spectrum_errors(x0_hat, graph):
+    """Per molecule, mean over its pairs of the squared difference between the **sorted** pair
+    distances of x̂₀ and of the clean structure [n_graph] (Å²): the 1-D Wasserstein-2 distance
+    between the two distance distributions. Frame-free and blind to which atom is which, so a
+    decoder need not solve the atom correspondence; only the molecule's shape (its distance
+    spectrum) is asked for."""
+    m = graph_masks(graph)
+    s, r = graph.senders, graph.receivers
+    real = m.edge_mask & (s != r)
+    ref = graph.nodes.positions
+    d_hat = jnp.sqrt(jnp.sum((x0_hat[s] - x0_hat[r]) ** 2, axis=-1) + 1e-8)
+    d = jnp.sqrt(jnp.sum((ref[s] - ref[r]) ** 2, axis=-1) + 1e-8)
+    edge_graph = jnp.where(real, m.node_graph[s], m.n_graph)  # padding pairs sort last
+    # sort each molecule's pairs by distance, separately for x̂₀ and the reference; equal counts per
+    # molecule, so position k holds the k-th shortest of the same molecule in both
+    by_hat = jnp.lexsort((jax.lax.stop_gradient(d_hat), edge_graph))
+    by_ref = jnp.lexsort((d, edge_graph))
+    g_sorted = edge_graph[by_ref]
+    w = (g_sorted < m.n_graph).astype(d.dtype)
+    diff2 = w * (d_hat[by_hat] - d[by_ref]) ** 2
+    g_idx = jnp.minimum(g_sorted, m.n_graph - 1)
+    total = jax.ops.segment_sum(diff2, g_idx, num_segments=m.n_graph)
+    count = jax.ops.segment_sum(w, g_idx, num_segments=m.n_graph)
+    return total / jnp.maximum(count, 1.0)
 
 
 @register
@@ -269,7 +296,11 @@ class GeoRecon(Objective):
         if kind == "eps_mse":
             recon = eps_mse
         else:
-            err = dist if kind == "x0_distance" else kabsch_errors(out.recon_x0, graph)
+            err = {
+                "x0_distance": lambda: dist,
+                "x0_kabsch": lambda: kabsch_errors(out.recon_x0, graph),
+                "x0_spectrum": lambda: spectrum_errors(out.recon_x0, graph),
+            }[kind]()
             recon = loss_weight(out.sigma, self.cfg.get("sigma_data", 1.5)) * err
         node = masked_mean(squared_error(out.node_eps, out.eps), m)
         clean = masked_mean((out.clean_eps**2).mean(axis=-1), m)
