@@ -68,6 +68,11 @@ VARIANTS = dict(
     # no bonds and no atom correspondence needed, only the molecule's shape, which at σ beyond its
     # size only z knows
     spectrum=dict(objective=dict(parametrization="edm", loss="x0_spectrum", **_LARGE_SIGMA)),
+    # + the bottleneck decoder (atom types, perturbed positions, z)
+    bottleneck_spectrum=dict(
+        objective=dict(parametrization="edm", loss="x0_spectrum", **_LARGE_SIGMA),
+        model=dict(decoder=dict(input="atoms", num_layers=2)),
+    ),
     # the same with a Kabsch-aligned coordinate loss instead of distances
     kabsch_topology=dict(
         objective=dict(parametrization="edm", loss="x0_kabsch", **_LARGE_SIGMA),
