@@ -34,6 +34,12 @@ flags.DEFINE_integer("finetune_steps", 0, "QM9 fine-tuning steps from each varia
 flags.DEFINE_string("target", "homo", "QM9 target of the fine-tuning.")
 flags.DEFINE_string("out", "results/z_variants", "Where the table, raw numbers and plot go.")
 flags.DEFINE_list("extra", [], "More --config overrides for every pretraining (a=b,...).")
+flags.DEFINE_bool(
+    "refresh_report",
+    False,
+    "Re-run the end-of-run report (z diagnostic) of finished pretrainings with the current code "
+    "(the pretraining command on a finished workdir trains nothing and reports again).",
+)
 FLAGS = flags.FLAGS
 
 SHOW_SIGMAS = (0.3, 1.0, 2.0, 8.0)  # Å, the table's columns (where the variant measured them)
@@ -61,7 +67,7 @@ def finished(work: str) -> bool:
 def pretrain(variant: str) -> str:
     work = os.path.join(FLAGS.workdir, variant)
     size = FLAGS.size if variant == "caption" else f"{FLAGS.size}+{variant}"
-    if not finished(work):
+    if not finished(work) or FLAGS.refresh_report:
         os.makedirs(work, exist_ok=True)
         cmd = [
             sys.executable,
@@ -115,9 +121,12 @@ def table(rows) -> str:
         + " / ".join(f"{s:g}" for s in SHOW_SIGMAS)
         + " Å | distance error own/other at σ = "
         + " / ".join(f"{s:g}" for s in SHOW_SIGMAS)
-        + " Å | reconstruction from z, Kabsch RMSD own / other (Å) | own closer | pure noise (Å) |"
+        + " Å | sorted-distance error own/other at σ = "
+        + " / ".join(f"{s:g}" for s in SHOW_SIGMAS)
+        + " Å | reconstruction from z, Kabsch RMSD own / other (Å) | own closer | sorted-distance"
+        " RMSE of the reconstruction own / other (Å) | pure noise (Å) |"
     )
-    out = [head, "|---|---|---|---|---:|---:|"]
+    out = [head, "|---|---|---|---|---|---:|---|---:|"]
     ft = any("finetune" in r for r in rows)
     if ft:
         out[0] += f" QM9 {FLAGS.target} test MAE |"
@@ -129,8 +138,11 @@ def table(rows) -> str:
             + " / ".join(fmt(at(d, "own_over_other", s)) for s in SHOW_SIGMAS)
             + " | "
             + " / ".join(fmt(at(d, "dist_own_over_other", s)) for s in SHOW_SIGMAS)
+            + " | "
+            + " / ".join(fmt(at(d, "spec_own_over_other", s)) for s in SHOW_SIGMAS)
             + f" | {fmt(d.get('recon_rmsd_own'), '.2f')} / {fmt(d.get('recon_rmsd_other'), '.2f')}"
             + f" ({d.get('n_pairs_same_size', 0)} pairs) | {fmt(d.get('recon_own_closer_fraction'), '.2f')}"
+            + f" | {fmt(d.get('recon_spectrum_rmse_own'), '.3f')} / {fmt(d.get('recon_spectrum_rmse_other'), '.3f')}"
             + f" | {fmt(d.get('pure_noise_rmsd'), '.1f')} |"
         )
         if ft:
@@ -144,19 +156,21 @@ def plot(rows, path):
     from georecon_jax.plots import _pyplot
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8), sharey=True)
+    keys = ("own_over_other", "dist_own_over_other", "spec_own_over_other")
     for r in rows:
         d = r["z_diagnostic"]
-        for ax, key in zip(axes, ("own_over_other", "dist_own_over_other")):
+        for ax, key in zip(axes, keys):
             if d.get(key):
                 ax.plot(d["sigmas"], d[key], marker="o", ms=3, label=r["variant"])
-    for ax, name in zip(axes, ("decoder ε-MSE", "distance error of x̂₀ (frame-free)")):
+    names = ("decoder ε-MSE", "distance error of x̂₀", "sorted-distance error of x̂₀")
+    for ax, name in zip(axes, names):
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.axhline(0.9, color="C3", lw=0.8, ls=":")
         ax.set(xscale="log", xlabel="σ (Å)", title=f"{name}: own / other code")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("ratio (< 1: the decoder uses z)")
-    axes[1].legend(fontsize=7)
+    axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -89,6 +89,7 @@ def z_diagnostic_plot(diag: Dict, path: str, title: str = ""):
         ("own_over_other", "ε-MSE own / other"),
         ("own_over_zero", "ε-MSE own / zero"),
         ("dist_own_over_other", "distance error of x̂₀ own / other"),
+        ("spec_own_over_other", "sorted-distance error of x̂₀ own / other"),
     ):
         if sig and key in diag:
             ax.plot(sig, diag[key], marker="o", ms=3, label=label)

@@ -59,6 +59,7 @@ from georecon_jax.objectives.graph_code_diagnostic import (
     aggregate_decoder_errors,
     decoder_errors,
     distance_errors,
+    spectrum_errors,
     same_size_partners,
 )
 from georecon_jax.objectives.noise import (
@@ -172,32 +173,6 @@ def kabsch_errors(x0_hat, graph):
     rot = u @ (jnp.stack([jnp.ones_like(d), jnp.ones_like(d), d], -1)[..., None] * vt)  # [G, 3, 3]
     aligned = jnp.einsum("nk,nkl->nl", p, rot[m.node_graph])
     return masked_mean(((aligned - q) ** 2).mean(axis=-1), m)
-
-
-def spectrum_errors(x0_hat, graph):
-    """Per molecule, mean over its pairs of the squared difference between the **sorted** pair
-    distances of x̂₀ and of the clean structure [n_graph] (Å²): the 1-D Wasserstein-2 distance
-    between the two distance distributions. Frame-free and blind to which atom is which, so a
-    decoder need not solve the atom correspondence; only the molecule's shape (its distance
-    spectrum) is asked for."""
-    m = graph_masks(graph)
-    s, r = graph.senders, graph.receivers
-    real = m.edge_mask & (s != r)
-    ref = graph.nodes.positions
-    d_hat = jnp.sqrt(jnp.sum((x0_hat[s] - x0_hat[r]) ** 2, axis=-1) + 1e-8)
-    d = jnp.sqrt(jnp.sum((ref[s] - ref[r]) ** 2, axis=-1) + 1e-8)
-    edge_graph = jnp.where(real, m.node_graph[s], m.n_graph)  # padding pairs sort last
-    # sort each molecule's pairs by distance, separately for x̂₀ and the reference; equal counts per
-    # molecule, so position k holds the k-th shortest of the same molecule in both
-    by_hat = jnp.lexsort((jax.lax.stop_gradient(d_hat), edge_graph))
-    by_ref = jnp.lexsort((d, edge_graph))
-    g_sorted = edge_graph[by_ref]
-    w = (g_sorted < m.n_graph).astype(d.dtype)
-    diff2 = w * (d_hat[by_hat] - d[by_ref]) ** 2
-    g_idx = jnp.minimum(g_sorted, m.n_graph - 1)
-    total = jax.ops.segment_sum(diff2, g_idx, num_segments=m.n_graph)
-    count = jax.ops.segment_sum(w, g_idx, num_segments=m.n_graph)
-    return total / jnp.maximum(count, 1.0)
 
 
 @register
@@ -432,7 +407,7 @@ def reconstruction_with_other_codes(recon, params, graphs, codes, own, key) -> D
         if p >= 0:
             pb, pg, _ = slots[p]
             other_codes[b][gi] = codes[pb][pg]
-    rmsd_own, rmsd_other = [], []
+    rmsd_own, rmsd_other, spec_own, spec_other = [], [], [], []
     paired = {(b, gi) for (b, gi, _), p in zip(slots, partner) if p >= 0}
     for b, graph in enumerate(graphs):
         if not any(k[0] == b for k in paired):
@@ -445,12 +420,18 @@ def reconstruction_with_other_codes(recon, params, graphs, codes, own, key) -> D
                 a, e = start[gi], start[gi + 1]
                 rmsd_own.append(kabsch_rmsd(own[b][a:e], pos[a:e]))
                 rmsd_other.append(kabsch_rmsd(other[a:e], pos[a:e]))
+                spec_own.append(spectrum_rmse(own[b][a:e], pos[a:e]))
+                spec_other.append(spectrum_rmse(other[a:e], pos[a:e]))
     rmsd_own, rmsd_other = np.asarray(rmsd_own), np.asarray(rmsd_other)
     n = len(rmsd_own)
     return {
         "recon_rmsd_own": float(rmsd_own.mean()) if n else None,  # None: no same-size pair
         "recon_rmsd_other": float(rmsd_other.mean()) if n else None,
         "recon_own_closer_fraction": float(np.mean(rmsd_own < rmsd_other)) if n else None,
+        # the same reconstructions scored by their sorted pair distances (Å; blind to which atom
+        # is which, as the x0_spectrum loss)
+        "recon_spectrum_rmse_own": float(np.mean(spec_own)) if n else None,
+        "recon_spectrum_rmse_other": float(np.mean(spec_other)) if n else None,
         "n_pairs_same_size": int(n),
         "n_pairs_same_composition": int(same_comp[partner >= 0].sum()),
         "n_molecules_recon": len(slots),
@@ -509,6 +490,15 @@ def make_reconstruct_from_code_fn(
         return x0s[-1]
 
     return reconstruct
+
+
+def spectrum_rmse(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Root mean square difference (Å) between the sorted pair distances of two structures of
+    the same atoms: zero for any rigid motion or relabelling of the atoms."""
+    i, j = np.triu_indices(len(ref), 1)
+    d_pred = np.sort(np.linalg.norm(pred[i] - pred[j], axis=1))
+    d_ref = np.sort(np.linalg.norm(ref[i] - ref[j], axis=1))
+    return float(np.sqrt(np.mean((d_pred - d_ref) ** 2))) if len(i) else 0.0
 
 
 def kabsch_rmsd(pred: np.ndarray, ref: np.ndarray) -> float:

@@ -48,6 +48,32 @@ def distance_errors(x0_hat, graph):
     return total / jnp.maximum(count, 1.0)
 
 
+def spectrum_errors(x0_hat, graph):
+    """Per molecule, mean over its pairs of the squared difference between the **sorted** pair
+    distances of x̂₀ and of the clean structure [n_graph] (Å²): the 1-D Wasserstein-2 distance
+    between the two distance distributions. Frame-free and blind to which atom is which, so a
+    decoder need not solve the atom correspondence; only the molecule's shape (its distance
+    spectrum) is asked for."""
+    m = graph_masks(graph)
+    s, r = graph.senders, graph.receivers
+    real = m.edge_mask & (s != r)
+    ref = graph.nodes.positions
+    d_hat = jnp.sqrt(jnp.sum((x0_hat[s] - x0_hat[r]) ** 2, axis=-1) + 1e-8)
+    d = jnp.sqrt(jnp.sum((ref[s] - ref[r]) ** 2, axis=-1) + 1e-8)
+    edge_graph = jnp.where(real, m.node_graph[s], m.n_graph)  # padding pairs sort last
+    # sort each molecule's pairs by distance, separately for x̂₀ and the reference; equal counts per
+    # molecule, so position k holds the k-th shortest of the same molecule in both
+    by_hat = jnp.lexsort((jax.lax.stop_gradient(d_hat), edge_graph))
+    by_ref = jnp.lexsort((d, edge_graph))
+    g_sorted = edge_graph[by_ref]
+    w = (g_sorted < m.n_graph).astype(d.dtype)
+    diff2 = w * (d_hat[by_hat] - d[by_ref]) ** 2
+    g_idx = jnp.minimum(g_sorted, m.n_graph - 1)
+    total = jax.ops.segment_sum(diff2, g_idx, num_segments=m.n_graph)
+    count = jax.ops.segment_sum(w, g_idx, num_segments=m.n_graph)
+    return total / jnp.maximum(count, 1.0)
+
+
 def derangement(real):
     """(other [n_graph], has_other [n_graph]) for ``real`` [n_graph] bool, the real graphs: other is
     the index of another real graph for each real graph, the next one cyclically (itself when the
@@ -75,7 +101,8 @@ def decoder_errors(
 
     Returns {"mse_own", "mse_other", "mse_zero": [S, n_graph] (mean over atoms and axes),
     "dist_own", "dist_other", "dist_zero": [S, n_graph] (`distance_errors` of x̂₀ = x - σ ε̂, Å²:
-    frame-free, so also fair to decoders trained on a frame-free loss),
+    frame-free, so also fair to decoders trained on a frame-free loss), "spec_own", "spec_other",
+    "spec_zero" (`spectrum_errors` of x̂₀, Å²: also blind to which atom is which),
     "has_other": [n_graph] bool (a real molecule with a partner), "other": [n_graph] int}.
     The noise is the objective's (`noise.perturb`, keyed by molecule id and atom index): at σ it is
     exactly the ε that `GeoRecon.forward` draws from the same key.
@@ -100,9 +127,10 @@ def decoder_errors(
 
         mses = jnp.stack([mse(e) for e in outs])  # [3, n_graph]
         dists = jnp.stack([distance_errors(pos - sigma * e, graph) for e in outs])
-        return jnp.stack([mses, dists])  # [2, 3, n_graph]
+        specs = jnp.stack([spectrum_errors(pos - sigma * e, graph) for e in outs])
+        return jnp.stack([mses, dists, specs])  # [3, 3, n_graph]
 
-    errs = jax.lax.map(at, sigmas)  # [S, 2, 3, n_graph]
+    errs = jax.lax.map(at, sigmas)  # [S, 3, 3, n_graph]
     return {
         "mse_own": errs[:, 0, 0],
         "mse_other": errs[:, 0, 1],
@@ -110,6 +138,9 @@ def decoder_errors(
         "dist_own": errs[:, 1, 0],
         "dist_other": errs[:, 1, 1],
         "dist_zero": errs[:, 1, 2],
+        "spec_own": errs[:, 2, 0],
+        "spec_other": errs[:, 2, 1],
+        "spec_zero": errs[:, 2, 2],
         "has_other": has_other,
         "other": other,
     }
@@ -122,7 +153,17 @@ def aggregate_decoder_errors(results: List[Dict], sigmas: Sequence[float]) -> Di
     keep = [np.asarray(r["has_other"]) for r in results]
     cat = {
         k: np.concatenate([np.asarray(r[k])[:, h] for r, h in zip(results, keep)], axis=1)
-        for k in ("mse_own", "mse_other", "mse_zero", "dist_own", "dist_other", "dist_zero")
+        for k in (
+            "mse_own",
+            "mse_other",
+            "mse_zero",
+            "dist_own",
+            "dist_other",
+            "dist_zero",
+            "spec_own",
+            "spec_other",
+            "spec_zero",
+        )
         if k in results[0]
     }
     n = int(sum(h.sum() for h in keep))
@@ -144,6 +185,13 @@ def aggregate_decoder_errors(results: List[Dict], sigmas: Sequence[float]) -> Di
             dist_mse_other=mean["dist_other"].tolist(),
             dist_mse_zero=mean["dist_zero"].tolist(),
             dist_own_over_other=(mean["dist_own"] / mean["dist_other"]).tolist(),
+        )
+    if "spec_own" in mean:  # the same, blind to the atom correspondence (Å²)
+        out.update(
+            spec_mse_own=mean["spec_own"].tolist(),
+            spec_mse_other=mean["spec_other"].tolist(),
+            spec_mse_zero=mean["spec_zero"].tolist(),
+            spec_own_over_other=(mean["spec_own"] / mean["spec_other"]).tolist(),
         )
     return out
 
