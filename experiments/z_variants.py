@@ -38,7 +38,8 @@ flags.DEFINE_bool(
     "refresh_report",
     False,
     "Re-run the end-of-run report (z diagnostic) of finished pretrainings with the current code "
-    "(the pretraining command on a finished workdir trains nothing and reports again).",
+    "(the pretraining command on a finished workdir trains nothing and reports again); a report "
+    "without the current diagnostic's fields is re-run anyway.",
 )
 FLAGS = flags.FLAGS
 
@@ -64,10 +65,16 @@ def finished(work: str) -> bool:
     return s.get("steps") == s.get("num_steps") or bool(s.get("stopped_by_hook"))
 
 
+def stale(work: str) -> bool:
+    """A finished pretraining whose z diagnostic predates the sorted-distance fields."""
+    s = json.load(open(os.path.join(work, "summary.json")))
+    return "spec_own_over_other" not in s.get("z_diagnostic", {})
+
+
 def pretrain(variant: str) -> str:
     work = os.path.join(FLAGS.workdir, variant)
     size = FLAGS.size if variant == "caption" else f"{FLAGS.size}+{variant}"
-    if not finished(work) or FLAGS.refresh_report:
+    if not finished(work) or FLAGS.refresh_report or stale(work):
         os.makedirs(work, exist_ok=True)
         cmd = [
             sys.executable,
