@@ -1,5 +1,7 @@
 """The 3DMRL virtual environment: rigid copies, anchor geometry, uniform rotations, anchors off rings."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -27,6 +29,13 @@ def _pair(seed=0, n1=8, n2=5, ring=None):
 
 def _pdist(x):
     return np.linalg.norm(x[:, None] - x[None], axis=-1)
+
+
+def _sample(key, pos1, mask1, ring, pos2, mask2, **options):
+    """`sample_environment` compiled (``options`` static), on the host: run eagerly, its per-copy
+    loop of small ops dispatches one by one, several times slower than one compile."""
+    fn = jax.jit(functools.partial(sample_environment, **options))
+    return jax.device_get(fn(key, pos1, mask1, ring, pos2, mask2))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -65,7 +74,7 @@ def test_anchors_are_distinct_non_ring_atoms_when_any_exist():
     ring[:5] = True  # atoms 0-4 in a ring; 5, 6, 7 real non-ring
     pos1, mask1, _, pos2, mask2 = _pair(0, n1=8, ring=ring)
     envs = jax.device_get(
-        jax.vmap(lambda k: sample_environment(k, pos1, mask1, ring, pos2, mask2, num_copies=K))(
+        jax.jit(jax.vmap(lambda k: sample_environment(k, pos1, mask1, ring, pos2, mask2, num_copies=K)))(
             jax.random.split(jax.random.PRNGKey(0), 200)
         )
     )
@@ -76,7 +85,7 @@ def test_anchors_are_distinct_non_ring_atoms_when_any_exist():
     # every atom in a ring: any real atom may anchor
     all_ring = mask1.copy()
     envs = jax.device_get(
-        jax.vmap(lambda k: sample_environment(k, pos1, mask1, all_ring, pos2, mask2, num_copies=K))(
+        jax.jit(jax.vmap(lambda k: sample_environment(k, pos1, mask1, all_ring, pos2, mask2, num_copies=K)))(
             jax.random.split(jax.random.PRNGKey(1), 200)
         )
     )
@@ -132,41 +141,19 @@ def test_min_distance_rejection_and_min_radius():
         return min(d)
 
     # 2 Å: one trial clashes for this pair, 64 trials find clash-free places (so the check can fail)
-    env = jax.device_get(
-        sample_environment(
-            jax.random.PRNGKey(0),
-            pos1,
-            mask1,
-            ring,
-            pos2,
-            mask2,
-            num_copies=3,
-            min_distance=2.0,
-            num_trials=64,
-        )
+    env = _sample(
+        jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=3, min_distance=2.0, num_trials=64
     )
     assert env.clashes == 0
     assert closest(env) >= 2.0 - 1e-4
     assert env.node_mask.sum() == mask1.sum() + 3 * mask2.sum()
-    once = jax.device_get(
-        sample_environment(
-            jax.random.PRNGKey(0),
-            pos1,
-            mask1,
-            ring,
-            pos2,
-            mask2,
-            num_copies=3,
-            min_distance=2.0,
-            num_trials=1,
-        )
+    once = _sample(
+        jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=3, min_distance=2.0, num_trials=1
     )
     assert once.clashes > 0 and closest(once) < 2.0
     # a one-atom second molecule has radius 0; min_radius keeps it off its anchor
     one = np.arange(N2) < 1
-    env = jax.device_get(
-        sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, one, num_copies=2, min_radius=1.5)
-    )
+    env = _sample(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, one, num_copies=2, min_radius=1.5)
     assert np.isclose(env.radius, 1.5)
     d = np.linalg.norm(env.positions[N1:].reshape(2, N2, 3)[:, 0] - pos1[env.anchors], axis=-1)
     np.testing.assert_allclose(d, 1.5, atol=1e-5)
@@ -187,11 +174,9 @@ def test_radius_adjacency_matches_brute_force():
 
 def test_atom_budget_compacts_real_atoms_and_cuts_whole_copies():
     pos1, mask1, ring, pos2, mask2 = _pair(5, n1=8, n2=5)  # 8 + 5·5 = 33 real atoms
-    full = jax.device_get(
-        sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=K)
-    )
-    small = jax.device_get(
-        sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=K, max_atoms=24)
+    full = _sample(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=K)
+    small = _sample(
+        jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, num_copies=K, max_atoms=24
     )  # room for (24 - 8) // 5 = 3 copies
     assert small.positions.shape == (24, 3)
     assert small.copy_mask.sum() == 3 and small.copies_cut == 2
