@@ -80,6 +80,15 @@ def init(model, graph, seed=0):
     )
 
 
+def shapes_of(model, graph):
+    """The parameters' shapes and dtypes (``jax.eval_shape``: nothing compiles), for the checks that
+    refuse a checkpoint before reading any value."""
+    return jax.eval_shape(
+        lambda g: init_params(model, g, jax.random.PRNGKey(0), with_denoise=model.node_noise is not None),
+        graph,
+    )
+
+
 def with_positions(graph, positions):
     """The graph (as jax arrays: jraph indexes its arrays with traced values) at other positions."""
     graph = jax.tree_util.tree_map(jnp.asarray, graph)
@@ -199,7 +208,7 @@ def test_pretrained_encoder_loads(pretrained, objective):
 def test_pretrained_encoder_of_another_width_fails_clearly(pretrained):
     path, _ = pretrained["coord"]
     cfg = tiny_finetune_model_config(features=32)
-    params = init(create_property_model(cfg.model), ethanol_graph(2))
+    params = shapes_of(create_property_model(cfg.model), ethanol_graph(2))
     with pytest.raises(PretrainedMismatchError) as e:
         load_pretrained_encoder(params, path, cfg.model.encoder, verbose=False)
     text = str(e.value)
@@ -207,7 +216,7 @@ def test_pretrained_encoder_of_another_width_fails_clearly(pretrained):
     assert "embedding/embedding: checkpoint (101, 16), model (101, 32)" in text
     # Same shapes, different setting recorded in the pretraining config.json: also refused.
     cfg = tiny_finetune_model_config(num_heads=4)
-    params = init(create_property_model(cfg.model), ethanol_graph(2))
+    params = shapes_of(create_property_model(cfg.model), ethanol_graph(2))
     with pytest.raises(PretrainedMismatchError, match="num_heads: pretrained 2, model 4"):
         load_pretrained_encoder(params, path, cfg.model.encoder, verbose=False)
 
