@@ -28,6 +28,12 @@ def pytest_configure(config):
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_backend_optimization_level" not in flags:
             os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+    # Every entry point runs at matmul_precision 'highest' (training/precision.py), and the
+    # precision is part of the compiled program: the same here and in the subprocesses, an
+    # in-process run and a command's run of the same config share their cache entries.
+    # (On CPU float32 products are exact at any setting: no result changes.)
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+    jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL_PRECISION"])
     d = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="georecon_jax_xla_"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     jax.config.update("jax_compilation_cache_dir", d)
