@@ -115,6 +115,7 @@ SCRIPTS = {
     "georecon-finetune-pairs": "finetune_pairs",
     "georecon-export": "export",
     "georecon-import-torchmd": "import_torchmd",
+    "georecon-z-variants": "z_variants",
 }
 
 
@@ -149,3 +150,7 @@ def export():
 
 def import_torchmd():
     run_entry_point("import_torchmd")
+
+
+def z_variants():
+    run_entry_point("z_variants")
