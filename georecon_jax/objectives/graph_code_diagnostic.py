@@ -32,17 +32,22 @@ from georecon_jax.objectives.noise import perturb
 DEFAULT_SIGMAS = (0.01, 0.04, 0.1, 0.3, 0.6, 1.0, 1.5, 2.0)  # Å
 
 
-def distance_errors(x0_hat, graph):
-    """Per molecule, mean over its pairs of (|x̂₀_i - x̂₀_j| - |x_i - x_j|)² [n_graph] (Å²): the
-    frame-free reconstruction error on the graph's pair list (every pair on all-pairs graphs)."""
+def _pair_distances(x0_hat, graph):
+    """(masks, real pairs [P], distances of x̂₀ [P], clean distances [P]) on the graph's pair list."""
     m = graph_masks(graph)
     s, r = graph.senders, graph.receivers
-    real = m.edge_mask & (s != r)
     ref = graph.nodes.positions
     d_hat = jnp.sqrt(jnp.sum((x0_hat[s] - x0_hat[r]) ** 2, axis=-1) + 1e-8)
     d = jnp.sqrt(jnp.sum((ref[s] - ref[r]) ** 2, axis=-1) + 1e-8)
+    return m, m.edge_mask & (s != r), d_hat, d
+
+
+def distance_errors(x0_hat, graph):
+    """Per molecule, mean over its pairs of (|x̂₀_i - x̂₀_j| - |x_i - x_j|)² [n_graph] (Å²): the
+    frame-free reconstruction error on the graph's pair list (every pair on all-pairs graphs)."""
+    m, real, d_hat, d = _pair_distances(x0_hat, graph)
     w = real.astype(d.dtype)
-    edge_graph = m.node_graph[s]
+    edge_graph = m.node_graph[graph.senders]
     total = jax.ops.segment_sum(w * (d_hat - d) ** 2, edge_graph, num_segments=m.n_graph)
     count = jax.ops.segment_sum(w, edge_graph, num_segments=m.n_graph)
     return total / jnp.maximum(count, 1.0)
@@ -54,13 +59,8 @@ def spectrum_errors(x0_hat, graph):
     between the two distance distributions. Frame-free and blind to which atom is which, so a
     decoder need not solve the atom correspondence; only the molecule's shape (its distance
     spectrum) is asked for."""
-    m = graph_masks(graph)
-    s, r = graph.senders, graph.receivers
-    real = m.edge_mask & (s != r)
-    ref = graph.nodes.positions
-    d_hat = jnp.sqrt(jnp.sum((x0_hat[s] - x0_hat[r]) ** 2, axis=-1) + 1e-8)
-    d = jnp.sqrt(jnp.sum((ref[s] - ref[r]) ** 2, axis=-1) + 1e-8)
-    edge_graph = jnp.where(real, m.node_graph[s], m.n_graph)  # padding pairs sort last
+    m, real, d_hat, d = _pair_distances(x0_hat, graph)
+    edge_graph = jnp.where(real, m.node_graph[graph.senders], m.n_graph)  # padding pairs sort last
     # sort each molecule's pairs by distance, separately for x̂₀ and the reference; equal counts per
     # molecule, so position k holds the k-th shortest of the same molecule in both
     by_hat = jnp.lexsort((jax.lax.stop_gradient(d_hat), edge_graph))
