@@ -40,6 +40,13 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests (marked ``slow``) run first: under pytest-xdist (the README's test
+    command, ``-n 2 --dist loadgroup``) a long test started last would leave the other worker idle
+    at the end. The order within each kind is the collection order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def require_shared(sub: str = "") -> Path:
     """The path of a file or folder in ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA / sub

@@ -55,6 +55,7 @@ def test_budgets_cover_every_batch_of_micro_batches(cache_dir):
     assert four[0].n_edge >= one[0].n_edge  # the fullest of 4 sub-batches needs more than one
 
 
+@pytest.mark.slow
 def test_micro_batched_step_equals_whole_batch(cache_dir):
     cfg = georecon.get_config("tiny")
     cfg.data.cache_dir = cache_dir

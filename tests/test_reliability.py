@@ -349,6 +349,7 @@ def test_extxyz_reader_reads_or_names_the_frame_of_a_damaged_file(tmp_path_facto
         assert len(frames) == 2 and frames.atomic_numbers.tolist() == [8, 1, 1]
 
 
+@pytest.mark.slow
 def test_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """Fine-tuning on rMD17 ethanol: kill -9 after a checkpoint, rerun, same parameters as a straight run."""
     import subprocess
@@ -439,6 +440,7 @@ def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk
             raise DataError("strict: nothing to skip")
 
 
+@pytest.mark.slow
 def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """3DMRL pretraining through the pretrain command, then FreeSolv pair fine-tuning from its
     checkpoint: kill -9 after an epoch's checkpoint, rerun the same command: the split resumes from
