@@ -141,7 +141,7 @@ def table(rows) -> str:
     for r in rows:
         d = r["z_diagnostic"]
         line = (
-            f"| {r['variant']} | "
+            f"| {r['variant']}{'' if r.get('sampler', 'ddim') == 'ddim' else ' (' + r['sampler'] + ' sampler)'} | "
             + " / ".join(fmt(at(d, "own_over_other", s)) for s in SHOW_SIGMAS)
             + " | "
             + " / ".join(fmt(at(d, "dist_own_over_other", s)) for s in SHOW_SIGMAS)
@@ -200,6 +200,7 @@ def main(argv):
             "steps": s.get("steps"),
             "final_train_loss": s.get("final_train_loss"),
             "reconstruction_rmsd_angstrom": s.get("reconstruction_rmsd_angstrom"),
+            "sampler": s.get("sampler", "ddim"),  # of the reconstruction (objective.sampler)
             "z_diagnostic": s.get("z_diagnostic", {}),
         }
         if FLAGS.finetune_steps:

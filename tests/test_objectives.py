@@ -148,6 +148,20 @@ def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small
     start = np.where(np.asarray(m.node_mask)[:, None], config.objective.sigma_max * np.asarray(eps0), 0.0)
     np.testing.assert_allclose(np.asarray(recon(zeroed, graph, jax.random.PRNGKey(0))), start, atol=1e-5)
     assert float(np.abs(a - start).max()) > 1e-3  # the real decoder moves the atoms
+    # The renoise sampler puts fresh noise back at each level instead: with ε̂ ≡ 0 it returns the
+    # same start plus independent noise of variance Σ σ_k² over the levels after the first.
+    renoise = jax.jit(make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, num_steps=3, sampler="renoise"))
+    r = np.asarray(renoise(zeroed, graph, jax.random.PRNGKey(0)))
+    assert np.array_equal(r, np.asarray(renoise(zeroed, graph, jax.random.PRNGKey(0))))
+    node = np.asarray(m.node_mask)
+    assert np.all(r[~node] == 0.0)
+    added = (r - start)[node]
+    sigmas = np.geomspace(ob.sigma_max, ob.sigma_min, 3)
+    expected = np.sqrt(np.sum(sigmas[1:] ** 2))  # 0.14 Å for 2 -> 0.01 Å
+    assert 0.85 < added.std() / expected < 1.15, (added.std(), expected, added.size)
+    assert abs(added.mean()) < 0.2 * expected
+    with pytest.raises(ValueError, match="sampler='ancestral'"):
+        make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, 3, sampler="ancestral")
 
 
 def test_every_registered_objective_refuses_an_unknown_name():

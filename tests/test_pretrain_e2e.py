@@ -15,8 +15,11 @@ import pytest
 from conftest import kill_after_first_checkpoint
 from experiments.configs import georecon as georecon_config
 from georecon_jax.training.checkpoint import restore_params
-from georecon_jax.training.loop import ConfigMismatchError, read_metrics, workdir_lock
+from georecon_jax.training.loop import ConfigMismatchError, read_metrics, record_config, workdir_lock
 from georecon_jax.tasks import pretrain
+
+# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("pretrain_e2e")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,6 +88,27 @@ def test_incompatible_config_is_refused_naming_the_difference(full_run, cache_di
         pretrain.run(c, workdir)
 
 
+def test_report_only_fields_may_change_on_resume(tmp_path, cache_dir):
+    """The sampler, the number of molecules rebuilt and the diagnostic's σ change only the report:
+    a finished or interrupted run may be resumed (or re-reported) with them changed, or from a
+    config.json written before they existed; a training field still refuses."""
+    workdir = str(tmp_path)
+    saved = _config(8, cache_dir, recon=8)
+    record_config(saved, workdir)
+    old = json.load(open(os.path.join(workdir, "config.json")))
+    del old["objective"]["sampler"]  # a run recorded before the field existed
+    json.dump(old, open(os.path.join(workdir, "config.json"), "w"))
+    c = _config(8, cache_dir, recon=64)
+    c.objective.sampler = "renoise"
+    c.objective.diagnostic_sigmas = (1.0, 8.0)
+    record_config(c, workdir)
+    assert json.load(open(os.path.join(workdir, "config.json")))["objective"]["sampler"] == "renoise"
+    c.objective.sigma_max = 10.0
+    with pytest.raises(ConfigMismatchError, match=r"objective.sigma_max: saved 2.0, now 10.0") as e:
+        record_config(c, workdir)
+    assert "sampler" not in str(e.value) and "num_recon_molecules" not in str(e.value)
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [
@@ -111,13 +135,13 @@ def test_two_runs_never_share_a_workdir(tmp_path, cache_dir):
             pretrain.run(_config(2, cache_dir), str(tmp_path))
 
 
-def _cli(workdir, cache_dir, *extra):
+def _cli(workdir, cache_dir, *extra, config="georecon.py"):
     env = dict(os.environ, GEORECON_CACHE=cache_dir, JAX_PLATFORMS="cpu")
     return [
         sys.executable,
         "-m",
         "experiments.pretrain",
-        "--config=experiments/configs/georecon.py:tiny",
+        f"--config=experiments/configs/{config}:tiny",
         f"--workdir={workdir}",
         "--config.objective.num_recon_molecules=0",
         *extra,
@@ -132,6 +156,7 @@ def test_unknown_config_key_fails_at_once_naming_it(tmp_path, cache_dir):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(full_run, tmp_path, cache_dir):
     """Kill -9 the CLI after its first checkpoint, run the same command again, compare parameters."""
     workdir = tmp_path / "killed"
@@ -147,7 +172,9 @@ def test_sigkill_then_resume_equals_uninterrupted(full_run, tmp_path, cache_dir)
     _assert_same_params(resumed, straight)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, cache_dir):
+    """The preemption path is the runner's, the same for every objective: Coord's step is the cheapest."""
     workdir = tmp_path / "term"
     cmd, env = _cli(
         workdir,
@@ -155,6 +182,7 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, cache_dir):
         "--config.num_steps=100000",
         "--config.checkpoint_every=100000",
         "--config.eval_every=0",
+        config="coord.py",
     )
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"

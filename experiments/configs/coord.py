@@ -21,7 +21,7 @@ def get_config(size=None):
 
     # Objective: one fixed σ.
     c.objective.update(name="coord", schedule="fixed", sigma_min=0.04, sigma_max=0.04)
-    for field in ("parametrization", "loss", "sigma_data"):  # the decoder's, not Coord's
+    for field in ("parametrization", "loss", "sigma_data", "sampler"):  # the decoder's, not Coord's
         del c.objective[field]
     c = common.resize(c, size, SIZES)
     # No graph code to rebuild from, at every size (georecon's overlays set it for quick and tiny).

@@ -132,6 +132,9 @@ def _config(size=None):
     c.objective.node_denoise_weight = 0.1
     c.objective.clean_weight = 0.1
     c.objective.num_sampling_steps = 50
+    # how the reconstruction walks down the σ ladder: "ddim" (deterministic, puts ε̂ back) or
+    # "renoise" (fresh noise at each level; for decoders trained on frame-free or label-free losses)
+    c.objective.sampler = "ddim"
     c.objective.num_recon_molecules = 256  # held-out molecules rebuilt from z at the end
     # z diagnostic on those molecules (summary.json "z_diagnostic", z_diagnostic.png): decoder
     # ε-MSE with own / another molecule's / zero code at each σ (Å); () skips that part

@@ -207,6 +207,8 @@ class GeoRecon(Objective):
             )
         if self.cfg.get("loss", "eps_mse") not in LOSSES:
             problems.append(f"objective.loss={self.cfg.loss!r}: use one of {LOSSES}")
+        if self.cfg.get("sampler", "ddim") not in SAMPLERS:
+            problems.append(f"objective.sampler={self.cfg.sampler!r}: use one of {SAMPLERS}")
         if not self.cfg.get("sigma_data", 1.5) > 0:
             problems.append(f"objective.sigma_data={self.cfg.sigma_data}: must be positive (Å)")
         if dec.get("input", "encoder") not in ("encoder", "atoms"):
@@ -306,6 +308,7 @@ class GeoRecon(Objective):
                 self.cfg.sigma_max,
                 self.cfg.num_sampling_steps,
                 self.denoiser,
+                self.cfg.get("sampler", "ddim"),
             )
         )
         codes = [np.asarray(code_fn(params, g)) for g in graphs]
@@ -322,6 +325,7 @@ class GeoRecon(Objective):
             "pure_noise_rmsd_angstrom": float(np.mean(noise_rmsds)),
             "num_molecules": len(rmsds),
             "num_sampling_steps": self.cfg.num_sampling_steps,
+            "sampler": self.cfg.get("sampler", "ddim"),
         }
         t1 = time.perf_counter()
         diag = {}
@@ -447,16 +451,31 @@ def split_molecules(graph, per_atom: np.ndarray):
             yield np.asarray(graph.nodes.positions)[a:b], per_atom[a:b]
 
 
+SAMPLERS = ("ddim", "renoise")
+
+
 def make_reconstruct_fn(
-    model, sigma_min: float, sigma_max: float, num_steps: int, denoiser: Denoiser = Denoiser()
+    model,
+    sigma_min: float,
+    sigma_max: float,
+    num_steps: int,
+    denoiser: Denoiser = Denoiser(),
+    sampler: str = "ddim",
 ):
     """``reconstruct(params, graph, key) -> positions [n, 3]``: rebuild coordinates from z alone.
 
-    Starts from pure noise σ_max·ε and walks the geometric σ ladder down to σ_min with the
-    deterministic (DDIM, η = 0) update of a variance-exploding diffusion:
-    x̂₀ = x - σ_k ε̂(x, σ_k, z);  x ← x̂₀ + σ_{k+1} ε̂.  Returns the last x̂₀.
+    Starts from pure noise σ_max·ε and walks the geometric σ ladder down to σ_min. Each step
+    estimates x̂₀ = x - σ_k ε̂(x, σ_k, z), then moves to σ_{k+1} by
+      ``"ddim"`` (default): the deterministic (η = 0) update of a variance-exploding diffusion,
+          x ← x̂₀ + σ_{k+1} ε̂: the noise the decoder found is put back, scaled down;
+      ``"renoise"``: x ← x̂₀ + σ_{k+1} ε' with fresh ε' ~ N(0, 1) per atom (ancestral sampling
+          without the posterior's mean term). For a decoder trained on a loss that is blind to
+          which atom is which (``x0_spectrum``) or to the frame (``x0_distance``, ``x0_kabsch``),
+          ε̂ = (x - x̂₀)/σ is not the noise that was added, and DDIM's deterministic walk
+          compounds that; fresh noise at each level is what the decoder was trained on.
+    Returns the last x̂₀.
     """
-    from_code = make_reconstruct_from_code_fn(model, sigma_min, sigma_max, num_steps, denoiser)
+    from_code = make_reconstruct_from_code_fn(model, sigma_min, sigma_max, num_steps, denoiser, sampler)
     code = make_code_fn(model)
 
     def reconstruct(params, graph, key):
@@ -466,27 +485,39 @@ def make_reconstruct_fn(
 
 
 def make_reconstruct_from_code_fn(
-    model, sigma_min: float, sigma_max: float, num_steps: int, denoiser: Denoiser = Denoiser()
+    model,
+    sigma_min: float,
+    sigma_max: float,
+    num_steps: int,
+    denoiser: Denoiser = Denoiser(),
+    sampler: str = "ddim",
 ):
     """``reconstruct(params, graph, code, key) -> positions [n, 3]``: `make_reconstruct_fn` with the
     graph code z [n_graph, C] given (the z diagnostic rebuilds a molecule from another's code)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}: use one of {SAMPLERS}")
     sigmas = sigma_ladder(sigma_min, sigma_max, num_steps)
 
     def reconstruct(params, graph, code, key):
         m = graph_masks(graph)
-        eps0 = per_atom_normal(key, graph.globals.graph_id[m.node_graph], graph.nodes.atom_index)
-        x = jnp.where(m.node_mask[:, None], sigmas[0] * eps0, 0.0)
+        mol, atom = graph.globals.graph_id[m.node_graph], graph.nodes.atom_index
+        x = jnp.where(m.node_mask[:, None], sigmas[0] * per_atom_normal(key, mol, atom), 0.0)
         next_sigmas = jnp.concatenate([sigmas[1:], jnp.zeros(1)])
+        # renoise: a stream apart from the start's; per-atom noise keyed by (molecule, atom), so a
+        # molecule's sample does not depend on its batch
+        step_keys = jax.random.split(jax.random.fold_in(key, 0x5E4D), len(sigmas))
 
         def step(x, s):
-            sigma, sigma_next = s
+            sigma, sigma_next, k = s
             log_sigma = jnp.full(x.shape[0], jnp.log(sigma))
             e, _ = model.apply(params, graph, x, code, log_sigma, denoiser, method=decode)
             x0 = x - sigma * e
+            if sampler == "renoise":
+                e = per_atom_normal(k, mol, atom)
             x = jnp.where(m.node_mask[:, None], x0 + sigma_next * e, 0.0)
             return x, x0
 
-        _, x0s = jax.lax.scan(step, x, (sigmas, next_sigmas))
+        _, x0s = jax.lax.scan(step, x, (sigmas, next_sigmas, step_keys))
         return x0s[-1]
 
     return reconstruct

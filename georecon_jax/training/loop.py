@@ -100,6 +100,18 @@ def flatten_dict(d, sep: str = ".", prefix: str = ""):
     return out
 
 
+# Fields that change only what a run reports at its end (GeoRecon's reconstruction and z
+# diagnostic), never the training: a resume may change them, or add them to an older run's config.
+REPORT_ONLY = frozenset(
+    {
+        "objective.sampler",
+        "objective.num_sampling_steps",
+        "objective.num_recon_molecules",
+        "objective.diagnostic_sigmas",
+    }
+)
+
+
 def record_config(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -107,7 +119,8 @@ def record_config(
     allow_change: bool = False,
 ):
     """Saves the resolved config as ``config.json``; on resume, refuses a config whose listed
-    sections differ from the saved one (naming every difference) unless ``allow_change``."""
+    sections differ from the saved one (naming every difference, `REPORT_ONLY` fields aside)
+    unless ``allow_change``."""
     path = os.path.join(workdir, "config.json")
     new = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
@@ -117,7 +130,7 @@ def record_config(
         for section in compare_sections:
             a, b = flatten_dict(old.get(section) or {}), flatten_dict(new.get(section) or {})
             for key in sorted(set(a) | set(b)):
-                if a.get(key) != b.get(key):
+                if a.get(key) != b.get(key) and f"{section}.{key}" not in REPORT_ONLY:
                     diffs.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
         if diffs and not allow_change:
             raise ConfigMismatchError(
