@@ -32,6 +32,14 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("finetune_steps", 0, "QM9 fine-tuning steps from each variant (0: none).")
 flags.DEFINE_string("target", "homo", "QM9 target of the fine-tuning.")
+flags.DEFINE_string(
+    "molecule",
+    "",
+    "Fine-tune on this rMD17 molecule (energies and forces, finetune_md17.py:quick) instead of a "
+    "QM9 target. The pretrainings then use the MD17 recipe's encoder (no vector norm: "
+    "model.encoder.vec_norm=none), so give them their own --workdir.",
+)
+flags.DEFINE_string("md17_dir", "../shared/data/rmd17", "Folder of the rMD17 .npz files.")
 flags.DEFINE_string("out", "results/z_variants", "Where the table, raw numbers and plot go.")
 flags.DEFINE_list("extra", [], "More --config overrides for every pretraining (a=b,...).")
 flags.DEFINE_bool(
@@ -82,21 +90,35 @@ def pretrain(variant: str) -> str:
             "experiments.pretrain",
             f"--config=experiments/configs/georecon.py:{size}",
         ]
-        cmd += [f"--config.{kv}" for kv in FLAGS.extra] + [f"--workdir={work}"]
+        extra = list(FLAGS.extra)
+        if FLAGS.molecule and not any(kv.startswith("model.encoder.vec_norm=") for kv in extra):
+            extra.append("model.encoder.vec_norm=none")  # what finetune_md17.py loads
+        cmd += [f"--config.{kv}" for kv in extra] + [f"--workdir={work}"]
         run(cmd, work + ".log")
     return work
 
 
+def task_name() -> str:
+    return f"rMD17 {FLAGS.molecule}" if FLAGS.molecule else f"QM9 {FLAGS.target}"
+
+
 def finetune(variant: str, pretrained: str):
     steps = FLAGS.finetune_steps
-    work = os.path.join(FLAGS.workdir, f"{FLAGS.target}_{variant}")
+    work = os.path.join(FLAGS.workdir, f"{FLAGS.molecule or FLAGS.target}_{variant}")
+    if FLAGS.molecule:
+        task = [
+            "--config=experiments/configs/finetune_md17.py:quick",
+            f"--config.molecule={FLAGS.molecule}",
+            f"--config.data.data_dir={FLAGS.md17_dir}",
+        ]
+    else:
+        task = ["--config=experiments/configs/finetune_qm9.py:quick", f"--config.target={FLAGS.target}"]
     if not os.path.exists(os.path.join(work, "results.json")):
         cmd = [
             sys.executable,
             "-m",
             "experiments.finetune",
-            "--config=experiments/configs/finetune_qm9.py:quick",
-            f"--config.target={FLAGS.target}",
+            *task,
             f"--config.num_steps={steps}",
             f"--config.eval_every={max(steps // 2, 1)}",
             f"--config.checkpoint_every={max(steps // 2, 1)}",
@@ -106,8 +128,27 @@ def finetune(variant: str, pretrained: str):
             cmd.insert(-1, f"--config.pretrained={pretrained}")
         run(cmd, work + ".log")
     r = json.load(open(os.path.join(work, "results.json")))
+    if FLAGS.molecule:  # forces first: the quantity MD17 results are ranked by
+        f, e = r["metrics"]["force_mae"], r["metrics"]["energy_mae"]
+        return {
+            "value": f["value"],
+            "unit": f["unit"],
+            "energy_mae": e["value"],
+            "energy_unit": e["unit"],
+            "num_molecules": r["num_molecules"],
+            "steps": steps,
+        }
     m = r["metrics"][f"{FLAGS.target}_mae"]
     return {"value": m["value"], "unit": m["unit"], "num_molecules": r["num_molecules"], "steps": steps}
+
+
+def fmt_finetune(f) -> str:
+    if not f:
+        return "–"
+    text = f"{f['value']:.2f} {f['unit']}" if FLAGS.molecule else f"{f['value']:.1f} {f['unit']}"
+    if "energy_mae" in f:
+        text += f" (energy {f['energy_mae']:.2f} {f['energy_unit']})"
+    return text
 
 
 def at(diag, key, sigma):
@@ -136,7 +177,7 @@ def table(rows) -> str:
     out = [head, "|---|---|---|---|---|---:|---|---:|"]
     ft = any("finetune" in r for r in rows)
     if ft:
-        out[0] += f" QM9 {FLAGS.target} test MAE |"
+        out[0] += f" {task_name()} test MAE{' (forces)' if FLAGS.molecule else ''} |"
         out[1] += "---:|"
     for r in rows:
         d = r["z_diagnostic"]
@@ -153,8 +194,7 @@ def table(rows) -> str:
             + f" | {fmt(d.get('pure_noise_rmsd'), '.1f')} |"
         )
         if ft:
-            f = r.get("finetune")
-            line += f" {f['value']:.1f} {f['unit']} |" if f else " – |"
+            line += f" {fmt_finetune(r.get('finetune'))} |"
         out.append(line)
     return "\n".join(out) + "\n"
 
@@ -221,9 +261,7 @@ def main(argv):
         f"`{meta['command']}`\n\n" + table(rows)
     )
     if scratch:
-        text += (
-            f"\nQM9 {FLAGS.target} from scratch, same fine-tuning: {scratch['value']:.1f} {scratch['unit']}\n"
-        )
+        text += f"\n{task_name()} from scratch, same fine-tuning: {fmt_finetune(scratch)}\n"
     with open(base + ".md", "w") as f:
         f.write(text)
     plot(rows, base + ".png")

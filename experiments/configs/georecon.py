@@ -44,7 +44,9 @@ SIZES = common.sizes(
 # decoder use the graph code?"). The paper's caption is the default; a variant is added to a size
 # with '+': georecon.py:quick+frame_free_topology. Each entry says why it might make z necessary.
 WIDE_SIGMAS = (0.01, 0.1, 0.3, 0.6, 1.0, 2.0, 4.0, 8.0)  # Å, the diagnostic's σ up to σ_max = 10
-_LARGE_SIGMA = dict(sigma_max=10.0, diagnostic_sigmas=WIDE_SIGMAS)
+# The variants' reconstruction re-noises at each σ level: for the EDM variants it beats DDIM in every
+# row of results/z_variants_renoise (the caption's ε-decoder is better served by DDIM).
+_LARGE_SIGMA = dict(sigma_max=10.0, diagnostic_sigmas=WIDE_SIGMAS, sampler="renoise")
 VARIANTS = dict(
     # ε-MSE on the caption's decoder, noise up to 10 Å (beyond a QM9 molecule's size) with EDM
     # preconditioning: the large-σ terms now weigh as much as the small ones.
