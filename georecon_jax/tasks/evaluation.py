@@ -37,6 +37,7 @@ from georecon_jax.tasks.property_data import (
     run_label,
 )
 from georecon_jax.training.checkpoint import CheckpointError, checkpoint_dir, restore_params
+from georecon_jax.training.state import is_primary
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,6 @@ def evaluate(
     output_dir = output_dir or (
         workdir if p["label"] == "best" else os.path.join(workdir, f"eval_{p['label']}")
     )
-    os.makedirs(output_dir, exist_ok=True)
     metrics = property_metrics(
         config.task,
         config.target,
@@ -268,6 +268,9 @@ def evaluate(
         p.get("forces_reference"),
     )
     results = results_record(workdir, config, p, split, metrics)
+    if not is_primary():  # the other processes of a multi-host run computed the same; 0 writes
+        return results
+    os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     table = markdown_table([results])

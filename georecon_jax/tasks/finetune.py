@@ -37,7 +37,7 @@ from georecon_jax.tasks.property_data import (
 )
 from georecon_jax.training import runner
 from georecon_jax.training.loop import read_metrics
-from georecon_jax.training.state import param_count
+from georecon_jax.training.state import is_primary, param_count
 from georecon_jax.training.transfer import load_pretrained_encoder, run_file
 
 log = logging.getLogger(__name__)
@@ -161,12 +161,13 @@ class FinetuneTask:
     def finish(self, config, workdir, job, state) -> Dict:
         config, data = self.config, self.data
         best = job.closers[0].best
-        plots.learning_curves(
-            read_metrics(workdir),
-            os.path.join(workdir, "learning_curves.png"),
-            learning_curve_panels(config, data.unit),
-            title=f"fine-tuning {config.task} {run_label(config)}",
-        )
+        if is_primary():
+            plots.learning_curves(
+                read_metrics(workdir),
+                os.path.join(workdir, "learning_curves.png"),
+                learning_curve_panels(config, data.unit),
+                title=f"fine-tuning {config.task} {run_label(config)}",
+            )
         val = read_metrics(workdir, "validation")
         summary = {
             "task": config.task,

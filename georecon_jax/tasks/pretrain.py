@@ -26,7 +26,7 @@ from georecon_jax.training import runner
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.loop import read_metrics
 from georecon_jax.training.optimizer import create_optimizer
-from georecon_jax.training.state import create_train_state, param_count, replicate
+from georecon_jax.training.state import create_train_state, is_primary, param_count, replicate
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,8 @@ class PretrainTask:
             [(b.n_node, b.n_edge) for b in self.train.budgets],
         )
         self.objective, self.model, params = init_model(config, self.train, key)
-        write_noise_normaliser(workdir, self.objective.noise_normaliser())
+        if is_primary():
+            write_noise_normaliser(workdir, self.objective.noise_normaliser())
         log.info(
             "model: %s parameters (encoder %s)",
             f"{param_count(params):,}",
@@ -155,12 +156,13 @@ class PretrainTask:
         )
 
     def finish(self, config, workdir, job, state) -> Dict:
-        learning_curves(
-            read_metrics(workdir),
-            os.path.join(workdir, "learning_curves.png"),
-            dict(self.objective.curves) or {"loss": (("train", "loss", "train"),)},
-            title=f"{config.objective.name} pretraining on QM9",
-        )
+        if is_primary():
+            learning_curves(
+                read_metrics(workdir),
+                os.path.join(workdir, "learning_curves.png"),
+                dict(self.objective.curves) or {"loss": (("train", "loss", "train"),)},
+                title=f"{config.objective.name} pretraining on QM9",
+            )
         summary = {"objective": config.objective.name}
         n = config.objective.get("num_recon_molecules", 0)
         if n:
@@ -172,7 +174,9 @@ class PretrainTask:
                 self.molecules,
                 self.splits["validation"][:n],
                 self.train.per_device,
-                num_devices=1,
+                num_devices=1,  # on this host's first device (every host computes the report)
+                process_index=0,
+                process_count=1,
                 shuffle=False,
                 drop_remainder=False,
                 neighbor_list="all_pairs",
@@ -181,7 +185,7 @@ class PretrainTask:
             )
             graphs = (jax.tree_util.tree_map(lambda x: x[0], b) for b in held_out.epoch_batches())
             summary.update(self.objective.report(self.model, params, graphs))
-        if "z_diagnostic" in summary:
+        if "z_diagnostic" in summary and is_primary():
             z_diagnostic_plot(
                 summary["z_diagnostic"],
                 os.path.join(workdir, "z_diagnostic.png"),

@@ -306,6 +306,8 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
             s.indices,
             config.batch_size,
             num_devices=num_devices,
+            # one device: this host's own (evaluation after training runs on every host alike)
+            **(dict(process_index=0, process_count=1) if num_devices == 1 else {}),
             shuffle=train,
             seed=config.seed,
             drop_remainder=train,
@@ -343,6 +345,10 @@ def read_target_stats(workdir: str, target: Optional[str] = None) -> Optional[di
 
 def write_target_stats(workdir: str, saved: dict) -> None:
     """Writes ``target_stats.json`` atomically (a temporary file, then a rename)."""
+    from georecon_jax.training.state import is_primary
+
+    if not is_primary():  # every process computes the same statistics; process 0 writes them
+        return
     path = os.path.join(workdir, STATS_FILE)
     with open(path + ".tmp", "w") as f:
         json.dump(saved, f, indent=1)

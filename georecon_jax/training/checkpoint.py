@@ -48,7 +48,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, force: bool = True) -> bool:
         leaves = jax.tree_util.tree_leaves(state)
         if not all(
-            np.all(np.isfinite(np.asarray(x)))
+            np.all(np.isfinite(_local_values(x)))
             for x in leaves
             if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)
         ):
@@ -89,6 +89,14 @@ class Checkpointer:
         self._manager.close()
 
 
+def _local_values(x) -> np.ndarray:
+    """The values of ``x`` this process holds: all of it on one host; on several hosts its
+    addressable shards (a replicated state holds all of it on every host)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.concatenate([np.ravel(np.asarray(s.data)) for s in x.addressable_shards])
+    return np.asarray(x)
+
+
 def _is_shape_mismatch(e: Exception) -> bool:
     text = str(e).lower()
     return "shape" in text and ("mismatch" in text or "does not match" in text or "incompatible" in text)
@@ -111,4 +119,17 @@ def restore_params(path: str) -> Tuple[int, Any]:
         step_dir = os.path.join(path, str(steps[-1]))
     ckptr = ocp.StandardCheckpointer()
     item = os.path.join(step_dir, "default") if os.path.isdir(os.path.join(step_dir, "default")) else step_dir
-    return int(os.path.basename(step_dir)), ckptr.restore(item)
+    # Every array onto this process's first device, whatever devices saved it: a checkpoint of a
+    # 4-device or a 2-host run holds their device ids, which orbax would otherwise look for.
+    meta = ckptr.metadata(item)
+    meta = getattr(meta, "item_metadata", meta)
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: (
+            jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here)
+            if hasattr(m, "shape") and hasattr(m, "dtype")
+            else m
+        ),
+        meta,
+    )
+    return int(os.path.basename(step_dir)), ckptr.restore(item, target)

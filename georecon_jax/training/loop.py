@@ -32,11 +32,12 @@ class ConfigMismatchError(RuntimeError):
 class MetricsWriter:
     """Appends metrics as JSON lines (``metrics.jsonl``) and TensorBoard scalars (``tb/``)."""
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
+    def __init__(self, workdir: str, tensorboard: bool = True, enabled: bool = True):
+        """``enabled=False``: writes nothing (the other processes of a multi-host run)."""
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a") if enabled else None
         self._tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
@@ -48,6 +49,8 @@ class MetricsWriter:
             "time": time.time(),
             **{k: float(v) for k, v in metrics.items()},
         }
+        if self._file is None:
+            return
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -55,7 +58,8 @@ class MetricsWriter:
                 self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
 
     def close(self):
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -117,6 +121,7 @@ def record_config(
     workdir: str,
     compare_sections=("model", "objective"),
     allow_change: bool = False,
+    write: bool = True,
 ):
     """Saves the resolved config as ``config.json``; on resume, refuses a config whose listed
     sections differ from the saved one (naming every difference, `REPORT_ONLY` fields aside)
@@ -138,6 +143,8 @@ def record_config(
                 + "\n  ".join(diffs)
                 + "\nUse another --workdir, or pass --config.allow_config_change=True to resume anyway."
             )
+    if not write:  # another process of a multi-host run: compares, process 0 writes
+        return
     with open(path + ".tmp", "w") as f:
         json.dump(new, f, indent=1, sort_keys=True)
     os.replace(path + ".tmp", path)

@@ -18,6 +18,7 @@ Everything in here is chemistry-free: batches are opaque pytrees with a leading 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -40,7 +41,14 @@ from georecon_jax.training.optimizer import (
     plateau_step,
     replace_plateau,
 )
-from georecon_jax.training.state import create_train_state, make_mesh, replicate, shard_batch
+from georecon_jax.training.state import (
+    create_train_state,
+    initialize_distributed,
+    is_primary,
+    make_mesh,
+    replicate,
+    shard_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +183,11 @@ class BestCheckpoint:
             self.checkpointer.save(step, state)
         else:
             self.best["evals_since"] += 1
-        _write_json(self.path, self.best)
+        if is_primary():
+            _write_json(self.path, self.best)
         if self.patience and self.best["evals_since"] >= self.patience:
-            _write_json(self.early_stopped_path, {"step": int(step), **self.best})
+            if is_primary():
+                _write_json(self.early_stopped_path, {"step": int(step), **self.best})
             log.info(
                 "early stopping at step %d: no validation improvement in %d evaluations (best step %s)",
                 step,
@@ -247,12 +257,17 @@ def run_experiment(
     """
     check_config(task, config)
     os.makedirs(workdir, exist_ok=True)
-    with workdir_lock(workdir):
+    # Several hosts: every process runs this; they share the workdir (a file system all of them
+    # see), process 0 holds the lock and writes the files, all of them write the checkpoints.
+    initialize_distributed()
+    primary = is_primary()
+    with workdir_lock(workdir) if primary else contextlib.nullcontext():
         record_config(
             config,
             workdir,
             compare_sections=task.compare_sections,
             allow_change=config.get("allow_config_change", False),
+            write=primary,
         )
         mesh = make_mesh(config.get("num_devices") or None)
         key = jax.random.PRNGKey(config.seed)
@@ -282,7 +297,7 @@ def run_experiment(
                     "and this job has none (eval_every=0 or no validation data): use 'cosine'"
                 )
             adapt = plateau_adapter(config.optim, job.plateau_metric)
-        writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True))
+        writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True), enabled=primary)
         t0, stopped = time.time(), False
         try:
             if job.done:
@@ -322,6 +337,7 @@ def run_experiment(
             "wall_seconds_this_run": time.time() - t0,
         }
         summary.update(task.finish(config, workdir, job, state) or {})
-        _write_json(os.path.join(workdir, "summary.json"), summary)
+        if primary:
+            _write_json(os.path.join(workdir, "summary.json"), summary)
         log.info("summary: %s", json.dumps(summary, indent=1))
         return summary

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
+import logging
 import os
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+log = logging.getLogger(__name__)
 
 
 class TrainState(train_state.TrainState):
@@ -62,8 +63,26 @@ def initialize_distributed(force: bool = False) -> bool:
             kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
         if os.environ.get("JAX_PROCESS_ID"):
             kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+        # How long the others wait for a process that stopped answering before they stop too
+        # (JAX's default: 100 s).
+        if os.environ.get("GEORECON_HEARTBEAT_TIMEOUT"):
+            kwargs["heartbeat_timeout_seconds"] = int(os.environ["GEORECON_HEARTBEAT_TIMEOUT"])
         jax.distributed.initialize(**kwargs)
+        log.info(
+            "process %d of %d (coordinator %s), %d local device(s)",
+            jax.process_index(),
+            jax.process_count(),
+            os.environ.get("JAX_COORDINATOR_ADDRESS", "from the cluster"),
+            jax.local_device_count(),
+        )
     return jax.process_count() > 1
+
+
+def is_primary() -> bool:
+    """Whether this process writes the workdir's files (config, metrics, summaries, plots): process
+    0 of a multi-host run, and the only process otherwise. Checkpoints are written by every process
+    together (orbax)."""
+    return jax.process_index() == 0
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
