@@ -231,6 +231,14 @@ def results_markdown(result: Dict) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     """Fine-tunes every split (resuming where a previous run stopped); returns the results."""
+    from georecon_jax.training.state import initialize_distributed
+
+    if initialize_distributed():
+        raise RuntimeError(
+            f"pair fine-tuning runs on one host (this launch has {jax.process_count()} processes): "
+            "its splits are small, and its multi-host path has not been written or tested; start it "
+            "without JAX_COORDINATOR_ADDRESS / GEORECON_MULTIHOST"
+        )
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
         record_config(
