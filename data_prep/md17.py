@@ -32,17 +32,16 @@ are tens of kcal/mol/Å; an eV-valued file would be ~23x smaller and is flagged)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import sys
 import tarfile
-import urllib.request
 
 import numpy as np
 
 from absl import app, flags
+
+from data_prep import fetch
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "rmd17", ["rmd17", "md17", "md22"], "Which data set.")
@@ -97,59 +96,16 @@ MD22_MOLECULES = (
 CHECKSUMS = {}
 
 
-class ChecksumError(RuntimeError):
-    pass
-
-
 def default_out() -> str:
     cache = os.environ.get("GEORECON_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "georecon_jax"))
     return os.path.join(cache, "md17")
 
 
-def digest(path: str, algorithm: str = "sha256") -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download(url: str, path: str, expect_sha256=None) -> str:
-    """Downloads ``url`` to ``path`` (atomic rename) unless it exists; verifies a known checksum.
-
-    Returns "algorithm:digest" of the file."""
+    """`data_prep.fetch.download` with the digest pinned in ``CHECKSUMS`` or ``expect_sha256``."""
     name = os.path.basename(path)
     known = CHECKSUMS.get(name) or (("sha256", expect_sha256.lower()) if expect_sha256 else None)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        print(f"downloading {url} -> {path}")
-        part = path + ".part"
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
-                shutil.copyfileobj(r, f, length=1 << 20)
-        except OSError as e:
-            if os.path.exists(part):
-                os.remove(part)
-            raise RuntimeError(
-                f"could not download {url} ({e}); without a network, place the file "
-                f"at {path} by hand and run again"
-            ) from e
-        os.replace(part, path)
-    if known:
-        algorithm, expected = known
-        got = digest(path, algorithm)
-        if got != expected:
-            os.remove(path)
-            raise ChecksumError(
-                f"{path}: {algorithm} {got} differs from the expected {expected}; "
-                "the file was deleted. Run again to download it afresh (if the "
-                "source has changed, check it and update CHECKSUMS)."
-            )
-        print(f"{name}: {algorithm} verified")
-        return f"{algorithm}:{got}"
-    got = digest(path)
-    print(f"{name}: no published checksum; sha256 {got} (pin it in CHECKSUMS)")
-    return f"sha256:{got}"
+    return fetch.download(url, path, known, pin_hint="pin it in data_prep/md17.py CHECKSUMS")
 
 
 def _write(path, z, R, E, F):

@@ -103,6 +103,10 @@ def _config(size=None):
 
     # Data, graphs and padding (5 buckets: ~6 % padding on QM9).
     c.data = common.qm9_data(num_eval_molecules=2000)
+    # dataset='sdf': pretrain on the 3D structures of an SDF file instead (PCQM4Mv2:
+    # python -m data_prep.pcqm4mv2), with a random validation part of this fraction
+    c.data.sdf_path = common.optional(str)
+    c.data.validation_fraction = 0.05
     c.graph = common.graph(num_buckets=5)
 
     # Model.

@@ -32,9 +32,21 @@ log = logging.getLogger(__name__)
 
 
 def load_dataset(cfg: ml_collections.ConfigDict):
-    """(molecules, splits) of the pretraining data set (``data`` section)."""
+    """(molecules, splits) of the pretraining data set (``data`` section): QM9, or the 3D
+    structures of an SDF file (``dataset='sdf'``, ``sdf_path``; e.g. PCQM4Mv2, data_prep/pcqm4mv2.py)."""
+    if cfg.dataset == "sdf":
+        from georecon_jax.data.sdf import load_sdf
+
+        return load_sdf(
+            cfg.get("sdf_path"),
+            cache_dir=cfg.get("cache_dir"),
+            limit=cfg.get("limit"),
+            split_seed=cfg.split_seed,
+            validation_fraction=cfg.get("validation_fraction", 0.05),
+            strict=cfg.get("strict", False),
+        )
     if cfg.dataset != "qm9":
-        raise ValueError(f"unknown pretraining dataset {cfg.dataset!r}: only 'qm9' is implemented")
+        raise ValueError(f"unknown pretraining dataset {cfg.dataset!r}: use 'qm9' or 'sdf'")
     return load_qm9(
         cache_dir=cfg.get("cache_dir"),
         source_dir=cfg.get("source_dir"),
