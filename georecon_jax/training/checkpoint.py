@@ -103,7 +103,7 @@ def _is_shape_mismatch(e: Exception) -> bool:
 
 
 def restore_params(path: str) -> Tuple[int, Any]:
-    """Raw (step, pytree) of a checkpoint, without a target: for loading pretrained weights.
+    """Raw (step, pytree of numpy arrays) of a checkpoint, without a target: for loading weights.
 
     ``path`` is a workdir, its ``checkpoints`` folder, or one step folder.
     """
@@ -132,4 +132,6 @@ def restore_params(path: str) -> Tuple[int, Any]:
         ),
         meta,
     )
-    return int(os.path.basename(step_dir)), ckptr.restore(item, target)
+    # as host numpy arrays: the same kind of values an export (np.load) gives, so that a jitted
+    # function sees one input placement whichever way the weights came
+    return int(os.path.basename(step_dir)), jax.device_get(ckptr.restore(item, target))
