@@ -252,10 +252,11 @@ def _cache_path(cache_dir: str, limit: Optional[int]) -> str:
     return os.path.join(cache_dir, "qm9.npz" if limit is None else f"qm9_first{limit}.npz")
 
 
-def _load_cache(path: str):
+def _load_cache(path: str, version: int = CACHE_VERSION):
+    """(molecules, splits, meta) of a cache file (QM9's, or an SDF's: data/sdf.py)."""
     with np.load(path) as f:
-        if int(f["cache_version"]) != CACHE_VERSION:
-            raise DataError(f"{path}: cache version {int(f['cache_version'])}, expected {CACHE_VERSION}")
+        if int(f["cache_version"]) != version:
+            raise DataError(f"{path}: cache version {int(f['cache_version'])}, expected {version}")
         mols = Molecules(
             atomic_numbers=f["atomic_numbers"],
             positions=f["positions"],

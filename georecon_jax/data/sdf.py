@@ -91,7 +91,7 @@ def load_sdf(
 ):
     """(molecules, splits) of an SDF file, from the cache (built on first use; see the module doc).
     ``strict``: raise `DataError` if any record had to be skipped."""
-    from georecon_jax.data.qm9 import default_cache_dir
+    from georecon_jax.data.qm9 import _load_cache, default_cache_dir
 
     if not path:
         raise ValueError("data.dataset='sdf' needs data.sdf_path (a .sdf file of 3D structures)")
@@ -103,26 +103,13 @@ def load_sdf(
     skipped_path = cache.replace(".npz", "_skipped.json")
     if os.path.exists(cache):
         try:
-            with np.load(cache) as f:
-                if int(f["cache_version"]) == CACHE_VERSION:
-                    mols = Molecules(
-                        atomic_numbers=f["atomic_numbers"],
-                        positions=f["positions"],
-                        offsets=f["offsets"],
-                        targets=f["targets"],
-                        target_names=(),
-                        target_units=(),
-                        ids=f["ids"],
-                    )
-                    splits = {k: f[f"split_{k}"] for k in ("train", "validation", "test")}
-                    skipped = int(json.loads(str(f["meta"]))["skipped"])
-                    if strict and skipped:
-                        raise DataError(f"{path}: {skipped} records were skipped (see {skipped_path})")
-                    return mols, splits
-        except DataError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a corrupt or partial cache is rebuilt
+            mols, splits, meta = _load_cache(cache, CACHE_VERSION)
+        except Exception as e:  # noqa: BLE001 - a corrupt, partial or outdated cache is rebuilt
             log.info("SDF cache %s is unreadable (%s: %s); rebuilding it", cache, type(e).__name__, e)
+        else:
+            if strict and meta["skipped"]:
+                raise DataError(f"{path}: {meta['skipped']} records were skipped (see {skipped_path})")
+            return mols, splits
     if verbose:
         log.info("Building the cache %s from %s (once) ...", cache, path)
     mols, report = read_sdf_molecules(path, limit, progress=verbose)
