@@ -105,7 +105,7 @@ def make_train_step(
         device_grads, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=(P(), P(), P()), check_vma=False
     )
 
-    def train_step(state: TrainState, batch):
+    def train_step(state: TrainState, batch, base_key):
         if trace_counter is not None:
             trace_counter.append(1)  # runs at trace time only: counts compilations
         key = jax.random.fold_in(base_key, state.step)
@@ -130,7 +130,10 @@ def make_train_step(
         )
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    # The key is an argument, not a constant of the program: runs that differ only in their seed
+    # compile the same program (one persistent-cache entry for every seed of a study).
+    jitted = jax.jit(train_step, donate_argnums=(0,))
+    return lambda state, batch: jitted(state, batch, base_key)
 
 
 def make_eval_step(
@@ -169,10 +172,10 @@ def make_eval_step(
     )
 
     @jax.jit
-    def eval_step(params, batch, index):
+    def eval_step(params, batch, index, base_key):
         return sharded(params, batch, jax.random.fold_in(base_key, index))
 
-    return eval_step
+    return lambda params, batch, index: eval_step(params, batch, index, base_key)
 
 
 def combine_eval_sums(sums_list):
