@@ -251,7 +251,49 @@ def test_z_diagnostic_is_the_objectives_error_and_is_blind_to_an_ignored_code(qm
     agg = aggregate_decoder_errors([jax.device_get(r)], sigmas)
     np.testing.assert_allclose(agg["own_over_other"], 1.0, rtol=1e-5)
     np.testing.assert_allclose(agg["own_over_zero"], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(agg["own_minus_other"], 0.0, atol=1e-6)
     assert agg["n_molecules_decoder"] == real.sum()
+    seen = aggregate_decoder_errors([jax.device_get(res)], sigmas)  # the untrained decoder reads z
+    assert np.abs(np.asarray(seen["own_minus_other"])).max() > 1e-7
+    np.testing.assert_allclose(
+        seen["own_minus_other"], np.asarray(seen["mse_own"]) - np.asarray(seen["mse_other"])
+    )
+
+
+@pytest.mark.parametrize("source", ["clean", "noisy"])
+def test_code_source_is_the_structure_z_is_pooled_from(qm9_small, monkeypatch, source):
+    """objective.code_source: the caption pools z from the clean molecule's features; the study's
+    noisy_code ablation from the perturbed structure the decoder sees (which changes with the key)."""
+    from georecon_jax.objectives import georecon as georecon_lib
+    from georecon_jax.objectives.registry import get_objective
+
+    config = georecon_config.get_config("tiny")
+    config.objective.code_source = source
+    assert not get_objective(config).validate()
+    _, batcher, model, params, objective = _setup(qm9_small, config)
+    objective = get_objective(config)
+    graph = jax.tree_util.tree_map(lambda x: x[0], batcher.batch(0))
+    pooled = []
+    real_code = georecon_lib.graph_code
+    monkeypatch.setattr(
+        georecon_lib,
+        "graph_code",
+        lambda mdl, g, feats: pooled.append(feats.scalars) or real_code(mdl, g, feats),
+    )
+    for k in (1, 2):
+        model.apply(
+            params, graph, jax.random.PRNGKey(k), method=lambda mdl, g, key: objective.forward(mdl, g, key)
+        )
+    clean = model.apply(params, graph, method=lambda mdl, g: mdl.encode(g).scalars)
+    real = np.asarray(graph_masks(graph).node_mask)
+    a, b = (np.asarray(x)[real] for x in pooled)
+    if source == "clean":
+        np.testing.assert_allclose(a, np.asarray(clean)[real], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    else:
+        assert np.abs(a - b).max() > 1e-4 and np.abs(a - np.asarray(clean)[real]).max() > 1e-4
+    config.objective.code_source = "perturbed"
+    assert any("code_source" in p for p in get_objective(config).validate())
 
 
 def test_z_diagnostic_tells_a_decoder_that_uses_z_from_one_that_cannot(qm9_small):

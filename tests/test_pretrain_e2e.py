@@ -108,6 +108,22 @@ def test_report_only_fields_may_change_on_resume(tmp_path, cache_dir):
     assert "sampler" not in str(e.value) and "num_recon_molecules" not in str(e.value)
 
 
+def test_a_training_field_added_later_compares_as_its_old_behaviour(tmp_path, cache_dir):
+    """objective.code_source came after runs were saved: a config.json without it is a run with z
+    from the clean molecule, so resuming it with 'clean' is accepted and with 'noisy' refused."""
+    workdir = str(tmp_path)
+    record_config(_config(8, cache_dir), workdir)
+    old = json.load(open(os.path.join(workdir, "config.json")))
+    del old["objective"]["code_source"]
+    json.dump(old, open(os.path.join(workdir, "config.json"), "w"))
+    c = _config(8, cache_dir)
+    c.objective.code_source = "noisy"
+    with pytest.raises(ConfigMismatchError, match=r"objective.code_source: saved 'clean', now 'noisy'"):
+        record_config(c, workdir)
+    c.objective.code_source = "clean"
+    record_config(c, workdir)
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [

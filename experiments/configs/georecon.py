@@ -7,6 +7,7 @@
                                                    (6 x 128, 32 RBF: finetune_md17*.py load it)
   --config=experiments/configs/georecon.py:quick+frame_free_topology
                                                    a size, then objective variants (`VARIANTS`)
+                                                   or the study's ablations (`ABLATIONS`)
 
 Any field can be overridden on the command line, e.g. --config.optim.learning_rate=2e-4.
 Shared blocks and the size overlays: common.py. Coord (coord.py) reuses this file's sizes.
@@ -83,15 +84,28 @@ VARIANTS = dict(
 )
 
 
+# The ablations of the GeoRecon study (issue 15; experiments/study.py): the caption's objective with
+# one setting changed. The paper names the reconstruction noise scale and the decoder depth.
+ABLATIONS = dict(
+    sigma_small=dict(objective=dict(sigma_max=0.5)),  # Å (caption: 2)
+    sigma_large=dict(objective=dict(sigma_max=10.0, diagnostic_sigmas=WIDE_SIGMAS)),  # Å
+    fixed_schedule=dict(objective=dict(schedule="fixed")),  # every molecule at σ_max
+    deep_decoder=dict(model=dict(decoder=dict(num_layers=3))),  # (caption: 1)
+    noisy_code=dict(objective=dict(code_source="noisy")),  # z from the perturbed structure
+    narrow_code=dict(model=dict(decoder=dict(code_dim=8))),  # a pooled width of 8
+)
+
+
 def get_config(size=None):
     """``size``: '' (paper scale), a name of `SIZES`, and optionally '+'-separated `VARIANTS`."""
     size, *variants = (size or "").split("+")
+    overlays = {**VARIANTS, **ABLATIONS}
     for v in variants:
-        if v not in VARIANTS:
-            raise ValueError(f"unknown GeoRecon variant {v!r}: use one of {', '.join(VARIANTS)}")
+        if v not in overlays:
+            raise ValueError(f"unknown GeoRecon variant {v!r}: use one of {', '.join(overlays)}")
     c = _config(size)
     for v in variants:
-        common._apply(c, VARIANTS[v])
+        common._apply(c, overlays[v])
     return c
 
 
@@ -134,6 +148,10 @@ def _config(size=None):
     c.objective.parametrization = "eps"  # the decoder predicts ε (caption); "edm": x̂0 preconditioned
     c.objective.loss = "eps_mse"  # (caption); "x0_distance" | "x0_kabsch" | "x0_spectrum": frame-free
     # errors of x̂0 (all pairs | after alignment | sorted distances)
+    # where z comes from in training: "clean" (the caption: the unperturbed molecule) | "noisy"
+    # (an ablation of issue 15: the encoder's features of the perturbed input the decoder sees;
+    # reconstruction and the z diagnostic still take z from the clean molecule, the σ → 0 limit)
+    c.objective.code_source = "clean"
     c.objective.sigma_data = 1.5  # Å, EDM's data scale (QM9 coordinates' per-axis spread)
     c.objective.node_denoise_weight = 0.1
     c.objective.clean_weight = 0.1

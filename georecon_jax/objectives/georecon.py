@@ -211,6 +211,8 @@ class GeoRecon(Objective):
             problems.append(f"objective.sampler={self.cfg.sampler!r}: use one of {SAMPLERS}")
         if not self.cfg.get("sigma_data", 1.5) > 0:
             problems.append(f"objective.sigma_data={self.cfg.sigma_data}: must be positive (Å)")
+        if self.cfg.get("code_source", "clean") not in ("clean", "noisy"):
+            problems.append(f"objective.code_source={self.cfg.code_source!r}: use 'clean' or 'noisy'")
         if dec.get("input", "encoder") not in ("encoder", "atoms"):
             problems.append(f"model.decoder.input={dec.input!r}: use 'encoder' or 'atoms'")
         if dec.get("input", "encoder") == "atoms" and not dec.num_layers:
@@ -256,10 +258,11 @@ class GeoRecon(Objective):
         )
         noisy_pos, eps = perturb(graph, key, sigma)
         clean = model.encode(graph)
-        z = graph_code(model, graph, clean)
         den, sigma_node = self.denoiser, sigma[m.node_graph]
-        need_noisy = self.cfg.node_denoise_weight > 0
+        from_noisy = self.cfg.get("code_source", "clean") == "noisy"
+        need_noisy = self.cfg.node_denoise_weight > 0 or from_noisy
         x_in, noisy, center = den.inputs(model, graph, noisy_pos, sigma_node, need_noisy)
+        z = graph_code(model, graph, noisy if from_noisy else clean)
         recon_eps, recon_x0 = den.outputs(model, graph, noisy_pos, sigma_node, z, x_in, noisy, center)
         node_head = model.heads["node_noise"]
         node_eps = node_head(*noisy) if noisy is not None else jnp.zeros_like(eps)

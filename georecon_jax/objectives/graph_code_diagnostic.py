@@ -177,6 +177,9 @@ def aggregate_decoder_errors(results: List[Dict], sigmas: Sequence[float]) -> Di
         "mse_zero": mean["mse_zero"].tolist(),
         "own_over_other": (mean["mse_own"] / mean["mse_other"]).tolist(),
         "own_over_zero": (mean["mse_own"] / mean["mse_zero"]).tolist(),
+        # what z adds, as differences of the decoder's ε-MSE (negative: the own code helps)
+        "own_minus_other": (mean["mse_own"] - mean["mse_other"]).tolist(),
+        "own_minus_zero": (mean["mse_own"] - mean["mse_zero"]).tolist(),
         "n_molecules_decoder": n,
     }
     if "dist_own" in mean:  # the frame-free error of x̂₀ (Å²)

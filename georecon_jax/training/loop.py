@@ -115,6 +115,10 @@ REPORT_ONLY = frozenset(
     }
 )
 
+# Training fields added after runs were saved, with the value that means the behaviour such a run
+# had: a saved config without the field compares as if it held this value.
+ADDED_FIELDS = {"objective.code_source": "clean"}
+
 
 def record_config(
     config: ml_collections.ConfigDict,
@@ -135,7 +139,11 @@ def record_config(
         for section in compare_sections:
             a, b = flatten_dict(old.get(section) or {}), flatten_dict(new.get(section) or {})
             for key in sorted(set(a) | set(b)):
-                if a.get(key) != b.get(key) and f"{section}.{key}" not in REPORT_ONLY:
+                name = f"{section}.{key}"
+                if name in ADDED_FIELDS:
+                    a.setdefault(key, ADDED_FIELDS[name])
+                    b.setdefault(key, ADDED_FIELDS[name])
+                if a.get(key) != b.get(key) and name not in REPORT_ONLY:
                     diffs.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
         if diffs and not allow_change:
             raise ConfigMismatchError(
