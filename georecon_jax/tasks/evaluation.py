@@ -224,6 +224,24 @@ def results_record(workdir: str, config, p: dict, split: str, metrics: dict) -> 
     }
 
 
+def _save_errors(path: str, p: dict, metrics: dict) -> None:
+    """Per-molecule absolute errors in the units of results.json (``ids``, ``abs_error``; MD17 also
+    ``force_abs_error``: the mean over a frame's force components), whose means are the reported
+    MAEs: what paired comparisons and bootstraps over test molecules need (`experiments.study`)."""
+    out = {"ids": np.asarray(p["ids"])}
+    err = np.abs(p["predicted"] - p["reference"])
+    key = "energy_mae" if "forces_predicted" in p else f"{p['config'].target}_mae"
+    out["abs_error"] = err * (metrics[key]["value"] / max(float(err.mean()), 1e-300))
+    out["abs_error_unit"] = np.asarray(metrics[key]["unit"])
+    if "forces_predicted" in p:
+        f = np.abs(p["forces_predicted"] - p["forces_reference"]).reshape(len(err), -1)
+        fe = f.mean(axis=1)
+        out["force_abs_error"] = fe * (metrics["force_mae"]["value"] / max(float(f.mean()), 1e-300))
+        out["force_abs_error_unit"] = np.asarray(metrics["force_mae"]["unit"])
+    np.savez(path + ".tmp.npz", **out)
+    os.replace(path + ".tmp.npz", path)
+
+
 def markdown_table(results: List[dict]) -> str:
     """A Markdown table, one row per (run, metric)."""
     lines = [
@@ -273,6 +291,7 @@ def evaluate(
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    _save_errors(os.path.join(output_dir, f"errors_{split}.npz"), p, metrics)
     table = markdown_table([results])
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(f"# Fine-tuning results: {os.path.abspath(workdir)}\n\n{table}")
