@@ -116,6 +116,7 @@ SCRIPTS = {
     "georecon-export": "export",
     "georecon-import-torchmd": "import_torchmd",
     "georecon-z-variants": "z_variants",
+    "georecon-study": "study",
 }
 
 
@@ -154,3 +155,7 @@ def import_torchmd():
 
 def z_variants():
     run_entry_point("z_variants")
+
+
+def study():
+    run_entry_point("study")

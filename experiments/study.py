@@ -1,0 +1,658 @@
+"""The GeoRecon study from one command (issue 15): pretraining arms x fine-tuning tasks x seeds.
+
+  python -m experiments.study --config=experiments/configs/study.py:cpu --workdir=runs/study
+  python -m experiments.study --config=experiments/configs/study.py:cpu --workdir=runs/study \\
+      --rebuild_only --out=results/study_cpu        # tables and figures from the cells alone
+  python -m experiments.study --config=experiments/configs/study.py:cpu --workdir=runs/study --list
+
+Cells (each its own workdir under WORKDIR, each one single command of this codebase):
+  pretrain/<arm>[_md17]/seed<k>      experiments.pretrain (georecon.py / coord.py at the preset's
+                                     size, the arm's ablation overlay, config.seed=k); _md17: the
+                                     MD17 fine-tuning encoder (no vector norm)
+  finetune/<task>/<arm>/seed<k>      experiments.finetune (finetune_qm9.py or finetune_md17.py,
+                                     config.seed=k) from that pretraining, or from scratch
+
+A cell is finished when it holds ``study_cell.json`` (written after its command succeeded): a
+finished cell is never run again; an interrupted one is resumed by its own command (every command
+resumes from its last complete checkpoint). So the study may be stopped at any moment (Ctrl-C,
+SIGTERM, SIGKILL: the running command dies with it) and the same command finishes it.
+
+At the end (and with --rebuild_only) WORKDIR/results.md, results.json and the figures are written
+from the cells' own results.json, errors_test.npz, metrics.jsonl and summary.json: mean ± std over
+seeds per arm and task; the paired difference of each arm to Coord and to scratch, with an interval
+bootstrapped over seeds and over test molecules; the z diagnostic of every GeoRecon pretraining;
+the wall time of every cell.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "experiments/configs/study.py:<preset>", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where the cells and the study's results go.")
+flags.DEFINE_bool("rebuild_only", False, "Only rebuild results.md/json and figures from the cells.")
+flags.DEFINE_bool("list", False, "Print the cells and their state, run nothing.")
+flags.DEFINE_integer(
+    "jobs", 1, "Cells run at once (pretrainings first, then fine-tunings); 2 gains ~1.2x on 2 cores."
+)
+flags.DEFINE_string("out", "", "Also copy results.md, results.json and the figures here.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+CELL_FILE = "study_cell.json"
+RUNNING: set = set()  # the cells' commands running now (Popen)
+FIGURES = ("study_bars.png", "study_curves.png", "study_z_diagnostic.png")
+
+
+@dataclasses.dataclass
+class Cell:
+    name: str  # path under the study workdir
+    kind: str  # pretrain | finetune
+    arm: str
+    seed: int
+    cmd: List[str]
+    task: str = ""  # finetune: a QM9 target or the MD17 molecule
+    needs: Optional[str] = None  # the pretraining cell a fine-tuning starts from
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+
+
+def tasks_of(c, arm: str) -> List[str]:
+    from experiments.configs.study import MAIN_ARMS
+
+    every = list(c.qm9_targets) + ([c.md17_molecule] if c.md17_molecule else [])
+    return every if arm in MAIN_ARMS else [t for t in every if t in tuple(c.ablation_tasks)]
+
+
+def _loop_overrides(config_module, size: str, steps: int) -> List[str]:
+    """num_steps, and eval/checkpoint intervals no longer than half the run."""
+    base = config_module.get_config(size)
+    out = [f"--config.num_steps={steps}"]
+    for field in ("eval_every", "checkpoint_every"):
+        if base[field] > max(steps // 2, 1):
+            out.append(f"--config.{field}={max(steps // 2, 1)}")
+    return out
+
+
+def _encoder_overrides(c) -> List[str]:
+    return [f"--config.model.encoder.{k}={v}" for k, v in c.encoder.items()]
+
+
+def build_cells(c, workdir: str) -> List[Cell]:
+    from experiments.configs import coord, finetune_md17, finetune_qm9, georecon
+    from experiments.configs.study import ARMS
+
+    modules = {"georecon.py": georecon, "coord.py": coord}
+    py, cache = sys.executable, os.path.abspath(os.path.join(workdir, "xla_cache"))
+    common = [f"--config.compilation_cache_dir={cache}"]
+    cells: List[Cell] = []
+    pretrained: Dict[tuple, str] = {}
+    for arm in c.arms:
+        if arm not in ARMS:
+            raise app.UsageError(f"unknown arm {arm!r}: use names of study.ARMS ({', '.join(ARMS)})")
+        file, overlays = ARMS[arm]
+        if file is None:
+            continue
+        tasks = tasks_of(c, arm)
+        encoders = (["qm9"] if any(t in c.qm9_targets for t in tasks) else []) + (
+            ["md17"] if c.md17_molecule in tasks else []
+        )
+        for enc in encoders:
+            size = c.size
+            if enc == "md17" and not c.size:
+                size = "md17"  # the paper-scale MD17 encoder (6 x 128, no vector norm)
+            spec = size + "".join("+" + o for o in overlays)
+            for seed in c.seeds:
+                name = f"pretrain/{arm}{'_md17' if enc == 'md17' else ''}/seed{seed}"
+                cmd = [py, "-m", "experiments.pretrain", f"--config=experiments/configs/{file}:{spec}"]
+                cmd += _loop_overrides(modules[file], spec, c.pretrain_steps)
+                cmd += [f"--config.seed={seed}", *common, *_encoder_overrides(c)]
+                if c.pretrain_batch:
+                    cmd.append(f"--config.batch_size={c.pretrain_batch}")
+                if enc == "md17" and c.size:
+                    cmd.append("--config.model.encoder.vec_norm=none")  # what finetune_md17 loads
+                if file == "georecon.py":
+                    cmd += [
+                        f"--config.objective.num_recon_molecules={c.num_recon_molecules}",
+                        f"--config.objective.num_sampling_steps={c.num_sampling_steps}",
+                    ]
+                cmd.append(f"--workdir={os.path.join(workdir, name)}")
+                cells.append(Cell(name, "pretrain", arm, seed, cmd))
+                pretrained[(arm, enc, seed)] = name
+    for arm in c.arms:
+        for task in tasks_of(c, arm):
+            md17 = task == c.md17_molecule
+            for seed in c.seeds:
+                name = f"finetune/{task}/{arm}/seed{seed}"
+                if md17:
+                    cmd = [
+                        py,
+                        "-m",
+                        "experiments.finetune",
+                        f"--config=experiments/configs/finetune_md17.py:{c.size}",
+                        f"--config.molecule={task}",
+                        f"--config.data.data_dir={os.path.abspath(c.md17_dir)}",
+                    ]
+                    cmd += _loop_overrides(finetune_md17, c.size, c.md17_finetune_steps)
+                else:
+                    cmd = [
+                        py,
+                        "-m",
+                        "experiments.finetune",
+                        f"--config=experiments/configs/finetune_qm9.py:{c.size}",
+                        f"--config.target={task}",
+                    ]
+                    cmd += _loop_overrides(finetune_qm9, c.size, c.finetune_steps)
+                    if c.qm9_labels:
+                        cmd.append(f"--config.data.num_train_labels={c.qm9_labels}")
+                    if c.qm9_test_molecules:
+                        cmd.append(f"--config.data.num_test_molecules={c.qm9_test_molecules}")
+                cmd += [f"--config.seed={seed}", *common, *_encoder_overrides(c)]
+                needs = pretrained.get((arm, "md17" if md17 else "qm9", seed))
+                if needs:
+                    cmd.append(f"--config.pretrained={os.path.abspath(os.path.join(workdir, needs))}")
+                cmd.append(f"--workdir={os.path.join(workdir, name)}")
+                cells.append(Cell(name, "finetune", arm, seed, cmd, task=task, needs=needs))
+    return cells
+
+
+def cell_record(workdir: str, cell: Cell) -> Optional[dict]:
+    try:
+        with open(os.path.join(workdir, cell.name, CELL_FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _die_with_parent():  # Linux: the cell's command is killed when the study dies (even by SIGKILL)
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_cell(workdir: str, cell: Cell) -> dict:
+    """Runs the cell's command (resuming its checkpoint if an earlier attempt was interrupted);
+    its output goes to <cell>.log. Wall time counts every attempt: a heartbeat file holds how long
+    the current attempt has run, so an attempt killed with the study is counted up to its last beat."""
+    work = os.path.join(workdir, cell.name)
+    os.makedirs(os.path.dirname(work), exist_ok=True)
+    beat_path = work + ".attempts.json"
+    try:
+        attempts = json.load(open(beat_path))
+    except (FileNotFoundError, json.JSONDecodeError):
+        attempts = []
+    attempts.append(0.0)
+    t0 = time.time()
+    with open(work + ".log", "a") as log:
+        log.write(f"\n$ {' '.join(cell.cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cell.cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        RUNNING.add(proc)
+        try:
+            while proc.poll() is None:
+                time.sleep(1.0)
+                attempts[-1] = time.time() - t0
+                with open(beat_path + ".tmp", "w") as f:
+                    json.dump(attempts, f)
+                os.replace(beat_path + ".tmp", beat_path)
+        except BaseException:  # Ctrl-C / SIGTERM: stop the command too (it checkpoints on SIGTERM)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        finally:
+            RUNNING.discard(proc)
+    attempts[-1] = time.time() - t0
+    with open(beat_path, "w") as f:
+        json.dump(attempts, f)
+    if proc.returncode:
+        raise SystemExit(
+            f"cell {cell.name} failed (exit code {proc.returncode}); its output: {work}.log\n"
+            f"Running the same study command again resumes it."
+        )
+    record = {
+        "name": cell.name,
+        "kind": cell.kind,
+        "arm": cell.arm,
+        "task": cell.task,
+        "seed": cell.seed,
+        "command": " ".join(cell.cmd),
+        "wall_seconds": float(sum(attempts)),
+        "attempts": len(attempts),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    with open(os.path.join(work, CELL_FILE + ".tmp"), "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(os.path.join(work, CELL_FILE + ".tmp"), os.path.join(work, CELL_FILE))
+    return record
+
+
+def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    todo = [cell for cell in cells if cell_record(workdir, cell) is None]
+    print(
+        f"study {c.preset}: {len(cells)} cells ({len(cells) - len(todo)} finished, "
+        f"{len(todo)} to run, {jobs} at a time) in {workdir}",
+        flush=True,
+    )
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study", unit="cell")
+
+    def one(cell):
+        if cell.needs and cell_record(workdir, Cell(cell.needs, "", "", 0, [])) is None:
+            raise SystemExit(f"cell {cell.name} needs {cell.needs}, which has not finished")
+        r = run_cell(workdir, cell)
+        bar.update(1)
+        tqdm.write(f"{cell.name}: done in {r['wall_seconds']:.0f} s")
+
+    for kind in ("pretrain", "finetune"):  # fine-tunings start from finished pretrainings
+        batch = [cell for cell in todo if cell.kind == kind]
+        if jobs <= 1:
+            for cell in batch:
+                one(cell)
+            continue
+        pool = ThreadPoolExecutor(jobs)
+        try:
+            for f in [pool.submit(one, cell) for cell in batch]:
+                f.result()
+        except BaseException:  # stopped, or a cell failed: start nothing more, stop what runs
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(RUNNING):
+                proc.send_signal(signal.SIGTERM)  # it checkpoints and exits
+            for proc in list(RUNNING):
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
+        pool.shutdown()
+    bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _metric_names(c, task: str) -> List[tuple]:
+    """(column name, results.json metric, errors_test.npz array) of a task."""
+    if task == c.md17_molecule:
+        return [
+            (f"{task} forces", "force_mae", "force_abs_error"),
+            (f"{task} energy", "energy_mae", "abs_error"),
+        ]
+    return [(task, f"{task}_mae", "abs_error")]
+
+
+def paired_bootstrap(a: List[np.ndarray], b: List[np.ndarray], n_boot: int, level: float, seed=0):
+    """Mean over seeds and test molecules of a - b (per-molecule errors of two arms, per seed, on
+    the same molecules), and its ``level`` interval from resampling seeds and molecules."""
+    d = np.stack(a) - np.stack(b)  # [S, n]
+    rng = np.random.default_rng(seed)
+    s, n = d.shape
+    mol = rng.integers(0, n, size=(n_boot, n))
+    per_seed = np.stack([d[k][mol].mean(axis=1) for k in range(s)])  # [S, B]
+    pick = rng.integers(0, s, size=(n_boot, s))
+    boot = per_seed[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def collect(c, workdir: str, cells: List[Cell]) -> dict:
+    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": []}
+    for cell in cells:
+        rec = cell_record(workdir, cell)
+        if rec is None:
+            out["missing"].append(cell.name)
+            continue
+        out["cells"][cell.name] = rec
+        work = os.path.join(workdir, cell.name)
+        if cell.kind == "pretrain":
+            s = _read(os.path.join(work, "summary.json"))
+            out["pretrain"].setdefault(cell.arm + ("_md17" if "_md17/" in cell.name else ""), {})[
+                cell.seed
+            ] = {
+                "final_train_loss": s.get("final_train_loss"),
+                "z_diagnostic": s.get("z_diagnostic"),
+                "reconstruction_rmsd_angstrom": s.get("reconstruction_rmsd_angstrom"),
+                "wall_seconds": rec["wall_seconds"],
+            }
+            continue
+        r = _read(os.path.join(work, "results.json"))
+        errors = np.load(os.path.join(work, "errors_test.npz"))
+        order = np.argsort(errors["ids"])
+        curve = []
+        with open(os.path.join(work, "metrics.jsonl")) as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("split") == "validation" and "mae" in row:
+                    curve.append((row["step"], row["mae"]))
+        for col, metric, arr in _metric_names(c, cell.task):
+            m = r["metrics"][metric]
+            out["finetune"].setdefault(col, {}).setdefault(cell.arm, {})[cell.seed] = {
+                "value": m["value"],
+                "unit": m["unit"],
+                "ids": errors["ids"][order],
+                "errors": errors[arr][order],
+                "curve": curve,
+                "num_molecules": r["num_molecules"],
+                "wall_seconds": rec["wall_seconds"],
+            }
+    return out
+
+
+def summarise(c, data: dict) -> dict:
+    """mean ± std per (task, arm); paired differences to coord and scratch with intervals."""
+    table = {}
+    for col, arms in data["finetune"].items():
+        table[col] = {}
+        for arm, seeds in arms.items():
+            v = np.array([seeds[s]["value"] for s in sorted(seeds)])
+            table[col][arm] = {
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                "values": v.tolist(),
+                "seeds": sorted(seeds),
+                "unit": next(iter(seeds.values()))["unit"],
+                "num_test_molecules": next(iter(seeds.values()))["num_molecules"],
+            }
+            for ref in ("coord", "scratch"):
+                if ref == arm or ref not in arms:
+                    continue
+                common = sorted(set(seeds) & set(arms[ref]))
+                if not common:
+                    continue
+                a, b = [], []
+                for s in common:
+                    x, y = seeds[s], arms[ref][s]
+                    ids = np.intersect1d(x["ids"], y["ids"])
+                    a.append(x["errors"][np.searchsorted(x["ids"], ids)])
+                    b.append(y["errors"][np.searchsorted(y["ids"], ids)])
+                n = min(len(e) for e in a)
+                mean, lo, hi = paired_bootstrap(
+                    [e[:n] for e in a], [e[:n] for e in b], c.bootstrap, c.interval
+                )
+                per_seed = [float(x.mean() - y.mean()) for x, y in zip(a, b)]
+                table[col][arm][f"minus_{ref}"] = {
+                    "mean": mean,
+                    "low": lo,
+                    "high": hi,
+                    "per_seed": per_seed,
+                    "seeds": common,
+                    "molecules": n,
+                }
+    z = {}
+    for arm, seeds in data["pretrain"].items():
+        diags = [seeds[s]["z_diagnostic"] for s in sorted(seeds) if seeds[s].get("z_diagnostic")]
+        if not diags:
+            continue
+        sig = diags[0]["sigmas"]
+        ratio = np.array([d["own_over_other"] for d in diags])
+        diff = np.array([np.array(d["mse_own"]) - np.array(d["mse_other"]) for d in diags])
+        gain = 1 - ratio.mean(axis=0)
+        best = int(np.argmax(gain))
+        z[arm] = {
+            "sigmas": sig,
+            "own_over_other_mean": ratio.mean(axis=0).tolist(),
+            "own_over_other_std": (ratio.std(axis=0, ddof=1) if len(diags) > 1 else 0 * gain).tolist(),
+            "own_minus_other_mean": diff.mean(axis=0).tolist(),
+            "recon_rmsd_own": [d.get("recon_rmsd_own") for d in diags],
+            "recon_rmsd_other": [d.get("recon_rmsd_other") for d in diags],
+            "largest_gain": float(gain[best]),
+            "largest_gain_sigma": sig[best],
+            "seeds": len(diags),
+        }
+    return {"table": table, "z": z}
+
+
+def _fmt_pm(e) -> str:
+    return f"{e['mean']:.3g} ± {e['std']:.2g}" if np.isfinite(e["std"]) else f"{e['mean']:.3g}"
+
+
+def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
+    from experiments.configs.study import MAIN_ARMS
+
+    data = collect(c, workdir, cells)
+    s = summarise(c, data)
+    walls = {name: rec["wall_seconds"] for name, rec in data["cells"].items()}
+    total = sum(walls.values())
+    cols = list(s["table"])
+    arms = [a for a in c.arms if any(a in s["table"][col] for col in cols)]
+    lvl = int(round(100 * c.interval))
+    lines = [
+        f"# GeoRecon study, preset `{c.preset}`",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores; "
+        f"`python -m experiments.study --config=experiments/configs/study.py:{c.preset} "
+        f"--workdir={workdir}`; seeds {', '.join(map(str, c.seeds))}; cells finished "
+        f"{len(data['cells'])} of {len(cells)}; cell wall time in all {total / 3600:.2f} h.",
+        "",
+        f"Size `{c.size or 'paper'}`; pretraining {c.pretrain_steps} steps; QM9 fine-tuning "
+        f"{c.finetune_steps} steps on {c.qm9_labels or 'the config’s'} labels, tested on "
+        f"{c.qm9_test_molecules or 'all'} test molecules (the same for every cell); rMD17 "
+        f"{c.md17_molecule or '–'} fine-tuning {c.md17_finetune_steps} steps.",
+        "",
+        "## Test MAE, mean ± std over seeds",
+        "",
+        "| arm | "
+        + " | ".join(f"{col} ({next(iter(s['table'][col].values()))['unit']})" for col in cols)
+        + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for arm in arms:
+        row = [_fmt_pm(s["table"][col][arm]) if arm in s["table"][col] else "–" for col in cols]
+        lines.append(f"| {arm} | " + " | ".join(row) + " |")
+    for ref in ("scratch", "coord"):
+        if ref not in arms:
+            continue
+        lines += [
+            "",
+            f"## Paired difference to {ref} (arm − {ref}; negative: the arm is better)",
+            "",
+            f"Mean over seeds and test molecules, {lvl} % interval bootstrapped over seeds and "
+            f"test molecules ({c.bootstrap} resamples). **Bold**: the interval excludes 0.",
+            "",
+            "| arm | " + " | ".join(cols) + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
+        for arm in arms:
+            if arm == ref:
+                continue
+            row = []
+            for col in cols:
+                e = s["table"][col].get(arm, {}).get(f"minus_{ref}")
+                if e is None:
+                    row.append("–")
+                    continue
+                txt = f"{e['mean']:+.3g} [{e['low']:+.3g}, {e['high']:+.3g}]"
+                row.append(f"**{txt}**" if e["low"] > 0 or e["high"] < 0 else txt)
+            lines.append(f"| {arm} | " + " | ".join(row) + " |")
+    if s["z"]:
+        sig = sorted({x for z in s["z"].values() for x in z["sigmas"]})
+        lines += [
+            "",
+            "## What the graph code adds (z diagnostic of every GeoRecon pretraining)",
+            "",
+            "Decoder ε-MSE with the molecule's own code over that with another molecule's code, "
+            "on the held-out molecules, by σ (mean ± std over seeds; below 1: the own code helps); "
+            "reconstruction from z alone, Kabsch RMSD own / other code (Å, mean over seeds).",
+            "",
+            "| pretraining | "
+            + " | ".join(f"σ = {x:g} Å" for x in sig)
+            + " | recon own / other (Å) | verdict |",
+            "|---|" + "---:|" * len(sig) + "---|---|",
+        ]
+        for arm, z in s["z"].items():
+            cells_ = []
+            for x in sig:
+                if x in z["sigmas"]:
+                    i = z["sigmas"].index(x)
+                    cells_.append(f"{z['own_over_other_mean'][i]:.3f} ± {z['own_over_other_std'][i]:.3f}")
+                else:
+                    cells_.append("–")
+            own = [v for v in z["recon_rmsd_own"] if v is not None]
+            oth = [v for v in z["recon_rmsd_other"] if v is not None]
+            rec = f"{np.mean(own):.2f} / {np.mean(oth):.2f}" if own and oth else "–"
+            if z["largest_gain"] < 0.01:
+                verdict = "z adds nothing (< 1 % at every σ)"
+            else:
+                verdict = f"own code lowers the error by {100 * z['largest_gain']:.1f} % at σ = {z['largest_gain_sigma']:g} Å"
+            lines.append(f"| {arm} | " + " | ".join(cells_) + f" | {rec} | {verdict} |")
+    kinds = {}
+    for name, w in walls.items():
+        key = "/".join(name.split("/")[:-1])
+        kinds.setdefault(key, []).append(w)
+    lines += [
+        "",
+        "## Wall time per cell (s, mean over seeds)",
+        "",
+        "| cells | seeds | wall (s) |",
+        "|---|---:|---:|",
+    ]
+    for key, ws in kinds.items():
+        lines.append(f"| {key} | {len(ws)} | {np.mean(ws):.0f} |")
+    if data["missing"]:
+        lines += [
+            "",
+            f"Not finished: {len(data['missing'])} cells ({', '.join(data['missing'][:8])}{' ...' if len(data['missing']) > 8 else ''}).",
+        ]
+    lines += ["", "Figures: " + ", ".join(f"![{f}]({f})" for f in FIGURES), ""]
+    md = "\n".join(lines)
+
+    record = {
+        "preset": c.preset,
+        "config": json.loads(c.to_json_best_effort()),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "main_arms": list(MAIN_ARMS),
+        "table": s["table"],
+        "z_diagnostic": s["z"],
+        "cells": data["cells"],
+        "missing": data["missing"],
+    }
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    figures(c, data, s, workdir, cols, arms)
+    for d in out_dirs:
+        os.makedirs(d, exist_ok=True)
+        for name in ("results.md", "results.json", *FIGURES):
+            if os.path.exists(os.path.join(workdir, name)):
+                shutil.copy(os.path.join(workdir, name), os.path.join(d, name))
+    print(md)
+    return record
+
+
+def figures(c, data, s, workdir, cols, arms):
+    from georecon_jax.plots import _pyplot
+
+    plt = _pyplot()
+    if cols:
+        fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols) + 1, 3.6), squeeze=False)
+        for ax, col in zip(axes[0], cols):
+            here = [a for a in arms if a in s["table"][col]]
+            for i, arm in enumerate(here):
+                e = s["table"][col][arm]
+                ax.bar(i, e["mean"], yerr=e["std"] if np.isfinite(e["std"]) else 0, color=f"C{i}", capsize=3)
+                ax.plot([i] * len(e["values"]), e["values"], "k.", ms=3)
+            ax.set_xticks(range(len(here)))
+            ax.set_xticklabels(here, rotation=60, ha="right", fontsize=7)
+            ax.set_title(f"{col} ({next(iter(s['table'][col].values()))['unit']})", fontsize=9)
+            lo = min(min(s["table"][col][a]["values"]) for a in here)
+            ax.set_ylim(bottom=0.8 * lo)
+        axes[0][0].set_ylabel("test MAE (mean ± std over seeds; dots: seeds)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(workdir, FIGURES[0]), dpi=110)
+        plt.close(fig)
+
+        fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols) + 1, 3.4), squeeze=False)
+        for ax, col in zip(axes[0], cols):
+            for i, arm in enumerate(arms):
+                seeds = data["finetune"][col].get(arm)
+                if not seeds:
+                    continue
+                curves = [np.array(v["curve"]) for v in seeds.values() if v["curve"]]
+                n = min(len(x) for x in curves) if curves else 0
+                if n:
+                    y = np.mean([x[:n, 1] for x in curves], axis=0)
+                    ax.plot(curves[0][:n, 0], y, "o-", color=f"C{i}", label=arm, ms=3)
+            ax.set_title(col, fontsize=9)
+            ax.set_xlabel("fine-tuning step")
+            ax.set_yscale("log")
+        axes[0][0].set_ylabel("validation MAE (training units; mean over seeds)")
+        axes[0][-1].legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(os.path.join(workdir, FIGURES[1]), dpi=110)
+        plt.close(fig)
+    if s["z"]:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for i, (arm, z) in enumerate(s["z"].items()):
+            m, sd = np.array(z["own_over_other_mean"]), np.array(z["own_over_other_std"])
+            ax.plot(z["sigmas"], m, "o-", color=f"C{i}", label=arm, ms=3)
+            ax.fill_between(z["sigmas"], m - sd, m + sd, color=f"C{i}", alpha=0.15)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("σ (Å)")
+        ax.set_ylabel("decoder ε-MSE, own code / other's")
+        ax.set_title("What z adds (below 1: the own code helps)", fontsize=9)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(os.path.join(workdir, FIGURES[2]), dpi=110)
+        plt.close(fig)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    c, workdir = FLAGS.config, FLAGS.workdir
+
+    def stop(signum, frame):  # SIGTERM as Ctrl-C: the running command is told to checkpoint
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    cells = build_cells(c, workdir)
+    if FLAGS.list:
+        for cell in cells:
+            state = "finished" if cell_record(workdir, cell) else "to run"
+            print(f"{state:9s} {cell.name}: {' '.join(cell.cmd[2:])}")
+        return
+    if not FLAGS.rebuild_only:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "study_config.json"), "w") as f:
+            f.write(c.to_json_best_effort(indent=1))
+        run_study(c, workdir, cells, FLAGS.jobs)
+    write_results(c, workdir, cells, [FLAGS.out] if FLAGS.out else [])
+
+
+if __name__ == "__main__":
+    from experiments.cli import resolve_config_paths
+
+    sys.argv[:] = resolve_config_paths(sys.argv)
+    app.run(main)
