@@ -229,6 +229,12 @@ def run_cell(workdir: str, cell: Cell) -> dict:
             f"cell {cell.name} failed (exit code {proc.returncode}); its output: {work}.log\n"
             f"Running the same study command again resumes it."
         )
+    reached = _steps_reached(work)
+    if reached is not None:  # a command stopped by SIGTERM checkpoints and exits with 0
+        raise SystemExit(
+            f"cell {cell.name} stopped at step {reached[0]} of {reached[1]} (interrupted); "
+            "running the same study command again resumes it"
+        )
     record = {
         "name": cell.name,
         "kind": cell.kind,
@@ -244,6 +250,18 @@ def run_cell(workdir: str, cell: Cell) -> dict:
         json.dump(record, f, indent=1)
     os.replace(os.path.join(work, CELL_FILE + ".tmp"), os.path.join(work, CELL_FILE))
     return record
+
+
+def _steps_reached(work: str) -> Optional[tuple]:
+    """(step, num_steps) when the cell's summary.json says its run stopped before the end (and not
+    by early stopping); None when it ran to the end."""
+    try:
+        s = _read(os.path.join(work, "summary.json"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return (0, None)
+    if s.get("steps") == s.get("num_steps") or s.get("stopped_by_hook"):
+        return None
+    return (s.get("steps"), s.get("num_steps"))
 
 
 def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1):

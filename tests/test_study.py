@@ -95,6 +95,25 @@ def test_paired_bootstrap():
     assert hi2 - lo2 > 3 * (hi - lo)
 
 
+def test_a_cell_stopped_before_its_last_step_is_not_finished(tmp_path):
+    """A command stopped by SIGTERM checkpoints and exits with 0: the cell is finished only when
+    its summary.json says the run reached its last step (or stopped early by its own rule)."""
+    work = tmp_path / "cell"
+
+    def fake(summary):
+        code = f"import json, os; os.makedirs({str(work)!r}, exist_ok=True); json.dump({summary!r}, open({str(work / 'summary.json')!r}, 'w'))"
+        return study.Cell("cell", "finetune", "scratch", 0, [sys.executable, "-c", code])
+
+    with pytest.raises(SystemExit, match="stopped at step 6 of 30"):
+        study.run_cell(str(tmp_path), fake({"steps": 6, "num_steps": 30, "stopped_by_hook": False}))
+    assert study.cell_record(str(tmp_path), fake({})) is None
+    for done in ({"steps": 30, "num_steps": 30}, {"steps": 12, "num_steps": 30, "stopped_by_hook": True}):
+        rec = study.run_cell(str(tmp_path), fake(done))
+        assert study.cell_record(str(tmp_path), fake({})) == rec
+        os.remove(work / study.CELL_FILE)
+    assert rec["attempts"] == 3  # every attempt's time is counted
+
+
 def _alive(path: str) -> list:
     """Processes whose command line mentions ``path``."""
     out = []
