@@ -53,7 +53,7 @@ def test_bad_rows_are_skipped_with_file_row_and_reason(tmp_path, cache):
         num_workers=1,
         verbose=False,
     )
-    np.testing.assert_allclose(ds.labels[:, 0], np.log10([2, 1, 10]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ds.labels[:, 0], np.log([2, 1, 10]), rtol=1e-6, atol=1e-7)
     assert any("log" in s["reason"] for s in ds.skip.skipped)
 
 

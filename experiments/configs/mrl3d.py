@@ -93,6 +93,12 @@ def get_config(size=None):
 
     # Objective: temperature, and α the weight of the force term.
     c.objective = common.ConfigDict(dict(name="3dmrl", temperature=0.2, force_weight=0.1))
+    # The reference's InfoNCE (MI/pretrainers/MRL3D.py contrastive_loss): both directions summed,
+    # the positive out of the denominator; "symmetric": ½ (a→b + b→a), positive in (CLIP's)
+    c.objective.contrastive = "reference"
+    # The reference's optimizer holds the 2D and 3D encoders only (MRL3D.py model_param_group):
+    # the force head stays at its initialisation. True: train it too (this code's earlier default)
+    c.objective.train_force_head = False
 
     # Optimizer: 3DMRL's Adam, lr 1e-4 for solvation, constant after warm-up.
     c.optim = common.optimizer(learning_rate=1e-4, warmup_steps=500, final_lr_fraction=1.0)

@@ -10,13 +10,14 @@ A pair file has two SMILES columns and one or more label columns; names are conf
                combisolv; mnsol where a user has it)
   absorption   chromophore/absorption.csv                       solute, solvent -> Gsolv*  nm
   emission     chromophore/emission.csv                         solute, solvent -> Gsolv*  nm
-  lifetime     chromophore/lifetime.csv (user file)             solute, solvent -> Gsolv*  log10(ns)
+  lifetime     chromophore/lifetime.csv (user file)             solute, solvent -> Gsolv*  ln(ns)
   chchminer    ddi/ChChMiner_{train,valid,test}.csv (pooled)    smiles_1, smiles_2 -> label 0/1
   zhangddi     ddi/ZhangDDI_{train,valid,test}.csv (user file)  smiles_1, smiles_2 -> label 0/1
   ===========  ===============================================  ========================  ==========
 
   * the chromophore release names its label column ``Gsolv`` although it holds a wavelength (nm)
-    or a lifetime (ns); lifetimes are log10-transformed (non-positive values are skipped).
+    or a lifetime (ns); lifetimes are log-transformed, natural log as in the reference
+    (Namkyeong/3DMRL MI/datasets_eval/chromophore.py: np.log; non-positive values are skipped).
 
 Every molecule is featurised and embedded once (`georecon_jax.chem.conformers.MoleculeCache`). A row
 is skipped, and reported with file, row, column, SMILES and reason, when a molecule cannot be
@@ -48,7 +49,7 @@ PRESETS: Dict[str, dict] = {
     "mnsol": dict(files=("solvation/mnsol.csv",), units="kcal/mol", **_SOLV),
     "absorption": dict(files=("chromophore/absorption.csv",), units="nm", **_SOLV),
     "emission": dict(files=("chromophore/emission.csv",), units="nm", **_SOLV),
-    "lifetime": dict(files=("chromophore/lifetime.csv",), units="log10(ns)", log_labels=True, **_SOLV),
+    "lifetime": dict(files=("chromophore/lifetime.csv",), units="ln(ns)", log_labels=True, **_SOLV),
     "chchminer": dict(
         files=tuple(f"ddi/ChChMiner_{s}.csv" for s in ("train", "valid", "test")),
         smiles_columns=("smiles_1", "smiles_2"),
@@ -178,7 +179,7 @@ def load_pairs(
                 if np.any(labels <= 0):
                     skip.add(where, f"non-positive label {labels.tolist()} cannot be log-transformed")
                     continue
-                labels = np.log10(labels)
+                labels = np.log(labels)  # natural log: the reference's np.log
             if not np.all(np.isfinite(labels)):
                 skip.add(where, f"non-finite label {labels.tolist()}")
                 continue

@@ -1,14 +1,15 @@
 """3DMRL pretraining objective: two-way InfoNCE between the 2D pair embedding and the 3D embedding of
 a freshly sampled virtual environment, plus α · force prediction.
 
-  loss_pair = ½ (InfoNCE_{2D→3D} + InfoNCE_{3D→2D}) + α · mean_{copy atoms} |f̂ − f|²
+  loss_pair = InfoNCE_{2D→3D} + InfoNCE_{3D→2D} + α · mean_{copy atoms} |f̂ − f|²
 
 InfoNCE uses cosine similarity / τ (τ = 0.2) with the other real pairs of the same device's
-sub-batch as negatives (padding pairs are neither anchors nor negatives). The force target f is the
-unit vector anchor -> atom; |·|² sums the three components and the mean runs over the real atoms of
-the placed copies of that pair. All parameters (2D encoder, both projection heads, 3D encoder and
-force head) live in one flax module, so the optimiser sees every one of them (the reference
-implementation forgot the force head).
+sub-batch as negatives (padding pairs are neither anchors nor negatives), the positive left out of
+the denominator, both directions summed: the reference's form (``objective.contrastive``; see
+`info_nce`). The force target f is the unit vector anchor -> atom; |·|² sums the three components
+and the mean runs over the real atoms of the placed copies of that pair. As in the reference
+(MI/pretrainers/MRL3D.py), the force head is not optimised (``objective.train_force_head=False``):
+it stays at its initialisation and the force loss trains the 2D encoder through it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ from georecon_jax.objectives.registry import Objective, register
 NEG = -1e9
 
 
-def info_nce(z_a, z_b, mask, temperature: float = 0.2):
+CONTRASTIVE = ("reference", "symmetric")
+
+
+def info_nce(z_a, z_b, mask, temperature: float = 0.2, form: str = "reference"):
     """Per-pair two-way InfoNCE with cosine similarity, [B] (0 on padding pairs).
+
+    ``form='reference'`` (Namkyeong/3DMRL MI/pretrainers/MRL3D.py, ``contrastive_loss`` called both
+    ways and summed): -log(e_ii / Σ_{j≠i} e_ij) for 2D→3D plus the same for 3D→2D, the positive
+    left out of the denominator; a pair with no negative (alone in its sub-batch) adds 0.
+    ``'symmetric'``: ½ (InfoNCE_{a→b} + InfoNCE_{b→a}) with the positive in the denominator (CLIP's).
 
     Args: z_a, z_b [B, D] (row i of each is the positive pair), mask [B] bool (real pairs).
     """
@@ -35,11 +44,20 @@ def info_nce(z_a, z_b, mask, temperature: float = 0.2):
     b = z_b / jnp.sqrt(jnp.sum(z_b**2, axis=-1, keepdims=True) + 1e-12)
     logits = a @ b.T / temperature  # [B, B]
     valid = mask[:, None] & mask[None, :]
-    logits = jnp.where(valid, logits, NEG)
     diag = jnp.diagonal(logits)
+    if form == "symmetric":
+        logits = jnp.where(valid, logits, NEG)
+        a_to_b = jax.nn.logsumexp(logits, axis=1) - diag
+        b_to_a = jax.nn.logsumexp(logits, axis=0) - diag
+        return jnp.where(mask, 0.5 * (a_to_b + b_to_a), 0.0)
+    if form != "reference":
+        raise ValueError(f"objective.contrastive={form!r}: use one of {CONTRASTIVE}")
+    negatives = valid & ~jnp.eye(mask.shape[0], dtype=bool)
+    logits = jnp.where(negatives, logits, NEG)
     a_to_b = jax.nn.logsumexp(logits, axis=1) - diag
     b_to_a = jax.nn.logsumexp(logits, axis=0) - diag
-    return jnp.where(mask, 0.5 * (a_to_b + b_to_a), 0.0)
+    has_negative = jnp.sum(negatives, axis=1) > 0
+    return jnp.where(mask & has_negative, a_to_b + b_to_a, 0.0)
 
 
 def environment_for(batch, key, env_cfg):
@@ -92,11 +110,19 @@ class MRL3D(Objective):
             problems.append(f"objective.temperature={self.cfg.temperature}: must be positive")
         if self.cfg.force_weight < 0:
             problems.append(f"objective.force_weight={self.cfg.force_weight}: must be >= 0")
+        if self.cfg.get("contrastive", "symmetric") not in CONTRASTIVE:
+            problems.append(f"objective.contrastive={self.cfg.contrastive!r}: use one of {CONTRASTIVE}")
         if self.config.model.encoder3d.name not in ("schnet", "et"):
             problems.append(
                 f"model.encoder3d.name={self.config.model.encoder3d.name!r}: use 'schnet' or 'et'"
             )
         return problems
+
+    def frozen_modules(self):
+        """The reference optimises the 2D and 3D encoders only (MRL3D.py: ``model_param_group``);
+        its force head ("denoiser") stays at its initialisation, so only the 2D representations can
+        lower the force loss. ``objective.train_force_head=True`` trains it too."""
+        return () if self.cfg.get("train_force_head", True) else ("force_head",)
 
     def create_model(self):
         return create_mrl3d_model(self.config.model)
@@ -114,7 +140,9 @@ class MRL3D(Objective):
 
     def loss(self, f: MRL3DForward, batch):
         out, mask = f.out, batch.pair_mask
-        contrastive = info_nce(out.z2d, out.z3d, mask, self.cfg.temperature)
+        contrastive = info_nce(
+            out.z2d, out.z3d, mask, self.cfg.temperature, self.cfg.get("contrastive", "symmetric")
+        )
         err = jnp.sum((out.force - f.force_target) ** 2, axis=-1)  # [B, M]
         tm = f.force_mask & mask[:, None]
         force = jnp.sum(jnp.where(tm, err, 0.0), axis=1) / jnp.maximum(jnp.sum(tm, axis=1), 1)

@@ -112,6 +112,7 @@ class MRL3DTask:
             fold_in_device=True,
             count_name="num_pairs",
             desc="pretrain 3dmrl",
+            frozen=objective.frozen_modules(),
         )
 
     def finish(self, config, workdir, job, state) -> Dict:

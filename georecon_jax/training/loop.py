@@ -117,7 +117,12 @@ REPORT_ONLY = frozenset(
 
 # Training fields added after runs were saved, with the value that means the behaviour such a run
 # had: a saved config without the field compares as if it held this value.
-ADDED_FIELDS = {"objective.code_source": "clean"}
+ADDED_FIELDS = {
+    "objective.code_source": "clean",
+    # 3DMRL runs saved before issue 16 trained the force head with the halved symmetric InfoNCE
+    "objective.contrastive": "symmetric",
+    "objective.train_force_head": True,
+}
 
 
 def record_config(

@@ -209,3 +209,22 @@ def plateau_learning_rate(state: PlateauState, step: int, cfg: ml_collections.Co
     """The rate of the update after ``step`` training steps (update index ``step``)."""
     warm = 1.0 if cfg.warmup_steps <= 0 else min(1.0, (step + 1) / cfg.warmup_steps)
     return cfg.learning_rate * warm * float(state.scale)
+
+
+def freeze(tx: optax.GradientTransformation, params, names) -> optax.GradientTransformation:
+    """``tx`` with the updates of the modules ``names`` (top-level modules of the model, under
+    ``params['params']``) set to zero after it: those parameters never change, weight decay
+    included, while gradients still flow through them into the others. Refuses a name the
+    parameters lack."""
+    top = params.get("params", params)
+    missing = [n for n in names if n not in top]
+    if missing:
+        raise ValueError(f"cannot freeze {missing}: the model's modules are {sorted(top)}")
+
+    def frozen(path, _):
+        keys = [getattr(k, "key", None) for k in path]
+        keys = keys[1:] if keys and keys[0] == "params" and "params" in params else keys
+        return bool(keys) and keys[0] in names
+
+    mask = jax.tree_util.tree_map_with_path(frozen, params)
+    return optax.chain(tx, optax.masked(optax.set_to_zero(), mask))

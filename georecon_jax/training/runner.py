@@ -36,6 +36,7 @@ from georecon_jax.training.loop import MetricsWriter, first_and_last, fit, recor
 from georecon_jax.training.optimizer import (
     create_optimizer,
     find_plateau,
+    freeze,
     optimizer_problems,
     plateau_learning_rate,
     plateau_step,
@@ -91,6 +92,8 @@ class Job:
     checkpoint_every: Optional[int] = None
     log_every: Optional[int] = None
     plateau_metric: str = "loss"
+    # top-level modules whose parameters the optimizer never changes (`optimizer.freeze`)
+    frozen: Sequence[str] = ()
 
 
 def loop_problems(config: ml_collections.ConfigDict) -> List[str]:
@@ -274,6 +277,8 @@ def run_experiment(
         job = task.build(config, workdir, mesh, key)
         ema = config.optim.get("ema_decay", 0.0)
         tx = create_optimizer(config.optim, job.num_steps)
+        if job.frozen:
+            tx = freeze(tx, job.params, tuple(job.frozen))
         state = replicate(create_train_state(job.apply_fn, job.params, tx, ema > 0), mesh)
         checkpointer = Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
         step, state = checkpointer.restore_latest(state)
