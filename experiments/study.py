@@ -499,7 +499,7 @@ def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
             "|---|" + "---:|" * len(cols),
         ]
         for arm in arms:
-            if arm == ref:
+            if arm == ref or (ref == "coord" and arm == "scratch"):  # scratch − coord: the sign flip
                 continue
             row = []
             for col in cols:
