@@ -72,6 +72,15 @@ class MRL3DTask:
             config.batch_size,
             num_devices,
         )
+        epochs = config.num_steps * config.batch_size / max(len(train.indices), 1)
+        log.info(
+            "length: %d steps x %d pairs = %.2f epochs of the %d training pairs (the reference: "
+            "100 epochs of its 20 %% subset of all solute x solvent combinations)",
+            config.num_steps,
+            config.batch_size,
+            epochs,
+            len(train.indices),
+        )
         objective = get_objective(config)
         model = objective.create_model()
         params = objective.init(
