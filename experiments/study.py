@@ -364,14 +364,15 @@ def collect(c, workdir: str, cells: List[Cell]) -> dict:
         r = _read(os.path.join(work, "results.json"))
         errors = np.load(os.path.join(work, "errors_test.npz"))
         order = np.argsort(errors["ids"])
-        curve = []
         with open(os.path.join(work, "metrics.jsonl")) as f:
-            for line in f:
-                row = json.loads(line)
-                if row.get("split") == "validation" and "mae" in row:
-                    curve.append((row["step"], row["mae"]))
+            rows = [json.loads(line) for line in f if line.strip()]
         for col, metric, arr in _metric_names(c, cell.task):
             m = r["metrics"][metric]
+            key = "mae" if metric.endswith(f"{cell.task}_mae") else metric  # metrics.jsonl's name
+            curve = {
+                split: [(row["step"], row[key]) for row in rows if row.get("split") == split and key in row]
+                for split in ("train", "validation")
+            }
             out["finetune"].setdefault(col, {}).setdefault(cell.arm, {})[cell.seed] = {
                 "value": m["value"],
                 "unit": m["unit"],
@@ -605,7 +606,7 @@ def figures(c, data, s, workdir, cols, arms):
             ax.set_title(f"{col} ({next(iter(s['table'][col].values()))['unit']})", fontsize=9)
             lo = min(min(s["table"][col][a]["values"]) for a in here)
             ax.set_ylim(bottom=0.8 * lo)
-        axes[0][0].set_ylabel("test MAE (mean ± std over seeds; dots: seeds)")
+        axes[0][0].set_ylabel("test MAE (mean ± std; dots: seeds)", fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(workdir, FIGURES[0]), dpi=110)
         plt.close(fig)
@@ -616,15 +617,17 @@ def figures(c, data, s, workdir, cols, arms):
                 seeds = data["finetune"][col].get(arm)
                 if not seeds:
                     continue
-                curves = [np.array(v["curve"]) for v in seeds.values() if v["curve"]]
-                n = min(len(x) for x in curves) if curves else 0
-                if n:
-                    y = np.mean([x[:n, 1] for x in curves], axis=0)
-                    ax.plot(curves[0][:n, 0], y, "o-", color=f"C{i}", label=arm, ms=3)
+                for split, style in (("train", "-"), ("validation", "o")):
+                    curves = [np.array(v["curve"][split]) for v in seeds.values() if v["curve"][split]]
+                    n = min(len(x) for x in curves) if curves else 0
+                    if n:
+                        y = np.mean([x[:n, 1] for x in curves], axis=0)
+                        label = arm if split == "train" else None
+                        ax.plot(curves[0][:n, 0], y, style, color=f"C{i}", label=label, ms=5)
             ax.set_title(col, fontsize=9)
             ax.set_xlabel("fine-tuning step")
             ax.set_yscale("log")
-        axes[0][0].set_ylabel("validation MAE (training units; mean over seeds)")
+        axes[0][0].set_ylabel("MAE, training units\n(lines: train batches; dots: validation)", fontsize=8)
         axes[0][-1].legend(fontsize=6)
         fig.tight_layout()
         fig.savefig(os.path.join(workdir, FIGURES[1]), dpi=110)
