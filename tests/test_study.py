@@ -57,6 +57,11 @@ def test_cells_wire_pretrainings_to_fine_tunings(tmp_path):
         want = set(tasks) if arm in study_config.MAIN_ARMS else set(c.ablation_tasks)
         assert done == want, arm
         assert {x.seed for x in cells if x.arm == arm} == set(c.seeds)
+    # at paper scale the MD17 arms pretrain torchmd-net's ET-MD17 encoder (georecon.py:md17)
+    paper = study.build_cells(study_config.get_config("paper"), str(tmp_path))
+    md17 = [x for x in paper if x.kind == "pretrain" and "_md17/" in x.name]
+    assert md17 and all(x.cmd[3].endswith(".py:md17") for x in md17)
+    assert all(_flag(x.cmd, "model.encoder.vec_norm") is None for x in md17)
     # the presets differ in sizes and step counts, not in what is compared
     for preset in ("gpu", "paper"):
         other = study_config.get_config(preset)
