@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from georecon_jax.chem.conformers import MoleculeCache
-from georecon_jax.data.pairs import load_pairs
+from georecon_jax.data.pairs import PairDataset, load_pairs
 from georecon_jax.graphs.pairs import PairBatcher, PairBudget, pack_pairs
 from georecon_jax.tasks.metrics import average_precision, regression_metrics, roc_auc
-from georecon_jax.tasks.pair_data import cv_splits, molecule_split
+from georecon_jax.tasks.pair_data import cv_splits, held_out_split, molecule_split, sampled_negatives
 
 # module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
 pytestmark = pytest.mark.xdist_group("pairs")
@@ -153,3 +153,69 @@ def test_metrics_against_hand_values():
     m = regression_metrics([1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
     assert m["rmse"] == pytest.approx(np.sqrt(4 / 3)) and m["mae"] == pytest.approx(2 / 3)
     assert m["r2"] == pytest.approx(1 - 4 / 2)
+
+
+def _toy_pairs(i1, i2, labels, n_mol=30):
+    mols = [
+        {"smiles": s, "atomic_numbers": np.ones(3)}
+        for s in ["c1ccccc1", "C1CCNCC1", "CCO", "CC(=O)O", "OCCO"] * (n_mol // 5)
+    ]
+    return PairDataset(
+        "ddi",
+        mols,
+        np.asarray(i1),
+        np.asarray(i2),
+        np.asarray(labels, np.float32).reshape(-1, 1),
+        ("label",),
+        np.asarray([f"f.csv:{k + 2}" for k in range(len(i1))], dtype=object),
+        task="classification",
+    )
+
+
+def test_sampled_negatives_never_coincide_with_a_known_positive():
+    """The reference's DDI set: positives only (a repeated pair once), then as many negatives drawn
+    from the molecule pairs that are not positive in either order; the files' negatives (here one
+    that contradicts a positive) are dropped."""
+    rng = np.random.default_rng(0)
+    i1, i2 = rng.integers(0, 12, 60), rng.integers(0, 12, 60)
+    labels = np.ones(60)
+    labels[::4] = 0
+    i1, i2, labels = list(i1) + [int(i1[1])], list(i2) + [int(i2[1])], list(labels) + [1]  # a repeat
+    i1, i2, labels = i1 + [int(i2[1])], i2 + [int(i1[1])], labels + [0]  # the file contradicts itself
+    ds = _toy_pairs(i1, i2, labels)
+    out = sampled_negatives(ds, seed=0)
+    pos = {(int(a), int(b)) for a, b, y in zip(i1, i2, labels) if y == 1}
+    known = pos | {(b, a) for a, b in pos}
+    lab = out.labels[:, 0]
+    got_pos = list(zip(out.index1[lab == 1].tolist(), out.index2[lab == 1].tolist()))
+    got_neg = list(zip(out.index1[lab == 0].tolist(), out.index2[lab == 0].tolist()))
+    assert sorted(got_pos) == sorted(pos) and len(got_neg) == len(pos)
+    assert not known & set(got_neg) and len(set(got_neg)) == len(got_neg)
+    mols = {m for p in pos for m in p}
+    assert all(a in mols and b in mols for a, b in got_neg)
+    assert all(r.startswith("sampled:") for r in out.rows[lab == 0])
+    again = sampled_negatives(ds, seed=0)
+    assert np.array_equal(again.index1, out.index1) and np.array_equal(again.index2, out.index2)
+    assert not np.array_equal(sampled_negatives(ds, seed=1).index1, out.index1)
+    with pytest.raises(ValueError, match="too few non-positive pairs"):
+        sampled_negatives(_toy_pairs([0, 0, 1, 1], [0, 1, 0, 1], [1, 1, 1, 1]), seed=0)
+
+
+@pytest.mark.parametrize("by", ["molecule", "scaffold"])
+def test_reference_held_out_split(by):
+    """40 % of the molecules (or scaffolds) held out; every pair touching one goes to validation
+    or test, halved at random; no held-out molecule in a training pair; every pair once."""
+    rng = np.random.default_rng(3)
+    i1, i2 = rng.integers(0, 30, 500), rng.integers(0, 30, 500)
+    ds = _toy_pairs(i1, i2, np.ones(500))
+    tr, va, te = held_out_split(ds, by, seed=0)
+    assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(500))
+    assert len(te) - len(va) in (0, 1) and len(tr) > 0 and len(va) > 0
+    train_mols = set(i1[tr]) | set(i2[tr])
+    for idx in (va, te):
+        assert all((a not in train_mols) or (b not in train_mols) for a, b in zip(i1[idx], i2[idx]))
+    if by == "molecule":
+        held = set(range(30)) - train_mols
+        assert len(held) == int(30 * 0.4)
+    a, b, c = held_out_split(ds, by, seed=1)
+    assert not np.array_equal(a, tr) or by == "scaffold"

@@ -5,7 +5,10 @@ Splits (every one is a list of (name, train, validation, test) index sets over t
   * ``cv`` (regression): for each seed, the pairs are shuffled and cut into ``num_folds`` folds;
     fold i is held out and halved into validation and test, the rest trains (5 folds: 80/10/10),
     as the CGIB/3DMRL protocol.
-  * ``molecule`` (DDI): for each seed, the *molecules* are split 80/10/10; training pairs have
+  * ``molecule`` (DDI), with ``data.held_out='reference'`` (the default of mrl_finetune.py): the
+    reference's split (`held_out_split`): 40 % of the molecules held out, every pair touching one
+    halved at random into validation and test. With ``'three_way'`` (this code's earlier form):
+    for each seed, the *molecules* are split 80/10/10; training pairs have
     both molecules in the training set, validation pairs at least one validation molecule and no
     test molecule, test pairs at least one test molecule. Held-out molecules never occur in a
     training pair.
@@ -15,6 +18,7 @@ Splits (every one is a list of (name, train, validation, test) index sets over t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Dict, List, Tuple
@@ -73,6 +77,13 @@ def load_pair_task(config) -> PairDataset:
         num_workers=d.num_workers,
         limit=d.get("limit"),
     )
+    if ds.task == "classification" and d.get("negatives", "file") == "sampled":
+        n_file = len(ds)
+        ds = sampled_negatives(ds, d.get("negative_seed", 0))
+        log.info(
+            f"{d.preset}: {len(ds) // 2} positive pairs and as many sampled negatives (of {n_file} "
+            "rows in the files; data.negatives='file' keeps the files' own negatives)"
+        )
     if d.get("max_pairs") and len(ds) > d.max_pairs:  # a random subset (files may be sorted by label)
         keep = np.sort(np.random.default_rng(config.seed).choice(len(ds), d.max_pairs, replace=False))
         log.info(
@@ -80,6 +91,47 @@ def load_pair_task(config) -> PairDataset:
         )
         ds = ds.subset(keep)
     return ds
+
+
+def sampled_negatives(ds: PairDataset, seed: int = 0) -> PairDataset:
+    """A DDI set as the reference builds it (Namkyeong/3DMRL DDI/datasets_eval/ddi.py): the
+    positive pairs only (label 1; a pair listed twice in the same order kept once), then as many
+    negatives drawn uniformly at random, without replacement, from every ordered pair of the
+    positives' molecules (a molecule with itself included) that is not a positive in either
+    order. The files' own negatives are dropped (ChChMiner's include pairs that are also listed as
+    positives). Negatives' ``rows`` read ``sampled:<k>``."""
+    pos = np.flatnonzero(ds.labels[:, 0] == 1)
+    seen, keep = set(), []
+    for i in pos:
+        key = (int(ds.index1[i]), int(ds.index2[i]))
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    keep = np.asarray(keep, np.int64)
+    n = len(keep)
+    known = seen | {(b, a) for a, b in seen}
+    mols = np.unique(np.concatenate([ds.index1[keep], ds.index2[keep]]))
+    if len(mols) ** 2 - len(known) < n:
+        raise ValueError(
+            f"{ds.name}: too few non-positive pairs among {len(mols)} molecules for {n} negatives"
+        )
+    rng = np.random.default_rng(seed)
+    negatives: Dict[Tuple[int, int], None] = {}  # insertion-ordered: the draw order
+    while len(negatives) < n:
+        a, b = rng.choice(mols, size=(2, 2 * (n - len(negatives)) + 16))
+        for pair in zip(a.tolist(), b.tolist()):
+            if pair not in known and pair not in negatives:
+                negatives[pair] = None
+                if len(negatives) == n:
+                    break
+    neg = np.asarray(list(negatives), np.int64).reshape(-1, 2)
+    return dataclasses.replace(
+        ds,
+        index1=np.concatenate([ds.index1[keep], neg[:, 0]]),
+        index2=np.concatenate([ds.index2[keep], neg[:, 1]]),
+        labels=np.concatenate([np.ones((n, 1)), np.zeros((n, 1))]).astype(ds.labels.dtype),
+        rows=np.concatenate([ds.rows[keep], np.asarray([f"sampled:{k}" for k in range(n)], dtype=object)]),
+    )
 
 
 # ----------------------------------------------------------------------------------------- splits
@@ -129,6 +181,29 @@ def molecule_split(ds: PairDataset, by: str, seed: int, fractions=(0.8, 0.1, 0.1
     return idx[worst == 0], idx[worst == 1], idx[worst == 2]
 
 
+def held_out_split(ds: PairDataset, by: str, seed: int, fraction: float = 0.4):
+    """The reference's molecule and scaffold splits (DDI/datasets_eval/ddi.py get_molecule_split,
+    get_scaffold_split): ``fraction`` of the molecules (or of the scaffolds) is drawn at random;
+    every pair with a held-out molecule (or a molecule of a held-out scaffold) is held out, and the
+    held-out pairs are halved at random into validation and test (test gets the odd one); the
+    other pairs train. Held-out molecules never occur in a training pair."""
+    used = np.unique(np.concatenate([ds.index1, ds.index2]))
+    rng = np.random.default_rng(seed)
+    if by == "molecule":
+        key = {int(m): int(m) for m in used}
+    else:
+        key = {int(m): murcko_scaffold(ds.molecules[m]["smiles"]) for m in used}
+    names = sorted(set(key.values()), key=str)
+    held = {names[i] for i in rng.choice(len(names), size=int(len(names) * fraction), replace=False)}
+    out = np.asarray(
+        [key[int(a)] in held or key[int(b)] in held for a, b in zip(ds.index1, ds.index2)], dtype=bool
+    )
+    idx = np.arange(len(ds))
+    test_pairs = rng.permutation(idx[out])
+    n_val = len(test_pairs) // 2
+    return idx[~out], np.sort(test_pairs[:n_val]), np.sort(test_pairs[n_val:])
+
+
 def split_kind(ds: PairDataset, cfg) -> str:
     """The config's split; 'cv' on a classification (DDI) task means the molecule split."""
     return "molecule" if cfg.split == "cv" and ds.task == "classification" else cfg.split
@@ -139,7 +214,11 @@ def make_splits(ds: PairDataset, cfg) -> list:
     if kind == "cv":
         splits = cv_splits(len(ds), cfg.num_folds, cfg.seeds)
     elif kind in ("molecule", "scaffold"):
-        splits = [(f"seed{s}_{kind}", *molecule_split(ds, kind, s)) for s in cfg.seeds]
+        form = cfg.data.get("held_out", "three_way")
+        if form not in ("reference", "three_way"):
+            raise ValueError(f"unknown data.held_out {form!r}: use 'reference' or 'three_way'")
+        split = held_out_split if form == "reference" else molecule_split
+        splits = [(f"seed{s}_{kind}", *split(ds, kind, s)) for s in cfg.seeds]
     else:
         raise ValueError(f"unknown split {cfg.split!r}: use 'cv', 'molecule' or 'scaffold'")
     return splits[: cfg.max_splits] if cfg.get("max_splits") else splits

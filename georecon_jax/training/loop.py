@@ -122,6 +122,10 @@ ADDED_FIELDS = {
     # 3DMRL runs saved before issue 16 trained the force head with the halved symmetric InfoNCE
     "objective.contrastive": "symmetric",
     "objective.train_force_head": True,
+    # DDI fine-tunings saved before issue 16 used the files' negatives and the 80/10/10 split
+    "data.negatives": "file",
+    "data.negative_seed": 0,
+    "data.held_out": "three_way",
 }
 
 
