@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from georecon_jax.chem.conformers import MoleculeCache
+from georecon_jax.chem.conformers import MoleculeCache, molecule_record
 from georecon_jax.data.pairs import PairDataset, load_pairs
 from georecon_jax.graphs.pairs import PairBatcher, PairBudget, pack_pairs
 from georecon_jax.tasks.metrics import average_precision, regression_metrics, roc_auc
@@ -219,3 +219,49 @@ def test_reference_held_out_split(by):
         assert len(held) == int(30 * 0.4)
     a, b, c = held_out_split(ds, by, seed=1)
     assert not np.array_equal(a, tr) or by == "scaffold"
+
+
+def test_no_test_pair_is_dropped_over_the_atom_budget(cache):
+    """Training pairs over data.max_atoms are left out (counted); validation and test batches are
+    padded to the largest molecule, so every held-out pair is evaluated (the reference drops none)."""
+    import ml_collections
+
+    from georecon_jax.tasks.finetune_pairs import evaluation_budget
+
+    big = "CCCCCCCCCCCCCCCCCCCCCCCCCC(=O)O"  # 28 heavy atoms
+    rows = [("CCO", "O"), (big, "O"), ("CC(=O)O", "CCO"), ("O", big), ("c1ccccc1", "O")]
+    mols, i1, i2 = [], [], []
+    for a, b in rows:
+        for smi, idx in ((a, i1), (b, i2)):
+            rec, reason = molecule_record(smi)
+            assert rec is not None, reason
+            idx.append(len(mols))
+            mols.append(rec)
+    ds = PairDataset(
+        "t",
+        mols,
+        np.asarray(i1),
+        np.asarray(i2),
+        np.zeros((5, 1), np.float32),
+        ("y",),
+        np.asarray(["r"] * 5, dtype=object),
+    )
+    budget = PairBudget.from_dataset(ds, max_atoms=8)
+    test = [0, 1, 3]
+    capped = PairBatcher(ds, test, 4, budget, num_devices=1, shuffle=False, drop_remainder=False)
+    assert capped.num_dropped == 2  # what the training budget would do
+    for keep, dropped in ((True, 0), (False, 2)):
+        cfg = ml_collections.ConfigDict(dict(keep_eval_pairs=keep))
+        b = PairBatcher(
+            ds,
+            test,
+            4,
+            evaluation_budget(ds, budget, cfg),
+            num_devices=1,
+            shuffle=False,
+            drop_remainder=False,
+        )
+        assert b.num_dropped == dropped
+        if keep:
+            batch = b.batch(0)
+            assert int(np.sum(batch.pair_mask)) == 3

@@ -54,6 +54,9 @@ def get_config(size=None):
     # molecule / scaffold splits: 'reference' (40 % of the molecules or scaffolds held out, their
     # pairs halved into validation and test: ddi.py get_molecule_split) | 'three_way' (80/10/10)
     c.data.held_out = "reference"
+    # validation and test pairs over max_atoms: kept, with evaluation batches padded to the largest
+    # molecule (the reference drops no pair) | False: dropped and counted, as training pairs are
+    c.data.keep_eval_pairs = True
 
     # Model (relational sizes must equal the pretraining's).
     c.model = common.relational(head_hidden=(256, 128), dropout=0.0)

@@ -58,13 +58,22 @@ def load_pretrained(path: str, config):
     return pre
 
 
+def evaluation_budget(ds: PairDataset, budget: PairBudget, data_cfg) -> PairBudget:
+    """The padding of validation and test batches. ``data.keep_eval_pairs`` (default True, as the
+    reference, which drops no pair): the largest molecule of each side, uncapped, so that no
+    validation or test pair is left out (a second compiled shape, for evaluation only); False: the
+    training budget, dropping (and counting) pairs over ``data.max_atoms``."""
+    return PairBudget.from_dataset(ds) if data_cfg.get("keep_eval_pairs", True) else budget
+
+
 class PairSplitTask:
     """One split of a pair task, as a run of the experiment runner."""
 
     compare_sections = ("model", "data", "optim")
 
-    def __init__(self, ds: PairDataset, budget: PairBudget, split, pretrained=None):
+    def __init__(self, ds: PairDataset, budget: PairBudget, split, pretrained=None, eval_budget=None):
         self.ds, self.budget, self.split, self.pretrained = ds, budget, split, pretrained
+        self.eval_budget = eval_budget or budget  # validation and test batches (`evaluation_budget`)
 
     def validate(self, config):
         return [] if config.num_epochs > 0 else [f"num_epochs={config.num_epochs}: must be positive"]
@@ -88,7 +97,7 @@ class PairSplitTask:
                     ds,
                     idx,
                     config.eval_batch_size,
-                    self.budget,
+                    self.eval_budget,
                     num_devices=num_devices,
                     shuffle=False,
                     drop_remainder=False,
@@ -169,6 +178,7 @@ class PairSplitTask:
             "n_validation": int(len(b["validation"].indices)),
             "n_test": int(len(b["test"].indices)),
             "dropped_over_budget": int(sum(x.num_dropped for x in b.values())),
+            "dropped_test_pairs": int(b["test"].num_dropped),
             "best_epoch": int(step // b["train"].steps_per_epoch),
             "best_step": int(step),
             "validation": _read_validation(workdir, step),
@@ -250,6 +260,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         d = config.data
         ds = load_pair_task(config)
         budget = PairBudget.from_dataset(ds, max_atoms=d.max_atoms)
+        eval_budget = evaluation_budget(ds, budget, d)
         splits = make_splits(ds, config)
         pretrained = load_pretrained(config.init_from, config) if config.init_from else None
         origin = f"3DMRL checkpoint {config.init_from}" if config.init_from else "scratch"
@@ -274,7 +285,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                 log.info("%s: finished before, not run again", split_dir)
                 continue
             rows.append(
-                runner.run_experiment(PairSplitTask(ds, budget, split, pretrained), config, split_dir)
+                runner.run_experiment(
+                    PairSplitTask(ds, budget, split, pretrained, eval_budget), config, split_dir
+                )
             )
         result = {
             "task": d.preset,

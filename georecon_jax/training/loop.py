@@ -126,6 +126,7 @@ ADDED_FIELDS = {
     "data.negatives": "file",
     "data.negative_seed": 0,
     "data.held_out": "three_way",
+    "data.keep_eval_pairs": False,
 }
 
 
