@@ -260,10 +260,13 @@ def test_z_diagnostic_is_the_objectives_error_and_is_blind_to_an_ignored_code(qm
     )
 
 
-@pytest.mark.parametrize("source", ["clean", "noisy"])
-def test_code_source_is_the_structure_z_is_pooled_from(qm9_small, monkeypatch, source):
-    """objective.code_source: the caption pools z from the clean molecule's features; the study's
-    noisy_code ablation from the perturbed structure the decoder sees (which changes with the key)."""
+def test_code_source_noisy_pools_z_from_the_perturbed_structure(qm9_small, monkeypatch):
+    """objective.code_source='noisy' (the study's noisy_code ablation) pools z from the perturbed
+    structure the decoder sees, which changes with the key. (The caption's clean z is checked by
+    test_z_diagnostic_is_the_objectives_error...: the loss's recon_mse equals the decoder's error
+    with the clean molecule's code.)"""
+    source = "noisy"
+    assert georecon_config.get_config("tiny").objective.code_source == "clean"
     from georecon_jax.objectives import georecon as georecon_lib
     from georecon_jax.objectives.registry import get_objective
 
@@ -287,11 +290,7 @@ def test_code_source_is_the_structure_z_is_pooled_from(qm9_small, monkeypatch, s
     clean = model.apply(params, graph, method=lambda mdl, g: mdl.encode(g).scalars)
     real = np.asarray(graph_masks(graph).node_mask)
     a, b = (np.asarray(x)[real] for x in pooled)
-    if source == "clean":
-        np.testing.assert_allclose(a, np.asarray(clean)[real], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-    else:
-        assert np.abs(a - b).max() > 1e-4 and np.abs(a - np.asarray(clean)[real]).max() > 1e-4
+    assert np.abs(a - b).max() > 1e-4 and np.abs(a - np.asarray(clean)[real]).max() > 1e-4
     config.objective.code_source = "perturbed"
     assert any("code_source" in p for p in get_objective(config).validate())
 
