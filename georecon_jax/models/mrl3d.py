@@ -132,7 +132,9 @@ def create_mrl3d_model(model_cfg) -> MRL3DPretrainer:
     r, e, f = model_cfg.relational, model_cfg.encoder3d, model_cfg.force
     hidden: Sequence[int] = tuple(model_cfg.projection_hidden)
     return MRL3DPretrainer(
-        relational=RelationalEncoder(r.features, r.num_steps, r.set2set_steps),
+        relational=RelationalEncoder(
+            r.features, r.num_steps, r.set2set_steps, r.get("architecture", "edge_mlp_gru")
+        ),
         proj2d=MLP(hidden, model_cfg.projection_dim),
         encoder3d=Encoder3D(
             kind=e.name,
