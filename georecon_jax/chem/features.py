@@ -20,11 +20,13 @@ Atom features (``ATOM_FEATURE_DIM`` columns, in this order; every group is one-h
 Bond features (``BOND_FEATURE_DIM`` columns): type (single, double, triple, aromatic, other: 5),
 conjugated (1), in a ring (1), stereo (none, any, Z, E, cis, trans, other: 7).
 
-Hydrogens: `featurize_mol` takes the molecule as given. `prepare_mol` decides, from one flag
-``explicit_h``, whether hydrogens are graph nodes; pretraining and fine-tuning both build their
-graphs through `georecon_jax.chem.conformers.molecule_record`, which calls it, so the two always
-treat hydrogens the same way. With ``explicit_h=False`` (the default, as CIGIN/3DMRL) hydrogens
-are counted in the "total hydrogen count" feature only.
+Hydrogens: `featurize_mol` takes the molecule as given. `georecon_jax.chem.conformers.molecule_record`
+decides, from one flag ``explicit_h``, whether hydrogens are graph nodes (``Chem.AddHs``: each H
+an atom with its bond, and an atom of the 3D conformer); pretraining and fine-tuning both build
+their graphs through it. With ``explicit_h=False`` hydrogens are counted in the "total hydrogen
+count" feature only. The pair jobs follow the reference (Namkyeong/3DMRL) unless told otherwise:
+explicit hydrogens in pretraining and in solvation and DDI fine-tuning, none in chromophore
+fine-tuning (`georecon_jax.data.pairs.default_explicit_h`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,13 @@
 """Pair-task data: the pair CSVs with their cached conformers, the pretraining pair set (observed
 pairs or all combinations), a fine-tuning task's pairs, and its splits.
 
+Sources: a fine-tuning config reads ``data.preset``, whose files, columns, task and units
+``data.files``, ``data.smiles_columns``, ``data.label_columns``, ``data.task`` and ``data.units``
+override when set (`load_pair_task`; with ``data.preset=''`` they describe any CSV). Pretraining
+reads every preset of ``data.presets`` and, when ``data.files`` is set, those files as one more
+source (`load_pretraining_pairs`; ``data.presets=()`` for the files alone). Hydrogens follow
+``data.explicit_h``, None meaning the reference's choice (`resolve_explicit_h`).
+
 Splits (every one is a list of (name, train, validation, test) index sets over the loaded pairs):
   * ``cv`` (regression): for each seed, the pairs are shuffled and cut into ``num_folds`` folds;
     fold i is held out and halved into validation and test, the rest trains (5 folds: 80/10/10),
@@ -27,7 +34,15 @@ import numpy as np
 
 from georecon_jax.chem.conformers import MoleculeCache
 from georecon_jax.chem.features import murcko_scaffold
-from georecon_jax.data.pairs import PairDataset, all_combinations, concat_datasets, load_pairs
+from georecon_jax.data.pairs import (
+    PairDataset,
+    all_combinations,
+    as_names,
+    concat_datasets,
+    default_explicit_h,
+    load_pairs,
+    resolve_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,56 +53,156 @@ def default_data_root() -> str:
     return os.environ.get("GEORECON_DATA") or os.path.join(os.path.dirname(_REPO), "shared", "data")
 
 
-def molecule_cache(data_cfg) -> MoleculeCache:
+def resolve_explicit_h(data_cfg, pretraining: bool = False) -> bool:
+    """``data.explicit_h`` when set (True/False); None follows the reference
+    (`georecon_jax.data.pairs.default_explicit_h`): hydrogens in every pretraining molecule; in
+    fine-tuning the preset's choice (solvation and DDI: yes; absorption, emission, lifetime: no),
+    and yes for files without a preset."""
+    value = data_cfg.get("explicit_h")
+    if value is not None:
+        return bool(value)
+    return default_explicit_h(None if pretraining else data_cfg.get("preset") or None, pretraining)
+
+
+def molecule_cache(data_cfg, pretraining: bool = False) -> MoleculeCache:
+    """The conformer cache of a data section (one pickle per hydrogen setting, seed and MMFF)."""
     return MoleculeCache(
         data_cfg.get("cache_dir"),
-        explicit_h=data_cfg.explicit_h,
+        explicit_h=resolve_explicit_h(data_cfg, pretraining),
         seed=data_cfg.conformer_seed,
         mmff=data_cfg.mmff,
     )
 
 
+def _file_fields(data_cfg) -> dict:
+    """The data section's own description of its pair files (None/empty: the preset's)."""
+    return dict(
+        files=as_names(data_cfg.get("files")),
+        smiles_columns=as_names(data_cfg.get("smiles_columns")),
+        label_columns=as_names(data_cfg.get("label_columns")),
+        task=data_cfg.get("task") or None,
+        units=data_cfg.get("units") or None,
+    )
+
+
 def load_pretraining_pairs(data_cfg) -> PairDataset:
-    """Every preset of ``data_cfg.presets``, as observed pairs or all combinations, joined."""
+    """Every source of the pretraining, as observed pairs or all combinations, joined: each preset
+    of ``data.presets`` (with its own files and columns), then, when ``data.files`` is set, those
+    files as one more source, described by ``data.smiles_columns`` (required), ``data.label_columns``
+    (optional: pretraining uses no labels; a row with a missing label is skipped) and
+    ``data.units``. To pretrain on the files alone, set ``data.presets=()``. Hydrogens: see
+    `resolve_explicit_h` (None: explicit, as the reference pretrains)."""
     root = data_cfg.get("data_root") or default_data_root()
-    cache = molecule_cache(data_cfg)
-    sets = []
-    for preset in data_cfg.presets:
-        ds = load_pairs(
-            preset, data_root=root, cache=cache, num_workers=data_cfg.num_workers, limit=data_cfg.get("limit")
+    presets = as_names(data_cfg.get("presets"))  # a tuple; '--config.data.presets=a,b' works too
+    fields = _file_fields(data_cfg)
+    if not presets and not fields["files"]:
+        raise ValueError("nothing to pretrain on: data.presets is empty and data.files is not set")
+    if not fields["files"] and (fields["smiles_columns"] or fields["label_columns"]):
+        raise ValueError(
+            "data.smiles_columns / data.label_columns describe data.files, which is not set "
+            "(the presets of data.presets use their own columns)"
         )
-        if data_cfg.pairs == "combinations":
-            ds = all_combinations(
-                ds, data_cfg.combination_fraction, data_cfg.split_seed, data_cfg.get("max_pairs")
-            )
-        elif data_cfg.pairs != "observed":
+    sources = [dict(preset=p) for p in presets]
+    if fields["files"]:
+        sources.append(dict(preset=None, **fields))
+        resolve_spec(**sources[-1])  # a bad column count or task fails before any embedding
+    cache = molecule_cache(data_cfg, pretraining=True)
+    sets = []
+    for source in sources:
+        ds = load_pairs(
+            **source,
+            data_root=root,
+            cache=cache,
+            num_workers=data_cfg.num_workers,
+            limit=data_cfg.get("limit"),
+        )
+        if data_cfg.pairs not in ("observed", "combinations"):
             raise ValueError(f"unknown data.pairs {data_cfg.pairs!r}: use 'observed' or 'combinations'")
+        if ds.task == "classification":  # DDI: the positive pairs, each once (DDI/datasets_pretrain/ddi.py)
+            ds = positive_pairs(ds)
         sets.append(ds)
-    return concat_datasets(sets) if len(sets) > 1 else sets[0]
+    log.info(
+        "pretraining pairs from %s (hydrogens %s)",
+        ", ".join(f"{ds.name} ({len(ds)})" for ds in sets),
+        "explicit" if cache.explicit_h else "implicit",
+    )
+    ds = concat_datasets(sets) if len(sets) > 1 else sets[0]
+    if data_cfg.pairs == "combinations":
+        # over the union of the sources' molecules, as the reference's chromophore_full.csv
+        # (absorption ∪ emission); one source (CombiSolv) is the same as its own combinations
+        ds = all_combinations(
+            ds, data_cfg.combination_fraction, data_cfg.split_seed, data_cfg.get("max_pairs")
+        )
+    else:
+        fraction = data_cfg.get("observed_fraction", 1.0)
+        if fraction < 1.0:  # the reference's --use_subset --ratio on observed pairs (DDI: 0.4)
+            n = int(len(ds) * fraction)
+            ds = ds.subset(np.sort(np.random.default_rng(data_cfg.split_seed).permutation(len(ds))[:n]))
+        if data_cfg.get("max_pairs") and len(ds) > data_cfg.max_pairs:
+            keep = np.random.default_rng(data_cfg.split_seed).permutation(len(ds))[: data_cfg.max_pairs]
+            ds = ds.subset(np.sort(keep))
+    log.info(
+        "pretraining on %d pairs of %d molecules (data.pairs=%s)", len(ds), len(ds.molecules), data_cfg.pairs
+    )
+    return ds
+
+
+def positive_pair_indices(ds: PairDataset) -> np.ndarray:
+    """The label-1 pairs of a 0/1 pair set, a pair listed twice in the same order kept once."""
+    seen, keep = set(), []
+    for i in np.flatnonzero(ds.labels[:, 0] == 1):
+        key = (int(ds.index1[i]), int(ds.index2[i]))
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return np.asarray(keep, np.int64)
+
+
+def positive_pairs(ds: PairDataset) -> PairDataset:
+    return ds.subset(positive_pair_indices(ds))
 
 
 def load_pair_task(config) -> PairDataset:
-    """The pairs of a fine-tuning config's ``data.preset``; with ``data.max_pairs``, a random subset
-    of that many (seeded by ``config.seed``: pair files may be sorted by label)."""
+    """The pairs of a fine-tuning config: ``data.preset``, whose fields ``data.files``,
+    ``data.smiles_columns``, ``data.label_columns``, ``data.task`` and ``data.units`` override
+    when set (with ``data.preset=''`` they describe any CSV); with ``data.max_pairs``, a random
+    subset of that many (seeded by ``config.seed``: pair files may be sorted by label)."""
     d = config.data
+    preset = d.get("preset") or None
+    fields = _file_fields(d)
+    if not preset and not fields["files"]:
+        raise ValueError("no fine-tuning data: set data.preset, or data.files with its columns")
+    spec = resolve_spec(preset, **fields)  # bad columns or task: a ValueError before any embedding
+    if not spec["label_columns"]:
+        raise ValueError(f"{spec['name']}: fine-tuning needs a label column (data.label_columns)")
     ds = load_pairs(
-        d.preset,
+        preset,
+        **fields,
         data_root=d.get("data_root") or default_data_root(),
         cache=molecule_cache(d),
         num_workers=d.num_workers,
         limit=d.get("limit"),
     )
+    log.info(
+        "%s: %d pairs (%s, %s; hydrogens %s) from %s",
+        ds.name,
+        len(ds),
+        ds.task,
+        ds.units or "no units",
+        "explicit" if ds.explicit_h else "implicit",
+        ", ".join(ds.files),
+    )
     if ds.task == "classification" and d.get("negatives", "file") == "sampled":
         n_file = len(ds)
         ds = sampled_negatives(ds, d.get("negative_seed", 0))
         log.info(
-            f"{d.preset}: {len(ds) // 2} positive pairs and as many sampled negatives (of {n_file} "
+            f"{ds.name}: {len(ds) // 2} positive pairs and as many sampled negatives (of {n_file} "
             "rows in the files; data.negatives='file' keeps the files' own negatives)"
         )
     if d.get("max_pairs") and len(ds) > d.max_pairs:  # a random subset (files may be sorted by label)
         keep = np.sort(np.random.default_rng(config.seed).choice(len(ds), d.max_pairs, replace=False))
         log.info(
-            f"{d.preset}: using a random subset of {d.max_pairs} of the {len(ds)} pairs (seed {config.seed})"
+            f"{ds.name}: using a random subset of {d.max_pairs} of the {len(ds)} pairs (seed {config.seed})"
         )
         ds = ds.subset(keep)
     return ds
@@ -100,14 +215,8 @@ def sampled_negatives(ds: PairDataset, seed: int = 0) -> PairDataset:
     positives' molecules (a molecule with itself included) that is not a positive in either
     order. The files' own negatives are dropped (ChChMiner's include pairs that are also listed as
     positives). Negatives' ``rows`` read ``sampled:<k>``."""
-    pos = np.flatnonzero(ds.labels[:, 0] == 1)
-    seen, keep = set(), []
-    for i in pos:
-        key = (int(ds.index1[i]), int(ds.index2[i]))
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
-    keep = np.asarray(keep, np.int64)
+    keep = positive_pair_indices(ds)
+    seen = {(int(ds.index1[i]), int(ds.index2[i])) for i in keep}
     n = len(keep)
     known = seen | {(b, a) for a, b in seen}
     mols = np.unique(np.concatenate([ds.index1[keep], ds.index2[keep]]))
