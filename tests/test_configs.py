@@ -12,9 +12,11 @@ from ml_collections import config_flags
 from experiments.configs import common
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-# study.py configures a sweep of these configs (presets tiny/cpu/gpu/paper), not a run: test_study.py
+# study.py and study_mrl.py configure sweeps of these configs (presets), not runs: test_study*.py
 NAMES = tuple(
-    sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common", "study"))
+    sorted(
+        p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common", "study", "study_mrl")
+    )
 )
 SIZES = ("", "quick", "tiny")
 ET_CONFIGS = (
@@ -172,8 +174,11 @@ def test_the_optimizer_block_has_one_shape():
         for size in SIZES:
             optim = get(name, size).optim
             expected = dict(shape)
-            if name == "mrl_finetune":  # its loop keeps no EMA of the weights
+            if name == "mrl_finetune":  # no EMA of the weights; the rate by task, plateau by metric
                 del expected["ema_decay"]
+                expected.update(plateau_mode=type(None))
+                if size != "tiny":
+                    expected.update(learning_rate=type(None))
             assert {k: type(v) for k, v in optim.items()} == expected, (name, size)
 
 
@@ -184,14 +189,19 @@ def test_unset_fields_are_typed_so_the_command_line_can_set_them(name):
     assert unset, "every config has optional (None) fields"
     c.lock()
     for path, ref in unset.items():
-        assert ref is not None and ref.get_type() in (int, str), path
+        kind = ref.get_type() if ref is not None else None
+        assert kind in (int, str, float, bool, object), path
         section = c
         for key in path.split(".")[:-1]:
             section = section[key]
         last = path.split(".")[-1]
-        section[last] = 5 if ref.get_type() is int else "x"
+        if kind is object:  # lists of names or paths: a tuple, or a comma-separated string
+            section[last] = ("a", "b")
+            section[last] = "a,b"
+            continue
+        section[last] = {int: 5, str: "x", float: 0.5, bool: True}[kind]
         with pytest.raises(TypeError):
-            section[last] = [1] if ref.get_type() is int else 5
+            section[last] = [1] if kind is not str else 5
 
 
 @pytest.mark.parametrize(

@@ -265,3 +265,97 @@ def test_no_test_pair_is_dropped_over_the_atom_budget(cache):
         if keep:
             batch = b.batch(0)
             assert int(np.sum(batch.pair_mask)) == 3
+
+
+@pytest.mark.parametrize(
+    "preset, batch, lr, mode",
+    [
+        ("freesolv", 32, 1e-3, "min"),
+        ("abraham", 256, 1e-3, "min"),
+        ("emission", 256, 5e-3, "min"),
+        ("chchminer", 128, 5e-4, "max"),
+    ],
+)
+def test_finetuning_recipe_is_the_references_per_task(preset, batch, lr, mode):
+    """MI/scripts/downstream.sh and DDI/scripts/downstream.sh: batch and lr by task, plateau on the
+    validation MSE (min) or ROC-AUC (max), raw targets, ≤ 500 epochs; a set field wins."""
+    from experiments.configs import mrl_finetune
+    from georecon_jax.tasks.finetune_pairs import resolve_recipe
+
+    c = mrl_finetune.get_config()
+    c.data.preset = preset
+    r = resolve_recipe(c)
+    assert (r.batch_size, r.optim.learning_rate, r.optim.plateau_mode) == (batch, lr, mode)
+    assert (r.num_epochs, r.optim.schedule, r.optim.plateau_patience, r.optim.plateau_factor) == (
+        500,
+        "plateau",
+        20,
+        0.1,
+    )
+    assert r.data.standardize_targets is False and r.optim.grad_clip == 0 and r.optim.warmup_steps == 0
+    c.batch_size, c.optim.learning_rate = 7, 2e-4
+    r = resolve_recipe(c)
+    assert (r.batch_size, r.optim.learning_rate) == (7, 2e-4)
+
+
+def test_early_stopping_matches_the_reference_rule(monkeypatch, tmp_path):
+    """The reference stops at the first epoch e > es where the running best equals the one es-1
+    epochs earlier; `BestCheckpoint` with `early_stopping_patience` stops at the same epoch (for
+    runs whose best epoch is not the first)."""
+    from georecon_jax.tasks.finetune_pairs import early_stopping_patience
+    from georecon_jax.training import runner
+
+    monkeypatch.setattr(runner.Checkpointer, "save", lambda self, step, state: None)
+    es = 12
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(30):
+        losses = np.concatenate([np.linspace(5, 1, 3 + trial % 7), 1 + rng.random(80)])
+        losses[rng.integers(3, 40)] = 0.5  # a late best
+        best, ref_stop = [], None
+        for e, v in enumerate(losses, start=1):
+            best.append(min(best[-1], v) if best else v)
+            if len(best) > es and best[-1] == best[-es]:
+                ref_stop = e
+                break
+        hook = runner.BestCheckpoint(
+            str(tmp_path / str(trial)),
+            "rmse",
+            "min",
+            patience=early_stopping_patience(dict(early_stopping=es)),
+        )
+        ours = next((e for e, v in enumerate(losses, start=1) if hook(e, None, {"rmse": v})), None)
+        assert ours == ref_stop, trial
+        checked += ref_stop is not None
+    assert checked > 20
+    assert early_stopping_patience(dict(early_stopping=0)) == 0
+
+
+def test_plateau_in_max_mode_follows_a_score():
+    """DDI: torch ReduceLROnPlateau(mode='max') on the validation ROC-AUC."""
+    import ml_collections
+    from georecon_jax.training.optimizer import PlateauState, plateau_step
+
+    cfg = ml_collections.ConfigDict(
+        dict(
+            plateau_mode="max",
+            plateau_patience=2,
+            plateau_factor=0.1,
+            min_learning_rate=0.0,
+            learning_rate=1e-3,
+            warmup_steps=0,
+        )
+    )
+    s = PlateauState(np.float32(1), np.float32(0), np.int32(0), np.int32(0))
+    reduced = []
+    for step, auc in enumerate([0.6, 0.7, 0.8, 0.79, 0.8, 0.8, 0.81]):
+        s, r = plateau_step(s, auc, step, cfg)
+        reduced.append(r)
+    # 0.6, 0.7, 0.8 improve; three evaluations without (> patience 2) reduce; 0.81 improves again
+    assert reduced == [False, False, False, False, False, True, False]
+    assert np.isclose(float(s.scale), 0.1) and np.isclose(float(s.best), 0.81)
+    cfg.plateau_mode = "min"
+    s2 = PlateauState(np.float32(1), np.float32(0), np.int32(0), np.int32(0))
+    for step, auc in enumerate([0.6, 0.7, 0.8, 0.9]):
+        s2, _ = plateau_step(s2, auc, step, cfg)
+    assert np.isclose(float(s2.scale), 0.1)  # rising values never improve in 'min' mode

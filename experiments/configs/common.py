@@ -119,14 +119,36 @@ def qm9_data(**extra) -> ConfigDict:
 
 
 def pairs_data(*, max_atoms: int, **extra) -> ConfigDict:
-    """The data section of the pair (solute/solvent, drug/drug) jobs: 3DMRL and its fine-tuning."""
+    """The data section of the pair (solute/solvent, drug/drug) jobs: 3DMRL and its fine-tuning.
+
+    Bring your own pair file: ``files`` (a tuple, or ``--config.data.files=a.csv,b.csv``),
+    ``smiles_columns`` (two names: ``--config.data.smiles_columns=mol_a,mol_b``), ``label_columns``,
+    ``task`` (regression | classification) and ``units``; None or empty: the preset's
+    (georecon_jax.data.pairs.PRESETS holds them as named defaults). Fine-tuning: they override
+    ``data.preset``'s fields (``data.preset=''``: no preset; the run is named after the file).
+    Pretraining: ``data.files`` is one more source besides ``data.presets`` (set
+    ``--config.data.presets='()'`` to pretrain on the files alone); the column fields describe
+    ``data.files`` only. Relative file paths are read from the working directory, else under
+    ``data_root``.
+
+    ``explicit_h``: hydrogens as graph nodes, with their bonds, and as atoms of the 3D conformer.
+    None follows Namkyeong/3DMRL (georecon_jax.tasks.pair_data.resolve_explicit_h): always in
+    pretraining; in fine-tuning the preset's choice (solvation and DDI: yes; absorption, emission,
+    lifetime: no) and yes for files without a preset. ``max_atoms`` counts graph nodes, so
+    hydrogens included when they are explicit.
+    """
     c = ConfigDict(extra)
     c.data_root = optional(str)  # default ../shared/data or $GEORECON_DATA
     c.cache_dir = optional(str)  # default $GEORECON_CACHE or ~/.cache/georecon_jax
+    c.files = optional(object)  # pair CSVs: a tuple or 'a.csv,b.csv' (None: the preset's)
+    c.smiles_columns = optional(object)  # the two SMILES columns: a tuple or 'a,b'
+    c.label_columns = optional(object)  # label column(s): a tuple or 'y' / 'y1,y2'
+    c.task = optional(str)  # regression | classification
+    c.units = optional(str)  # of the labels, for the reports (e.g. kcal/mol)
     c.max_pairs = optional(int)  # random subset of N pairs
     c.limit = optional(int)  # first N rows of each file
-    c.max_atoms = max_atoms  # molecules with more (heavy) atoms are left out, counted
-    c.explicit_h = False  # hydrogens as graph nodes (must match fine-tuning: it is checked)
+    c.max_atoms = max_atoms  # molecules with more atoms (H included if explicit) are left out, counted
+    c.explicit_h = optional(bool)  # hydrogens as graph nodes and 3D atoms (None: the reference's choice)
     c.conformer_seed = 0  # ETKDG seed
     c.mmff = False  # MMFF-optimise the ETKDG conformer
     c.num_workers = 2  # processes embedding conformers (once; then cached)
@@ -180,8 +202,20 @@ def encoder(size: str = "", **overrides) -> ConfigDict:
 
 
 def relational(**extra) -> ConfigDict:
-    """The CIGIN relational (2D) model; fine-tuning must use the pretraining's sizes."""
-    return ConfigDict(dict(features=64, num_steps=3, set2set_steps=2, **extra))
+    """The CIGIN relational (2D) model; fine-tuning must use the pretraining's sizes and form."""
+    return ConfigDict(
+        {
+            "features": 64,
+            "num_steps": 3,
+            "set2set_steps": 2,
+            # "reference": 3DMRL's MI/models_2d/CIGIN.py and MI/layers/MPNN.py (NNConv + message
+            # layer + input skip, L2-normalised atoms, dot-product interaction map); "edge_mlp_gru":
+            # this project's earlier form (edge-MLP messages + GRU, tanh interaction map), which runs
+            # saved without the field resume with (georecon_jax.models.relational).
+            "architecture": "reference",
+            **extra,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------

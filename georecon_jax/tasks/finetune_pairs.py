@@ -33,20 +33,91 @@ from georecon_jax.training import runner
 from georecon_jax.training.checkpoint import restore_params
 from georecon_jax.training.loop import read_metrics, record_config, workdir_lock
 from georecon_jax.training.pair_steps import make_pair_apply_step, pair_mask
-from georecon_jax.training.state import param_count, shard_batch
+from georecon_jax.training.state import is_primary, param_count, shard_batch
 from georecon_jax.training.transfer import ConfigCheck, check_config, read_pretrained, transfer_subtrees
 
 log = logging.getLogger(__name__)
 
 
+# The reference's fine-tuning recipe by task (Namkyeong/3DMRL MI/scripts/downstream.sh and
+# DDI/scripts/downstream.sh with MI/utils/argument.py, DDI/utils/argument.py): batch size and Adam
+# learning rate; a config's batch_size / optim.learning_rate, when set, win.
+RECIPES = {
+    "solvation": dict(batch_size=256, learning_rate=1e-3),
+    "small_solvation": dict(batch_size=32, learning_rate=1e-3),  # FreeSolv, MNSol
+    "chromophore": dict(batch_size=256, learning_rate=5e-3),
+    "ddi": dict(batch_size=128, learning_rate=5e-4),
+}
+PRESET_RECIPES = {
+    "freesolv": "small_solvation",
+    "mnsol": "small_solvation",
+    "abraham": "solvation",
+    "compsol": "solvation",
+    "combisolv": "solvation",
+    "absorption": "chromophore",
+    "emission": "chromophore",
+    "lifetime": "chromophore",
+    "chchminer": "ddi",
+    "zhangddi": "ddi",
+}
+
+
+def task_type(config) -> str:
+    """'regression' or 'classification': ``data.task`` when set, else the preset's."""
+    from georecon_jax.data.pairs import PRESETS
+
+    d = config.data
+    if d.get("task"):
+        return d.task
+    return PRESETS.get(d.get("preset") or "", {}).get("task", "regression")
+
+
+def recipe_name(config) -> str:
+    """The `RECIPES` entry of a config: its preset's, or for a user file its task type's
+    (regression: solvation's, classification: DDI's)."""
+    preset = config.data.get("preset") or ""
+    if preset in PRESET_RECIPES and not config.data.get("files"):
+        return PRESET_RECIPES[preset]
+    return "ddi" if task_type(config) == "classification" else "solvation"
+
+
+def resolve_recipe(config):
+    """The config with the fields left None filled from the task's recipe: ``batch_size``,
+    ``optim.learning_rate`` and ``optim.plateau_mode`` ('min' on the validation MSE for
+    regression, 'max' on the validation ROC-AUC for classification, as the reference)."""
+    from georecon_jax.tasks.pair_data import resolve_explicit_h
+
+    config = ml_collections.ConfigDict(config.to_dict())  # resolved copy; placeholders become values
+    recipe = RECIPES[recipe_name(config)]
+    with config.unlocked():
+        # recorded as True/False in config.json: a resumed run compares the graphs it built
+        config.data.explicit_h = resolve_explicit_h(config.data)
+        if config.get("batch_size") is None:
+            config.batch_size = recipe["batch_size"]
+        if config.optim.get("learning_rate") is None:
+            config.optim.learning_rate = recipe["learning_rate"]
+        if "schedule" in config.optim and config.optim.get("plateau_mode") is None:
+            config.optim.plateau_mode = "max" if task_type(config) == "classification" else "min"
+    return config
+
+
+def early_stopping_patience(config) -> int:
+    """The reference's ``--es E`` stops when the best validation value equals the one E-1
+    evaluations earlier (``best_val_losses[-1] == best_val_losses[-E]``, checked once more than E
+    evaluations exist): E-1 evaluations without an improvement. 0: no early stopping."""
+    es = int(config.get("early_stopping", 0) or 0)
+    return max(es - 1, 1) if es > 0 else 0
+
+
 def load_pretrained(path: str, config):
-    """A 3DMRL checkpoint, read once, whose featurisation (``data.explicit_h``) and relational model
-    settings agree with the fine-tuning config; each split copies its ``relational`` subtree."""
+    """A 3DMRL checkpoint, read once, whose relational model settings agree with the fine-tuning
+    config; each split copies its ``relational`` subtree. Hydrogens need not agree: the reference
+    pretrains with explicit hydrogens and fine-tunes chromophores without them (the 2D model's
+    weights apply to any graph)."""
     pre = read_pretrained(path)
     check_config(
         pre,
         [
-            ConfigCheck("data", config.data, keys=("explicit_h",), hint="hydrogens must be treated alike"),
             ConfigCheck(
                 "model.relational",
                 config.model,
@@ -82,7 +153,8 @@ class PairSplitTask:
         name, tr, va, te = self.split
         ds, num_devices = self.ds, mesh.devices.size
         task = self.task = ds.task
-        if task == "regression":  # targets standardised with the training split's statistics
+        if task == "regression" and config.data.get("standardize_targets", False):
+            # targets standardised with the training split's statistics (not the reference's)
             mean, std = ds.labels[tr].mean(0), ds.labels[tr].std(0) + 1e-8
         else:
             mean, std = np.zeros(ds.labels.shape[1]), np.ones(ds.labels.shape[1])
@@ -107,7 +179,13 @@ class PairSplitTask:
         }
         m = config.model
         model = PairPredictor(
-            m.features, m.num_steps, m.set2set_steps, tuple(m.head_hidden), ds.labels.shape[1], m.dropout
+            m.features,
+            m.num_steps,
+            m.set2set_steps,
+            tuple(m.head_hidden),
+            ds.labels.shape[1],
+            m.dropout,
+            m.get("architecture", "edge_mlp_gru"),
         )
         params = jax.jit(model.init)(key, jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), train.batch(0)))
         if self.pretrained is not None:
@@ -136,19 +214,36 @@ class PairSplitTask:
 
         predict_step = make_pair_apply_step(predict, mesh)
 
-        def evaluate(params, batcher) -> Dict[str, float]:
+        def predictions(params, batcher):
+            """(labels, predictions) [n, n_labels] of the batcher's pairs, in its order."""
             outs = [
                 jax.device_get(predict_step(params, shard_batch(b, mesh), key))
                 for b in batcher.epoch_batches()
             ]
-            real = np.concatenate([o["mask"] for o in outs])
-            y = np.concatenate([o["label"] for o in outs])[real]
-            p = np.concatenate([o["pred"] for o in outs])[real]
-            return regression_metrics(y, p) if task == "regression" else classification_metrics(y, p)
+            real = np.concatenate([o["mask"] for o in outs]).reshape(-1)
+            y = np.concatenate([o["label"] for o in outs]).reshape(len(real), -1)[real]
+            p = np.concatenate([o["pred"] for o in outs]).reshape(len(real), -1)[real]
+            if len(y) != len(batcher.indices):
+                raise RuntimeError(f"{len(y)} predictions for {len(batcher.indices)} pairs")
+            return y, p
+
+        self.predictions = predictions
+
+        def evaluate(params, batcher) -> Dict[str, float]:
+            y, p = predictions(params, batcher)
+            if task == "regression":
+                m = regression_metrics(y, p)
+                return dict(m, mse=m["rmse"] ** 2)  # the reference's plateau and selection value
+            return classification_metrics(y, p)
 
         self.evaluate = evaluate
         self.select = "rmse" if task == "regression" else "roc_auc"
-        best = runner.BestCheckpoint(workdir, self.select, "min" if task == "regression" else "max")
+        best = self.best = runner.BestCheckpoint(
+            workdir,
+            self.select,
+            "min" if task == "regression" else "max",
+            patience=early_stopping_patience(config),
+        )
         epoch = train.steps_per_epoch  # one evaluation, checkpoint and log line per epoch
         return runner.Job(
             params=params,
@@ -158,11 +253,13 @@ class PairSplitTask:
             num_steps=config.num_epochs * epoch,
             eval_fn=lambda state, step: evaluate(state.params, self.batchers["validation"]),
             on_eval=(best,),
+            done=best.stopped,
             closers=(best,),
+            plateau_metric="mse" if task == "regression" else "roc_auc",
             mask_fn=pair_mask,
             fold_in_device=True,
             count_name="num_pairs",
-            desc=f"{config.data.preset} {name}",
+            desc=f"{self.ds.name} {name}",
             eval_every=epoch,
             checkpoint_every=epoch,
             log_every=epoch,
@@ -170,8 +267,19 @@ class PairSplitTask:
 
     def finish(self, config, workdir, job, state) -> Dict:
         step, raw = restore_params(os.path.join(workdir, "best"))
-        test = self.evaluate(jax.tree_util.tree_map(jnp.asarray, raw["params"]), self.batchers["test"])
+        params = jax.tree_util.tree_map(jnp.asarray, raw["params"])
+        test = self.evaluate(params, self.batchers["test"])
         b = self.batchers
+        # per-pair test predictions of the best epoch (the studies' paired comparisons), by the
+        # pair's file:row; classification: logits
+        y, p = self.predictions(params, b["test"])
+        if is_primary():
+            np.savez(
+                os.path.join(workdir, "predictions_test.npz"),
+                rows=self.ds.rows[b["test"].indices].astype(str),
+                label=y,
+                pred=p,
+            )
         return {
             "split": self.split[0],
             "n_train": int(len(b["train"].indices)),
@@ -180,6 +288,7 @@ class PairSplitTask:
             "dropped_over_budget": int(sum(x.num_dropped for x in b.values())),
             "dropped_test_pairs": int(b["test"].num_dropped),
             "best_epoch": int(step // b["train"].steps_per_epoch),
+            "early_stopped": bool(self.best.stopped),
             "best_step": int(step),
             "validation": _read_validation(workdir, step),
             "test": test,
@@ -201,7 +310,8 @@ def split_finished(split_dir: str) -> bool:
         return False
     with open(path) as f:
         s = json.load(f)
-    return s.get("test") is not None and s.get("steps") == s.get("num_steps")
+    ended = s.get("steps") == s.get("num_steps") or s.get("early_stopped") or s.get("stopped_by_hook")
+    return s.get("test") is not None and bool(ended)
 
 
 def summarise(rows: List[Dict]) -> Dict[str, Tuple[float, float]]:
@@ -218,8 +328,10 @@ def results_markdown(result: Dict) -> str:
     lines = [
         f"# {result['task']}: {result['split']} split, from {result['init']}",
         "",
-        f"{result['num_pairs']} pairs, {len(rows)} split(s), {result['num_epochs']} epochs, batch "
-        f"{result['batch_size']}; test metrics of the best-validation epoch, mean ± std over splits{unit}.",
+        f"{result['num_pairs']} pairs, {len(rows)} split(s), at most {result['num_epochs']} epochs "
+        f"(early stopping {result.get('early_stopping') or 'off'}), batch {result['batch_size']}, "
+        f"lr {result.get('learning_rate')}; test metrics of the best-validation epoch, mean ± std "
+        f"over splits{unit}.",
         "",
         "| metric | mean | std |",
         "|---|---:|---:|",
@@ -249,6 +361,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             "its splits are small, and its multi-host path has not been written or tested; start it "
             "without JAX_COORDINATOR_ADDRESS / GEORECON_MULTIHOST"
         )
+    config = resolve_recipe(config)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
         record_config(
@@ -266,7 +379,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         origin = f"3DMRL checkpoint {config.init_from}" if config.init_from else "scratch"
         log.info(
             "%s: %d pairs (%s, %s), %d split(s) '%s', from %s; budget side 1 (%d atoms), side 2 (%d atoms)",
-            d.preset,
+            ds.name,
             len(ds),
             ds.task,
             ds.units,
@@ -289,8 +402,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                     PairSplitTask(ds, budget, split, pretrained, eval_budget), config, split_dir
                 )
             )
+            if not split_finished(split_dir):  # stopped (SIGTERM): checkpointed; a rerun resumes
+                log.warning(
+                    "%s stopped at step %s of %s; not starting further splits (run the same "
+                    "command again to resume)",
+                    split_dir,
+                    rows[-1].get("steps"),
+                    rows[-1].get("num_steps"),
+                )
+                return {"interrupted": split[0], "splits": rows}
         result = {
-            "task": d.preset,
+            "task": ds.name,
             "units": ds.units,
             "task_type": ds.task,
             "split": split_kind(ds, config),
@@ -299,6 +421,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             "skipped_rows": ds.skip.count if ds.skip else 0,
             "num_epochs": config.num_epochs,
             "batch_size": config.batch_size,
+            "learning_rate": config.optim.learning_rate,
+            "early_stopping": config.get("early_stopping", 0),
             "test_mean_std": summarise(rows),
             "splits": rows,
             "wall_seconds_this_run": time.time() - t0,

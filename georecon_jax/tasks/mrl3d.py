@@ -29,8 +29,17 @@ from georecon_jax.training.transfer import load_3d_encoder
 log = logging.getLogger(__name__)
 
 
+def pretraining_steps(config, num_train_pairs: int) -> int:
+    """The run's length: ``num_epochs`` epochs of the training pairs (rounded up to whole
+    batches) when ``num_epochs`` is set, else ``num_steps``."""
+    epochs = config.get("num_epochs")
+    if not epochs:
+        return int(config.num_steps)
+    return max(1, -(-int(epochs) * num_train_pairs // config.batch_size))
+
+
 class MRL3DTask:
-    compare_sections = ("model", "environment", "objective")
+    compare_sections = ("model", "environment", "objective", "data")
 
     def validate(self, config):
         return get_objective(config).validate()
@@ -72,14 +81,15 @@ class MRL3DTask:
             config.batch_size,
             num_devices,
         )
-        epochs = config.num_steps * config.batch_size / max(len(train.indices), 1)
+        num_steps = self.num_steps = pretraining_steps(config, len(train.indices))
         log.info(
-            "length: %d steps x %d pairs = %.2f epochs of the %d training pairs (the reference: "
-            "100 epochs of its 20 %% subset of all solute x solvent combinations)",
-            config.num_steps,
+            "length: %d steps x %d pairs = %.2f epochs of the %d training pairs (%s; the "
+            "reference: 100 epochs of its 20 %% subset of all solute x solvent combinations)",
+            num_steps,
             config.batch_size,
-            epochs,
+            num_steps * config.batch_size / max(len(train.indices), 1),
             len(train.indices),
+            f"num_epochs={config.num_epochs}" if config.get("num_epochs") else "num_steps",
         )
         objective = get_objective(config)
         model = objective.create_model()
@@ -115,7 +125,7 @@ class MRL3DTask:
             apply_fn=model.apply,
             loss_fn=loss_fn,
             train_batch=train.batch,
-            num_steps=config.num_steps,
+            num_steps=num_steps,
             eval_fn=eval_fn,
             mask_fn=pair_mask,
             fold_in_device=True,
@@ -136,4 +146,9 @@ class MRL3DTask:
 
 def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None) -> Dict:
     """Pretrains (or resumes) 3DMRL in ``workdir``; returns the summary."""
+    from georecon_jax.tasks.pair_data import resolve_explicit_h
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    with config.unlocked():  # recorded as True/False (None: explicit, as the reference pretrains)
+        config.data.explicit_h = resolve_explicit_h(config.data, pretraining=True)
     return runner.run_experiment(MRL3DTask(), config, workdir, stop_after=stop_after)

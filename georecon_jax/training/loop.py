@@ -112,6 +112,7 @@ REPORT_ONLY = frozenset(
         "objective.num_sampling_steps",
         "objective.num_recon_molecules",
         "objective.diagnostic_sigmas",
+        "data.num_workers",
     }
 )
 
@@ -127,6 +128,15 @@ ADDED_FIELDS = {
     "data.negative_seed": 0,
     "data.held_out": "three_way",
     "data.keep_eval_pairs": False,
+    # pair fine-tunings saved before the reference recipe standardised their targets
+    "data.standardize_targets": True,
+    "optim.plateau_mode": "min",
+    # 3DMRL pretrainings saved before data.observed_fraction used every observed pair
+    "data.observed_fraction": 1.0,
+    # the 2D relational model before it followed the reference's CIGIN (3DMRL pretraining, and pair
+    # fine-tuning, whose model section is the relational config itself)
+    "model.relational.architecture": "edge_mlp_gru",
+    "model.architecture": "edge_mlp_gru",
 }
 
 

@@ -12,8 +12,9 @@ Schedules (``optim.schedule``):
            ``configure_optimizers`` and ``optimizer_step``; ``examples/ET-MD17.yaml``): update k
            (from 0) uses ``learning_rate x min(1, (k + 1) / warmup_steps) x scale``; ``scale``
            starts at 1 and is lowered by torch's ``ReduceLROnPlateau`` on a validation metric,
-           stepped once per evaluation (`plateau_step`, called by the runner): mode 'min',
-           threshold 1e-4 relative, cooldown 0, eps 1e-8. After ``plateau_patience``
+           stepped once per evaluation (`plateau_step`, called by the runner): mode
+           ``plateau_mode`` ('min', or 'max' for a score such as ROC-AUC: 3DMRL's DDI
+           fine-tuning), threshold 1e-4 relative, cooldown 0, eps 1e-8. After ``plateau_patience``
            evaluations without an improvement the next one without multiplies the rate by
            ``plateau_factor``, never below ``min_learning_rate``. A reduction decided while
            warm-up steps remain is lost, as in torchmd-net (its warm-up sets the rate outright).
@@ -94,6 +95,8 @@ def optimizer_problems(cfg: ml_collections.ConfigDict) -> List[str]:
     if schedule == "plateau":
         factor, patience = cfg.get("plateau_factor"), cfg.get("plateau_patience")
         min_lr = cfg.get("min_learning_rate")
+        if cfg.get("plateau_mode", "min") not in ("min", "max"):
+            problems.append(f"optim.plateau_mode={cfg.plateau_mode!r}: use 'min' or 'max'")
         if factor is None or not 0 < factor < 1:
             problems.append(f"optim.plateau_factor={factor}: need 0 < factor < 1 (torch refuses >= 1)")
         if patience is None or patience < 0:
@@ -173,8 +176,9 @@ def _round_up_f32(x: float) -> np.float32:
 def plateau_step(
     state: PlateauState, value: float, step: int, cfg: ml_collections.ConfigDict
 ) -> Tuple[PlateauState, bool]:
-    """One ``ReduceLROnPlateau.step(value)`` (mode 'min', threshold 1e-4 'rel', cooldown 0,
-    eps 1e-8) after ``step`` training steps; returns (new state as numpy scalars, reduced?).
+    """One ``ReduceLROnPlateau.step(value)`` (mode ``cfg.plateau_mode``, default 'min'; threshold
+    1e-4 'rel', cooldown 0, eps 1e-8) after ``step`` training steps; returns (new state as numpy
+    scalars, reduced?).
 
     ``reduced`` is True when the rate was lowered. A value that is not finite never improves (torch:
     nan never does; -inf would). A reduction decided while warm-up steps remain (``step`` <
@@ -183,7 +187,10 @@ def plateau_step(
     scale, best = float(state.scale), float(state.best)
     has_best, num_bad = bool(state.has_best), int(state.num_bad)
     value = float(value)
-    better = math.isfinite(value) and (not has_best or value < best * (1.0 - PLATEAU_THRESHOLD))
+    if cfg.get("plateau_mode", "min") == "max":  # torch: a > best x (1 + threshold)
+        better = math.isfinite(value) and (not has_best or value > best * (1.0 + PLATEAU_THRESHOLD))
+    else:
+        better = math.isfinite(value) and (not has_best or value < best * (1.0 - PLATEAU_THRESHOLD))
     if better:
         best, has_best, num_bad = value, True, 0
     else:

@@ -1,0 +1,174 @@
+"""What both studies share (experiments/study.py, experiments/study_mrl.py): a cell is one command
+of this codebase in its own workdir, finished when it holds ``study_cell.json``; `run_study` runs
+the unfinished ones (pretrainings first), resuming interrupted ones, and stops them on SIGTERM."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import time
+from typing import Callable, List, Optional
+
+CELL_FILE = "study_cell.json"
+RUNNING: set = set()  # the cells' commands running now (Popen)
+
+
+@dataclasses.dataclass
+class Cell:
+    name: str  # path under the study workdir
+    kind: str  # pretrain | finetune
+    arm: str
+    seed: int
+    cmd: List[str]
+    task: str = ""  # finetune: a QM9 target or the MD17 molecule
+    needs: Optional[str] = None  # the pretraining cell a fine-tuning starts from
+    # work dir -> did the cell's command end its run? (None: its summary.json reached the last step)
+    finished: Optional[Callable[[str], bool]] = None
+
+
+def cell_record(workdir: str, cell: Cell) -> Optional[dict]:
+    try:
+        with open(os.path.join(workdir, cell.name, CELL_FILE)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _die_with_parent():  # Linux: the cell's command is killed when the study dies (even by SIGKILL)
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_cell(workdir: str, cell: Cell) -> dict:
+    """Runs the cell's command (resuming its checkpoint if an earlier attempt was interrupted);
+    its output goes to <cell>.log. Wall time counts every attempt: a heartbeat file holds how long
+    the current attempt has run, so an attempt killed with the study is counted up to its last beat."""
+    work = os.path.join(workdir, cell.name)
+    os.makedirs(os.path.dirname(work), exist_ok=True)
+    beat_path = work + ".attempts.json"
+    try:
+        attempts = json.load(open(beat_path))
+    except (FileNotFoundError, json.JSONDecodeError):
+        attempts = []
+    attempts.append(0.0)
+    t0 = time.time()
+    with open(work + ".log", "a") as log:
+        log.write(f"\n$ {' '.join(cell.cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cell.cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        RUNNING.add(proc)
+        try:
+            while proc.poll() is None:
+                time.sleep(1.0)
+                attempts[-1] = time.time() - t0
+                with open(beat_path + ".tmp", "w") as f:
+                    json.dump(attempts, f)
+                os.replace(beat_path + ".tmp", beat_path)
+        except BaseException:  # Ctrl-C / SIGTERM: stop the command too (it checkpoints on SIGTERM)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        finally:
+            RUNNING.discard(proc)
+    attempts[-1] = time.time() - t0
+    with open(beat_path, "w") as f:
+        json.dump(attempts, f)
+    if proc.returncode:
+        raise SystemExit(
+            f"cell {cell.name} failed (exit code {proc.returncode}); its output: {work}.log\n"
+            f"Running the same study command again resumes it."
+        )
+    if cell.finished is not None:
+        reached = None if cell.finished(work) else ("?", "all")
+    else:
+        reached = _steps_reached(work)
+    if reached is not None:  # a command stopped by SIGTERM checkpoints and exits with 0
+        raise SystemExit(
+            f"cell {cell.name} stopped at step {reached[0]} of {reached[1]} (interrupted); "
+            "running the same study command again resumes it"
+        )
+    record = {
+        "name": cell.name,
+        "kind": cell.kind,
+        "arm": cell.arm,
+        "task": cell.task,
+        "seed": cell.seed,
+        "command": " ".join(cell.cmd),
+        "wall_seconds": float(sum(attempts)),
+        "attempts": len(attempts),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    with open(os.path.join(work, CELL_FILE + ".tmp"), "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(os.path.join(work, CELL_FILE + ".tmp"), os.path.join(work, CELL_FILE))
+    return record
+
+
+def _steps_reached(work: str) -> Optional[tuple]:
+    """(step, num_steps) when the cell's summary.json says its run stopped before the end (and not
+    by early stopping); None when it ran to the end."""
+    try:
+        s = _read(os.path.join(work, "summary.json"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return (0, None)
+    if s.get("steps") == s.get("num_steps") or s.get("stopped_by_hook"):
+        return None
+    return (s.get("steps"), s.get("num_steps"))
+
+
+def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    todo = [cell for cell in cells if cell_record(workdir, cell) is None]
+    print(
+        f"study {c.preset}: {len(cells)} cells ({len(cells) - len(todo)} finished, "
+        f"{len(todo)} to run, {jobs} at a time) in {workdir}",
+        flush=True,
+    )
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study", unit="cell")
+
+    def one(cell):
+        if cell.needs and cell_record(workdir, Cell(cell.needs, "", "", 0, [])) is None:
+            raise SystemExit(f"cell {cell.name} needs {cell.needs}, which has not finished")
+        r = run_cell(workdir, cell)
+        bar.update(1)
+        tqdm.write(f"{cell.name}: done in {r['wall_seconds']:.0f} s")
+
+    for kind in ("pretrain", "finetune"):  # fine-tunings start from finished pretrainings
+        batch = [cell for cell in todo if cell.kind == kind]
+        if jobs <= 1:
+            for cell in batch:
+                one(cell)
+            continue
+        pool = ThreadPoolExecutor(jobs)
+        try:
+            for f in [pool.submit(one, cell) for cell in batch]:
+                f.result()
+        except BaseException:  # stopped, or a cell failed: start nothing more, stop what runs
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(RUNNING):
+                proc.send_signal(signal.SIGTERM)  # it checkpoints and exits
+            for proc in list(RUNNING):
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
+        pool.shutdown()
+    bar.close()
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,441 @@
+"""The 3DMRL study's cells and results (run by ``python -m experiments.study`` with
+``experiments/configs/study_mrl.py``; see that file for the design).
+
+Every fine-tuning cell is one ``experiments.finetune_pairs`` command whose splits write
+``predictions_test.npz`` (test labels and predictions by pair, at the best validation epoch). The
+results are rebuilt from those files alone:
+
+  * mean ± std over seeds of each cell's test metric (mean over its splits: RMSE for regression,
+    as the paper reports, and MAE; ROC-AUC and accuracy for DDI);
+  * the paired difference of each pretrained arm to scratch: the same seed's cells share their
+    pairs, splits and test pairs, so the metric on a cell's pooled test pairs is compared arm to
+    arm, with an interval bootstrapped over seeds and test pairs;
+  * the 3DMRL pretraining losses (contrastive, force) per group and arm;
+  * figures: bars with seed dots, and validation curves by epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from experiments.study_common import Cell, _read, cell_record
+
+FIGURES = ("study_mrl_bars.png", "study_mrl_curves.png")
+
+
+def _size(size: str, variant: str = "") -> str:
+    return (size or "") + variant
+
+
+def build_cells(c, workdir: str) -> List[Cell]:
+    from experiments.configs.study_mrl import ARMS, GROUPS, TASKS
+
+    for arm in c.arms:
+        if arm not in ARMS:
+            raise ValueError(f"unknown arm {arm!r}: use names of study_mrl.ARMS ({', '.join(ARMS)})")
+    for task in c.tasks:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}: use names of study_mrl.TASKS ({', '.join(TASKS)})")
+    py, cache = sys.executable, os.path.abspath(os.path.join(workdir, "xla_cache"))
+    common = [f"--config.compilation_cache_dir={cache}"]
+    groups = sorted({TASKS[t][0] for t in c.tasks}, key=list(GROUPS).index)
+    cells: List[Cell] = []
+    for group in groups:
+        for arm in c.arms:
+            if ARMS[arm] is None:
+                continue
+            for seed in c.seeds:
+                name = f"pretrain/{group}/{arm}/seed{seed}"
+                spec = _size(c.pretrain_size, GROUPS[group])
+                cmd = [py, "-m", "experiments.pretrain", f"--config=experiments/configs/mrl3d.py:{spec}"]
+                if c.pretrain_steps:
+                    n = c.pretrain_steps
+                    cmd += [
+                        "--config.num_epochs=0",
+                        f"--config.num_steps={n}",
+                        f"--config.eval_every={max(n // 2, 1)}",
+                        f"--config.checkpoint_every={max(n // 4, 1)}",
+                    ]
+                cmd += [f"--config.seed={seed}", *common, *ARMS[arm], *c.pretrain_overrides]
+                cmd.append(f"--workdir={os.path.join(workdir, name)}")
+                cells.append(Cell(name, "pretrain", arm, seed, cmd, task=group, finished=finished))
+    for task in c.tasks:
+        group, preset, split = TASKS[task]
+        for arm in c.arms:
+            for seed in c.seeds:
+                name = f"finetune/{task}/{arm}/seed{seed}"
+                split_seeds = (
+                    [seed + k * len(c.seeds) for k in range(c.ddi_repeats)] if split != "cv" else [seed]
+                )
+                cmd = [
+                    py,
+                    "-m",
+                    "experiments.finetune_pairs",
+                    f"--config=experiments/configs/mrl_finetune.py:{c.finetune_size}",
+                    f"--config.data.preset={preset}",
+                    f"--config.split={split}",
+                    f"--config.seeds=({','.join(map(str, split_seeds))},)",
+                    f"--config.seed={seed}",
+                    f"--config.num_epochs={c.num_epochs}",
+                    f"--config.early_stopping={c.early_stopping}",
+                    f"--config.num_folds={c.num_folds}",
+                    f"--config.max_splits={c.max_folds if split == 'cv' else 0}",
+                    *common,
+                    *c.finetune_overrides,
+                ]
+                if c.max_pairs:
+                    cmd.append(f"--config.data.max_pairs={c.max_pairs}")
+                needs = None
+                if ARMS[arm] is not None:
+                    needs = f"pretrain/{group}/{arm}/seed{seed}"
+                    cmd.append(f"--config.init_from={os.path.abspath(os.path.join(workdir, needs))}")
+                cmd.append(f"--workdir={os.path.join(workdir, name)}")
+                cells.append(
+                    Cell(name, "finetune", arm, seed, cmd, task=task, needs=needs, finished=finished)
+                )
+    return cells
+
+
+def finished(work: str) -> bool:
+    """A fine-tuning cell wrote its results.json (only after every split ended) and each split
+    ended (its last epoch or early stopping); a pretraining reached its last step."""
+    from georecon_jax.tasks.finetune_pairs import split_finished
+
+    try:
+        if os.path.exists(os.path.join(work, "splits")) or "finetune" in work.split(os.sep)[-4:]:
+            r = _read(os.path.join(work, "results.json"))
+            return len(r["splits"]) > 0 and all(
+                split_finished(os.path.join(work, "splits", x["split"])) for x in r["splits"]
+            )
+        s = _read(os.path.join(work, "summary.json"))
+        return s.get("steps") == s.get("num_steps")
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def task_metrics(kind: str):
+    """(name, function of (labels, predictions), lower is better?) per task type."""
+    from georecon_jax.tasks.metrics import roc_auc
+
+    if kind == "regression":
+        return [
+            ("rmse", lambda y, p: float(np.sqrt(np.mean((p - y) ** 2))), True),
+            ("mae", lambda y, p: float(np.mean(np.abs(p - y))), True),
+        ]
+    return [
+        ("roc_auc", lambda y, p: roc_auc(y, p), False),
+        ("accuracy", lambda y, p: float(np.mean((p > 0) == (y > 0.5))), False),
+    ]
+
+
+def collect(c, workdir: str, cells: List[Cell]) -> dict:
+    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": []}
+    for cell in cells:
+        rec = cell_record(workdir, cell)
+        if rec is None:
+            out["missing"].append(cell.name)
+            continue
+        out["cells"][cell.name] = rec
+        work = os.path.join(workdir, cell.name)
+        if cell.kind == "pretrain":
+            s = _read(os.path.join(work, "summary.json"))
+            out["pretrain"].setdefault(cell.task, {}).setdefault(cell.arm, {})[cell.seed] = {
+                k: s.get(k)
+                for k in (
+                    "final_train_contrastive",
+                    "final_train_force_mse",
+                    "first_train_force_mse",
+                    "train_pairs",
+                    "steps",
+                )
+            } | {"wall_seconds": rec["wall_seconds"]}
+            continue
+        r = _read(os.path.join(work, "results.json"))
+        rows, ys, ps, curves = [], [], [], []
+        for split in r["splits"]:
+            sdir = os.path.join(work, "splits", split["split"])
+            z = np.load(os.path.join(sdir, "predictions_test.npz"))
+            rows.append(np.char.add(f"{split['split']}|", z["rows"].astype(str)))
+            ys.append(z["label"][:, 0])
+            ps.append(z["pred"][:, 0])
+            with open(os.path.join(sdir, "metrics.jsonl")) as f:
+                val = [json.loads(line) for line in f if line.strip()]
+            key = "rmse" if r["task_type"] == "regression" else "roc_auc"
+            curves.append([(v["step"], v[key]) for v in val if v.get("split") == "validation" and key in v])
+        rows, y, p = np.concatenate(rows), np.concatenate(ys), np.concatenate(ps)
+        order = np.argsort(rows)
+        out["finetune"].setdefault(cell.task, {}).setdefault(cell.arm, {})[cell.seed] = {
+            "metrics": {k: v[0] for k, v in r["test_mean_std"].items()},
+            "rows": rows[order],
+            "y": y[order],
+            "p": p[order],
+            "kind": r["task_type"],
+            "units": r["units"],
+            "num_pairs": r["num_pairs"],
+            "splits": len(r["splits"]),
+            "best_epochs": [s["best_epoch"] for s in r["splits"]],
+            "curve": curves[0] if curves else [],
+            "steps_per_epoch": max(r["splits"][0]["best_step"], 1) / max(r["splits"][0]["best_epoch"], 1),
+            "wall_seconds": rec["wall_seconds"],
+        }
+    return out
+
+
+def paired_bootstrap_metric(a: List[tuple], b: List[tuple], fn, n_boot: int, level: float, seed=0):
+    """The metric of arm a minus that of arm b (each per seed on the same test pairs: (y, p_a) and
+    (y, p_b)), averaged over seeds, and its ``level`` interval from resampling seeds and pairs."""
+    diffs = [fn(y, pa) - fn(y, pb) for (y, pa), (_, pb) in zip(a, b)]
+    rng = np.random.default_rng(seed)
+    s = len(a)
+    boot = np.empty(n_boot)
+    for i in range(n_boot):
+        vals = []
+        for k in rng.integers(0, s, size=s):
+            (y, pa), (_, pb) = a[k], b[k]
+            idx = rng.integers(0, len(y), size=len(y))
+            vals.append(fn(y[idx], pa[idx]) - fn(y[idx], pb[idx]))
+        boot[i] = np.mean(vals)
+    lo, hi = np.nanquantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(np.mean(diffs)), float(lo), float(hi), [float(d) for d in diffs]
+
+
+def summarise(c, data: dict) -> dict:
+    table = {}
+    for task, arms in data["finetune"].items():
+        table[task] = {}
+        for arm, seeds in arms.items():
+            first = next(iter(seeds.values()))
+            entry = {"kind": first["kind"], "units": first["units"], "seeds": sorted(seeds)}
+            for name, fn, lower in task_metrics(first["kind"]):
+                v = np.array([seeds[s]["metrics"].get(name, np.nan) for s in sorted(seeds)])
+                entry[name] = {
+                    "mean": float(v.mean()),
+                    "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                    "values": v.tolist(),
+                    "lower_is_better": lower,
+                }
+                if arm == "scratch" or "scratch" not in arms:
+                    continue
+                common = sorted(set(seeds) & set(arms["scratch"]))
+                a, b = [], []
+                for s in common:
+                    x, ref = seeds[s], arms["scratch"][s]
+                    rows = np.intersect1d(x["rows"], ref["rows"])
+                    ia, ib = np.searchsorted(x["rows"], rows), np.searchsorted(ref["rows"], rows)
+                    a.append((x["y"][ia], x["p"][ia]))
+                    b.append((ref["y"][ib], ref["p"][ib]))
+                if common:
+                    mean, lo, hi, per_seed = paired_bootstrap_metric(a, b, fn, c.bootstrap, c.interval)
+                    entry[name]["minus_scratch"] = {
+                        "mean": mean,
+                        "low": lo,
+                        "high": hi,
+                        "per_seed": per_seed,
+                        "seeds": common,
+                        "test_pairs": int(np.mean([len(y) for y, _ in a])),
+                    }
+            entry["wall_seconds"] = float(np.mean([seeds[s]["wall_seconds"] for s in seeds]))
+            entry["best_epochs"] = [e for s in sorted(seeds) for e in seeds[s]["best_epochs"]]
+            entry["num_pairs"] = first["num_pairs"]
+            table[task][arm] = entry
+    return {"table": table}
+
+
+def _pm(e) -> str:
+    return f"{e['mean']:.3f} ± {e['std']:.3f}" if np.isfinite(e["std"]) else f"{e['mean']:.3f}"
+
+
+def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
+    import shutil
+
+    from experiments.configs.study_mrl import TASKS
+
+    data = collect(c, workdir, cells)
+    s = summarise(c, data)
+    walls = {name: rec["wall_seconds"] for name, rec in data["cells"].items()}
+    tasks = [t for t in c.tasks if t in s["table"]]
+    arms = [a for a in c.arms if any(a in s["table"][t] for t in tasks)]
+    lvl = int(round(100 * c.interval))
+    lines = [
+        f"# 3DMRL study, preset `{c.preset}`",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores; "
+        f"`python -m experiments.study --config=experiments/configs/study_mrl.py:{c.preset} "
+        f"--workdir={workdir}`; seeds {', '.join(map(str, c.seeds))}; cells finished "
+        f"{len(data['cells'])} of {len(cells)}; cell wall time in all {sum(walls.values()) / 3600:.2f} h.",
+        "",
+        f"3DMRL pretraining: mrl3d.py size `{c.pretrain_size or 'paper'}`, "
+        f"{c.pretrain_steps or 'the config’s'} steps {' '.join(c.pretrain_overrides)}; fine-tuning: "
+        f"mrl_finetune.py size `{c.finetune_size or 'paper'}` {' '.join(c.finetune_overrides)}, at most "
+        f"{c.num_epochs} epochs (early stopping {c.early_stopping or 'off'}), "
+        f"{f'a random {c.max_pairs} pairs per task and seed' if c.max_pairs else 'all pairs'}; "
+        f"regression: {c.num_folds}-fold CV of the cell's seed ({c.max_folds or c.num_folds} folds run), "
+        f"DDI: {c.ddi_repeats} split(s) per cell. Test metrics at the best validation epoch.",
+        "",
+        "## Test metrics, mean ± std over seeds",
+        "",
+        "| task | metric | " + " | ".join(arms) + " |",
+        "|---|---|" + "---:|" * len(arms),
+    ]
+    for t in tasks:
+        first = next(iter(s["table"][t].values()))
+        for name, _, lower in task_metrics(first["kind"]):
+            unit = f" ({first['units']})" if first["kind"] == "regression" else ""
+            arrow = "↓" if lower else "↑"
+            row = [_pm(s["table"][t][a][name]) if a in s["table"][t] else "–" for a in arms]
+            lines.append(f"| {t} | {name}{unit} {arrow} | " + " | ".join(row) + " |")
+    if "scratch" in arms:
+        lines += [
+            "",
+            "## Paired difference to scratch (arm − scratch)",
+            "",
+            f"The metric on each seed's pooled test pairs, arm minus scratch, mean over seeds, with a "
+            f"{lvl} % interval bootstrapped over seeds and test pairs ({c.bootstrap} resamples). "
+            "RMSE/MAE: negative is better; ROC-AUC/accuracy: positive is better. **Bold**: the interval "
+            "excludes 0.",
+            "",
+            "| task | metric | " + " | ".join(a for a in arms if a != "scratch") + " |",
+            "|---|---|" + "---:|" * (len(arms) - 1),
+        ]
+        for t in tasks:
+            first = next(iter(s["table"][t].values()))
+            for name, _, _ in task_metrics(first["kind"]):
+                row = []
+                for a in arms:
+                    if a == "scratch":
+                        continue
+                    e = s["table"][t].get(a, {}).get(name, {}).get("minus_scratch")
+                    if e is None:
+                        row.append("–")
+                        continue
+                    txt = f"{e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
+                    row.append(f"**{txt}**" if e["low"] > 0 or e["high"] < 0 else txt)
+                lines.append(f"| {t} | {name} | " + " | ".join(row) + " |")
+    if data["pretrain"]:
+        lines += [
+            "",
+            "## 3DMRL pretraining (final training losses, mean over seeds)",
+            "",
+            "| group | arm | training pairs | steps | contrastive | force MSE first → final | wall (s) |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for group, by_arm in data["pretrain"].items():
+            for arm, seeds in by_arm.items():
+                v = list(seeds.values())
+
+                def mean(k):
+                    x = [d[k] for d in v if d.get(k) is not None]
+                    return float(np.mean(x)) if x else float("nan")
+
+                lines.append(
+                    f"| {group} | {arm} | {v[0].get('train_pairs')} | {v[0].get('steps')} | "
+                    f"{mean('final_train_contrastive'):.3f} | {mean('first_train_force_mse'):.3f} → "
+                    f"{mean('final_train_force_mse'):.3f} | {mean('wall_seconds'):.0f} |"
+                )
+    lines += [
+        "",
+        "## Fine-tuning cells",
+        "",
+        "| task | arm | pairs | best epochs (all splits) | wall per cell (s) |",
+        "|---|---|---:|---|---:|",
+    ]
+    for t in tasks:
+        for a in arms:
+            e = s["table"][t].get(a)
+            if e:
+                lines.append(
+                    f"| {t} | {a} | {e['num_pairs']} | {', '.join(map(str, e['best_epochs']))} | "
+                    f"{e['wall_seconds']:.0f} |"
+                )
+    if data["missing"]:
+        lines += ["", f"Not finished: {len(data['missing'])} cells ({', '.join(data['missing'][:8])}...)."]
+    lines += ["", "Figures: " + ", ".join(f"![{f}]({f})" for f in FIGURES), ""]
+    md = "\n".join(lines)
+    record = {
+        "preset": c.preset,
+        "config": json.loads(c.to_json_best_effort()),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "tasks": {t: list(TASKS[t]) for t in tasks},
+        "table": s["table"],
+        "pretrain": data["pretrain"],
+        "cells": data["cells"],
+        "missing": data["missing"],
+    }
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(record, f, indent=1, default=float)
+    figures(data, s, workdir, tasks, arms)
+    for d in out_dirs:
+        os.makedirs(d, exist_ok=True)
+        for name in ("results.md", "results.json", *FIGURES):
+            if os.path.exists(os.path.join(workdir, name)):
+                shutil.copy(os.path.join(workdir, name), os.path.join(d, name))
+    print(md)
+    return record
+
+
+def figures(data: Dict, s: Dict, workdir: str, tasks: List[str], arms: List[str]):
+    from georecon_jax.plots import _pyplot
+
+    if not tasks:
+        return
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks) + 1, 3.4), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        here = [a for a in arms if a in s["table"][t]]
+        name = "rmse" if next(iter(s["table"][t].values()))["kind"] == "regression" else "roc_auc"
+        for i, a in enumerate(here):
+            e = s["table"][t][a][name]
+            ax.bar(i, e["mean"], yerr=e["std"] if np.isfinite(e["std"]) else 0, color=f"C{i}", capsize=3)
+            ax.plot([i] * len(e["values"]), e["values"], "k.", ms=3)
+        ax.set_xticks(range(len(here)))
+        ax.set_xticklabels(here, rotation=45, ha="right", fontsize=7)
+        unit = s["table"][t][here[0]]["units"]
+        ax.set_title(f"{t}\n{name}{f' ({unit})' if name == 'rmse' else ''}", fontsize=8)
+        vals = [v for a in here for v in s["table"][t][a][name]["values"]]
+        ax.set_ylim(bottom=0.9 * min(vals) if name == "roc_auc" else 0)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, FIGURES[0]), dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.8 * len(tasks) + 1, 3.2), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        for i, a in enumerate(arms):
+            seeds = data["finetune"][t].get(a)
+            if not seeds:
+                continue
+            curves = [np.array(v["curve"]) for v in seeds.values() if v["curve"]]
+            n = min(len(x) for x in curves) if curves else 0
+            if n:
+                spe = next(iter(seeds.values()))["steps_per_epoch"]
+                ax.plot(
+                    curves[0][:n, 0] / spe,
+                    np.mean([x[:n, 1] for x in curves], axis=0),
+                    color=f"C{i}",
+                    label=a,
+                )
+        ax.set_title(t, fontsize=8)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("validation RMSE / ROC-AUC\n(first split, mean over seeds)", fontsize=7)
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, FIGURES[1]), dpi=110)
+    plt.close(fig)
