@@ -10,7 +10,7 @@ Sources (file names as georecon_jax.data.pairs.PRESETS expects them under --dest
   solvation/mnsol.csv   MNSol (Marenich et al., U. Minnesota) needs a licence request: not downloaded;
       convert it to solute,solvent,Gsolv yourself.
   chromophore/{absorption,emission,lifetime}.csv   Joung et al., Sci. Data 7, 295 (2020), figshare; the CGIB
-      release names the label column Gsolv (nm, or ns for lifetime, log10-transformed by the loader).
+      release names the label column Gsolv (nm, or ns for lifetime, ln-transformed by the loader as the reference's np.log).
   ddi/{ChChMiner,ZhangDDI,DeepDDI}_{train,valid,test}.csv   MIRACLE / CMRL / 3DMRL releases
       (github.com/Namkyeong/CMRL, github.com/Namkyeong/3DMRL): drugbank_id_1,drugbank_id_2,smiles_1,smiles_2,label.
 
@@ -24,7 +24,7 @@ import sys
 import urllib.request
 
 from georecon_jax.chem.conformers import MoleculeCache
-from georecon_jax.data.pairs import PRESETS, load_pairs
+from georecon_jax.data.pairs import PRESETS, default_explicit_h, load_pairs
 
 _CGIB = "https://raw.githubusercontent.com/Namkyeong/CGIB/main/data"
 SOURCES = {
@@ -67,20 +67,34 @@ def main():
     p.add_argument("--presets", default="combisolv,absorption,emission,chchminer")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache_dir", default=None)
-    p.add_argument("--explicit_h", action="store_true")
+    p.add_argument(
+        "--hydrogens",
+        choices=("reference", "explicit", "implicit"),
+        default="reference",
+        help="reference: every preset with explicit hydrogens (pretraining) and, where its "
+        "fine-tuning differs (absorption, emission, lifetime: implicit), also as fine-tuning reads it",
+    )
     a = p.parse_args()
     if a.download:
         download(a.dest)
-    cache = MoleculeCache(a.cache_dir, explicit_h=a.explicit_h)
     for preset in a.presets.split(","):
         if preset not in PRESETS:
             raise SystemExit(f"unknown preset {preset!r}: {sorted(PRESETS)}")
-        try:
-            ds = load_pairs(preset, data_root=a.dest, cache=cache, num_workers=a.workers)
-        except Exception as e:
-            print(f"{preset}: {e}", file=sys.stderr)
-            continue
-        print(f"{preset}: {len(ds)} pairs, {len(ds.molecules)} molecules ({ds.units}); {ds.skip.summary()}")
+        if a.hydrogens == "reference":  # what pretraining and fine-tuning read (data.explicit_h=None)
+            settings = sorted({default_explicit_h(None, True), default_explicit_h(preset)}, reverse=True)
+        else:
+            settings = [a.hydrogens == "explicit"]
+        for h in settings:
+            cache = MoleculeCache(a.cache_dir, explicit_h=h)
+            try:
+                ds = load_pairs(preset, data_root=a.dest, cache=cache, num_workers=a.workers)
+            except Exception as e:
+                print(f"{preset}: {e}", file=sys.stderr)
+                continue
+            print(
+                f"{preset} (hydrogens {'explicit' if h else 'implicit'}): {len(ds)} pairs, "
+                f"{len(ds.molecules)} molecules ({ds.units}); {ds.skip.summary()}"
+            )
 
 
 if __name__ == "__main__":

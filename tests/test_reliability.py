@@ -442,8 +442,8 @@ def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk
 
 @pytest.mark.slow
 def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    """3DMRL pretraining through the pretrain command, then FreeSolv pair fine-tuning from its
-    checkpoint: kill -9 after an epoch's checkpoint, rerun the same command: the split resumes from
+    """3DMRL pretraining through the pretrain command, then fine-tuning on a user's pair file
+    (FreeSolv rows, other column names) from its checkpoint: kill -9 after an epoch's checkpoint, rerun the same command: the split resumes from
     its checkpoint and ends with the parameters and test metrics of a straight run; a third run
     finds every split finished and trains nothing."""
     import subprocess
@@ -466,13 +466,29 @@ def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((pretrained / "summary.json").read_text())["objective"] == "3dmrl"
 
+    # fine-tuned on a pair file a user brings: 40 real FreeSolv rows under other column names, in
+    # another order, with an unused column; described on the command line alone (no preset)
+    import csv
+
+    user = tmp_path / "my_solvation.csv"
+    with open(data_root / "freesolv.csv", newline="") as f, open(user, "w", newline="") as g:
+        w = csv.writer(g)
+        w.writerow(["note", "dG", "mol_b", "mol_a"])
+        for i, r in zip(range(40), csv.DictReader(f)):
+            w.writerow([f"row {i}", r["Gsolv"], r["solvent"], r["solute"]])
+
     def cmd(workdir):
         return [
             sys.executable,
             "-m",
             "experiments.finetune_pairs",
             "--config=experiments/configs/mrl_finetune.py:tiny",
-            f"--config.data.data_root={data_root.parent}",
+            "--config.data.preset=",
+            f"--config.data.files={user}",
+            "--config.data.smiles_columns=mol_a,mol_b",
+            "--config.data.label_columns=dG",
+            "--config.data.task=regression",
+            "--config.data.units=kcal/mol",
             f"--config.init_from={pretrained}",
             "--config.num_epochs=4",
             f"--workdir={workdir}",
@@ -495,6 +511,13 @@ def test_pair_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (straight, killed))
     assert ra["init"] == f"3DMRL checkpoint {pretrained}"
+    assert (ra["task"], ra["units"], ra["task_type"], ra["num_pairs"]) == (
+        "my_solvation",
+        "kcal/mol",
+        "regression",
+        40,
+    )
+    assert all(np.isfinite(v) for v in ra["splits"][0]["test"].values())
     assert (
         ra["test_mean_std"] == rb["test_mean_std"]
         and ra["splits"][0]["best_step"] == rb["splits"][0]["best_step"]
