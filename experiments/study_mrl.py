@@ -64,6 +64,7 @@ def build_cells(c, workdir: str) -> List[Cell]:
                         f"--config.checkpoint_every={max(n // 4, 1)}",
                     ]
                 cmd += [f"--config.seed={seed}", *common, *ARMS[arm], *c.pretrain_overrides]
+                cmd += list(c.group_overrides.get(group, ()))
                 cmd.append(f"--workdir={os.path.join(workdir, name)}")
                 cells.append(Cell(name, "pretrain", arm, seed, cmd, task=group, finished=finished))
     for task in c.tasks:

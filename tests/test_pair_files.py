@@ -257,3 +257,25 @@ def test_explicit_hydrogens_reach_the_graph_and_the_conformer(cache_root):
     assert p.data.explicit_h is None and resolve_explicit_h(p.data, pretraining=True) is True
     p.data.explicit_h = False
     assert resolve_explicit_h(p.data, pretraining=True) is False
+
+
+def test_a_random_subset_is_drawn_before_any_conformer_is_computed(cache_root, tmp_path):
+    """data.max_pairs on a regression task: only the drawn rows' molecules are embedded, and the
+    pairs are the ones subsetting the loaded set with the same draw gives (no row is skipped)."""
+    root = str(require_shared("solvation").parent)
+    fresh = MoleculeCache(str(tmp_path), explicit_h=True)
+    part = load_pairs(
+        "freesolv", data_root=root, cache=fresh, num_workers=1, limit=60, sample=(12, 3), verbose=False
+    )
+    assert len(part) == 12 and len(fresh._store) <= 13  # 12 solutes and water
+    full = load_pairs(
+        "freesolv",
+        data_root=root,
+        cache=MoleculeCache(cache_root, explicit_h=True),
+        num_workers=1,
+        limit=60,
+        verbose=False,
+    )
+    keep = np.sort(np.random.default_rng(3).choice(len(full), 12, replace=False))
+    assert list(part.rows) == list(full.rows[keep])
+    np.testing.assert_array_equal(part.labels, full.labels[keep])

@@ -134,12 +134,15 @@ class MoleculeCache:
             return
         t0 = time.time()
         jobs = [(s, self.explicit_h, self.seed, self.mmff) for s in todo]
+        from tqdm.auto import tqdm
+
+        bar = dict(total=len(jobs), desc="conformers", unit="mol", disable=not verbose or len(jobs) < 50)
         if num_workers > 1 and len(todo) > 8:
             ctx = multiprocessing.get_context(_start_method())
             with ctx.Pool(num_workers) as pool:
-                results = list(pool.imap_unordered(_work, jobs, chunksize=8))
+                results = list(tqdm(pool.imap_unordered(_work, jobs, chunksize=8), **bar))
         else:
-            results = [_work(j) for j in jobs]
+            results = [_work(j) for j in tqdm(jobs, **bar)]
         self._store.update(dict(results))
         if verbose:
             failed = sum(r[0] is None for _, r in results)

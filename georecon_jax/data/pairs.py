@@ -290,6 +290,7 @@ def load_pairs(
     cache: Optional[MoleculeCache] = None,
     num_workers: int = 2,
     limit: Optional[int] = None,
+    sample: Optional[Tuple[int, int]] = None,
     verbose: bool = True,
     strict: bool = False,
 ) -> PairDataset:
@@ -303,6 +304,9 @@ def load_pairs(
       explicit_h: hydrogens as graph nodes, for the default cache (None: `default_explicit_h`);
         with a ``cache``, the cache's setting is used and this must agree with it or be None.
       limit: keep only the first ``limit`` rows (over all files), for tests and quick runs.
+      sample: ``(n, seed)``: a random ``n`` of the readable rows, drawn before any conformer is
+        computed (so that a subset of a large file embeds only its own molecules); rows whose
+        molecules then fail are skipped as usual, so a few fewer than ``n`` pairs may remain.
       cache: where molecules are embedded and cached (default: a `MoleculeCache()`).
       strict: raise `DataError` if any row had to be skipped (otherwise rows are skipped, counted,
         printed, and listed in ``<cache dir>/<name>_skipped.json``).
@@ -375,6 +379,12 @@ def load_pairs(
                 raise _wrong_kind(
                     path, c, task, *first, f"; {n_bad} of its {n_values} non-empty values are not numbers"
                 )
+
+    if sample is not None and sample[0] < len(raw):
+        keep = np.sort(np.random.default_rng(sample[1]).choice(len(raw), sample[0], replace=False))
+        if verbose:
+            log.info(f"{name}: a random {sample[0]} of the {len(raw)} rows (seed {sample[1]})")
+        raw = [raw[i] for i in keep]
 
     canon = {}
     for _, s1, s2, _ in raw:

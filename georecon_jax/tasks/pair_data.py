@@ -175,6 +175,10 @@ def load_pair_task(config) -> PairDataset:
     spec = resolve_spec(preset, **fields)  # bad columns or task: a ValueError before any embedding
     if not spec["label_columns"]:
         raise ValueError(f"{spec['name']}: fine-tuning needs a label column (data.label_columns)")
+    # regression: the random subset of data.max_pairs rows is drawn before any conformer is
+    # computed (the same draw as subsetting the loaded pairs when no row is skipped); DDI: after
+    # the negatives are sampled from all positives
+    early = bool(d.get("max_pairs")) and spec["task"] == "regression"
     ds = load_pairs(
         preset,
         **fields,
@@ -182,6 +186,7 @@ def load_pair_task(config) -> PairDataset:
         cache=molecule_cache(d),
         num_workers=d.num_workers,
         limit=d.get("limit"),
+        sample=(d.max_pairs, config.seed) if early else None,
     )
     log.info(
         "%s: %d pairs (%s, %s; hydrogens %s) from %s",
