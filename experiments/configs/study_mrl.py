@@ -8,8 +8,9 @@ against the same model trained from scratch, and does it matter that the force h
 The same command, flags and cell rules as the GeoRecon study (experiments/study.py); the cells:
 
   pretrain/<group>/<arm>/seed<k>       experiments.pretrain with mrl3d.py at the preset's size and the
-                                       group's variant (solvation: CombiSolv combinations;
-                                       chromophore: +chromophore; ddi: +ddi), config.seed=k
+                                       group's variant (solvation: CombiSolv; chromophore:
+                                       +chromophore; ddi: +ddi), config.seed=k; at paper size the
+                                       reference's combinations, at the quick size observed pairs
   finetune/<task>/<arm>/seed<k>        experiments.finetune_pairs with mrl_finetune.py (the reference
                                        recipe by task), config.seed=k: 5-fold CV of split seed k
                                        (regression), or the molecule / scaffold split of seed k
@@ -19,7 +20,8 @@ The same command, flags and cell rules as the GeoRecon study (experiments/study.
 Arms: scratch; 3dmrl (the reference: the force head frozen at its initialisation); and
 3dmrl_trained_force (the ablation: the force head trained with the encoders).
 
-  cpu    quick 3DMRL model (3 SchNet interactions), 100 pretraining steps of 16 pairs; fine-tuning
+  cpu    quick 3DMRL model (3 SchNet interactions), 100 pretraining steps of 16 observed pairs
+         (not combinations); fine-tuning
          a 32-feature relational model on a random 800 pairs of each task for 15 epochs, 2 of the
          5 folds of each seed's CV; about an hour on 2 CPU cores with --jobs=2 (measured: README)
   paper  the reference: 100 pretraining epochs, ≤ 500 fine-tuning epochs with early stopping, all
@@ -73,8 +75,8 @@ PRESETS = dict(
             "--config.data.max_atoms=48",
         ),
         finetune_overrides=("--config.model.features=32", "--config.data.max_atoms=64"),
-        # the chromophore pretraining on the first 1,500 rows of absorption and of emission (their
-        # ~600 chromophores' combinations with the solvents; the reference: all ~6,700)
+        # the chromophore pretraining on the first 1,500 rows of absorption and of emission (the
+        # quick size pretrains on observed pairs, not on combinations as the reference)
         group_overrides=dict(chromophore=("--config.data.limit=1500",)),
         pretrain_steps=100,
         num_epochs=15,

@@ -104,7 +104,8 @@ def resolve_recipe(config):
 def early_stopping_patience(config) -> int:
     """The reference's ``--es E`` stops when the best validation value equals the one E-1
     evaluations earlier (``best_val_losses[-1] == best_val_losses[-E]``, checked once more than E
-    evaluations exist): E-1 evaluations without an improvement. 0: no early stopping."""
+    evaluations exist): E-1 evaluations without an improvement, and more than E evaluations
+    (`BestCheckpoint`'s ``min_evaluations`` = E). 0: no early stopping."""
     es = int(config.get("early_stopping", 0) or 0)
     return max(es - 1, 1) if es > 0 else 0
 
@@ -243,6 +244,7 @@ class PairSplitTask:
             self.select,
             "min" if task == "regression" else "max",
             patience=early_stopping_patience(config),
+            min_evaluations=int(config.get("early_stopping", 0) or 0),
         )
         epoch = train.steps_per_epoch  # one evaluation, checkpoint and log line per epoch
         return runner.Job(
@@ -266,6 +268,10 @@ class PairSplitTask:
         )
 
     def finish(self, config, workdir, job, state) -> Dict:
+        if not os.path.isdir(os.path.join(workdir, "best", "checkpoints")):
+            # stopped (SIGTERM) before the first epoch's evaluation: nothing to test yet; the
+            # summary says so (test None) and a rerun resumes
+            return {"split": self.split[0], "test": None}
         step, raw = restore_params(os.path.join(workdir, "best"))
         params = jax.tree_util.tree_map(jnp.asarray, raw["params"])
         test = self.evaluate(params, self.batchers["test"])

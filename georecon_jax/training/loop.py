@@ -113,6 +113,8 @@ REPORT_ONLY = frozenset(
         "objective.num_recon_molecules",
         "objective.diagnostic_sigmas",
         "data.num_workers",
+        "data.data_root",  # where the same files are (moved data, another machine)
+        "data.cache_dir",
     }
 )
 

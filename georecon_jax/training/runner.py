@@ -152,14 +152,28 @@ class BestCheckpoint:
     ``early_stopped.json``, so that running the command again does not train further)."""
 
     def __init__(
-        self, workdir: str, metric: str, mode: str = "min", patience: int = 0, min_delta: float = 0.0
+        self,
+        workdir: str,
+        metric: str,
+        mode: str = "min",
+        patience: int = 0,
+        min_delta: float = 0.0,
+        min_evaluations: int = 0,
     ):
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode!r}: use 'min' or 'max'")
         self.workdir, self.metric, self.mode = workdir, metric, mode
         self.patience, self.min_delta = patience, min_delta
+        self.min_evaluations = min_evaluations  # stop no earlier than after more evaluations than this
         self.path = os.path.join(workdir, "best.json")
-        self.best = {"step": None, "value": None, "metric": metric, "mode": mode, "evals_since": 0}
+        self.best = {
+            "step": None,
+            "value": None,
+            "metric": metric,
+            "mode": mode,
+            "evals_since": 0,
+            "evaluations": 0,
+        }
         if os.path.exists(self.path):
             with open(self.path) as f:
                 self.best.update(json.load(f))
@@ -181,6 +195,7 @@ class BestCheckpoint:
 
     def __call__(self, step, state, metrics) -> bool:
         value = float(metrics[self.metric])
+        self.best["evaluations"] = self.best.get("evaluations", 0) + 1
         if self.improved(value):
             self.best.update(step=int(step), value=value, evals_since=0)
             self.checkpointer.save(step, state)
@@ -188,7 +203,11 @@ class BestCheckpoint:
             self.best["evals_since"] += 1
         if is_primary():
             _write_json(self.path, self.best)
-        if self.patience and self.best["evals_since"] >= self.patience:
+        if (
+            self.patience
+            and self.best["evals_since"] >= self.patience
+            and self.best["evaluations"] > self.min_evaluations
+        ):
             if is_primary():
                 _write_json(self.early_stopped_path, {"step": int(step), **self.best})
             log.info(

@@ -108,6 +108,17 @@ def config_mismatches(
         theirs: Any = pretrained.config
         for part in check.section.split("."):
             theirs = theirs.get(part, {}) if isinstance(theirs, Mapping) else {}
+        # a field added after the checkpoint was saved compares as the behaviour it had
+        # (loop.ADDED_FIELDS: e.g. a 3DMRL pretraining without model.relational.architecture
+        # used the edge-MLP + GRU form)
+        from georecon_jax.training.loop import ADDED_FIELDS
+
+        added = {
+            name[len(check.section) + 1 :]: value
+            for name, value in ADDED_FIELDS.items()
+            if name.startswith(check.section + ".") and "." not in name[len(check.section) + 1 :]
+        }
+        theirs = {**{k: v for k, v in added.items() if k in check.values}, **dict(theirs)}
         keys = sorted(theirs) if check.keys is None else list(check.keys)
         found = [
             f"{check.section}.{k}: pretrained {theirs.get(k)!r}, model {check.values.get(k)!r}"
