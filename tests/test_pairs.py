@@ -378,3 +378,27 @@ def test_plateau_in_max_mode_follows_a_score():
     for step, auc in enumerate([0.6, 0.7, 0.8, 0.9]):
         s2, _ = plateau_step(s2, auc, step, cfg)
     assert np.isclose(float(s2.scale), 0.1)  # rising values never improve in 'min' mode
+
+
+def test_ddi_pretraining_pairs_put_the_larger_molecule_first():
+    """DDI/datasets_pretrain/ddi.py: the larger radius is the centre; equal radii are dropped."""
+    from georecon_jax.data.pairs import PairDataset
+    from georecon_jax.tasks.pair_data import molecular_radius, orient_by_radius
+
+    def mol(radius):  # a line of three atoms, centroid at 0
+        return {"positions": np.array([[-radius, 0, 0], [0, 0, 0], [radius, 0, 0]]), "smiles": str(radius)}
+
+    mols = [mol(1.0), mol(2.0), mol(3.0), mol(2.0)]
+    assert molecular_radius(mols[2]) == 3.0
+    ds = PairDataset(
+        name="ddi",
+        molecules=mols,
+        index1=np.array([0, 2, 1, 3]),
+        index2=np.array([1, 0, 3, 2]),
+        labels=np.ones((4, 1), np.float32),
+        label_names=("label",),
+        rows=np.array(["a", "b", "c", "d"], dtype=object),
+    )
+    out = orient_by_radius(ds)
+    assert list(out.rows) == ["a", "b", "d"]  # c: radii 2 and 2
+    assert list(zip(out.index1, out.index2)) == [(1, 0), (2, 0), (2, 3)]

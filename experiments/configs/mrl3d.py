@@ -99,6 +99,9 @@ def _config(size=None):
         # pairs='observed': a random fraction of the pairs (the reference's DDI --ratio 0.4); pair
         # files with 0/1 labels (DDI) give their positive pairs only, each once (its DDI pretraining)
         observed_fraction=1.0,
+        # DDI pretraining: the larger molecule (radius from the centroid) first, the environment
+        # built around it; pairs of equal radius dropped (DDI/datasets_pretrain/ddi.py)
+        orient_by_radius=True,
         split_seed=0,
         num_eval_pairs=512,
     )

@@ -120,6 +120,8 @@ def load_pretraining_pairs(data_cfg) -> PairDataset:
             raise ValueError(f"unknown data.pairs {data_cfg.pairs!r}: use 'observed' or 'combinations'")
         if ds.task == "classification":  # DDI: the positive pairs, each once (DDI/datasets_pretrain/ddi.py)
             ds = positive_pairs(ds)
+            if data_cfg.get("orient_by_radius", True):
+                ds = orient_by_radius(ds)
         sets.append(ds)
     log.info(
         "pretraining pairs from %s (hydrogens %s)",
@@ -160,6 +162,30 @@ def positive_pair_indices(ds: PairDataset) -> np.ndarray:
 
 def positive_pairs(ds: PairDataset) -> PairDataset:
     return ds.subset(positive_pair_indices(ds))
+
+
+def molecular_radius(record: dict) -> float:
+    """The largest distance of an atom from the conformer's centroid (Å)."""
+    pos = np.asarray(record["positions"], np.float64)
+    return float(np.linalg.norm(pos - pos.mean(0), axis=1).max())
+
+
+def orient_by_radius(ds: PairDataset) -> PairDataset:
+    """Drug pairs as the reference's DDI pretraining orders them (DDI/datasets_pretrain/ddi.py):
+    the molecule with the larger radius first (the one the environment is built around), the
+    smaller second (its copies); pairs of equal radius are dropped, as there."""
+    r = np.asarray([molecular_radius(m) for m in ds.molecules])
+    r1, r2 = r[ds.index1], r[ds.index2]
+    keep = r1 != r2
+    swap = r1 < r2
+    out = ds.subset(np.flatnonzero(keep))
+    s = swap[keep]
+    out.index1, out.index2 = np.where(s, out.index2, out.index1), np.where(s, out.index1, out.index2)
+    log.info(
+        f"{ds.name}: {int(s.sum())} pairs reordered so the larger molecule comes first, "
+        f"{int((~keep).sum())} of equal radius dropped (the reference's DDI pretraining)"
+    )
+    return out
 
 
 def load_pair_task(config) -> PairDataset:
