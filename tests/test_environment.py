@@ -186,3 +186,43 @@ def test_atom_budget_compacts_real_atoms_and_cuts_whole_copies():
     np.testing.assert_allclose(small.positions[small.node_mask], full.positions[keep], atol=1e-6)
     np.testing.assert_array_equal(small.slot_atom[small.node_mask], full.slot_atom[keep])
     np.testing.assert_allclose(small.targets[small.node_mask], full.targets[keep], atol=1e-6)
+
+
+def test_reference_forms_reproduce_the_reference_defects():
+    """environment.anchors='reference': with more than K non-ring candidates the anchors are
+    positions in the candidate list used as atom ids (ring atoms included); with K or fewer, the
+    candidates. environment.rotations='reference': proper rotations whose mean trace is 1 (angle
+    uniform in [0, 2π)), not the Haar measure's 0."""
+    from georecon_jax.objectives.environment import reference_rotations
+
+    ring = np.zeros(N1, bool)
+    ring[:4] = True  # atoms 0-3 in a ring; 4..9 non-ring: 6 candidates > K = 5
+    pos1, _, _, pos2, mask2 = _pair(0, n1=10, ring=ring)
+    mask1 = np.ones(N1, bool)
+
+    def anchors(form, ring):
+        f = jax.vmap(
+            lambda k: (
+                sample_environment(k, pos1, mask1, ring, pos2, mask2, num_copies=K, anchors=form).anchors
+            )
+        )
+        return np.asarray(jax.jit(f)(jax.random.split(jax.random.PRNGKey(0), 300)))
+
+    ref, ours = anchors("reference", ring), anchors("atom", ring)
+    assert set(np.unique(ref)) == set(range(6))  # positions 0..5 of the 6 candidates: ring atoms 0-3
+    assert set(np.unique(ours)) == set(range(4, 10))  # the non-ring atoms themselves
+    assert all(len(set(a)) == K for a in ref)
+    few = np.ones(N1, bool)
+    few[[2, 7]] = False  # 2 candidates <= K: the reference takes the candidates themselves
+    assert set(np.unique(anchors("reference", few)[:, :2])) == {2, 7}
+    with pytest.raises(ValueError, match="environment.anchors"):
+        sample_environment(jax.random.PRNGKey(0), pos1, mask1, ring, pos2, mask2, anchors="ring")
+
+    R = np.asarray(reference_rotations(jax.random.PRNGKey(0), (20000,)), np.float64)
+    np.testing.assert_allclose(R @ np.swapaxes(R, 1, 2), np.broadcast_to(np.eye(3), R.shape), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-5)
+    assert abs(np.trace(R, axis1=1, axis2=2).mean() - 1.0) < 0.03
+    assert (
+        abs(np.trace(np.asarray(random_rotations(jax.random.PRNGKey(0), (20000,))), axis1=1, axis2=2).mean())
+        < 0.03
+    )

@@ -112,6 +112,11 @@ def _config(size=None):
     c.environment.min_radius = 1.5  # Å; only one-atom molecules (radius 0) are affected
     c.environment.min_distance = 0.0  # Å; > 0 turns on clash rejection (3DMRL: none)
     c.environment.num_trials = 8  # placements tried per copy when rejecting clashes
+    # Two defects of the reference implementation, corrected here ('reference' reproduces them;
+    # georecon_jax/objectives/environment.py): anchors that are positions in the candidate list
+    # taken as atom ids (ring atoms included), and rotations that are not uniform on SO(3)
+    c.environment.anchors = "atom"  # | "reference"
+    c.environment.rotations = "uniform"  # | "reference"
     c.environment.max_atoms = 256  # (98.1 % of the fitting combinations keep all 5 copies; 96: 38.9 %)
     # atom budget M per environment (real atoms compacted into it;
     # a pair gets fewer copies if n1 + K·n2 > M, counted as copies_cut);

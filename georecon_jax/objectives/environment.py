@@ -5,10 +5,12 @@ to K rigid copies of molecule 2 around molecule 1:
 
   * anchors: K distinct atoms of molecule 1 drawn uniformly among its real non-ring atoms (all its
     real atoms if every atom is in a ring); the anchor is an *atom id* (the reference
-    implementation took positions in the candidate list for atom ids, so ring atoms got picked).
+    implementation took positions in the candidate list for atom ids, so ring atoms got picked;
+    ``anchors='reference'`` reproduces that).
     With fewer candidates than K, only that many copies are placed (``copy_mask``).
   * each copy: the conformer of molecule 2 centred on its centroid, rotated by R uniform on SO(3)
-    (a normalised 4-D Gaussian is a uniform unit quaternion), translated so that its centroid is at
+    (a normalised 4-D Gaussian is a uniform unit quaternion; ``rotations='reference'``: the
+    reference's axis-angle draw, not uniform), translated so that its centroid is at
     anchor + r·u, u uniform on the unit sphere, r = max(copy radius, ``min_radius``); the copy
     radius is the largest centroid–atom distance. ``min_radius`` (default 0) only matters for
     one-atom molecules (radius 0, e.g. water without hydrogens), which would otherwise sit on top
@@ -71,20 +73,50 @@ def random_rotations(key, shape=()):
     return quaternion_to_rotation(q)
 
 
+def reference_rotations(key, shape=()):
+    """The reference's rotations (Namkyeong/3DMRL MI/utils/chem.py generate_random_axis_angle,
+    create_rotation_matrix; applied as ``pos @ R``): an axis normalised from a uniform cube, an
+    angle uniform in [0, 2π), so not uniform on SO(3) (E[trace] = 1 where the Haar measure gives
+    0). Returned as the matrix that multiplies column vectors, i.e. the reference's R transposed."""
+    k_axis, k_angle = jax.random.split(key)
+    axis = jax.random.uniform(k_axis, tuple(shape) + (3,)) - 0.5
+    axis = axis / jnp.maximum(jnp.linalg.norm(axis, axis=-1, keepdims=True), 1e-12)
+    angle = jax.random.uniform(k_angle, tuple(shape), minval=0.0, maxval=2 * jnp.pi)
+    half = angle / 2  # Rodrigues' rotation about axis by angle, as a unit quaternion
+    q = jnp.concatenate([jnp.cos(half)[..., None], jnp.sin(half)[..., None] * axis], axis=-1)
+    return jnp.swapaxes(quaternion_to_rotation(q), -1, -2)
+
+
 def random_unit_vectors(key, shape=()):
     """Directions uniform on the unit sphere, [*shape, 3]."""
     u = jax.random.normal(key, tuple(shape) + (3,))
     return u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
 
 
-def choose_anchors(key, mask1, in_ring1, num_copies: int):
-    """K distinct anchor atom ids among non-ring atoms (all atoms if none), and which are real."""
+def choose_anchors(key, mask1, in_ring1, num_copies: int, form: str = "atom"):
+    """K distinct anchor atom ids among non-ring atoms (all atoms if none), and which are real.
+
+    ``form='reference'``: the reference's defect (MI/datasets_pretrain/solvation.py
+    get_virtual_environment: ``not_ring_idx = perm[:sample]``): with more than K candidates, K
+    distinct *positions in the candidate list* (0 .. n_candidates - 1) are used as atom ids, so
+    the anchors are the first atoms of the molecule, ring atoms included; with K or fewer, the
+    candidates themselves, as in the default form."""
+    if form not in ANCHOR_FORMS:
+        raise ValueError(f"environment.anchors={form!r}: use one of {ANCHOR_FORMS}")
     non_ring = mask1 & ~in_ring1
     candidates = jnp.where(jnp.any(non_ring), non_ring, mask1)
-    scores = jnp.where(candidates, jax.random.uniform(key, mask1.shape), -1.0)
-    _, anchors = jax.lax.top_k(scores, num_copies)  # atom ids (positions in molecule 1)
-    copy_mask = jnp.arange(num_copies) < jnp.sum(candidates)
+    u = jax.random.uniform(key, mask1.shape)
+    _, anchors = jax.lax.top_k(jnp.where(candidates, u, -1.0), num_copies)  # atom ids
+    n = jnp.sum(candidates)
+    if form == "reference":
+        _, positions = jax.lax.top_k(jnp.where(jnp.arange(mask1.shape[0]) < n, u, -1.0), num_copies)
+        anchors = jnp.where(n > num_copies, positions, anchors)
+    copy_mask = jnp.arange(num_copies) < n
     return anchors.astype(jnp.int32), copy_mask
+
+
+ANCHOR_FORMS = ("atom", "reference")
+ROTATION_FORMS = ("uniform", "reference")
 
 
 def _min_distance(trials, mask, occupied, occ_mask):
@@ -108,8 +140,13 @@ def sample_environment(
     min_distance: float = 0.0,
     num_trials: int = 8,
     max_atoms: Optional[int] = None,
+    anchors: str = "atom",
+    rotations: str = "uniform",
 ) -> Environment:
     """One pair's environment. pos1 [N1, 3], mask1/in_ring1 [N1]; pos2 [N2, 3], mask2 [N2].
+
+    ``anchors`` / ``rotations``: 'atom' / 'uniform' (corrected, the defaults) or 'reference' (the
+    reference implementation's forms: `choose_anchors`, `reference_rotations`).
 
     ``max_atoms`` (default N1 + K·N2: no compaction) is the environment's atom budget M: a pair
     gets at most (M − n1) // n2 copies (the rest are counted in ``copies_cut``), and its real atoms
@@ -119,7 +156,10 @@ def sample_environment(
     pos1, mask1, in_ring1, pos2, mask2 = map(jnp.asarray, (pos1, mask1, in_ring1, pos2, mask2))
     N1, N2, K = pos1.shape[0], pos2.shape[0], num_copies
     k_anchor, k_dir, k_rot = jax.random.split(key, 3)
-    anchors, copy_mask = choose_anchors(k_anchor, mask1, in_ring1, K)
+    if rotations not in ROTATION_FORMS:
+        raise ValueError(f"environment.rotations={rotations!r}: use one of {ROTATION_FORMS}")
+    rotation_fn = reference_rotations if rotations == "reference" else random_rotations
+    anchor_ids, copy_mask = choose_anchors(k_anchor, mask1, in_ring1, K, anchors)
     copy_mask = copy_mask & jnp.any(mask2)
     M = N1 + K * N2 if max_atoms is None else int(max_atoms)
     if max_atoms is not None:
@@ -135,11 +175,11 @@ def sample_environment(
     centroid2 = jnp.sum(pos2 * w2[:, None], 0) / jnp.maximum(jnp.sum(w2), 1.0)
     centered = jnp.where(mask2[:, None], pos2 - centroid2, 0.0)  # [N2, 3]
     radius = jnp.maximum(jnp.max(jnp.linalg.norm(centered, axis=-1)), min_radius)
-    anchor_pos = pos1[anchors]  # [K, 3]
+    anchor_pos = pos1[anchor_ids]  # [K, 3]
 
     trials = num_trials if min_distance > 0 else 1
     dirs = random_unit_vectors(k_dir, (K, trials))  # [K, T, 3]
-    rots = random_rotations(k_rot, (K, trials))  # [K, T, 3, 3]
+    rots = rotation_fn(k_rot, (K, trials))  # [K, T, 3, 3]
     cents = anchor_pos[:, None, :] + radius * dirs  # [K, T, 3]
     placed = jnp.einsum("ktij,nj->ktni", rots, centered) + cents[:, :, None, :]  # [K, T, N2, 3]
     if min_distance > 0:
@@ -185,7 +225,7 @@ def sample_environment(
         slots = tuple(x[order] for x in slots)
     return Environment(
         *slots,
-        anchors=anchors,
+        anchors=anchor_ids,
         copy_mask=copy_mask,
         centroids=centroids,
         rotations=rotations,

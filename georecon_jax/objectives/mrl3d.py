@@ -77,6 +77,8 @@ def environment_for(batch, key, env_cfg):
         min_distance=env_cfg.min_distance,
         num_trials=env_cfg.num_trials,
         max_atoms=env_cfg.get("max_atoms") or None,
+        anchors=env_cfg.get("anchors", "atom"),
+        rotations=env_cfg.get("rotations", "uniform"),
     )
     z1 = jnp.take_along_axis(
         d(g1.atomic_numbers), jnp.minimum(env.slot_atom, d(g1.mask).shape[1] - 1), axis=1

@@ -136,6 +136,9 @@ ADDED_FIELDS = {
     # 3DMRL pretrainings saved before data.observed_fraction used every observed pair
     "data.observed_fraction": 1.0,
     "data.orient_by_radius": False,
+    # (the corrected forms were the only ones before these options)
+    "environment.anchors": "atom",
+    "environment.rotations": "uniform",
     # the 2D relational model before it followed the reference's CIGIN (3DMRL pretraining, and pair
     # fine-tuning, whose model section is the relational config itself)
     "model.relational.architecture": "edge_mlp_gru",
