@@ -35,7 +35,7 @@ def _size(size: str, variant: str = "") -> str:
 
 
 def build_cells(c, workdir: str) -> List[Cell]:
-    from experiments.configs.study_mrl import ARMS, GROUPS, TASKS
+    from experiments.configs.study_mrl import ARMS, FINETUNE_VARIANTS, GROUPS, TASKS
 
     for arm in c.arms:
         if arm not in ARMS:
@@ -79,7 +79,7 @@ def build_cells(c, workdir: str) -> List[Cell]:
                     py,
                     "-m",
                     "experiments.finetune_pairs",
-                    f"--config=experiments/configs/mrl_finetune.py:{c.finetune_size}",
+                    f"--config=experiments/configs/mrl_finetune.py:{c.finetune_size}{FINETUNE_VARIANTS[group]}",
                     f"--config.data.preset={preset}",
                     f"--config.split={split}",
                     f"--config.seeds=({','.join(map(str, split_seeds))},)",

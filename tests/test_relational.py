@@ -271,3 +271,45 @@ def test_edge_mlp_gru_form_is_still_selectable_and_differs(setup, tmp_path):
         record_config(ml_collections.ConfigDict({"model": make("edge_mlp_gru")}), str(work), write=False)
         with pytest.raises(ConfigMismatchError, match="architecture"):
             record_config(ml_collections.ConfigDict({"model": make("reference")}), str(work), write=False)
+
+
+def np_gine(p, rec):
+    """DDI/layers/GIN.py: h0 = node_encoder(x); h_l = relu(MLP((1+ε)h + Σ relu(h_j + Lin(e)))); out_lin."""
+    lin = lambda q, v: v @ np.asarray(q["kernel"], np.float64) + np.asarray(q["bias"], np.float64)
+    h = lin(p["node_encoder"], rec["atom_features"].astype(np.float64))
+    hs = [h]
+    for i in range(STEPS):
+        e = lin(p[f"edge_encoder_{i}"], rec["bond_features"].astype(np.float64))
+        agg = np.zeros_like(h)
+        for k, (j, t) in enumerate(zip(rec["senders"], rec["receivers"])):
+            agg[t] += np.maximum(h[j] + e[k], 0.0)
+        z = (1 + float(np.asarray(p[f"eps_{i}"])[0])) * h + agg
+        h = np.maximum(lin(p[f"mlp_{i}_1"], np.maximum(lin(p[f"mlp_{i}_0"], z), 0.0)), 0.0)
+        hs.append(h)
+    return lin(p["out_lin"], np.concatenate(hs, axis=1))
+
+
+def test_reference_ddi_form_matches_numpy_and_is_symmetric_in_the_two_drugs(records):
+    """DDI/models_2d/CIGIN.py: one GINE encoder and one Set2Set for both drugs, so swapping the
+    drugs swaps the two halves of the pair embedding; the encoder equals the numpy formulas."""
+    pairs = [("c1ccccc1O", "CC(=O)Nc1ccc(O)cc1"), ("CCO", "O")]
+    ds, swapped = dataset(pairs, records), dataset([(b, a) for a, b in pairs], records)
+    a, b = PairBudget.from_dataset(ds), PairBudget.from_dataset(swapped)
+    n, e = max(a.n_node1, a.n_node2), max(a.n_edge1, a.n_edge2, b.n_edge1, b.n_edge2)
+    budget = PairBudget(n, e, n, e)  # the same padding on both sides
+    batch, batch_sw = batch_of(ds, 2, budget), batch_of(swapped, 2, budget)
+    model = RelationalEncoder(16, STEPS, S2S, architecture="reference_ddi")
+    params = init(model, batch)
+    assert {"encoder", "set2set"} <= set(params["params"]) and "encoder1" not in params["params"]
+    out, out_sw = (jax.jit(model.apply)(params, b) for b in (batch, batch_sw))
+    emb, emb_sw = np.asarray(out["pair_embedding"]), np.asarray(out_sw["pair_embedding"])
+    half = emb.shape[1] // 2
+    np.testing.assert_allclose(emb[:, :half], emb_sw[:, half:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(emb[:, half:], emb_sw[:, :half], rtol=1e-5, atol=1e-5)
+    from georecon_jax.models.relational import GINEEncoder
+
+    enc_params = {"params": params["params"]["encoder"]}
+    rec = records["CC(=O)Nc1ccc(O)cc1"]
+    g = batch.graph2  # paracetamol is the first pair's second drug
+    h = np.asarray(GINEEncoder(16, STEPS).apply(enc_params, g))[: len(rec["atomic_numbers"])]
+    np.testing.assert_allclose(h, np_gine(params["params"]["encoder"], rec), rtol=1e-4, atol=1e-5)

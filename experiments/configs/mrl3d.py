@@ -65,6 +65,9 @@ VARIANTS = dict(
     # included; here the ChChMiner files present (their test positives included, as the reference)
     ddi=dict(
         data=dict(presets=("chchminer",), pairs="observed", observed_fraction=0.4),
+        # its 2D model: one GINE encoder and one Set2Set for both drugs, 300 features
+        # (DDI/models_2d/CIGIN.py); fine-tune with mrl_finetune.py:+ddi
+        model=dict(relational=dict(architecture="reference_ddi", features=300)),
         optim=dict(learning_rate=5e-4),
     ),
 )

@@ -33,7 +33,29 @@ SIZES = common.sizes(
 )
 
 
+# '+' variants of any size (mrl_finetune.py:+ddi, quick+ddi)
+VARIANTS = dict(
+    # 3DMRL's DDI model (DDI/models_2d/CIGIN.py): one GINE encoder and one Set2Set for both drugs,
+    # 300 features, a single linear predictor; the preset ChChMiner (data.preset=zhangddi works)
+    ddi=dict(
+        data=dict(preset="chchminer"), model=dict(architecture="reference_ddi", features=300, head_hidden=())
+    ),
+)
+
+
 def get_config(size=None):
+    """``size``: '' (paper scale) or a name of `SIZES`, optionally with '+'-separated `VARIANTS`."""
+    size, *variants = (size or "").split("+")
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"unknown pair fine-tuning variant {v!r}: use one of {', '.join(VARIANTS)}")
+    c = _config(size)
+    for v in variants:
+        common._apply(c, VARIANTS[v])
+    return c
+
+
+def _config(size=None):
     # Splits and epochs: one run of the experiment runner per split (georecon_jax.tasks.finetune_pairs).
     c = common.ConfigDict(dict(seed=0, num_devices=1))
     c.init_from = ""  # a 3DMRL pretraining workdir, or "" for scratch

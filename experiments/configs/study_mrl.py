@@ -45,6 +45,8 @@ TASKS = {
     "chchminer_molecule": ("ddi", "chchminer", "molecule"),
     "chchminer_scaffold": ("ddi", "chchminer", "scaffold"),
 }
+# the fine-tuning config variant of each pretraining group (its 2D model must be the pretraining's)
+FINETUNE_VARIANTS = {"solvation": "", "chromophore": "", "ddi": "+ddi"}
 GROUPS = {"solvation": "", "chromophore": "+chromophore", "ddi": "+ddi"}  # mrl3d.py variants
 
 PRESETS = dict(

@@ -36,6 +36,11 @@ its parameters transfer by name) has two forms, chosen by ``architecture`` (conf
   3. Set2Set readout (masked attention over real atoms) per side -> 4F each; the pair embedding is
      their concatenation (8F).
 
+``"reference_ddi"`` follows 3DMRL's DDI/models_2d/CIGIN.py and DDI/layers/GIN.py (its DDI
+pretraining and fine-tuning): one `GINEEncoder` shared by both drugs (F = 300 there), the same
+normalisation and interaction map, one Set2Set shared by both sides, and a single linear predictor
+on the 8F pair embedding (``head_hidden=()``).
+
 ``"edge_mlp_gru"`` (this project's form before the reference was followed; saved runs without the
 field resume with it): h_i <- GRU(h_i, Σ_j MLP([h_j, e_ji])) for ``num_steps`` rounds (an edge MLP
 message instead of NNConv's per-edge F×F matrices), no input skip, no normalisation, and the
@@ -56,7 +61,7 @@ import jraph
 from georecon_jax.models.et import Dense, silu
 
 NEG = -1e9
-ARCHITECTURES = ("reference", "edge_mlp_gru")
+ARCHITECTURES = ("reference", "reference_ddi", "edge_mlp_gru")
 NORMALIZE_EPS = 1e-12  # F.normalize's default
 
 # NNConv's root weight: PyG initialises it uniform(±1/sqrt(fan_in)), not Xavier.
@@ -121,6 +126,39 @@ class MPNNEncoder(nn.Module):
         return jnp.where(node_mask, h + skip, 0.0)
 
 
+class GINEEncoder(nn.Module):
+    """3DMRL's DDI encoder (DDI/layers/GIN.py GINE, GINEConv): GraphsTuple -> atom features
+    [n, F], 0 on padding::
+
+        h0 = Linear(x)                                           node_encoder, no activation
+        layer l = 1..L:  h_l = relu(MLP_l((1 + ε_l) h_{l-1} + Σ_{j->i} relu(h_{l-1,j} + Lin_l(e_ji))))
+                         MLP_l: Linear F -> 2F, relu, Linear 2F -> F; ε_l learnt, from 0
+        out = Linear([h0, h1, ..., hL])                          out_lin (L+1)F -> F
+
+    (the reference's batch norms are commented out there, and absent here)."""
+
+    features: int = 300
+    num_steps: int = 3
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple):
+        nodes, edges = graph.nodes, graph.edges
+        n, F = nodes.features.shape[0], self.features
+        node_mask = nodes.mask[:, None]
+        h = jnp.where(node_mask, Dense(F, name="node_encoder")(nodes.features), 0.0)
+        hs = [h]
+        for i in range(self.num_steps):
+            e = Dense(F, name=f"edge_encoder_{i}")(edges.features)
+            m = jnp.where(edges.mask[:, None], nn.relu(h[graph.senders] + e), 0.0)
+            agg = jax.ops.segment_sum(m, graph.receivers, num_segments=n)
+            eps = self.param(f"eps_{i}", nn.initializers.zeros, (1,))
+            z = (1.0 + eps) * h + agg
+            z = Dense(F, name=f"mlp_{i}_1")(nn.relu(Dense(2 * F, name=f"mlp_{i}_0")(z)))
+            h = jnp.where(node_mask, nn.relu(z), 0.0)
+            hs.append(h)
+        return jnp.where(node_mask, Dense(F, name="out_lin")(jnp.concatenate(hs, axis=-1)), 0.0)
+
+
 class Set2Set(nn.Module):
     """Set2Set (Vinyals et al. 2016) over padded sets: x [B, N, F], mask [B, N] -> [B, 2F]."""
 
@@ -156,10 +194,14 @@ class RelationalEncoder(nn.Module):
         _check_architecture(self.architecture)
         g1, g2 = batch.graph1, batch.graph2
         B, F = batch.pair_mask.shape[0], self.features
-        h1 = MPNNEncoder(F, self.num_steps, self.architecture, name="encoder1")(g1).reshape(B, -1, F)
-        h2 = MPNNEncoder(F, self.num_steps, self.architecture, name="encoder2")(g2).reshape(B, -1, F)
+        if self.architecture == "reference_ddi":  # one encoder for both drugs (DDI/models_2d/CIGIN.py)
+            encoder = GINEEncoder(F, self.num_steps, name="encoder")
+            h1, h2 = encoder(g1).reshape(B, -1, F), encoder(g2).reshape(B, -1, F)
+        else:
+            h1 = MPNNEncoder(F, self.num_steps, self.architecture, name="encoder1")(g1).reshape(B, -1, F)
+            h2 = MPNNEncoder(F, self.num_steps, self.architecture, name="encoder2")(g2).reshape(B, -1, F)
         m1, m2 = g1.nodes.mask.reshape(B, -1), g2.nodes.mask.reshape(B, -1)
-        if self.architecture == "reference":
+        if self.architecture in ("reference", "reference_ddi"):
             h1, h2 = l2_normalize(h1), l2_normalize(h2)  # per atom; padding stays 0
             inter = jnp.einsum("bif,bjf->bij", h1, h2)  # plain dot product
         else:
@@ -169,8 +211,12 @@ class RelationalEncoder(nn.Module):
         p2 = jnp.einsum("bij,bif->bjf", inter, h1)
         n1 = jnp.concatenate([h1, p1], axis=-1)
         n2 = jnp.concatenate([h2, p2], axis=-1)
-        r1 = Set2Set(self.set2set_steps, name="set2set1")(n1, m1)
-        r2 = Set2Set(self.set2set_steps, name="set2set2")(n2, m2)
+        if self.architecture == "reference_ddi":  # one Set2Set for both sides
+            readout = Set2Set(self.set2set_steps, name="set2set")
+            r1, r2 = readout(n1, m1), readout(n2, m2)
+        else:
+            r1 = Set2Set(self.set2set_steps, name="set2set1")(n1, m1)
+            r2 = Set2Set(self.set2set_steps, name="set2set2")(n2, m2)
         return dict(
             pair_embedding=jnp.concatenate([r1, r2], axis=-1), nodes1=n1, nodes2=n2, interaction=inter
         )

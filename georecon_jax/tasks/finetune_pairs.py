@@ -381,6 +381,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         budget = PairBudget.from_dataset(ds, max_atoms=d.max_atoms)
         eval_budget = evaluation_budget(ds, budget, d)
         splits = make_splits(ds, config)
+        if ds.task == "classification" and config.model.get("architecture") != "reference_ddi":
+            log.warning(
+                "the reference fine-tunes DDI with its DDI model (one GINE encoder for both drugs, 300 "
+                "features, a linear predictor): --config=experiments/configs/mrl_finetune.py:+ddi; "
+                "this run uses model.architecture=%s",
+                config.model.get("architecture"),
+            )
         pretrained = load_pretrained(config.init_from, config) if config.init_from else None
         origin = f"3DMRL checkpoint {config.init_from}" if config.init_from else "scratch"
         log.info(
