@@ -402,3 +402,26 @@ def test_ddi_pretraining_pairs_put_the_larger_molecule_first():
     out = orient_by_radius(ds)
     assert list(out.rows) == ["a", "b", "d"]  # c: radii 2 and 2
     assert list(zip(out.index1, out.index2)) == [(1, 0), (2, 0), (2, 3)]
+
+
+def test_ddi_early_stopping_waits_for_roc_auc_and_accuracy(monkeypatch, tmp_path):
+    """DDI/models_2d/CIGIN.py: stop only when the best ROC-AUC and the best accuracy have both
+    stayed the same for es - 1 evaluations; the accuracy hook keeps its own best checkpoint."""
+    from georecon_jax.training import runner
+
+    monkeypatch.setattr(runner.Checkpointer, "save", lambda self, step, state: None)
+    es = 5
+    acc = runner.BestCheckpoint(str(tmp_path / "split" / "best_accuracy"), "accuracy", "max")
+    roc = runner.BestCheckpoint(
+        str(tmp_path / "split"), "roc_auc", "max", patience=es - 1, min_evaluations=es, also=acc
+    )
+    rocs = [0.6, 0.7, 0.8] + [0.75] * 20  # best ROC-AUC at evaluation 3
+    accs = [0.5, 0.6, 0.6, 0.62, 0.63, 0.64, 0.64, 0.64, 0.64, 0.64, 0.64] + [0.6] * 12  # best at 6
+    stop = next(
+        e
+        for e, (r, a) in enumerate(zip(rocs, accs), 1)
+        if acc(e, None, {"accuracy": a}) | roc(e, None, {"roc_auc": r})
+    )
+    assert stop == 6 + es - 1  # ROC-AUC alone would have stopped at 3 + es - 1 = 7
+    assert acc.best["step"] == 6 and roc.best["step"] == 3
+    assert (tmp_path / "split" / "best_accuracy" / "best.json").exists()

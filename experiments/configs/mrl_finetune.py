@@ -70,6 +70,10 @@ def _config(size=None):
     # `finetune_pairs.RECIPES`: solvation 256 / 1e-3, FreeSolv and MNSol 32; chromophore 256 / 5e-3;
     # DDI 128 / 5e-4; a user file: by its task type)
     c.update(num_epochs=500, early_stopping=50, eval_batch_size=64)
+    # DDI: 'reference' reports ROC-AUC/AP at the best validation ROC-AUC and accuracy/F1 at the
+    # best validation accuracy, and stops early once both have stalled (DDI/embedder.py,
+    # DDI/models_2d/CIGIN.py) | 'roc': everything at the best ROC-AUC, stopping on it alone
+    c.ddi_reporting = "reference"
     c.batch_size = common.optional(int)
     # Each split's run: a checkpoint, a log line and an evaluation per epoch.
     c.update(keep_checkpoints=2, max_consecutive_nonfinite=10, tensorboard=True, allow_config_change=False)

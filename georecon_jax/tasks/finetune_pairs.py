@@ -239,13 +239,23 @@ class PairSplitTask:
 
         self.evaluate = evaluate
         self.select = "rmse" if task == "regression" else "roc_auc"
+        # DDI as the reference (DDI/models_2d/CIGIN.py, DDI/embedder.py): ROC-AUC and AP reported at
+        # the best validation ROC-AUC, accuracy and F1 at the best validation accuracy (its own
+        # checkpoint in best_accuracy/), early stopping once both have stalled
+        self.best_accuracy = None
+        if task == "classification" and config.get("ddi_reporting", "reference") == "reference":
+            self.best_accuracy = runner.BestCheckpoint(
+                os.path.join(workdir, "best_accuracy"), "accuracy", "max"
+            )
         best = self.best = runner.BestCheckpoint(
             workdir,
             self.select,
             "min" if task == "regression" else "max",
             patience=early_stopping_patience(config),
             min_evaluations=int(config.get("early_stopping", 0) or 0),
+            also=self.best_accuracy,
         )
+        hooks = (best,) if self.best_accuracy is None else (self.best_accuracy, best)
         epoch = train.steps_per_epoch  # one evaluation, checkpoint and log line per epoch
         return runner.Job(
             params=params,
@@ -254,9 +264,9 @@ class PairSplitTask:
             train_batch=train.batch,
             num_steps=config.num_epochs * epoch,
             eval_fn=lambda state, step: evaluate(state.params, self.batchers["validation"]),
-            on_eval=(best,),
+            on_eval=hooks,
             done=best.stopped,
-            closers=(best,),
+            closers=hooks,
             plateau_metric="mse" if task == "regression" else "roc_auc",
             mask_fn=pair_mask,
             fold_in_device=True,
@@ -275,6 +285,14 @@ class PairSplitTask:
         step, raw = restore_params(os.path.join(workdir, "best"))
         params = jax.tree_util.tree_map(jnp.asarray, raw["params"])
         test = self.evaluate(params, self.batchers["test"])
+        if self.best_accuracy is not None and os.path.isdir(os.path.join(workdir, "best_accuracy", "best")):
+            acc_step, acc_raw = restore_params(os.path.join(workdir, "best_accuracy", "best"))
+            at_acc = self.evaluate(
+                jax.tree_util.tree_map(jnp.asarray, acc_raw["params"]), self.batchers["test"]
+            )
+            test = dict(test, accuracy=at_acc["accuracy"], f1=at_acc["f1"])
+        else:
+            acc_step = None
         b = self.batchers
         # per-pair test predictions of the best epoch (the studies' paired comparisons), by the
         # pair's file:row; classification: logits
@@ -296,6 +314,7 @@ class PairSplitTask:
             "best_epoch": int(step // b["train"].steps_per_epoch),
             "early_stopped": bool(self.best.stopped),
             "best_step": int(step),
+            "best_accuracy_step": None if acc_step is None else int(acc_step),
             "validation": _read_validation(workdir, step),
             "test": test,
             "num_parameters": self.num_parameters,

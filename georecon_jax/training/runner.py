@@ -159,12 +159,16 @@ class BestCheckpoint:
         patience: int = 0,
         min_delta: float = 0.0,
         min_evaluations: int = 0,
+        also: Optional["BestCheckpoint"] = None,
     ):
         if mode not in ("min", "max"):
             raise ValueError(f"mode {mode!r}: use 'min' or 'max'")
         self.workdir, self.metric, self.mode = workdir, metric, mode
         self.patience, self.min_delta = patience, min_delta
         self.min_evaluations = min_evaluations  # stop no earlier than after more evaluations than this
+        self.also = also  # another metric's hook (run before this one) that must have stalled too
+        if is_primary():
+            os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "best.json")
         self.best = {
             "step": None,
@@ -207,6 +211,7 @@ class BestCheckpoint:
             self.patience
             and self.best["evals_since"] >= self.patience
             and self.best["evaluations"] > self.min_evaluations
+            and (self.also is None or self.also.best["evals_since"] >= self.patience)
         ):
             if is_primary():
                 _write_json(self.early_stopped_path, {"step": int(step), **self.best})
