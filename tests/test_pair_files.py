@@ -242,6 +242,20 @@ def test_explicit_hydrogens_reach_the_graph_and_the_conformer(cache_root):
     n1 = [len(ds.molecules[ds.index1[i]]["atomic_numbers"]) for i in (0, 1)]
     assert batch.graph1.nodes.mask.reshape(2, -1).sum(1).tolist() == n1
     assert np.sum(batch.graph1.nodes.atomic_numbers == 1) > 0
+    # ... and into the 3D environment: the solute's hydrogens and each water copy's two
+    import jax
+    import ml_collections
+
+    from georecon_jax.objectives.mrl3d import environment_for
+
+    env_cfg = ml_collections.ConfigDict(dict(num_copies=3, min_radius=1.5, min_distance=0.0, num_trials=1))
+    env, z = environment_for(jax.tree_util.tree_map(np.asarray, batch), jax.random.PRNGKey(0), env_cfg)
+    z, env = np.asarray(z), jax.device_get(env)
+    for b in range(2):
+        solute_h = int(np.sum(ds.molecules[ds.index1[b]]["atomic_numbers"] == 1))
+        copies = int(env.copy_mask[b].sum())
+        assert copies > 0 and int(np.sum(z[b] == 1)) == solute_h + 2 * copies
+        assert int(np.sum(z[b] == 8)) >= copies  # one oxygen per water copy
 
     c.data.preset = "absorption"
     assert resolve_explicit_h(c.data) is False
