@@ -91,8 +91,9 @@ def build_cells(c, workdir: str) -> List[Cell]:
                     *common,
                     *c.finetune_overrides,
                 ]
-                if c.max_pairs:
-                    cmd.append(f"--config.data.max_pairs={c.max_pairs}")
+                n_pairs = (c.ddi_max_pairs or c.max_pairs) if split != "cv" else c.max_pairs
+                if n_pairs:
+                    cmd.append(f"--config.data.max_pairs={n_pairs}")
                 needs = None
                 if ARMS[arm] is not None:
                     needs = f"pretrain/{group}/{arm}/seed{seed}"
@@ -284,7 +285,8 @@ def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
         f"{c.pretrain_steps or 'the config’s'} steps {' '.join(c.pretrain_overrides)}; fine-tuning: "
         f"mrl_finetune.py size `{c.finetune_size or 'paper'}` {' '.join(c.finetune_overrides)}, at most "
         f"{c.num_epochs} epochs (early stopping {c.early_stopping or 'off'}), "
-        f"{f'a random {c.max_pairs} pairs per task and seed' if c.max_pairs else 'all pairs'}; "
+        f"{f'a random {c.max_pairs} pairs per task and seed' if c.max_pairs else 'all pairs'}"
+        f"{f' ({c.ddi_max_pairs} for DDI)' if c.ddi_max_pairs else ''}; "
         f"regression: {c.num_folds}-fold CV of the cell's seed ({c.max_folds or c.num_folds} folds run), "
         f"DDI: {c.ddi_repeats} split(s) per cell. Test metrics at the best validation epoch.",
         "",
