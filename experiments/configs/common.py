@@ -280,6 +280,19 @@ def check_size(size: Optional[str], valid) -> str:
     return size
 
 
+def with_variants(spec: Optional[str], build, variants: Mapping[str, Mapping], what: str) -> ConfigDict:
+    """``build(size)`` with the '+'-separated ``variants`` of ``spec`` ('quick+ddi') applied in
+    order; an unknown variant is a ValueError naming the known ones (``what``: e.g. '3DMRL')."""
+    size, *names = (spec or "").split("+")
+    for v in names:
+        if v not in variants:
+            raise ValueError(f"unknown {what} variant {v!r}: use one of {', '.join(variants)}")
+    c = build(size)
+    for v in names:
+        _apply(c, variants[v])
+    return c
+
+
 def resize(c: ConfigDict, size: Optional[str], overlays: Mapping[str, Mapping]) -> ConfigDict:
     """``c`` (paper scale) shrunk in place to ``size``, one of ``overlays`` (see `sizes`);
     '' or None leaves it as it is. An unknown size is a ValueError naming the valid ones."""

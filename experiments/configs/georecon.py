@@ -98,15 +98,7 @@ ABLATIONS = dict(
 
 def get_config(size=None):
     """``size``: '' (paper scale), a name of `SIZES`, and optionally '+'-separated `VARIANTS`."""
-    size, *variants = (size or "").split("+")
-    overlays = {**VARIANTS, **ABLATIONS}
-    for v in variants:
-        if v not in overlays:
-            raise ValueError(f"unknown GeoRecon variant {v!r}: use one of {', '.join(overlays)}")
-    c = _config(size)
-    for v in variants:
-        common._apply(c, overlays[v])
-    return c
+    return common.with_variants(size, _config, {**VARIANTS, **ABLATIONS}, "GeoRecon")
 
 
 def _config(size=None):

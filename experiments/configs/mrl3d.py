@@ -75,14 +75,7 @@ VARIANTS = dict(
 
 def get_config(size=None):
     """``size``: '' (paper scale) or a name of `SIZES`, optionally with '+'-separated `VARIANTS`."""
-    size, *variants = (size or "").split("+")
-    for v in variants:
-        if v not in VARIANTS:
-            raise ValueError(f"unknown 3DMRL variant {v!r}: use one of {', '.join(VARIANTS)}")
-    c = _config(size)
-    for v in variants:
-        common._apply(c, VARIANTS[v])
-    return c
+    return common.with_variants(size, _config, VARIANTS, "3DMRL")
 
 
 def _config(size=None):
