@@ -65,8 +65,10 @@ NUM_MOLECULES = 960
 SAMPLE_SEED = 0
 
 # --precision: float32 matrix products on GPUs (CPUs always multiply in float32).
-JAX_PRECISION = {"highest": "highest", "tf32": "tensorfloat32"}
-TORCH_PRECISION = {"highest": "highest", "tf32": "high"}
+# bf16: one bfloat16 pass with float32 accumulation (positions, forces and losses stay float32).
+JAX_PRECISION = {"highest": "highest", "tf32": "tensorfloat32", "bf16": "bfloat16"}
+TORCH_PRECISION = {"highest": "highest", "tf32": "high", "bf16": "medium"}
+LAYOUTS = ("pairs", "dense")
 
 SIZES = {
     "cpu": dict(num_layers=4, features=128, num_heads=8, num_rbf=32, cutoff=5.0, trainable_rbf=False),
@@ -74,7 +76,7 @@ SIZES = {
 }
 
 
-def make_config(objective: str, size: str, micro_batches: int, devices: int = 1):
+def make_config(objective: str, size: str, micro_batches: int, devices: int = 1, num_buckets: int = 0):
     from experiments.configs import coord, georecon
 
     cfg = (georecon if objective == "georecon" else coord).get_config()
@@ -83,6 +85,8 @@ def make_config(objective: str, size: str, micro_batches: int, devices: int = 1)
     cfg.model.encoder.update(SIZES[size])
     if micro_batches >= 0:
         cfg.micro_batches = micro_batches
+    if num_buckets > 0:  # fewer padded shapes: less compile time (e.g. a short GPU session)
+        cfg.graph.num_buckets = num_buckets
     if objective == "georecon":
         cfg.model.decoder.update(
             code_dim=SIZES[size]["features"], num_heads=SIZES[size]["num_heads"], num_rbf=32
@@ -95,10 +99,10 @@ def make_config(objective: str, size: str, micro_batches: int, devices: int = 1)
 # CUDA cores ("highest": what full-float32 products can use) and TF32 tensor cores ("tf32").
 # Matched against jax's device_kind, first match wins (so "H100 PCIe" before "H100").
 GPU_PEAK_FLOPS = [
-    ("H100 PCIe", {"highest": 51.2e12, "tf32": 378e12}),
-    ("H100", {"highest": 66.9e12, "tf32": 494.7e12}),  # SXM5
-    ("H200", {"highest": 66.9e12, "tf32": 494.7e12}),
-    ("A100", {"highest": 19.5e12, "tf32": 156e12}),
+    ("H100 PCIe", {"highest": 51.2e12, "tf32": 378e12, "bf16": 756e12}),
+    ("H100", {"highest": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12}),  # SXM5
+    ("H200", {"highest": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12}),
+    ("A100", {"highest": 19.5e12, "tf32": 156e12, "bf16": 312e12}),
 ]
 
 
@@ -106,9 +110,36 @@ def accelerator_peak(device_kind: str, precision: str):
     """(peak FLOP/s, what it is) of a GPU for float32 products at ``precision``; (None, why) if unknown."""
     for name, peaks in GPU_PEAK_FLOPS:
         if name.lower() in device_kind.lower():
-            basis = "float32 CUDA cores" if precision == "highest" else "TF32 tensor cores"
+            basis = {
+                "highest": "float32 CUDA cores",
+                "tf32": "TF32 tensor cores",
+                "bf16": "BF16 tensor cores",
+            }[precision]
             return peaks[precision], f"{name} dense {basis}, NVIDIA data sheet"
     return None, f"no peak on record for {device_kind!r} (add it to GPU_PEAK_FLOPS)"
+
+
+def measured_matmul_rate(precision: str = "highest", sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
+    """This machine's float32 matrix-product rate, measured now (the arithmetic limit the step's
+    achieved FLOP/s is compared with): the best over ``sizes`` of the median of ``repeats`` jitted
+    [n, n] x [n, n] products at ``precision``, in FLOP/s (2 n^3 per product)."""
+    import jax
+    import jax.numpy as jnp
+
+    best, per_size = 0.0, {}
+    for n in sizes:
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+        f = jax.jit(lambda a, b: jnp.matmul(a, b, precision=JAX_PRECISION[precision]))
+        f(a, b).block_until_ready()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f(a, b).block_until_ready()
+            times.append(time.perf_counter() - t)
+        per_size[n] = 2 * n**3 / float(np.median(times))
+        best = max(best, per_size[n])
+    return {"flops_per_s": best, "per_size": {str(k): v for k, v in per_size.items()}, "precision": precision}
 
 
 def device_peak_memory_mb():
@@ -237,7 +268,7 @@ def input_pipeline_rate(batcher, place, num_batches: int) -> float:
 class JaxBench:
     """The project's training step for one config, compiled ahead of time for every shape."""
 
-    def __init__(self, cfg, molecules, indices):
+    def __init__(self, cfg, molecules, indices, layout: str = "pairs"):
         import jax
         from georecon_jax.graphs.batching import GraphBatcher
         from georecon_jax.training.state import make_mesh, param_count, shard_batch
@@ -257,7 +288,9 @@ class JaxBench:
             skin=cfg.graph.skin,
             num_buckets=cfg.graph.num_buckets,
             seed=cfg.seed,
+            layout=layout,
         )
+        self.layout = layout
         self.mesh = make_mesh(self.devices)
         self.place = lambda b: shard_batch(b, self.mesh)
         self.trace_counter = []
@@ -279,7 +312,7 @@ class JaxBench:
             if key in self.compiled:
                 continue
             t = time.perf_counter()
-            compiled = self.step_fn.lower(self.state, batch).compile()
+            compiled = self.step_fn.jitted.lower(self.state, batch, self.step_fn.base_key).compile()
             self.compile_seconds += time.perf_counter() - t
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -288,7 +321,7 @@ class JaxBench:
             self.bytes[key] = float(cost.get("bytes accessed", float("nan")))
 
     def step(self, batch):
-        self.state, metrics = self.compiled[self.shape_key(batch)](self.state, batch)
+        self.state, metrics = self.compiled[self.shape_key(batch)](self.state, batch, self.step_fn.base_key)
         return metrics
 
     def run(self, batch_ids):
@@ -314,19 +347,26 @@ class JaxBench:
 
 
 def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path):
-    cfg = make_config(objective, size, args.micro_batches, args.devices)
+    """One size and objective: the JAX step in every layout of ``args.layouts`` and torchmd-net,
+    timed in alternating rounds over the same batches. Returns one result per layout (the torch
+    numbers repeated in each)."""
+    cfg = make_config(objective, size, args.micro_batches, args.devices, args.num_buckets)
     print(f"\n== {size} scale ({SIZES[size]}), {objective} ==", flush=True)
-    jb = JaxBench(cfg, molecules, indices)
-    nb = jb.batcher.steps_per_epoch
-    t = time.perf_counter()
-    jb.compile_all(nb)
-    print(
-        f"jax: {jb.num_params:,} params; {jb.devices} device(s) x {jb.micro_batches} micro-batch(es) of "
-        f"{BATCH_SIZE // (jb.devices * jb.micro_batches)} molecules; {len(jb.compiled)} shapes compiled in {jb.compile_seconds:.1f} s "
-        f"(budgets {[(b.n_node, b.n_edge) for b in jb.batcher.budgets]})",
-        flush=True,
-    )
-    pad_nodes, pad_edges = jb.batcher.padding_fraction(nb)
+    benches = {}
+    for layout in args.layouts:
+        jb = JaxBench(cfg, molecules, indices, layout=layout)
+        jb.compile_all(jb.batcher.steps_per_epoch)
+        shapes = (
+            jb.batcher.widths if layout == "dense" else [(b.n_node, b.n_edge) for b in jb.batcher.budgets]
+        )
+        print(
+            f"jax {layout}: {jb.num_params:,} params; {jb.devices} device(s) x {jb.micro_batches} micro-batch(es) of "
+            f"{BATCH_SIZE // (jb.devices * jb.micro_batches)} molecules; {len(jb.compiled)} shapes compiled in "
+            f"{jb.compile_seconds:.1f} s ({'widths' if layout == 'dense' else 'budgets'} {shapes})",
+            flush=True,
+        )
+        benches[layout] = jb
+    nb = benches[args.layouts[0]].batcher.steps_per_epoch
     torch_info = {}
     if torch_worker is not None:
         t = time.perf_counter()
@@ -346,95 +386,114 @@ def bench_one(size, objective, molecules, indices, args, torch_worker, npz_path)
         torch_info["setup_seconds"] = time.perf_counter() - t
         print(f"torch: {torch_info['num_params']:,} params", flush=True)
     # Warm-up: every shape has run once; a few more steps each side.
-    jb.run(range(min(args.warmup, nb)))
+    for jb in benches.values():
+        jb.run(range(min(args.warmup, nb)))
     if torch_worker is not None:
         torch_worker.call(cmd="run", batches=list(range(min(args.warmup, nb))))
-    jax_times, jax_flops, torch_times, round_ratios = [], [], [], []
-    traces_before = len(jb.trace_counter)
+    who_all = list(args.layouts) + (["torch"] if torch_worker is not None else [])
+    times = {w: [] for w in who_all}
+    flops = {w: [] for w in args.layouts}
+    round_ratios = {w: [] for w in args.layouts}
+    losses = {}
+    traces_before = {w: len(jb.trace_counter) for w, jb in benches.items()}
     for r in range(args.rounds):
         ids = [(r * args.steps_per_round + i) % nb for i in range(args.steps_per_round)]
-        order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
-        rj = rt = None
+        order = who_all[r % len(who_all) :] + who_all[: r % len(who_all)]  # each side leads in turn
+        med = {}
         for who in order:
-            if who == "jax":
-                tj, fj, loss = jb.run(ids)
-                jax_times += tj
-                jax_flops += fj
-                rj = float(np.median(tj))
-            elif torch_worker is not None:
+            if who == "torch":
                 tt = torch_worker.call(cmd="run", batches=ids)["times"]
-                torch_times += tt
-                rt = float(np.median(tt))
-        if rt is not None:
-            round_ratios.append(rt / rj)
+            else:
+                tt, ff, losses[who] = benches[who].run(ids)
+                flops[who] += ff
+            times[who] += tt
+            med[who] = float(np.median(tt))
+        for w in args.layouts:
+            if "torch" in med:
+                round_ratios[w].append(med["torch"] / med[w])
         print(
-            f"  round {r}: jax {BATCH_SIZE / rj:7.1f} mol/s"
-            + (f"   torch {BATCH_SIZE / rt:7.1f} mol/s   ratio {rt / rj:.2f}" if rt else ""),
+            f"  round {r}: "
+            + "   ".join(f"{w} {BATCH_SIZE / med[w]:7.1f} mol/s" for w in who_all)
+            + (
+                "   ratios " + " ".join(f"{w} {round_ratios[w][-1]:.2f}" for w in args.layouts)
+                if "torch" in med
+                else ""
+            ),
             flush=True,
         )
-    pipe_rate = input_pipeline_rate(jb.batcher, jb.place, nb)
-    med_j = float(np.median(jax_times))
-    res = {
-        "size": size,
-        "objective": objective,
-        "devices": jb.devices,
-        "micro_batches": jb.micro_batches,
-        **SIZES[size],
-        "batch_size": BATCH_SIZE,
-        "num_molecules": NUM_MOLECULES,
-        "jax_params": jb.num_params,
-        "jax_mol_per_s": BATCH_SIZE / med_j,
-        "jax_step_median_s": med_j,
-        "jax_step_times_s": jax_times,
-        "jax_final_loss": loss,
-        "jax_compile_seconds": jb.compile_seconds,
-        "jax_num_shapes": len(jb.compiled),
-        "jax_recompiles_after_warmup": len(jb.trace_counter) - traces_before,
-        # XLA's cost analysis is per device and counts a scan body once: scale by devices x
-        # micro-batches (the AdamW update outside the scan, counted M times then, is < 1 % of a
-        # step's FLOPs).
-        "jax_flops_xla_cost_analysis": float(np.mean(jax_flops)),
-        "jax_flops_per_step": float(np.mean(jax_flops)) * jb.micro_batches * jb.devices,
-        "jax_bytes_accessed_per_step": float(np.mean([jb.bytes[k] for k in jb.bytes])),
-        "jax_achieved_gflop_per_s": float(np.mean(jax_flops)) * jb.micro_batches * jb.devices / med_j / 1e9,
-        "jax_peak_rss_mb": peak_rss_mb(),
-        "jax_peak_device_mb": device_peak_memory_mb(),
-        "padded_node_fraction": pad_nodes,
-        "padded_edge_fraction": pad_edges,
-        "budgets": [(b.n_node, b.n_edge, b.n_graph) for b in jb.batcher.budgets],
-        "input_pipeline_batches_per_s": pipe_rate,
-        "input_pipeline_over_step_rate": pipe_rate * med_j,
-    }
-    if args.peak_flops:
-        res["jax_fraction_of_peak_flops"] = res["jax_achieved_gflop_per_s"] * 1e9 / args.peak_flops
-    if torch_times:
-        med_t = float(np.median(torch_times))
-        mem = torch_worker.call(cmd="rss")
-        res.update(
-            {
-                "torch_params": torch_info["num_params"],
-                "torch_mol_per_s": BATCH_SIZE / med_t,
-                "torch_step_median_s": med_t,
-                "torch_step_times_s": torch_times,
-                "torch_peak_rss_mb": mem["peak_rss_mb"],
-                "torch_peak_device_mb": mem.get("peak_device_mb"),
-                "ratio_jax_over_torch": med_t / med_j,
-                "ratio_per_round_median": float(np.median(round_ratios)),
-                "ratio_per_round": round_ratios,
-            }
+    out = []
+    mem = torch_worker.call(cmd="rss") if torch_worker is not None else {}
+    for layout, jb in benches.items():
+        pad_nodes, pad_edges = jb.batcher.padding_fraction(nb)
+        pipe_rate = input_pipeline_rate(jb.batcher, jb.place, nb)
+        med_j = float(np.median(times[layout]))
+        gflops = float(np.mean(flops[layout])) * jb.micro_batches * jb.devices / med_j / 1e9
+        res = {
+            "size": size,
+            "objective": objective,
+            "layout": layout,
+            "devices": jb.devices,
+            "micro_batches": jb.micro_batches,
+            **SIZES[size],
+            "batch_size": BATCH_SIZE,
+            "num_molecules": NUM_MOLECULES,
+            "jax_params": jb.num_params,
+            "jax_mol_per_s": BATCH_SIZE / med_j,
+            "jax_step_median_s": med_j,
+            "jax_step_times_s": times[layout],
+            "jax_final_loss": losses[layout],
+            "jax_compile_seconds": jb.compile_seconds,
+            "jax_num_shapes": len(jb.compiled),
+            "jax_recompiles_after_warmup": len(jb.trace_counter) - traces_before[layout],
+            # XLA's cost analysis is per device and counts a scan body once: scale by devices x
+            # micro-batches (the AdamW update outside the scan, counted M times then, is < 1 % of a
+            # step's FLOPs).
+            "jax_flops_xla_cost_analysis": float(np.mean(flops[layout])),
+            "jax_flops_per_step": float(np.mean(flops[layout])) * jb.micro_batches * jb.devices,
+            "jax_bytes_accessed_per_step": float(np.mean([jb.bytes[k] for k in jb.bytes])),
+            "jax_achieved_gflop_per_s": gflops,
+            "jax_fraction_of_measured_matmul_rate": gflops * 1e9 / args.matmul_rate["flops_per_s"],
+            "jax_peak_rss_mb": peak_rss_mb(),
+            "jax_peak_device_mb": device_peak_memory_mb(),
+            "padded_node_fraction": pad_nodes,
+            "padded_edge_fraction": pad_edges,
+            "budgets": [(b.n_node, b.n_edge, b.n_graph) for b in jb.batcher.budgets],
+            "dense_widths": jb.batcher.widths,
+            "input_pipeline_batches_per_s": pipe_rate,
+            "input_pipeline_over_step_rate": pipe_rate * med_j,
+        }
+        if args.peak_flops:
+            res["jax_fraction_of_peak_flops"] = gflops * 1e9 / args.peak_flops
+        if times.get("torch"):
+            med_t = float(np.median(times["torch"]))
+            res.update(
+                {
+                    "torch_params": torch_info["num_params"],
+                    "torch_mol_per_s": BATCH_SIZE / med_t,
+                    "torch_step_median_s": med_t,
+                    "torch_step_times_s": times["torch"],
+                    "torch_peak_rss_mb": mem["peak_rss_mb"],
+                    "torch_peak_device_mb": mem.get("peak_device_mb"),
+                    "ratio_jax_over_torch": med_t / med_j,
+                    "ratio_per_round_median": float(np.median(round_ratios[layout])),
+                    "ratio_per_round": round_ratios[layout],
+                }
+            )
+        print(
+            f"  => jax {layout} {res['jax_mol_per_s']:.1f} mol/s"
+            + (
+                f", torch {res['torch_mol_per_s']:.1f} mol/s, ratio {res['ratio_jax_over_torch']:.2f}"
+                if times.get("torch")
+                else ""
+            )
+            + f"; {res['jax_flops_per_step'] / 1e9:.2f} GFLOP/step, {gflops:.1f} GFLOP/s "
+            f"({100 * res['jax_fraction_of_measured_matmul_rate']:.1f} % of the measured matmul rate); "
+            f"padding {pad_nodes:.2f} atoms / {pad_edges:.2f} pairs; "
+            f"pipeline {pipe_rate:.1f} batches/s = {res['input_pipeline_over_step_rate']:.1f}x step rate",
+            flush=True,
         )
-    print(
-        f"  => jax {res['jax_mol_per_s']:.1f} mol/s"
-        + (
-            f", torch {res['torch_mol_per_s']:.1f} mol/s, ratio {res['ratio_jax_over_torch']:.2f}"
-            if torch_times
-            else ""
-        )
-        + f"; {res['jax_flops_per_step'] / 1e9:.2f} GFLOP/step, {res['jax_achieved_gflop_per_s']:.1f} GFLOP/s; "
-        f"pipeline {pipe_rate:.1f} batches/s = {res['input_pipeline_over_step_rate']:.1f}x step rate",
-        flush=True,
-    )
-    return res
+        out.append(res)
+    return out
 
 
 def markdown(results, machine) -> str:
@@ -451,7 +510,11 @@ def markdown(results, machine) -> str:
         "Batch 32, 960 QM9 training molecules (a seeded random sample, in random order), forward + backward + AdamW; "
         "molecules/s = 32 / median step; JAX and torch timed in alternating rounds in one run. "
         "Encoder radial basis fixed on both sides (trainable_rbf=False, as in Coord's config). "
-        f"float32 matrix products: {machine['matmul_precision']} on both sides.",
+        f"float32 matrix products: {machine['matmul_precision']} on both sides. "
+        f"Measured matrix-product rate of this machine in this run: "
+        f"{machine['measured_matmul_rate']['flops_per_s'] / 1e9:.1f} GFLOP/s (best of square float32 products, "
+        f"{machine['measured_matmul_rate']['precision']}); '% of measured matmul rate' is the step's achieved rate over it. "
+        "Layouts: 'pairs' = the unordered-pair list; 'dense' = [B, N, N] per-molecule pair tensors (issue 18).",
         "",
     ]
     if gpu:
@@ -463,10 +526,10 @@ def markdown(results, machine) -> str:
             "",
         ]
     lines += [
-        "| size | objective | JAX micro-batches | JAX mol/s | torch mol/s | ratio | ratio (median of rounds) | compile s | "
-        "GFLOP/step | GFLOP/s | padded nodes | padded pairs | input pipeline ÷ step rate | "
+        "| size | objective | layout | JAX micro-batches | JAX mol/s | torch mol/s | ratio | ratio (median of rounds) | compile s | "
+        "GFLOP/step | GFLOP/s | % of measured matmul rate | padded atoms | padded pairs | input pipeline ÷ step rate | "
         "peak RSS JAX / torch MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     if gpu:
         lines[-2] += " % of peak FLOP/s | peak device memory JAX / torch MB |"
@@ -474,11 +537,12 @@ def markdown(results, machine) -> str:
     for r in results:
         lines.append(
             f"| {r['size']} ({r['num_layers']}×{r['features']}, {r['num_rbf']} RBF) | {r['objective']} | "
-            f"{micro_batch_label(r)} | "
+            f"{r.get('layout', 'pairs')} | {micro_batch_label(r)} | "
             f"{r['jax_mol_per_s']:.1f} | {r.get('torch_mol_per_s', float('nan')):.1f} | "
             f"{r.get('ratio_jax_over_torch', float('nan')):.2f} | {r.get('ratio_per_round_median', float('nan')):.2f} | "
             f"{r['jax_compile_seconds']:.1f} | {r['jax_flops_per_step'] / 1e9:.2f} | "
-            f"{r['jax_achieved_gflop_per_s']:.1f} | {r['padded_node_fraction']:.2f} | "
+            f"{r['jax_achieved_gflop_per_s']:.1f} | {100 * r.get('jax_fraction_of_measured_matmul_rate', float('nan')):.1f} | "
+            f"{r['padded_node_fraction']:.2f} | "
             f"{r['padded_edge_fraction']:.2f} | {r['input_pipeline_over_step_rate']:.1f} | "
             f"{r['jax_peak_rss_mb']:.0f} / {r.get('torch_peak_rss_mb', float('nan')):.0f} |"
         )
@@ -515,6 +579,8 @@ def main(argv=None):
     p.add_argument("--steps-per-round", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--num-buckets", type=int, default=0, help="padded shapes per layout (0: the config's)")
+    p.add_argument("--layouts", default="pairs,dense", help="JAX batch layouts to time (pairs, dense)")
     p.add_argument(
         "--micro-batches",
         type=int,
@@ -534,7 +600,8 @@ def main(argv=None):
         choices=sorted(TORCH_PRECISION),
         default="highest",
         help="float32 matrix products on GPUs, both sides: highest = full float32, "
-        "tf32 = TF32 tensor cores (no effect on CPU)",
+        "tf32 = TF32 tensor cores, bf16 = one bfloat16 pass with float32 accumulation "
+        "(no effect on CPU)",
     )
     p.add_argument(
         "--torch-device", default="auto", help="auto (cuda when JAX runs on a GPU, else cpu), cpu or cuda"
@@ -553,12 +620,14 @@ def main(argv=None):
     for flag, given, valid in (
         ("--sizes", args.sizes, SIZES),
         ("--objectives", args.objectives, ("coord", "georecon")),
+        ("--layouts", args.layouts, LAYOUTS),
     ):
         unknown = [x for x in given.split(",") if x not in valid]
         if unknown:
             p.error(f"{flag}: unknown {unknown}, use some of {','.join(valid)}")
     if args.check_args:
         return
+    args.layouts = args.layouts.split(",")
     sys.path.insert(0, str(ROOT))
     import jax
 
@@ -572,6 +641,11 @@ def main(argv=None):
     )
     if args.out is None:
         args.out = str(HERE / "results" / f"throughput_{'gpu' if backend == 'gpu' else 'cpu'}")
+    args.matmul_rate = measured_matmul_rate(args.precision if backend != "cpu" else "highest")
+    print(
+        f"measured float32 matrix-product rate: {args.matmul_rate['flops_per_s'] / 1e9:.1f} GFLOP/s",
+        flush=True,
+    )
     from georecon_jax.data.qm9 import load_qm9
 
     molecules, splits = load_qm9(cache_dir=os.environ.get("GEORECON_CACHE"), split_seed=0, verbose=False)
@@ -592,6 +666,7 @@ def main(argv=None):
 
     def write(torch_info, partial):
         machine = machine_description(torch_info, args.precision)
+        machine["measured_matmul_rate"] = args.matmul_rate
         machine["load_average_at_end"] = os.getloadavg()
         with open(str(out) + ".json", "w") as f:
             json.dump({"machine": machine, "complete": not partial, "results": results}, f, indent=1)
@@ -631,7 +706,7 @@ def main(argv=None):
             }
         for size in args.sizes.split(","):
             for objective in args.objectives.split(","):
-                results.append(bench_one(size, objective, molecules, indices, args, torch_worker, npz_path))
+                results.extend(bench_one(size, objective, molecules, indices, args, torch_worker, npz_path))
                 write(torch_info, partial=True)  # a result per configuration, as soon as it exists
     finally:
         if torch_worker is not None:

@@ -1,4 +1,5 @@
-"""Data parallelism on 4 simulated CPU devices: same update as one device, resumable on 1 device.
+"""Data parallelism on 4 simulated CPU devices: same update as one device (in both batch layouts,
+pairs and dense), resumable on 1 device.
 
 The 4-device checks run in a subprocess with ``--xla_force_host_platform_device_count=4``,
 because the pytest process has already started JAX with one device. The objective is Coord's, the
@@ -47,33 +48,38 @@ SCRIPT = textwrap.dedent(r"""
     molecules, splits = load_qm9(cache_dir=cache_dir, limit=400, verbose=False)
     params = None
     results, traces = {}, {}
-    for nd in (1, 4):
+    for layout in ("pairs", "dense"):  # and the dense layout (issue 18): same update again
+      for nd in (1, 4):
         cfg = tiny(6, nd)
+        cfg.graph.layout = layout
         batcher = pretrain.make_batchers(cfg, molecules, splits, nd)[0]
+        assert batcher.layout == layout
         mesh = make_mesh(nd)
         counter = []
         _, state, step = pretrain.fresh_train_step(cfg, batcher, mesh, jax.random.PRNGKey(cfg.seed),
                                                    params, counter)
-        params = jax.device_get(state.params) if params is None else params  # same start on both
+        params = jax.device_get(state.params) if params is None else params  # same start on all
         state, metrics = step(state, shard_batch(batcher.batch(0), mesh))
-        results[nd] = (jax.device_get(state.params), float(metrics["loss"]),
-                       float(metrics["num_graphs"]), float(metrics["grad_norm"]))
+        results[layout, nd] = (jax.device_get(state.params), float(metrics["loss"]),
+                               float(metrics["num_graphs"]), float(metrics["grad_norm"]))
         # Warm-up over every batch shape, then a second pass must not trace (compile) again.
         for k in range(1, 3):
             state, metrics = step(state, shard_batch(batcher.batch(k), mesh))
         warm = len(counter)
         for k in range(0, 3):
             state, metrics = step(state, shard_batch(batcher.batch(k), mesh))
-        traces[nd] = {"after_warmup": warm, "after_second_pass": len(counter),
-                      "num_budgets": len(batcher.budgets)}
-    diffs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), results[1][0], results[4][0]))
-    moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), results[1][0], params))
-    out.update(max_param_diff=max(diffs), max_param_change=max(moved),
-               loss_1=results[1][1], loss_4=results[4][1],
-               graphs_1=results[1][2], graphs_4=results[4][2],
-               grad_norm_1=results[1][3], grad_norm_4=results[4][3], traces=traces)
+        shapes = len(batcher.widths) if layout == "dense" else len(batcher.budgets)
+        traces[f"{layout} {nd}"] = {"after_warmup": warm, "after_second_pass": len(counter),
+                                    "num_budgets": shapes}
+
+    def max_diff(a, b):
+        return max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+            lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)))
+
+    ref = results["pairs", 1]
+    out.update(traces=traces, max_param_change=max_diff(ref[0], params), runs={
+        f"{layout} {nd}": dict(param_diff=max_diff(r[0], ref[0]), loss=r[1], graphs=r[2], grad_norm=r[3])
+        for (layout, nd), r in results.items()})
 
     # 2. A run saved on 4 devices resumes on 1.
     first = pretrain.run(tiny(6, 4), workdir, stop_after=4)  # as if killed after step 4's checkpoint
@@ -111,17 +117,20 @@ def test_data_parallel_matches_single_device_and_resumes_on_one(qm9_small, cache
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT ") :])
     assert out["num_devices_visible"] == 4
-    # Same molecules, same per-molecule noise: the 4-device update equals the 1-device one.
-    assert out["graphs_1"] == out["graphs_4"] == 8
-    assert abs(out["loss_1"] - out["loss_4"]) < 1e-5 * max(1.0, abs(out["loss_1"]))
-    assert out["max_param_diff"] < 1e-5, out["max_param_diff"]
+    # Same molecules, same per-molecule noise: the 4-device update equals the 1-device one, and
+    # the dense layout's (1 and 4 devices) the pair layout's.
+    ref = out["runs"]["pairs 1"]
     assert out["max_param_change"] > 1e-4, "the step left the parameters unchanged: vacuous"
-    # Adam's update hardly depends on the gradient's scale: the norm checks the averaging itself.
-    assert abs(out["grad_norm_1"] - out["grad_norm_4"]) < 1e-5 * out["grad_norm_1"], out
+    for name, r in out["runs"].items():
+        assert r["graphs"] == 8, (name, r)
+        assert abs(r["loss"] - ref["loss"]) < 1e-5 * max(1.0, abs(ref["loss"])), (name, r, ref)
+        assert r["param_diff"] < 1e-5, (name, r)
+        # Adam's update hardly depends on the gradient's scale: the norm checks the averaging itself.
+        assert abs(r["grad_norm"] - ref["grad_norm"]) < 1e-5 * ref["grad_norm"], (name, r, ref)
     # No step recompiles after warm-up: at most one trace per padded shape, none in a second pass.
-    for nd, t in out["traces"].items():
-        assert t["after_warmup"] <= t["num_budgets"], (nd, t)
-        assert t["after_second_pass"] == t["after_warmup"], (nd, t)
+    for name, t in out["traces"].items():
+        assert t["after_warmup"] <= t["num_budgets"], (name, t)
+        assert t["after_second_pass"] == t["after_warmup"], (name, t)
     # Saved at step 4 on 4 devices, resumed and finished on 1.
     assert out["first_steps"] == 4 and out["second_steps"] == 6
     assert "resuming from the checkpoint at step 4" in proc.stdout

@@ -162,6 +162,13 @@ def graph(*, num_buckets: int) -> ConfigDict:
             neighbor_list="all_pairs",  # or "radius" (pairs within cutoff + skin)
             skin=1.0,
             num_buckets=num_buckets,
+            # Training batches as an unordered-pair list ("pairs") or as [B, N, N] per-molecule pair
+            # tensors ("dense", issue 18: no gathers or scatters). "auto": dense on TPUs when every
+            # molecule has at most dense_max_atoms atoms, pairs elsewhere (pairs measured faster:
+            # 2.2x on CPU, 1.13x on an H200; benchmarks/results/NOTES.md). Evaluation runs on
+            # pairs; both layouts are the same function of the same parameters.
+            layout="auto",
+            dense_max_atoms=32,
         )
     )
 

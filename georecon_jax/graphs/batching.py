@@ -152,14 +152,14 @@ def estimate_budgets(
         budgets.append(
             Budget(
                 _round_up(int(np.quantile(nodes, q)) + 1, NODE_MULTIPLE),
-                _round_up(int(np.quantile(edges, q)), EDGE_MULTIPLE),
+                max(_round_up(int(np.quantile(edges, q)), EDGE_MULTIPLE), EDGE_MULTIPLE),
                 graphs_per_device + 1,
             )
         )
     k = min(graphs_per_device, len(n_atoms))
     worst = Budget(
         _round_up(int(np.sort(n_atoms)[-k:].sum()) + 1, NODE_MULTIPLE),
-        _round_up(int(np.sort(n_edges)[-k:].sum()), EDGE_MULTIPLE),
+        max(_round_up(int(np.sort(n_edges)[-k:].sum()), EDGE_MULTIPLE), EDGE_MULTIPLE),
         graphs_per_device + 1,
     )
     budgets.append(worst)
@@ -187,6 +187,8 @@ def pack_graphs(
     forces: Optional[np.ndarray] = None,
 ) -> jraph.GraphsTuple:
     """One padded GraphsTuple of the given molecules (numpy arrays, jraph padding convention)."""
+    if budget.n_edge < 1:  # an empty pair list marks the dense layout (models.graph.dense_shape)
+        raise ValueError(f"budget {budget} has no edge slot: the pair layout needs at least one")
     n_graph_real = len(indices)
     if n_graph_real + 1 > budget.n_graph:
         raise ValueError(f"{n_graph_real} molecules do not fit a budget of {budget.n_graph - 1} graphs")
@@ -243,6 +245,100 @@ def pack_graphs(
         n_node=np.concatenate([n_node, [pad_nodes], np.zeros(pad_graphs - 1, np.int64)]).astype(np.int32),
         n_edge=np.concatenate([n_edge, [pad_edges], np.zeros(pad_graphs - 1, np.int64)]).astype(np.int32),
         globals=globals_,
+    )
+
+
+LAYOUTS = ("auto", "dense", "pairs")
+# `auto` picks the dense layout only where every molecule has at most this many atoms (QM9: 29,
+# MD17: 21); larger molecules would make [B, N, N] pair tensors mostly padding.
+DENSE_MAX_ATOMS = 32
+
+
+def resolve_layout(
+    layout: str,
+    max_atoms: int,
+    neighbor_list: str = "all_pairs",
+    dense_max_atoms: int = DENSE_MAX_ATOMS,
+    platform: str = "cpu",
+) -> str:
+    """``graph.layout`` -> "dense" or "pairs". ``auto``: dense on a TPU when every molecule has at
+    most ``dense_max_atoms`` atoms and the candidate list is all pairs; pairs otherwise. The pair
+    layout is faster where it was measured (benchmarks/results/NOTES.md, issue 18): 2.2x on this
+    project's 2-core CPU and 1.13x on an H200 at CPU scale. TPUs are not measured: dense is chosen
+    there because TPUs run gathers and scatters poorly and batched dense work well. ``dense`` is
+    refused with a radius list (the dense layout always takes every pair)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"graph.layout={layout!r}: use one of {LAYOUTS}")
+    if layout == "dense" and neighbor_list != "all_pairs":
+        raise ValueError(
+            f"graph.layout='dense' takes every pair of a molecule; graph.neighbor_list={neighbor_list!r} "
+            "needs graph.layout='pairs'"
+        )
+    if layout == "auto":
+        fits = max_atoms <= dense_max_atoms and neighbor_list == "all_pairs"
+        return "dense" if fits and platform == "tpu" else "pairs"
+    return layout
+
+
+def estimate_widths(
+    n_atoms: np.ndarray, batch_size: int, num_buckets: int = 3, num_samples: int = 2000, seed: int = 0
+) -> List[int]:
+    """Atom-slot widths N of the dense layout: a few quantiles of the largest molecule of random
+    batches of ``batch_size`` (every sub-batch of a step shares the width of the batch's largest
+    molecule), the last the largest molecule of all, so every batch fits."""
+    n_atoms = np.asarray(n_atoms, np.int64)
+    rng = np.random.default_rng(seed)
+    k = min(batch_size, len(n_atoms))
+    maxes = n_atoms[rng.integers(0, len(n_atoms), size=(num_samples, k))].max(axis=1)
+    qs = np.linspace(0.5, 0.995, max(num_buckets - 1, 0)) if num_buckets > 1 else []
+    widths = {int(np.ceil(np.quantile(maxes, q))) for q in qs} | {int(n_atoms.max())}
+    return sorted(widths)
+
+
+def pack_dense(
+    molecules: Molecules,
+    indices: Sequence[int],
+    n_slots: int,
+    width: int,
+    forces: Optional[np.ndarray] = None,
+) -> jraph.GraphsTuple:
+    """One GraphsTuple in the dense layout (`models.graph.dense_shape`): ``n_slots`` graphs of
+    ``width`` atom slots each; molecule k fills the first atoms of slots [k·width, (k+1)·width),
+    padding atoms have atomic number 0 and position 0, slots without a molecule have graph_id -1.
+    No pair list: ``senders``/``receivers`` are empty."""
+    indices = np.asarray(indices, np.int64)
+    if len(indices) > n_slots:
+        raise ValueError(f"{len(indices)} molecules do not fit {n_slots} dense slots")
+    n_atoms = molecules.n_atoms[indices]
+    if len(indices) and n_atoms.max() > width:
+        raise ValueError(f"a molecule of {n_atoms.max()} atoms does not fit dense width {width}")
+    total = n_slots * width
+    positions = np.zeros((total, 3), np.float32)
+    z = np.zeros(total, np.int32)
+    atom_index = np.zeros(total, np.int32)
+    node_forces = None if forces is None else np.zeros((total, 3), np.float32)
+    for k, (m, n) in enumerate(zip(indices, n_atoms)):
+        a, slot = molecules.offsets[m], k * width
+        positions[slot : slot + n] = molecules.positions[a : a + n]
+        z[slot : slot + n] = molecules.atomic_numbers[a : a + n]
+        atom_index[slot : slot + n] = np.arange(n)
+        if forces is not None:
+            node_forces[slot : slot + n] = forces[a : a + n]
+    n_targets = 0 if molecules.targets is None else molecules.targets.shape[1]
+    targets = np.zeros((n_slots, n_targets), np.float32)
+    if n_targets:
+        targets[: len(indices)] = molecules.targets[indices]
+    graph_id = np.full(n_slots, -1, np.int32)
+    graph_id[: len(indices)] = indices
+    empty = np.zeros(0, np.int32)
+    return jraph.GraphsTuple(
+        nodes=NodeFeatures(positions, z, atom_index, node_forces),
+        edges=None,
+        senders=empty,
+        receivers=empty,
+        n_node=np.full(n_slots, width, np.int32),
+        n_edge=np.zeros(n_slots, np.int32),
+        globals=GraphFeatures(graph_id=graph_id, targets=targets),
     )
 
 
@@ -313,7 +409,14 @@ class GraphBatcher:
         forces: Optional[np.ndarray] = None,
         process_index: Optional[int] = None,
         process_count: Optional[int] = None,
+        layout: str = "pairs",
+        widths: Optional[List[int]] = None,
     ):
+        if layout not in ("pairs", "dense"):
+            raise ValueError(
+                f"layout={layout!r}: use 'pairs' or 'dense' (resolve 'auto' first: resolve_layout)"
+            )
+        self.layout = layout
         if process_count is None:
             import jax
 
@@ -343,6 +446,13 @@ class GraphBatcher:
             num_samples=2000 if num_devices == 1 else 500,
             sub_batches=num_devices,
         )
+        self.widths = None
+        if layout == "dense":
+            if neighbor_list != "all_pairs":
+                raise ValueError("the dense layout takes every pair: use neighbor_list='all_pairs'")
+            self.widths = widths or estimate_widths(n_atoms, batch_size, num_buckets, seed=seed)
+            if max(self.widths) < n_atoms.max():
+                raise ValueError(f"dense widths {self.widths} miss molecules of {n_atoms.max()} atoms")
         n = len(self.indices)
         self.steps_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
         if self.steps_per_epoch == 0:
@@ -370,10 +480,16 @@ class GraphBatcher:
         this host's devices only)."""
         idx = self.batch_indices(k)
         groups = [idx[g] for g in balanced_split(self._n_edges[idx], self.num_devices, self.per_device)]
-        budget = self._budget_for(groups)
         local = groups[
             self.process_index * self.local_devices : (self.process_index + 1) * self.local_devices
         ]
+        if self.layout == "dense":  # all sub-batches share the width of the batch's largest molecule
+            need = int(self.molecules.n_atoms[idx].max())
+            width = next(w for w in self.widths if w >= need)
+            return stack_graphs(
+                [pack_dense(self.molecules, g, self.per_device, width, self.forces) for g in local]
+            )
+        budget = self._budget_for(groups)
         return stack_graphs(
             [
                 pack_graphs(
@@ -393,6 +509,13 @@ class GraphBatcher:
         pn, pe = [], []
         for k in range(min(num_batches, self.steps_per_epoch)):
             g = self.batch(k)
+            if self.layout == "dense":  # pairs: ordered pairs of distinct real atoms of N(N-1) slots
+                z = g.nodes.atomic_numbers  # [devices, B·N]
+                n = self.molecules.n_atoms[g.globals.graph_id[g.globals.graph_id >= 0]]
+                width = z.shape[-1] // g.n_node.shape[-1]
+                pn.append(1.0 - (z > 0).sum() / z.size)
+                pe.append(1.0 - (n * (n - 1)).sum() / (g.n_node.size * width * (width - 1)))
+                continue
             real = g.globals.graph_id >= 0  # [devices, n_graph]
             pn.append(1.0 - g.n_node[real].sum() / g.n_node.sum())
             pe.append(1.0 - g.n_edge[real].sum() / max(g.n_edge.sum(), 1))

@@ -75,7 +75,7 @@ def edge_geometry(positions, senders, receivers, edge_mask, cutoff: float):
     d2 = jnp.sum(vectors**2, axis=-1)  # [n_edge]
     nonzero = d2 > 0
     distances = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, d2, 1.0)), 0.0)  # NaN-safe gradient
-    units = jnp.where(nonzero[:, None], vectors / jnp.where(nonzero, distances, 1.0)[:, None], 0.0)
+    units = jnp.where(nonzero[..., None], vectors / jnp.where(nonzero, distances, 1.0)[..., None], 0.0)
     active = edge_mask & (distances < cutoff)
     return distances, units, active
 
@@ -101,6 +101,70 @@ class Pairs(NamedTuple):
     receivers: jax.Array
     units: jax.Array
     node_mask: jax.Array
+
+    # How the layers reach the two ends of every message and sum messages per atom. The same
+    # layer code runs on `Pairs` (flat [n, ...] atoms, [2P, ...] messages) and on `DensePairs`
+    # ([B, N, ...] atoms, [B, N, N, ...] messages): only these four differ.
+    def per_message(self, per_pair):
+        """A per-pair array [P, ...] for the 2P messages."""
+        return twice(per_pair)
+
+    def at_sender(self, per_atom):
+        return per_atom[self.senders]
+
+    def at_receiver(self, per_atom):
+        return per_atom[self.receivers]
+
+    def sum_at_receiver(self, per_message, num_atoms: int):
+        return jax.ops.segment_sum(per_message, self.receivers, num_segments=num_atoms)
+
+
+class DensePairs(NamedTuple):
+    """The dense per-molecule layout of `Pairs` (issue 18): B molecules of N atom slots each.
+
+    Message (b, i, j) goes from sender j to receiver i of molecule b. ``distances`` [B, N, N] Å,
+    ``cutoff_weight`` [B, N, N], ``active`` [B, N, N] bool (real distinct atoms within the cutoff;
+    the diagonal is never active: self-edges are added per atom, as in `Pairs`), ``units``
+    [B, N, N, 3] (unit vector r_j - r_i), ``node_mask`` [B, N]. No gathers and no segment sums:
+    the ends of a message are broadcasts, its sum over senders an axis sum."""
+
+    distances: jax.Array
+    cutoff_weight: jax.Array
+    active: jax.Array
+    units: jax.Array
+    node_mask: jax.Array
+
+    def per_message(self, per_pair):
+        return per_pair
+
+    def at_sender(self, per_atom):  # [B, N, ...] -> [B, 1, N, ...]
+        return per_atom[:, None]
+
+    def at_receiver(self, per_atom):  # [B, N, ...] -> [B, N, 1, ...]
+        return per_atom[:, :, None]
+
+    def sum_at_receiver(self, per_message, num_atoms: int):  # [B, N, N, ...] -> [B, N, ...]
+        return jnp.sum(per_message, axis=2)
+
+
+def make_dense_pairs(positions, node_mask, cutoff: float) -> DensePairs:
+    """`DensePairs` of molecules in atom slots: positions [B, N, 3] Å, node_mask [B, N] bool."""
+    assert positions.ndim == 3 and positions.shape[-1] == 3, positions.shape
+    vectors = positions[:, None, :, :] - positions[:, :, None, :]  # [B, i, j, 3] = r_j - r_i
+    d2 = jnp.sum(vectors**2, axis=-1)
+    nonzero = d2 > 0
+    distances = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, d2, 1.0)), 0.0)  # NaN-safe gradient
+    units = jnp.where(nonzero[..., None], vectors / jnp.where(nonzero, distances, 1.0)[..., None], 0.0)
+    n = positions.shape[1]
+    real = node_mask[:, :, None] & node_mask[:, None, :] & ~jnp.eye(n, dtype=bool)
+    active = real & (distances < cutoff)
+    return DensePairs(
+        distances=distances,
+        cutoff_weight=cosine_cutoff(distances, cutoff) * active,
+        active=active,
+        units=units,
+        node_mask=node_mask,
+    )
 
 
 def twice(per_pair):
@@ -145,8 +209,8 @@ class ExpNormalSmearing(nn.Module):
         else:
             means, betas = means0, betas0
         alpha = 5.0 / (self.cutoff_upper - self.cutoff_lower)
-        decay = jnp.exp(alpha * (-distances[:, None] + self.cutoff_lower))
-        return cosine_cutoff(distances, self.cutoff_upper)[:, None] * jnp.exp(-betas * (decay - means) ** 2)
+        decay = jnp.exp(alpha * (-distances[..., None] + self.cutoff_lower))
+        return cosine_cutoff(distances, self.cutoff_upper)[..., None] * jnp.exp(-betas * (decay - means) ** 2)
 
 
 class NeighborEmbedding(nn.Module):
@@ -158,16 +222,14 @@ class NeighborEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, atomic_numbers, x, rbf, pairs: Pairs):
-        weight = Dense(self.features, name="distance_proj")(rbf) * pairs.cutoff_weight[:, None]  # [P, F]
+        weight = Dense(self.features, name="distance_proj")(rbf) * pairs.cutoff_weight[..., None]  # [P, F]
         neighbors = nn.Embed(
             self.max_z + 1,
             self.features,
             embedding_init=embedding_init(self.embedding_init),
             name="embedding",
         )(atomic_numbers)
-        agg = jax.ops.segment_sum(
-            neighbors[pairs.senders] * twice(weight), pairs.receivers, num_segments=x.shape[0]
-        )
+        agg = pairs.sum_at_receiver(pairs.at_sender(neighbors) * pairs.per_message(weight), x.shape[0])
         return Dense(self.features, name="combine")(jnp.concatenate([x, agg], axis=-1))
 
 
@@ -201,44 +263,45 @@ class _AttentionBase(nn.Module):
 
     def _queries_keys_values(self, x):
         """q = W_Q LN(x), k = W_K LN(x), v = W_V LN(x): [n, H, D], [n, H, D], [n, H, 3D]."""
-        n, F, H = x.shape[0], self.features, self.num_heads
-        assert x.shape == (n, F), (x.shape, F)
+        F, H = self.features, self.num_heads
+        lead = x.shape[:-1]  # [n] (pairs) or [B, N] (dense)
+        assert x.shape[-1] == F, (x.shape, F)
         assert F % H == 0, f"features {F} not divisible by heads {H}"
         D = F // H
         x = nn.LayerNorm(epsilon=1e-5, name="layernorm")(x)
-        q = Dense(F, name="q_proj")(x).reshape(n, H, D)
-        k = Dense(F, name="k_proj")(x).reshape(n, H, D)
-        v = Dense(3 * F, name="v_proj")(x).reshape(n, H, 3 * D)
+        q = Dense(F, name="q_proj")(x).reshape(lead + (H, D))
+        k = Dense(F, name="k_proj")(x).reshape(lead + (H, D))
+        v = Dense(3 * F, name="v_proj")(x).reshape(lead + (H, 3 * D))
         return q, k, v
 
     def _messages(self, q, k, v, rbf, rbf_self, pairs: Pairs) -> AttentionMessages:
         """Filters dk_ij = SiLU(W_dk φ(d_ij)), dv_ij = SiLU(W_dv φ(d_ij)) once per pair (shared by
         its two messages) and once for distance 0 (the self-edges); attention
         A_ij = SiLU(Σ_d q_i k_j dk_ij) f_cut(d_ij) per head; the messages of `AttentionMessages`."""
-        n, H, D = q.shape
-        F = H * D
-        assert rbf.ndim == 2 and rbf_self.shape == rbf.shape[1:], (rbf.shape, rbf_self.shape)
+        H, D = q.shape[-2:]
+        F, lead = H * D, q.shape[:-2]  # atoms: [n] or [B, N]
+        assert rbf_self.shape == rbf.shape[-1:], (rbf.shape, rbf_self.shape)
         dk_proj, dv_proj = Dense(F, name="dk_proj"), Dense(3 * F, name="dv_proj")
-        dk, dv = silu(dk_proj(rbf)), silu(dv_proj(rbf))  # [P, F], [P, 3F]
-        m = pairs.senders.shape[0]  # 2P messages
-        dk, dv = twice(dk).reshape(m, H, D), twice(dv).reshape(m, H, 3 * D)
+        dk, dv = silu(dk_proj(rbf)), silu(dv_proj(rbf))  # [P, F], [P, 3F] (dense: [B, N, N, ...])
+        dk, dv = pairs.per_message(dk), pairs.per_message(dv)  # messages: [2P] or [B, N, N]
+        msg = dk.shape[:-1]
+        dk, dv = dk.reshape(msg + (H, D)), dv.reshape(msg + (H, 3 * D))
         # Messages from sender j to receiver i.
-        s, r = pairs.senders, pairs.receivers
-        attn = jnp.sum(q[r] * k[s] * dk, axis=-1)  # [2P, H]
-        attn = silu(attn) * twice(pairs.cutoff_weight)[:, None]
-        s_x, s_vec, s_dir = jnp.split(v[s] * dv, 3, axis=-1)  # [2P, H, D] each
-        y = jax.ops.segment_sum((s_x * attn[..., None]).reshape(m, F), r, num_segments=n)  # [n, F]
-        active = twice(pairs.active)[:, None]  # [2P, 1]
+        attn = jnp.sum(pairs.at_receiver(q) * pairs.at_sender(k) * dk, axis=-1)  # [msg, H]
+        attn = silu(attn) * pairs.per_message(pairs.cutoff_weight)[..., None]
+        s_x, s_vec, s_dir = jnp.split(pairs.at_sender(v) * dv, 3, axis=-1)  # [msg, H, D] each
+        y = pairs.sum_at_receiver((s_x * attn[..., None]).reshape(msg + (F,)), q.shape[0])  # [atoms, F]
+        active = pairs.per_message(pairs.active)[..., None]  # [msg, 1]
         # Self-edges: distance 0, cutoff weight 1, direction 0.
-        attn_self = silu(jnp.sum(q * k * silu(dk_proj(rbf_self)).reshape(H, D), axis=-1))  # [n, H]
+        attn_self = silu(jnp.sum(q * k * silu(dk_proj(rbf_self)).reshape(H, D), axis=-1))  # [atoms, H]
         self_x, self_vec, _ = jnp.split(v * silu(dv_proj(rbf_self)).reshape(H, 3 * D), 3, axis=-1)
-        real = pairs.node_mask[:, None]  # [n, 1]
-        y = y + jnp.where(real, (self_x * attn_self[..., None]).reshape(n, F), 0.0)
+        real = pairs.node_mask[..., None]  # [atoms, 1]
+        y = y + jnp.where(real, (self_x * attn_self[..., None]).reshape(lead + (F,)), 0.0)
         return AttentionMessages(
             y=y,
-            s_vec=s_vec.reshape(m, F) * active,
-            s_dir=s_dir.reshape(m, F) * active,
-            s_vec_self=jnp.where(real, self_vec.reshape(n, F), 0.0),
+            s_vec=s_vec.reshape(msg + (F,)) * active,
+            s_dir=s_dir.reshape(msg + (F,)) * active,
+            s_vec_self=jnp.where(real, self_vec.reshape(lead + (F,)), 0.0),
         )
 
 
@@ -267,23 +330,22 @@ class EquivariantAttention(_AttentionBase):
 
     @nn.compact
     def __call__(self, x, vec, rbf, rbf_self, pairs: Pairs):
-        n, F = x.shape[0], self.features
-        assert vec.shape == (n, 3, F), (vec.shape, (n, 3, F))
-        q, k, v = self._queries_keys_values(x)  # [n, H, D|D|3D]
+        F = self.features
+        assert vec.shape == x.shape[:-1] + (3, F), (vec.shape, x.shape, F)
+        q, k, v = self._queries_keys_values(x)  # [atoms, H, D|D|3D]
         vec1, vec2, vec3 = jnp.split(
             Dense(3 * F, use_bias=False, name="vec_proj")(vec), 3, axis=-1
-        )  # [n, 3, F] each
+        )  # [atoms, 3, F] each
         msg = self._messages(q, k, v, rbf, rbf_self, pairs)
-        s, r = pairs.senders, pairs.receivers
-        w = jax.ops.segment_sum(
-            msg.s_dir[:, None, :] * pairs.units[:, :, None] + vec[s] * msg.s_vec[:, None, :],
-            r,
-            num_segments=n,
-        )  # [n, 3, F]
-        w = w + vec * msg.s_vec_self[:, None, :]
-        o1, o2, o3 = jnp.split(Dense(3 * F, name="o_proj")(msg.y), 3, axis=-1)  # [n, F] each
-        dx = jnp.sum(vec1 * vec2, axis=1) * o2 + o3
-        dvec = vec3 * o1[:, None, :] + w
+        w = pairs.sum_at_receiver(
+            msg.s_dir[..., None, :] * pairs.units[..., :, None]
+            + pairs.at_sender(vec) * msg.s_vec[..., None, :],
+            x.shape[0],
+        )  # [atoms, 3, F]
+        w = w + vec * msg.s_vec_self[..., None, :]
+        o1, o2, o3 = jnp.split(Dense(3 * F, name="o_proj")(msg.y), 3, axis=-1)  # [atoms, F] each
+        dx = jnp.sum(vec1 * vec2, axis=-2) * o2 + o3
+        dvec = vec3 * o1[..., None, :] + w
         return dx, dvec
 
 
@@ -302,13 +364,13 @@ class FirstEquivariantAttention(_AttentionBase):
 
     @nn.compact
     def __call__(self, x, rbf, rbf_self, pairs: Pairs):
-        n, F = x.shape[0], self.features
+        F = self.features
         q, k, v = self._queries_keys_values(x)
         Dense(3 * F, use_bias=False, name="vec_proj")(jnp.zeros((1, F), x.dtype))
         msg = self._messages(q, k, v, rbf, rbf_self, pairs)
-        w = jax.ops.segment_sum(
-            msg.s_dir[:, None, :] * pairs.units[:, :, None], pairs.receivers, num_segments=n
-        )  # [n, 3, F]
+        w = pairs.sum_at_receiver(
+            msg.s_dir[..., None, :] * pairs.units[..., :, None], x.shape[0]
+        )  # [atoms, 3, F]
         _, _, o3 = jnp.split(Dense(3 * F, name="o_proj")(msg.y), 3, axis=-1)
         return o3, w
 
@@ -368,16 +430,18 @@ class EquivariantLayerNorm(nn.Module):
     def __call__(self, vec):
         weight = self.param("weight", nn.initializers.ones, (self.features,))
         centred = vec - jnp.mean(vec, axis=-1, keepdims=True)
-        cov = jnp.einsum("nif,njf->nij", centred, centred) / self.features
+        cov = jnp.einsum("...if,...jf->...ij", centred, centred) / self.features
         reg = jnp.array([1.0, 2.0, 3.0] if self.reference else [1.0, 1.0, 1.0], vec.dtype)
         cov = cov + VEC_NORM_EPS * jnp.diag(reg)
-        return jnp.einsum("nij,njf->nif", _inv_sqrt_spd(cov), centred) * weight
+        return jnp.einsum("...ij,...jf->...if", _inv_sqrt_spd(cov), centred) * weight
 
 
 def radial_basis(module: nn.Module, pairs: Pairs):
-    """(rbf of the pairs [P, R], 0 where not active; rbf of distance 0 [R]) from an ExpNormalSmearing."""
-    both = module(jnp.concatenate([pairs.distances, jnp.zeros((1,), pairs.distances.dtype)]))
-    return both[:-1] * pairs.active[:, None], both[-1]
+    """(rbf of the pairs [P, R] (dense: [B, N, N, R]), 0 where not active; rbf of distance 0 [R])
+    from an ExpNormalSmearing."""
+    d = pairs.distances
+    both = module(jnp.concatenate([d.reshape(-1), jnp.zeros((1,), d.dtype)]))
+    return both[:-1].reshape(d.shape + both.shape[-1:]) * pairs.active[..., None], both[-1]
 
 
 class EquivariantTransformer(nn.Module):
@@ -404,10 +468,18 @@ class EquivariantTransformer(nn.Module):
     ) -> Tuple[jax.Array, jax.Array]:
         """Args: atomic_numbers [n] int, positions [n, 3] Å, senders/receivers [n_pair] int (each
         pair of distinct atoms once), edge_mask [n_pair] bool (False on padding), node_mask [n]
-        bool (False on padding atoms: they get no self-edge, and zero outputs)."""
-        n = atomic_numbers.shape[0]
-        assert positions.shape == (n, 3), positions.shape
-        pairs = make_pairs(positions, senders, receivers, edge_mask, node_mask, self.cutoff)
+        bool (False on padding atoms: they get no self-edge, and zero outputs).
+
+        Dense layout (issue 18): atomic_numbers [B, N], positions [B, N, 3], node_mask [B, N]
+        (molecule b in atom slots N); senders, receivers and edge_mask are not used (pass None):
+        every pair of a molecule's real atoms is a candidate. Outputs [B, N, F], [B, N, 3, F]; the
+        same function of the same parameters as the pair layout."""
+        lead = atomic_numbers.shape
+        assert positions.shape == lead + (3,), (positions.shape, lead)
+        if len(lead) == 2:
+            pairs = make_dense_pairs(positions, node_mask, self.cutoff)
+        else:
+            pairs = make_pairs(positions, senders, receivers, edge_mask, node_mask, self.cutoff)
         rbf, rbf_self = radial_basis(
             ExpNormalSmearing(self.num_rbf, 0.0, self.cutoff, self.trainable_rbf, name="rbf"), pairs
         )
@@ -419,7 +491,7 @@ class EquivariantTransformer(nn.Module):
             atomic_numbers, x, rbf, pairs
         )
         if self.num_layers == 0:
-            vec = jnp.zeros((n, 3, self.features), x.dtype)
+            vec = jnp.zeros(lead + (3, self.features), x.dtype)
         else:  # vec = 0 before the first layer
             dx, vec = FirstEquivariantAttention(self.features, self.num_heads, name="attention_0")(
                 x, rbf, rbf_self, pairs
@@ -434,6 +506,6 @@ class EquivariantTransformer(nn.Module):
         if self.vec_norm != "none":
             reference = self.vec_norm == "whitened_reference"
             vec = EquivariantLayerNorm(self.features, reference, name="out_norm_vec")(vec)
-        x = jnp.where(node_mask[:, None], x, 0.0)
-        vec = jnp.where(node_mask[:, None, None], vec, 0.0)
+        x = jnp.where(node_mask[..., None], x, 0.0)
+        vec = jnp.where(node_mask[..., None, None], vec, 0.0)
         return x, vec

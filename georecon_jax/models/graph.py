@@ -5,11 +5,17 @@ A batch is a `jraph.GraphsTuple` whose ``nodes`` are `graphs.batching.NodeFeatur
 `graphs.batching.GraphFeatures` (graph_id [n_graph], -1 on padding; targets [n_graph, T]).
 ``senders``/``receivers`` list each unordered atom pair once. Padding follows jraph: the last
 graph owns every padding node and edge. Everything here is jnp and jit-safe; shapes are static.
+
+**Dense layout** (issue 18, `graphs.batching.pack_dense`): every graph owns N consecutive atom
+slots (``n_node`` = N for all), padding atoms have atomic number 0 and may sit inside any graph's
+slots, and there is no pair list (``senders``/``receivers`` have length 0): the models take every
+pair of a molecule's real atoms. `dense_shape` tells the layouts apart from static shapes, and
+`graph_masks` gives the same masks for both, so losses, heads and pooling need not know.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +37,36 @@ class NodeEmbedding(NamedTuple):
     vectors: jax.Array  # [n, 3, F] rotation equivariant
 
 
+def dense_shape(graph: jraph.GraphsTuple) -> Optional[Tuple[int, int]]:
+    """(B, N) for a graph in the dense layout (B molecules in N atom slots each), None for the pair
+    layout. Static: read from shapes only."""
+    if graph.senders is None or graph.senders.shape[-1] != 0:
+        return None
+    n_graph, n_node_total = graph.n_node.shape[-1], graph.nodes.atomic_numbers.shape[-1]
+    assert n_node_total % n_graph == 0, (n_node_total, n_graph)
+    return n_graph, n_node_total // n_graph
+
+
+def to_dense(graph: jraph.GraphsTuple, per_atom):
+    """[B·N, ...] per-atom array of a dense-layout graph -> [B, N, ...]."""
+    return per_atom.reshape(dense_shape(graph) + per_atom.shape[1:])
+
+
 def graph_masks(graph: jraph.GraphsTuple) -> GraphMasks:
-    """Masks of a padded GraphsTuple (jraph convention: the last graph owns the padding)."""
+    """Masks of a padded GraphsTuple (jraph convention: the last graph owns the padding; in the
+    dense layout padding atoms are those of atomic number 0, and a graph is real if it has one)."""
     n_node_total = graph.nodes.atomic_numbers.shape[0]
     n_graph = graph.n_node.shape[0]
+    dense = dense_shape(graph)
+    if dense is not None:
+        node_mask = graph.nodes.atomic_numbers > 0
+        return GraphMasks(
+            node_mask=node_mask,
+            edge_mask=jnp.zeros((0,), bool),
+            graph_mask=node_mask.reshape(dense).any(axis=1),
+            node_graph=jnp.repeat(jnp.arange(n_graph), dense[1]),
+            n_graph=n_graph,
+        )
     node_graph = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=n_node_total)
     return GraphMasks(
         node_mask=jraph.get_node_padding_mask(graph),
@@ -43,6 +75,11 @@ def graph_masks(graph: jraph.GraphsTuple) -> GraphMasks:
         node_graph=node_graph,
         n_graph=n_graph,
     )
+
+
+def real_graph_mask(graph: jraph.GraphsTuple):
+    """[n_graph] bool: the graphs that are molecules, not padding (either layout)."""
+    return graph_masks(graph).graph_mask
 
 
 def masked_mean(values, masks: GraphMasks):

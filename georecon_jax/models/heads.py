@@ -30,7 +30,7 @@ class GatedEquivariantBlock(nn.Module):
         vec2 = Dense(self.out, use_bias=False, name="vec2_proj")(vec)  # [n, 3, out]
         h = silu(Dense(self.hidden, name="update_0")(jnp.concatenate([x, vec1], axis=-1)))
         x_out, gate = jnp.split(Dense(2 * self.out, name="update_1")(h), 2, axis=-1)
-        vec_out = gate[:, None, :] * vec2
+        vec_out = gate[..., None, :] * vec2
         if self.scalar_activation:
             x_out = silu(x_out)
         return x_out, vec_out
@@ -70,7 +70,7 @@ def _two_gated_blocks(hidden: int, x, vec):
     half = max(hidden // 2, 1)
     x, vec = GatedEquivariantBlock(hidden, half, scalar_activation=True, name="block_0")(x, vec)
     x, vec = GatedEquivariantBlock(half, 1, name="block_1")(x, vec)
-    return x[:, 0], vec[..., 0]
+    return x[..., 0], vec[..., 0]
 
 
 class ScalarHead(nn.Module):

@@ -25,11 +25,12 @@ from georecon_jax.models.et import (
     EquivariantAttention,
     EquivariantTransformer,
     ExpNormalSmearing,
+    make_dense_pairs,
     make_pairs,
     radial_basis,
     silu,
 )
-from georecon_jax.models.graph import NodeEmbedding, graph_masks
+from georecon_jax.models.graph import NodeEmbedding, dense_shape, graph_masks, to_dense
 from georecon_jax.models.heads import VectorHead
 
 
@@ -56,6 +57,12 @@ def encode(encoder: nn.Module, graph: jraph.GraphsTuple, positions=None) -> Node
     m = graph_masks(graph)
     pos = graph.nodes.positions if positions is None else positions
     assert pos.shape == graph.nodes.positions.shape, (pos.shape, graph.nodes.positions.shape)
+    if dense_shape(graph) is not None:  # [B, N] atom slots in, flat [B·N] atoms out
+        x, vec = encoder(
+            to_dense(graph, graph.nodes.atomic_numbers), to_dense(graph, pos), None, None, None,
+            to_dense(graph, m.node_mask),
+        )  # fmt: skip
+        return NodeEmbedding(x.reshape((-1,) + x.shape[2:]), vec.reshape((-1,) + vec.shape[2:]))
     x, vec = encoder(
         graph.nodes.atomic_numbers, pos, graph.senders, graph.receivers, m.edge_mask, m.node_mask
     )
@@ -108,11 +115,18 @@ BOND_TOLERANCE = 1.3
 def bonded_pairs(graph, edge_mask):
     """[n_edge] bool: pairs of the graph's list bonded in the **clean** structure (the graph's own
     positions), by covalent radii: d < `BOND_TOLERANCE` (r_i + r_j). This is the molecular graph
-    (topology) only; no distance reaches the model through it."""
+    (topology) only; no distance reaches the model through it. Dense layout: [B, N, N] bool over
+    every pair of distinct real atoms."""
     radii = jnp.asarray(_COVALENT_RADII, jnp.float32)
     z = graph.nodes.atomic_numbers
     r = jnp.where(z < radii.shape[0], radii[jnp.clip(z, 0, radii.shape[0] - 1)], 1.5)
     pos = graph.nodes.positions
+    if dense_shape(graph) is not None:
+        r, pos, real = to_dense(graph, r), to_dense(graph, pos), to_dense(graph, z > 0)
+        d = jnp.sqrt(jnp.sum((pos[:, :, None] - pos[:, None, :]) ** 2, axis=-1) + 1e-12)
+        n = r.shape[1]
+        distinct = real[:, :, None] & real[:, None, :] & ~jnp.eye(n, dtype=bool)
+        return distinct & (d < BOND_TOLERANCE * (r[:, :, None] + r[:, None, :]))
     d = jnp.linalg.norm(pos[graph.senders] - pos[graph.receivers], axis=-1)
     return (
         edge_mask
@@ -132,12 +146,17 @@ class TopologyEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, atomic_numbers, senders, receivers, bonded, node_mask):
+        """bonded: [n_edge] bool over the pair list, or [B, N, N] in the dense layout (senders and
+        receivers unused)."""
         n = atomic_numbers.shape[0]
         h = nn.Embed(self.max_z, self.features, name="embedding")(atomic_numbers)
-        w = bonded.astype(h.dtype)[:, None]
+        w = bonded.astype(h.dtype)[..., None] if bonded.ndim == 1 else bonded.astype(h.dtype)
         for i in range(self.num_layers):
-            msg = jax.ops.segment_sum(h[senders] * w, receivers, num_segments=n)
-            msg = msg + jax.ops.segment_sum(h[receivers] * w, senders, num_segments=n)
+            if bonded.ndim == 3:  # dense: the symmetric bond matrix times h
+                msg = jnp.einsum("bij,bjf->bif", w, h.reshape(w.shape[:2] + h.shape[1:])).reshape(h.shape)
+            else:
+                msg = jax.ops.segment_sum(h[senders] * w, receivers, num_segments=n)
+                msg = msg + jax.ops.segment_sum(h[receivers] * w, senders, num_segments=n)
             upd = Dense(self.features, name=f"update_{i}_out")(
                 silu(Dense(self.features, name=f"update_{i}_hidden")(jnp.concatenate([h, msg], -1)))
             )
@@ -197,18 +216,25 @@ class GeometryDecoder(nn.Module):
         fused = jnp.concatenate(parts, axis=-1)
         x = x + Dense(self.features, name="fuse_out")(silu(Dense(self.features, name="fuse_hidden")(fused)))
         if self.num_layers:
-            pairs = make_pairs(
-                positions, graph.senders, graph.receivers, m.edge_mask, m.node_mask, self.cutoff
-            )
+            if dense_shape(graph) is not None:  # the layers run on [B, N] atom slots
+                pairs = make_dense_pairs(
+                    to_dense(graph, positions), to_dense(graph, m.node_mask), self.cutoff
+                )
+                x, vec = to_dense(graph, x), to_dense(graph, vec)
+            else:
+                pairs = make_pairs(
+                    positions, graph.senders, graph.receivers, m.edge_mask, m.node_mask, self.cutoff
+                )
             rbf, rbf_self = radial_basis(ExpNormalSmearing(self.num_rbf, 0.0, self.cutoff, name="rbf"), pairs)
             if bonded is not None:  # a bonded channel, on the pairs the attention sees
-                rbf = jnp.concatenate([rbf, (bonded & pairs.active).astype(rbf.dtype)[:, None]], -1)
+                rbf = jnp.concatenate([rbf, (bonded & pairs.active).astype(rbf.dtype)[..., None]], -1)
                 rbf_self = jnp.concatenate([rbf_self, jnp.zeros((1,), rbf_self.dtype)])
             for i in range(self.num_layers):
                 dx, dvec = EquivariantAttention(self.features, self.num_heads, name=f"attention_{i}")(
                     nn.LayerNorm(name=f"norm_{i}")(x), vec, rbf, rbf_self, pairs
                 )
                 x, vec = x + dx, vec + dvec
+            x, vec = x.reshape((n,) + x.shape[-1:]), vec.reshape((n,) + vec.shape[-2:])
         out = VectorHead(self.features, name="out")(x, vec)  # [n, 3]
         return jnp.where(m.node_mask[:, None], out, 0.0)
 

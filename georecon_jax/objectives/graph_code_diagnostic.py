@@ -26,28 +26,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from georecon_jax.models.graph import graph_masks
+from georecon_jax.models.graph import dense_shape, graph_masks, to_dense
 from georecon_jax.objectives.noise import perturb
 
 DEFAULT_SIGMAS = (0.01, 0.04, 0.1, 0.3, 0.6, 1.0, 1.5, 2.0)  # Å
 
 
 def _pair_distances(x0_hat, graph):
-    """(masks, real pairs [P], distances of x̂₀ [P], clean distances [P]) on the graph's pair list."""
+    """(masks, real pairs [P], distances of x̂₀ [P], clean distances [P], molecule of each pair
+    [P]) on the graph's pair list; in the dense layout on every pair i < j of each molecule's
+    slots (P = B·N·N)."""
     m = graph_masks(graph)
-    s, r = graph.senders, graph.receivers
     ref = graph.nodes.positions
+    dense = dense_shape(graph)
+    if dense is not None:
+        b, n = dense
+
+        def dist(x):
+            x = to_dense(graph, x)
+            return jnp.sqrt(jnp.sum((x[:, :, None] - x[:, None, :]) ** 2, axis=-1) + 1e-8).reshape(-1)
+
+        real = to_dense(graph, m.node_mask)
+        real = real[:, :, None] & real[:, None, :] & jnp.triu(jnp.ones((n, n), bool), k=1)
+        pair_graph = jnp.repeat(jnp.arange(b), n * n)
+        return m, real.reshape(-1), dist(x0_hat), dist(ref), pair_graph
+    s, r = graph.senders, graph.receivers
     d_hat = jnp.sqrt(jnp.sum((x0_hat[s] - x0_hat[r]) ** 2, axis=-1) + 1e-8)
     d = jnp.sqrt(jnp.sum((ref[s] - ref[r]) ** 2, axis=-1) + 1e-8)
-    return m, m.edge_mask & (s != r), d_hat, d
+    return m, m.edge_mask & (s != r), d_hat, d, m.node_graph[s]
 
 
 def distance_errors(x0_hat, graph):
     """Per molecule, mean over its pairs of (|x̂₀_i - x̂₀_j| - |x_i - x_j|)² [n_graph] (Å²): the
     frame-free reconstruction error on the graph's pair list (every pair on all-pairs graphs)."""
-    m, real, d_hat, d = _pair_distances(x0_hat, graph)
+    m, real, d_hat, d, edge_graph = _pair_distances(x0_hat, graph)
     w = real.astype(d.dtype)
-    edge_graph = m.node_graph[graph.senders]
     total = jax.ops.segment_sum(w * (d_hat - d) ** 2, edge_graph, num_segments=m.n_graph)
     count = jax.ops.segment_sum(w, edge_graph, num_segments=m.n_graph)
     return total / jnp.maximum(count, 1.0)
@@ -59,8 +72,8 @@ def spectrum_errors(x0_hat, graph):
     between the two distance distributions. Frame-free and blind to which atom is which, so a
     decoder need not solve the atom correspondence; only the molecule's shape (its distance
     spectrum) is asked for."""
-    m, real, d_hat, d = _pair_distances(x0_hat, graph)
-    edge_graph = jnp.where(real, m.node_graph[graph.senders], m.n_graph)  # padding pairs sort last
+    m, real, d_hat, d, edge_graph = _pair_distances(x0_hat, graph)
+    edge_graph = jnp.where(real, edge_graph, m.n_graph)  # padding pairs sort last
     # sort each molecule's pairs by distance, separately for x̂₀ and the reference; equal counts per
     # molecule, so position k holds the k-th shortest of the same molecule in both
     by_hat = jnp.lexsort((jax.lax.stop_gradient(d_hat), edge_graph))

@@ -13,12 +13,19 @@ import os
 from typing import Dict, List, Optional
 
 import ml_collections
+import jax
 import numpy as np
 
 from georecon_jax.data import md17 as md17_data
 from georecon_jax.data.qm9 import TARGETS, TARGET_UNITS, load_qm9
 from georecon_jax.data.records import Molecules
-from georecon_jax.graphs.batching import GraphBatcher, edge_counts, estimate_budgets
+from georecon_jax.graphs.batching import (
+    DENSE_MAX_ATOMS,
+    GraphBatcher,
+    edge_counts,
+    estimate_budgets,
+    resolve_layout,
+)
 from georecon_jax.objectives.noise import neighbor_list_problems
 from georecon_jax.objectives.supervised import TargetStats
 
@@ -301,6 +308,16 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
     for name in names:
         s = data.splits[name]
         train = name == "train"
+        # training batches in the configured layout; evaluation on pairs (same function)
+        layout = "pairs"
+        if train:
+            layout = resolve_layout(
+                g.get("layout", "pairs"),
+                int(s.molecules.n_atoms[s.indices].max()),
+                g.neighbor_list,
+                g.get("dense_max_atoms", DENSE_MAX_ATOMS),
+                jax.default_backend(),
+            )
         out[name] = GraphBatcher(
             s.molecules,
             s.indices,
@@ -316,6 +333,8 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
             skin=g.skin,
             budgets=budgets,
             forces=s.forces,
+            layout=layout,
+            num_buckets=g.num_buckets,
         )
     return out
 
