@@ -23,6 +23,7 @@ import jax
 import ml_collections
 
 from georecon_jax import plots
+from georecon_jax.models.graph import real_graph_mask
 from georecon_jax.models.pretrain import encoder_problems
 from georecon_jax.models.property import create_property_model
 from georecon_jax.objectives.noise import NOISE_NORMALISER_FILE, NoiseNormaliser
@@ -151,6 +152,7 @@ class FinetuneTask:
             loss_fn=make_loss_fn(model, config, data.stats, train=True, noise_normaliser=normaliser),
             train_batch=train.batch,
             num_steps=config.num_steps,
+            mask_fn=real_graph_mask,  # right in both batch layouts (pairs, dense)
             eval_fn=runner.loss_evaluator(eval_loss, mesh, val.epoch_batches, jax.random.fold_in(key, 2)),
             on_eval=(best,),
             done=best.stopped,

@@ -18,6 +18,7 @@ import ml_collections
 
 from georecon_jax.data.qm9 import load_qm9
 from georecon_jax.graphs.batching import DENSE_MAX_ATOMS, GraphBatcher, micro_batches_for, resolve_layout
+from georecon_jax.models.graph import real_graph_mask
 from georecon_jax.models.pretrain import create_model, encoder_problems
 from georecon_jax.objectives.noise import NOISE_NORMALISER_FILE
 from georecon_jax.objectives.registry import get_objective
@@ -118,7 +119,7 @@ def fresh_train_step(config, batcher, mesh, key, params=None, trace_counter=None
     tx = create_optimizer(config.optim, config.num_steps)
     state = replicate(create_train_state(model.apply, p0 if params is None else params, tx, False), mesh)
     step = steps_lib.make_train_step(
-        objective.loss_fn(model), mesh, jax.random.fold_in(key, 1), 0.0, trace_counter
+        objective.loss_fn(model), mesh, jax.random.fold_in(key, 1), 0.0, trace_counter, real_graph_mask
     )
     return model, state, step
 
@@ -170,6 +171,7 @@ class PretrainTask:
             loss_fn=loss_fn,
             train_batch=self.train.batch,
             num_steps=config.num_steps,
+            mask_fn=real_graph_mask,  # right in both batch layouts (pairs, dense)
             eval_fn=runner.loss_evaluator(loss_fn, mesh, val.epoch_batches, jax.random.fold_in(key, 2)),
             desc=f"pretrain {config.objective.name}",
         )

@@ -27,9 +27,9 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import jax
+import jraph
 import ml_collections
 
-from georecon_jax.models.graph import real_graph_mask
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.checkpoint import Checkpointer
 from georecon_jax.training.loop import MetricsWriter, first_and_last, fit, record_config, workdir_lock
@@ -83,7 +83,7 @@ class Job:
     on_eval: Sequence[Callable] = ()
     done: bool = False
     closers: Sequence[Any] = ()
-    mask_fn: Callable = real_graph_mask
+    mask_fn: Callable = jraph.get_graph_padding_mask
     fold_in_device: bool = False
     count_name: str = "num_graphs"
     desc: str = "train"
@@ -129,7 +129,7 @@ def loss_evaluator(
     mesh,
     batches: Callable[[], Iterable],
     key,
-    mask_fn: Callable = real_graph_mask,
+    mask_fn: Callable = jraph.get_graph_padding_mask,
     fold_in_device: bool = False,
 ):
     """``eval_fn(state, step)``: the loss and metrics averaged over the real examples of

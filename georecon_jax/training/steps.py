@@ -23,10 +23,10 @@ from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
+import jraph
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from georecon_jax.models.graph import real_graph_mask
 from georecon_jax.training.state import DATA_AXIS, TrainState
 
 
@@ -50,16 +50,16 @@ def make_train_step(
     base_key: jax.Array,
     ema_decay: float = 0.0,
     trace_counter: Optional[list] = None,
-    mask_fn: Callable = real_graph_mask,
+    mask_fn: Callable = jraph.get_graph_padding_mask,
     fold_in_device: bool = False,
     count_name: str = "num_graphs",
 ):
     """``train_step(state, batch) -> (state, metrics)``, jitted; batch has a leading device axis.
 
     Args:
-      mask_fn: one device's batch -> [n] bool mask of the real examples (default: the real
-        molecules of a graph batch in either layout, `models.graph.real_graph_mask`; pair batches
-        pass their own).
+      mask_fn: one device's batch -> [n] bool mask of the real examples (default: jraph's graph
+        padding mask; molecule graphs pass `models.graph.real_graph_mask`, right in both batch
+        layouts; pair batches pass their own).
       fold_in_device: also fold the device index into the key (randomness that need not be
         identical across device layouts, e.g. 3DMRL environments).
       count_name: the metric that reports how many real examples the step saw.
@@ -146,7 +146,7 @@ def make_eval_step(
     loss_fn: Callable,
     mesh: Mesh,
     base_key: jax.Array,
-    mask_fn: Callable = real_graph_mask,
+    mask_fn: Callable = jraph.get_graph_padding_mask,
     fold_in_device: bool = False,
 ):
     """``eval_step(params, batch, index) -> sums`` of the loss and metrics over the real examples
