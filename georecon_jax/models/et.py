@@ -71,13 +71,19 @@ def edge_geometry(positions, senders, receivers, edge_mask, cutoff: float):
       0 on self/padding edges), active [n_edge] bool (real edge with distance < cutoff).
     """
     assert positions.ndim == 2 and positions.shape[1] == 3, positions.shape
-    vectors = positions[senders] - positions[receivers]  # [n_edge, 3]
-    d2 = jnp.sum(vectors**2, axis=-1)  # [n_edge]
+    distances, units = distances_and_units(positions[senders] - positions[receivers])  # [n_edge]
+    active = edge_mask & (distances < cutoff)
+    return distances, units, active
+
+
+def distances_and_units(vectors):
+    """Lengths [...] and unit vectors [..., 3] of ``vectors`` [..., 3]; 0 and 0 for a zero vector,
+    with a finite (zero) gradient there."""
+    d2 = jnp.sum(vectors**2, axis=-1)
     nonzero = d2 > 0
     distances = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, d2, 1.0)), 0.0)  # NaN-safe gradient
     units = jnp.where(nonzero[..., None], vectors / jnp.where(nonzero, distances, 1.0)[..., None], 0.0)
-    active = edge_mask & (distances < cutoff)
-    return distances, units, active
+    return distances, units
 
 
 def cosine_cutoff(distances, cutoff: float):
@@ -150,11 +156,7 @@ class DensePairs(NamedTuple):
 def make_dense_pairs(positions, node_mask, cutoff: float) -> DensePairs:
     """`DensePairs` of molecules in atom slots: positions [B, N, 3] Å, node_mask [B, N] bool."""
     assert positions.ndim == 3 and positions.shape[-1] == 3, positions.shape
-    vectors = positions[:, None, :, :] - positions[:, :, None, :]  # [B, i, j, 3] = r_j - r_i
-    d2 = jnp.sum(vectors**2, axis=-1)
-    nonzero = d2 > 0
-    distances = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, d2, 1.0)), 0.0)  # NaN-safe gradient
-    units = jnp.where(nonzero[..., None], vectors / jnp.where(nonzero, distances, 1.0)[..., None], 0.0)
+    distances, units = distances_and_units(positions[:, None, :, :] - positions[:, :, None, :])  # r_j - r_i
     n = positions.shape[1]
     real = node_mask[:, :, None] & node_mask[:, None, :] & ~jnp.eye(n, dtype=bool)
     active = real & (distances < cutoff)
