@@ -85,6 +85,12 @@ def make_batchers(config, molecules, splits, num_devices: int):
         jax.default_backend(),
     )
     train = GraphBatcher(molecules, splits["train"], config.batch_size, shuffle=True, layout=layout, **common)
+    log.info(
+        "training batches: %s layout (graph.layout=%s)%s",
+        layout,
+        g.get("layout", "pairs"),
+        f", atom-slot widths {train.widths}" if layout == "dense" else "",
+    )
     val_idx = splits["validation"][: d.num_eval_molecules]
     val = GraphBatcher(
         molecules,

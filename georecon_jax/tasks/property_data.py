@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Dict, List, Optional
 
 import ml_collections
+
 import jax
 import numpy as np
 
@@ -38,6 +40,8 @@ STATS_FILE = "target_stats.json"
 
 # ---------------------------------------------------------------------------------------------
 # Configuration and data.
+
+log = logging.getLogger(__name__)
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -336,6 +340,13 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
             layout=layout,
             num_buckets=g.num_buckets,
         )
+        if train:
+            log.info(
+                "training batches: %s layout (graph.layout=%s)%s",
+                layout,
+                g.get("layout", "pairs"),
+                f", atom-slot widths {out[name].widths}" if layout == "dense" else "",
+            )
     return out
 
 
