@@ -280,6 +280,20 @@ def resolve_layout(
     return layout
 
 
+def training_layout(graph_cfg, max_atoms: int) -> str:
+    """The layout of a run's training batches from its ``graph`` config section (``layout``,
+    ``neighbor_list``, ``dense_max_atoms``) on this JAX backend: `resolve_layout`."""
+    import jax
+
+    return resolve_layout(
+        graph_cfg.get("layout", "pairs"),
+        max_atoms,
+        graph_cfg.neighbor_list,
+        graph_cfg.get("dense_max_atoms", DENSE_MAX_ATOMS),
+        jax.default_backend(),
+    )
+
+
 def estimate_widths(
     n_atoms: np.ndarray, batch_size: int, num_buckets: int = 3, num_samples: int = 2000, seed: int = 0
 ) -> List[int]:
@@ -457,6 +471,10 @@ class GraphBatcher:
         self.steps_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{n} molecules make no full batch of {batch_size}")
+
+    def describe_layout(self) -> str:
+        """'pairs layout' or 'dense layout, atom-slot widths [...]' (for the run's log)."""
+        return f"{self.layout} layout" + (f", atom-slot widths {self.widths}" if self.widths else "")
 
     def batch_indices(self, k: int) -> np.ndarray:
         epoch, i = divmod(k, self.steps_per_epoch)

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 
 from georecon_jax.data.qm9 import load_qm9
-from georecon_jax.graphs.batching import DENSE_MAX_ATOMS, GraphBatcher, micro_batches_for, resolve_layout
+from georecon_jax.graphs.batching import GraphBatcher, micro_batches_for, training_layout
 from georecon_jax.models.graph import real_graph_mask
 from georecon_jax.models.pretrain import create_model, encoder_problems
 from georecon_jax.objectives.noise import NOISE_NORMALISER_FILE
@@ -77,20 +77,9 @@ def make_batchers(config, molecules, splits, num_devices: int):
         num_buckets=g.num_buckets,
         seed=config.seed,
     )
-    layout = resolve_layout(
-        g.get("layout", "pairs"),
-        int(molecules.n_atoms[splits["train"]].max()),
-        g.neighbor_list,
-        g.get("dense_max_atoms", DENSE_MAX_ATOMS),
-        jax.default_backend(),
-    )
+    layout = training_layout(g, int(molecules.n_atoms[splits["train"]].max()))
     train = GraphBatcher(molecules, splits["train"], config.batch_size, shuffle=True, layout=layout, **common)
-    log.info(
-        "training batches: %s layout (graph.layout=%s)%s",
-        layout,
-        g.get("layout", "pairs"),
-        f", atom-slot widths {train.widths}" if layout == "dense" else "",
-    )
+    log.info("training batches: %s (graph.layout=%s)", train.describe_layout(), g.get("layout", "pairs"))
     val_idx = splits["validation"][: d.num_eval_molecules]
     val = GraphBatcher(
         molecules,

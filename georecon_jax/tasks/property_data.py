@@ -15,18 +15,16 @@ from typing import Dict, List, Optional
 
 import ml_collections
 
-import jax
 import numpy as np
 
 from georecon_jax.data import md17 as md17_data
 from georecon_jax.data.qm9 import TARGETS, TARGET_UNITS, load_qm9
 from georecon_jax.data.records import Molecules
 from georecon_jax.graphs.batching import (
-    DENSE_MAX_ATOMS,
     GraphBatcher,
     edge_counts,
     estimate_budgets,
-    resolve_layout,
+    training_layout,
 )
 from georecon_jax.objectives.noise import neighbor_list_problems
 from georecon_jax.objectives.supervised import TargetStats
@@ -313,15 +311,7 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
         s = data.splits[name]
         train = name == "train"
         # training batches in the configured layout; evaluation on pairs (same function)
-        layout = "pairs"
-        if train:
-            layout = resolve_layout(
-                g.get("layout", "pairs"),
-                int(s.molecules.n_atoms[s.indices].max()),
-                g.neighbor_list,
-                g.get("dense_max_atoms", DENSE_MAX_ATOMS),
-                jax.default_backend(),
-            )
+        layout = training_layout(g, int(s.molecules.n_atoms[s.indices].max())) if train else "pairs"
         out[name] = GraphBatcher(
             s.molecules,
             s.indices,
@@ -342,10 +332,9 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
         )
         if train:
             log.info(
-                "training batches: %s layout (graph.layout=%s)%s",
-                layout,
+                "training batches: %s (graph.layout=%s)",
+                out[name].describe_layout(),
                 g.get("layout", "pairs"),
-                f", atom-slot widths {out[name].widths}" if layout == "dense" else "",
             )
     return out
 
