@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import jitted, jitter, require_shared
+from conftest import jitted, require_shared
 from experiments.configs import finetune_md17 as md17_config
 from experiments.configs import georecon as georecon_config
 from georecon_jax.graphs.batching import (
@@ -29,7 +29,7 @@ from georecon_jax.models.graph import dense_shape, graph_masks, real_graph_mask
 from georecon_jax.models.pretrain import encode, make_encoder
 from georecon_jax.models.property import create_property_model
 from georecon_jax.tasks.pretrain import init_model
-from symmetry import assert_symmetric
+from symmetry import assert_symmetric, jitter
 
 
 TOL = 1e-5  # relative, float32
@@ -122,7 +122,7 @@ def test_encoder_outputs_forces_and_gradients_equal(qm9_small, vec_norm):
     enc = make_encoder(ml_collections.ConfigDict(cfg))
     m = graph_masks(gp)
     args = (gp.nodes.atomic_numbers, gp.nodes.positions, gp.senders, gp.receivers, m.edge_mask, m.node_mask)
-    params = jax.jit(jitter)(jitted(enc.init)(jax.random.PRNGKey(0), *args))
+    params = jitter(jitted(enc.init)(jax.random.PRNGKey(0), *args))
     w = jax.random.normal(jax.random.PRNGKey(1), (32,))
     x64 = vec_norm == "whitened"
     dtype, tol = (jnp.float64, 1e-9) if x64 else (jnp.float32, TOL)
@@ -169,7 +169,7 @@ def test_pretraining_losses_and_gradients_equal(qm9_small, make_config, variant)
     bp = GraphBatcher(mols, splits["train"], 8, num_buckets=1)
     bd = GraphBatcher(mols, splits["train"], 8, num_buckets=1, layout="dense")
     objective, model, params = init_model(config, bp, jax.random.PRNGKey(0))
-    params = jax.jit(jitter)(params, 0.02)
+    params = jitter(params, 0.02)
     loss_fn = objective.loss_fn(model)
 
     def total(p, batch):  # the sum over the batch's real molecules
@@ -199,7 +199,7 @@ def test_md17_energies_forces_and_force_gradients_equal():
     gp, gd = _both(mols, [0, 7, 42], forces=forces)
     cfg = md17_config.get_config("tiny")
     model = create_property_model(cfg.model)
-    params = jax.jit(jitter)(jitted(model.init)(jax.random.PRNGKey(0), gp), 0.05)
+    params = jitter(jitted(model.init)(jax.random.PRNGKey(0), gp), 0.05)
 
     def energy_forces(p, g):
         def energy(pos):
@@ -221,6 +221,54 @@ def test_md17_energies_forces_and_force_gradients_equal():
     _close(_real_graphs(gp, ep), _real_graphs(gd, ed), what="energies")
     _close(_real_atoms(gp, fp), _real_atoms(gd, fd), what="forces")
     _close_trees(gradp, gradd, what="force-loss gradients")
+
+
+def test_qm9_heads_outputs_and_gradients_equal(qm9_small):
+    """The other fine-tuning heads on QM9 (the MLP, the dipole moment and the electronic spatial
+    extent, whose centre of mass is a per-molecule sum) and Coord's node-noise head: outputs and
+    parameter gradients equal in both layouts, float32. All heads in one compiled function."""
+    from experiments.configs import finetune_qm9 as qm9_config
+    from georecon_jax.objectives.supervised import init_params
+
+    mols, _ = qm9_small
+    gp, gd = _both(mols, [3, 77, 250, 391])
+    cfg = qm9_config.get_config("tiny")
+    cfg.model.encoder.update(num_layers=1, features=16, num_heads=2, num_rbf=8, vec_norm="none")
+    models = {}
+    for kind in ("mlp", "dipole", "spatial_extent"):
+        cfg.model.head.kind = kind
+        models[kind] = create_property_model(cfg.model)
+    params = {
+        k: jitter(init_params(m, gp, jax.random.PRNGKey(0), with_denoise=k == "mlp"), 0.05)
+        for k, m in models.items()
+    }
+    w = jax.random.normal(jax.random.PRNGKey(2), (3,))
+
+    @jax.jit
+    def run(params, g):
+        def outputs(params):
+            values = {}
+            for k, m in models.items():
+                out = m.apply(params[k], g)
+                values[k] = out.value
+                if k == "mlp":
+                    values["node_noise"] = m.apply(params[k], out.embedding, method=m.denoise)
+            return values
+
+        def scalar(params):  # every head's real molecules (and real atoms' noise) in one number
+            v = outputs(params)
+            real = real_graph_mask(g)
+            total = sum(jnp.sum(jnp.where(real, v[k], 0.0)) for k in models)  # linear: no saturation
+            return total + jnp.sum(jnp.where(graph_masks(g).node_mask, v["node_noise"] @ w, 0.0))
+
+        return outputs(params), jax.grad(scalar)(params)
+
+    vp, gradp = run(params, gp)
+    vd, gradd = run(params, gd)
+    for k in models:
+        _close(_real_graphs(gp, vp[k]), _real_graphs(gd, vd[k]), what=f"{k} head")
+        _close_trees(gradp[k], gradd[k], what=f"{k} head gradients")
+    _close(_real_atoms(gp, vp["node_noise"]), _real_atoms(gd, vd["node_noise"]), what="node-noise head")
 
 
 def test_dense_encoder_is_equivariant(qm9_small):

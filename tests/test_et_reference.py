@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jitted, jitter
+from conftest import jitted
+from symmetry import jitter
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
 from georecon_jax.models.graph import graph_masks
 from georecon_jax.models import et_reference
@@ -50,7 +51,7 @@ def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list):
     z, pos = g.nodes.atomic_numbers, g.nodes.positions
     params = jitted(et.init)(jax.random.PRNGKey(0), z, pos, g.senders, g.receivers, m.edge_mask, m.node_mask)
     # Non-zero biases, so that masked-out pairs with a zero radial basis would still show up.
-    params = jax.jit(jitter)(params)  # (eager: one compile per leaf)
+    params = jitter(params)
     real = m.node_mask
     same = et_reference.same_molecule_pairs(m.node_graph, real)
 
@@ -117,7 +118,7 @@ def test_first_layer_is_the_canonical_layer_at_zero_vectors(qm9_small):
     zeros = jnp.zeros((n, 3, F))
     canonical, first = EquivariantAttention(F, H), FirstEquivariantAttention(F, H)
     params = jax.jit(canonical.init)(jax.random.PRNGKey(0), x, zeros, rbf, rbf_self, pairs)
-    params = jax.jit(jitter)(params)
+    params = jitter(params)
     first_params = jax.eval_shape(first.init, jax.random.PRNGKey(0), x, rbf, rbf_self, pairs)
     shapes = lambda p: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), p)
     assert shapes(first_params) == shapes(params)  # names, shapes and dtypes

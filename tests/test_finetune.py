@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jitter
 from experiments.configs import coord, finetune_md17, finetune_qm9, georecon
 from georecon_jax.data import md17
 from georecon_jax.graphs.batching import pack_graphs, estimate_budgets
@@ -24,7 +23,7 @@ from georecon_jax.training.loop import record_config
 from georecon_jax.training.optimizer import create_optimizer
 from georecon_jax.training.state import create_train_state
 from georecon_jax.training.transfer import PretrainedMismatchError, load_pretrained_encoder
-from symmetry import assert_symmetric
+from symmetry import assert_symmetric, jitter
 
 # module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
 pytestmark = pytest.mark.xdist_group("finetune")

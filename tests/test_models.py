@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jitted, jitter
+from conftest import jitted
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
 from georecon_jax.models.et import EquivariantTransformer
 from georecon_jax.models.graph import graph_masks
 from georecon_jax.objectives.georecon import decode, graph_code
 from georecon_jax.objectives.registry import get_objective
-from symmetry import assert_symmetric
+from symmetry import assert_symmetric, jitter
 
 # module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
 pytestmark = pytest.mark.xdist_group("models")

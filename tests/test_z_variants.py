@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jitter, random_rotation
+from conftest import random_rotation
 from experiments.configs import georecon as georecon_config
 from georecon_jax.graphs.batching import estimate_budgets, pack_graphs
 from georecon_jax.models.graph import graph_masks
@@ -20,7 +20,7 @@ from georecon_jax.objectives.georecon import (
 )
 from georecon_jax.objectives.graph_code_diagnostic import distance_errors
 from georecon_jax.objectives.registry import get_objective
-from symmetry import assert_symmetric
+from symmetry import assert_symmetric, jitter
 
 
 def _graph(mols, idx, n_graph=None):
