@@ -46,10 +46,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end tests (marked ``slow``) run first: under pytest-xdist (the README's test
-    command, ``-n 2 --dist loadgroup``) a long test started last would leave the other worker idle
-    at the end. The order within each kind is the collection order."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The modules with end-to-end tests (marked ``slow``) run first: under pytest-xdist (the
+    README's test command, ``-n 2 --dist loadfile``) a long test started last would leave the other
+    worker idle at the end. Whole modules move, in collection order, so that a module-scoped
+    fixture (a training run) is made once: sorting the tests themselves split such modules in two
+    and made their fixtures twice (17-20 s each, tests/test_pretrain_e2e.py)."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
 
 
 def require_shared(sub: str = "") -> Path:

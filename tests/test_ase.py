@@ -11,8 +11,6 @@ import pytest
 from conftest import random_rotation, require_shared
 from finetuned_workdirs import md17_workdir
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("ase")
 
 ase = pytest.importorskip(
     "ase", reason="ASE is optional (pip install 'georecon_jax[ase]'; requirements.txt pins it)"

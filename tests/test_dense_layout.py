@@ -273,10 +273,7 @@ def test_qm9_heads_outputs_and_gradients_equal(qm9_small):
 
 def test_dense_encoder_is_equivariant(qm9_small):
     """The ET on dense inputs [B, N, 3]: scalars invariant, vectors equivariant, both invariant to
-    translations (e3nn's assert_equivariant, padding slots included). The dense decoder is the same
-    attention layers on the same `DensePairs`; its outputs equal the pair layout's
-    (test_pretraining_losses_and_gradients_equal), whose equivariance tests/test_models.py and
-    tests/test_z_variants.py check."""
+    translations (e3nn's assert_equivariant, padding slots included)."""
     mols, _ = qm9_small
     _, gd = _both(mols, [123, 321])
     enc = make_encoder(
@@ -292,3 +289,29 @@ def test_dense_encoder_is_equivariant(qm9_small):
         ["0e", "channels"],
         translate=[0],
     )
+
+
+def test_dense_decoder_is_equivariant(qm9_small):
+    """GeoRecon's decoder (with the bond topology) on a dense batch: ε̂ rotates with the perturbed
+    molecule and ignores translations, padding slots included; it reads the graph code."""
+    from georecon_jax.objectives.georecon import decode
+    from georecon_jax.objectives.registry import get_objective
+
+    mols, _ = qm9_small
+    _, gd = _both(mols, [123, 321])
+    cfg = georecon_config.get_config("tiny+frame_free_topology")
+    cfg.model.encoder.update(num_layers=1, features=16, num_heads=2, num_rbf=8)
+    cfg.model.decoder.update(code_dim=8, num_layers=1, num_heads=2, num_rbf=8)
+    objective = get_objective(cfg)
+    model = objective.create_model()
+    params = jitter(objective.init(model, gd, jax.random.PRNGKey(0)), seed=2)
+    code = jnp.asarray(np.random.default_rng(0).normal(size=(gd.n_node.shape[0], 8)), jnp.float32)
+    logs = jnp.full((gd.nodes.positions.shape[0],), -1.0)
+
+    def eps_hat(positions, code=code):
+        return model.apply(params, gd, positions, code, logs, method=decode)[0]
+
+    assert_symmetric(eps_hat, [(gd.nodes.positions, "1o")], ["1o"], translate=[0])
+    e = jax.jit(eps_hat)(gd.nodes.positions)
+    assert float(jnp.abs(jax.jit(eps_hat)(gd.nodes.positions, 2 * code) - e).max()) > 1e-4
+    assert float(jnp.abs(e[~graph_masks(gd).node_mask]).max()) == 0.0  # padding slots: no prediction

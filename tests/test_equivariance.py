@@ -28,8 +28,6 @@ from georecon_jax.models.relational import ForceHead
 from georecon_jax.models.schnet import SchNet
 from symmetry import assert_symmetric, jitter
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("equivariance")
 
 F, HEADS, CUTOFF = 16, 2, 5.0
 

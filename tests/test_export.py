@@ -14,9 +14,6 @@ from finetuned_workdirs import qm9_workdir
 from georecon_jax import load_model
 from georecon_jax.tasks.inference import EXPORT_FORMAT
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("export")
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, qm9_small):

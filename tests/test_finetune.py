@@ -25,8 +25,6 @@ from georecon_jax.training.state import create_train_state
 from georecon_jax.training.transfer import PretrainedMismatchError, load_pretrained_encoder
 from symmetry import assert_symmetric, jitter
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("finetune")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RMD17 = SHARED / "rmd17"

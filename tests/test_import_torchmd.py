@@ -20,8 +20,6 @@ import pytest
 
 from conftest import ROOT
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("import_torchmd")
 
 DATA = ROOT / "tests" / "data" / "torchmd"
 ET3X, PVD = str(DATA / "et3x.ckpt"), str(DATA / "pvd.ckpt")

@@ -16,8 +16,6 @@ from georecon_jax.objectives.georecon import decode, graph_code
 from georecon_jax.objectives.registry import get_objective
 from symmetry import assert_symmetric, jitter
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("models")
 
 ATOL = 2e-4
 

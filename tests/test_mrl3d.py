@@ -16,9 +16,6 @@ from georecon_jax.graphs.pairs import PairBudget, pack_pairs
 from georecon_jax.objectives.mrl3d import info_nce
 from georecon_jax.objectives.registry import get_objective
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("mrl3d")
-
 
 def test_info_nce_matches_hand_computation():
     rng = np.random.default_rng(0)

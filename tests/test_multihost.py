@@ -21,7 +21,6 @@ import pytest
 from conftest import ROOT
 from georecon_jax.training.checkpoint import restore_params
 
-pytestmark = pytest.mark.xdist_group("multihost")
 
 TIMEOUT = 300  # s, for any one launch
 

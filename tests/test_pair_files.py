@@ -21,7 +21,6 @@ from georecon_jax.tasks.pair_data import (
 )
 
 # one module-scoped conformer cache: under pytest-xdist these tests run in one worker
-pytestmark = pytest.mark.xdist_group("pair_files")
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ from georecon_jax.graphs.pairs import PairBatcher, PairBudget, pack_pairs
 from georecon_jax.tasks.metrics import average_precision, regression_metrics, roc_auc
 from georecon_jax.tasks.pair_data import cv_splits, held_out_split, molecule_split, sampled_negatives
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("pairs")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(

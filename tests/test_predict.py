@@ -18,8 +18,6 @@ from georecon_jax.chem.structures import smiles_to_3d
 from georecon_jax.data.structures import Structure, read_structures, write_xyz
 from georecon_jax.tasks import evaluation
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("predict")
 
 TARGET = "U0"  # an energy with per-element references: the host adds them, as evaluate does
 

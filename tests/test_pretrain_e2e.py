@@ -17,8 +17,6 @@ from georecon_jax.training.checkpoint import restore_params
 from georecon_jax.training.loop import ConfigMismatchError, read_metrics, record_config, workdir_lock
 from georecon_jax.tasks import pretrain
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("pretrain_e2e")
 
 ROOT = Path(__file__).resolve().parents[1]
 

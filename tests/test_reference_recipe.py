@@ -24,9 +24,6 @@ from georecon_jax.tasks.finetune import read_noise_normaliser
 from georecon_jax.tasks.pretrain import write_noise_normaliser
 from symmetry import assert_symmetric, jitter
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("reference_recipe")
-
 
 def small_config(**loss):
     cfg = finetune_qm9.get_config("tiny")

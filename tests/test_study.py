@@ -16,8 +16,6 @@ from conftest import ROOT
 from experiments import study
 from experiments.configs import study as study_config
 
-pytestmark = pytest.mark.xdist_group("study")
-
 
 def _flag(cmd, name):
     hits = [a.split("=", 1)[1] for a in cmd if a.startswith(f"--config.{name}=")]

@@ -17,8 +17,6 @@ from georecon_jax.models.et import VEC_NORM_EPS, EquivariantLayerNorm, Equivaria
 from georecon_jax.models.graph import graph_masks
 from symmetry import assert_symmetric, jitter
 
-# module-scoped fixtures: under pytest-xdist these tests run in one worker (--dist loadgroup)
-pytestmark = pytest.mark.xdist_group("vec_norm")
 
 F = 16
 
