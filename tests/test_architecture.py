@@ -24,6 +24,8 @@ ALLOWED = {
     "training": set(),
     "tasks": {"training", "objectives", "models", "graphs", "data", "chem", "plots"},
     "plots": set(),
+    # The studies' statistics and reporting (numbers in, intervals and tables out).
+    "studies": {"plots"},
     # Models in other programs' terms: the ASE calculator (on top of tasks.inference) and torchmd-net
     # checkpoints imported as workdirs (interop/torchmd*.py: they build this library's models and
     # configs, check the parameters against them, and save checkpoints, target statistics and noise

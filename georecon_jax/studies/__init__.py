@@ -1,0 +1,1 @@
+"""What the studies share: statistics for paired comparisons over seeds (``stats``)."""
