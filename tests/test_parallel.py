@@ -1,4 +1,4 @@
-"""Data parallelism on 4 simulated CPU devices: same update as one device (in both batch layouts,
+"""Data parallelism on 4 simulated CPU devices: same gradient (SGD update) as one device (in both batch layouts,
 pairs and dense), resumable on 1 device.
 
 The 4-device checks run in a subprocess with ``--xla_force_host_platform_device_count=4``,
@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(r"""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, "tests")
+    from sgd_compare import max_abs_diff, sgd_params_mismatch
     from experiments.configs import coord
     from georecon_jax.data.qm9 import load_qm9
     from georecon_jax.training.state import make_mesh, shard_batch
@@ -38,6 +40,9 @@ SCRIPT = textwrap.dedent(r"""
         c.objective.num_recon_molecules = 0
         c.graph.num_buckets = 1     # one padded shape: fewer compilations, a faster test
         c.optim.warmup_steps = 0    # the first step must move the parameters (warm-up starts at lr 0)
+        # SGD: an update proportional to the gradient, which is what the layouts must agree on (Adam's
+        # first step moves each element by about lr whatever its gradient: tests/sgd_compare.py)
+        c.optim.optimizer, c.optim.learning_rate = "sgd", 0.05
         c.num_steps, c.checkpoint_every, c.eval_every = num_steps, 4, 0
         c.num_devices = num_devices
         return c
@@ -73,13 +78,11 @@ SCRIPT = textwrap.dedent(r"""
         traces[f"{layout} {nd}"] = {"after_warmup": warm, "after_second_pass": len(counter),
                                     "num_budgets": shapes}
 
-    def max_diff(a, b):
-        return max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-            lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)))
-
     ref = results["pairs", 1]
-    out.update(traces=traces, max_param_change=max_diff(ref[0], params), runs={
-        f"{layout} {nd}": dict(param_diff=max_diff(r[0], ref[0]), loss=r[1], graphs=r[2], grad_norm=r[3])
+    update = max_abs_diff(ref[0], params)
+    out.update(traces=traces, max_param_change=update, runs={
+        f"{layout} {nd}": dict(param_mismatch=sgd_params_mismatch(r[0], ref[0], update), loss=r[1],
+                               graphs=r[2], grad_norm=r[3])
         for (layout, nd), r in results.items()})
 
     # 2. A run saved on 4 devices resumes on 1.
@@ -88,9 +91,10 @@ SCRIPT = textwrap.dedent(r"""
     straight = pretrain.run(tiny(6, 1), workdir + "_straight")  # never interrupted, one device
     from georecon_jax.training.checkpoint import restore_params
     (step_a, a), (step_b, b) = restore_params(workdir), restore_params(workdir + "_straight")
-    out.update(resumed_step=step_a, straight_step=step_b, resume_param_diff=max(
-        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-        for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"]))))
+    # the scale of one step's update: part 1's first step, at the peak rate (the cosine schedule
+    # lowers it after); the 6 steps may drift apart
+    out.update(resumed_step=step_a, straight_step=step_b, resume_param_mismatch=sgd_params_mismatch(
+        a["params"], b["params"], update, steps=6))
     out.update(first_steps=first["steps"], second_steps=second["steps"],
                second_loss=second["final_train_loss"])
     print("RESULT " + json.dumps(out))
@@ -121,13 +125,12 @@ def test_data_parallel_matches_single_device_and_resumes_on_one(qm9_small, cache
     # Same molecules, same per-molecule noise: the 4-device update equals the 1-device one, and
     # the dense layout's (1 and 4 devices) the pair layout's.
     ref = out["runs"]["pairs 1"]
-    assert out["max_param_change"] > 1e-4, "the step left the parameters unchanged: vacuous"
+    assert out["max_param_change"] > 1e-3, "the step hardly moved the parameters: vacuous"
     for name, r in out["runs"].items():
         assert r["graphs"] == 8, (name, r)
         assert abs(r["loss"] - ref["loss"]) < 1e-5 * max(1.0, abs(ref["loss"])), (name, r, ref)
-        assert r["param_diff"] < 1e-5, (name, r)
-        # Adam's update hardly depends on the gradient's scale: the norm checks the averaging itself.
-        assert abs(r["grad_norm"] - ref["grad_norm"]) < 1e-5 * ref["grad_norm"], (name, r, ref)
+        assert r["param_mismatch"] <= 1.0, (name, r)  # within float32 rounding: tests/sgd_compare.py
+        assert abs(r["grad_norm"] - ref["grad_norm"]) < 1e-4 * ref["grad_norm"], (name, r, ref)
     # No step recompiles after warm-up: at most one trace per padded shape, none in a second pass.
     for name, t in out["traces"].items():
         assert t["after_warmup"] <= t["num_budgets"], (name, t)
@@ -138,5 +141,5 @@ def test_data_parallel_matches_single_device_and_resumes_on_one(qm9_small, cache
     # ... and ends where a run on 1 device from the start ends (data order and noise depend on
     # the step only; the device layout changes the float summation order, nothing else).
     assert out["resumed_step"] == out["straight_step"] == 6
-    assert out["resume_param_diff"] < 1e-5, out["resume_param_diff"]
+    assert out["resume_param_mismatch"] <= 1.0, out["resume_param_mismatch"]
     assert math.isfinite(out["second_loss"])

@@ -80,7 +80,7 @@ def optimizer(**overrides) -> ConfigDict:
     ``schedule='plateau'``, torchmd-net's ReduceLROnPlateau (training/optimizer.py)."""
     c = ConfigDict(
         dict(
-            optimizer="adamw",
+            optimizer="adamw",  # or "sgd" (an update proportional to the gradient: the layout tests)
             learning_rate=4e-4,
             warmup_steps=10_000,
             weight_decay=0.0,
@@ -146,7 +146,7 @@ def pairs_data(*, max_atoms: int, **extra) -> ConfigDict:
     c.task = optional(str)  # regression | classification
     c.units = optional(str)  # of the labels, for the reports (e.g. kcal/mol)
     c.max_pairs = optional(int)  # random subset of N pairs
-    c.limit = optional(int)  # first N rows of each file
+    c.limit = optional(int)  # first N rows (over all files)
     c.max_atoms = max_atoms  # molecules with more atoms (H included if explicit) are left out, counted
     c.explicit_h = optional(bool)  # hydrogens as graph nodes and 3D atoms (None: the reference's choice)
     c.conformer_seed = 0  # ETKDG seed
@@ -193,6 +193,10 @@ def encoder(size: str = "", **overrides) -> ConfigDict:
     vectors (Coord's ``--layernorm-on-vec whitened`` in pretraining and fine-tuning, README of
     shehzaidi/pre-training-via-denoising); 'none' is torchmd-net's plain ET.
     embedding_init: 'normal' N(0, 1), torch's nn.Embedding (torchmd_et.py); 'scaled' N(0, 1/F).
+    vector_cutoff: torchmd-net's option (models/et.py): the cutoff weighs the values instead of the
+    attention, for a potential continuous at the cutoff. False, as pre-training-via-denoising's ET
+    (Coord, GeoRecon, QM9); finetune_md17.py sets True, as torchmd-net's ET-MD17.yaml. The same
+    parameters either way: a pretrained encoder fine-tunes with either.
     """
     c = ConfigDict(
         dict(
@@ -202,6 +206,7 @@ def encoder(size: str = "", **overrides) -> ConfigDict:
             trainable_rbf=False,
             vec_norm="whitened",
             embedding_init="normal",
+            vector_cutoff=False,
         )
     )
     _apply(c, overrides)

@@ -1,6 +1,8 @@
 """The optimizer of every job: AdamW with a learning-rate schedule, and gradient clipping.
 
-Configured by the ``optim`` section of a config: learning_rate, warmup_steps, weight_decay,
+Configured by the ``optim`` section of a config: optimizer ('adamw', or 'sgd': plain SGD with the
+same schedule, clipping and decoupled weight decay, an update proportional to the gradient, which
+is what the tests compare two layouts of one step with), learning_rate, warmup_steps, weight_decay,
 grad_clip (global norm; <= 0: none), schedule, final_lr_fraction (cosine), plateau_factor,
 plateau_patience, min_learning_rate (plateau), ema_decay (used by the train step, not here).
 
@@ -39,6 +41,7 @@ import optax
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "plateau")
+OPTIMIZERS = ("adamw", "sgd")
 
 # torch.optim.lr_scheduler.ReduceLROnPlateau's defaults, which torchmd-net keeps: a value must be
 # below best x (1 - PLATEAU_THRESHOLD) to count as an improvement; a reduction smaller than
@@ -109,10 +112,10 @@ def optimizer_problems(cfg: ml_collections.ConfigDict) -> List[str]:
 
 
 def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-    """AdamW with the schedule of ``cfg.schedule`` (see the module docstring), and global-norm
-    gradient clipping."""
-    if cfg.optimizer != "adamw":
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: only 'adamw' is implemented")
+    """AdamW (or SGD: ``cfg.optimizer``) with the schedule of ``cfg.schedule`` (see the module
+    docstring), and global-norm gradient clipping."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use one of {OPTIMIZERS}")
     problems = optimizer_problems(cfg)
     if problems:
         raise ValueError("; ".join(problems))
@@ -121,8 +124,8 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip and cfg.grad_clip > 0 else optax.identity()
     )
     if cfg.get("schedule", "cosine") == "plateau":
-        adamw = optax.adamw(torch_warmup(cfg.learning_rate, cfg.warmup_steps), weight_decay=cfg.weight_decay)
-        return optax.chain(clip, adamw, scale_by_plateau())
+        base = _base_optimizer(cfg, torch_warmup(cfg.learning_rate, cfg.warmup_steps))
+        return optax.chain(clip, base, scale_by_plateau())
     warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -131,7 +134,15 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
         decay_steps=max(num_steps, warmup + 1),
         end_value=cfg.learning_rate * cfg.get("final_lr_fraction", 0.0),
     )
-    return optax.chain(clip, optax.adamw(schedule, weight_decay=cfg.weight_decay))
+    return optax.chain(clip, _base_optimizer(cfg, schedule))
+
+
+def _base_optimizer(cfg: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
+    """AdamW, or SGD whose update is -lr x (gradient + weight_decay x parameters): AdamW's
+    decoupled decay without the per-element scaling (``cfg.optimizer == 'sgd'``)."""
+    if cfg.optimizer == "sgd":
+        return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.sgd(schedule))
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
 
 
 # ---------------------------------------------------------------------------------------------
