@@ -387,6 +387,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             "without JAX_COORDINATOR_ADDRESS / GEORECON_MULTIHOST"
         )
     config = resolve_recipe(config)
+    # the data first: pairs that cannot be fine-tuned on (a DataError) leave no workdir behind
+    d = config.data
+    ds = load_pair_task(config)
+    budget = PairBudget.from_dataset(ds, max_atoms=d.max_atoms)
+    eval_budget = evaluation_budget(ds, budget, d)
+    splits = make_splits(ds, config)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):
         record_config(
@@ -395,11 +401,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             compare_sections=("model", "data"),
             allow_change=config.get("allow_config_change", False),
         )
-        d = config.data
-        ds = load_pair_task(config)
-        budget = PairBudget.from_dataset(ds, max_atoms=d.max_atoms)
-        eval_budget = evaluation_budget(ds, budget, d)
-        splits = make_splits(ds, config)
         if ds.task == "classification" and config.model.get("architecture") != "reference_ddi":
             log.warning(
                 "the reference fine-tunes DDI with its DDI model (one GINE encoder for both drugs, 300 "

@@ -28,12 +28,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from georecon_jax.chem.conformers import MoleculeCache
 from georecon_jax.chem.features import murcko_scaffold
+from georecon_jax.data.records import DataError
 from georecon_jax.data.pairs import (
     PairDataset,
     all_combinations,
@@ -223,8 +224,10 @@ def load_pair_task(config) -> PairDataset:
         "explicit" if ds.explicit_h else "implicit",
         ", ".join(ds.files),
     )
-    if ds.task == "classification" and d.get("negatives", "file") == "sampled":
-        n_file = len(ds)
+    n_file = len(ds)
+    sampled = ds.task == "classification" and d.get("negatives", "file") == "sampled"
+    if sampled:
+        check_usable(ds, d, positives=len(positive_pair_indices(ds)))
         ds = sampled_negatives(ds, d.get("negative_seed", 0))
         log.info(
             f"{ds.name}: {len(ds) // 2} positive pairs and as many sampled negatives (of {n_file} "
@@ -236,7 +239,57 @@ def load_pair_task(config) -> PairDataset:
             f"{ds.name}: using a random subset of {d.max_pairs} of the {len(ds)} pairs (seed {config.seed})"
         )
         ds = ds.subset(keep)
+    check_usable(ds, d, rows=n_file)
     return ds
+
+
+def check_usable(ds: PairDataset, data_cfg, positives: Optional[int] = None, rows: Optional[int] = None):
+    """A `DataError` saying why when ``ds`` cannot be fine-tuned on: no pairs, no positive pairs
+    to sample negatives around (``positives``: their count), one class only (classification), or
+    one label value only (regression); the message names the files and the row limits that apply
+    (``rows``: the usable rows read)."""
+    files = ", ".join(ds.files) or ds.name
+    limit = data_cfg.get("limit")
+    read = f"{rows if rows is not None else len(ds)} usable rows read from {files}"
+    if limit:
+        read += (
+            f" (rows limited to the first {limit} by data.limit, which the :tiny config sets to 60: "
+            "--config.data.limit=N reads more)"
+        )
+    if positives is not None:
+        if positives == 0:
+            raise DataError(
+                f"{ds.name}: no positive (label 1) pairs among the {read}, so no negatives can be "
+                "sampled around them (data.negatives='file' keeps the files' own negatives)"
+            )
+        return
+    if len(ds) == 0:
+        raise DataError(f"{ds.name}: no usable pairs among the {read}")
+    values = np.unique(ds.labels[:, 0][np.isfinite(ds.labels[:, 0])])
+    if len(values) < 2:
+        kind = "class" if ds.task == "classification" else "label value"
+        raise DataError(
+            f"{ds.name}: one {kind} only ({values[0]:g}) among the {len(ds)} pairs"
+            + (f" (data.max_pairs={data_cfg.max_pairs})" if data_cfg.get("max_pairs") else "")
+            + f"; the {read}: nothing to learn or score"
+        )
+
+
+def check_splits(ds: PairDataset, splits) -> None:
+    """A `DataError` naming the split and part when a split's training, validation or test part
+    is empty or, for classification, holds one class only (ROC-AUC and early stopping need both)."""
+    for name, *parts in splits:
+        for part, idx in zip(("training", "validation", "test"), parts):
+            if len(idx) == 0:
+                raise DataError(
+                    f"{ds.name}: split {name} has no {part} pairs (of {len(ds)} pairs): use more rows "
+                    "(data.limit, data.max_pairs) or fewer folds"
+                )
+            if ds.task == "classification" and len(np.unique(ds.labels[idx, 0])) < 2:
+                raise DataError(
+                    f"{ds.name}: split {name}'s {len(idx)} {part} pairs are all of class "
+                    f"{ds.labels[idx[0], 0]:g}: use more rows (data.limit, data.max_pairs)"
+                )
 
 
 def sampled_negatives(ds: PairDataset, seed: int = 0) -> PairDataset:
@@ -361,4 +414,6 @@ def make_splits(ds: PairDataset, cfg) -> list:
         splits = [(f"seed{s}_{kind}", *split(ds, kind, s)) for s in cfg.seeds]
     else:
         raise ValueError(f"unknown split {cfg.split!r}: use 'cv', 'molecule' or 'scaffold'")
-    return splits[: cfg.max_splits] if cfg.get("max_splits") else splits
+    splits = splits[: cfg.max_splits] if cfg.get("max_splits") else splits
+    check_splits(ds, splits)
+    return splits
