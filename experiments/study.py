@@ -8,11 +8,13 @@ results in experiments/study_mrl.py) with the same flags and cell rules.
   python -m experiments.study --config=experiments/configs/study.py:cpu --workdir=runs/study --list
 
 Cells (each its own workdir under WORKDIR, each one single command of this codebase):
-  pretrain/<arm>[_md17]/seed<k>      experiments.pretrain (georecon.py / coord.py at the preset's
-                                     size, the arm's ablation overlay, config.seed=k); _md17: the
-                                     MD17 fine-tuning encoder (no vector norm)
+  pretrain/<arm>[_md17]/seed<p>      experiments.pretrain (georecon.py / coord.py / coord_ladder.py
+                                     at the preset's size, the arm's ablation overlay,
+                                     config.seed=p); _md17: the MD17 fine-tuning encoder (no vector
+                                     norm) when the preset does not set one norm for every cell
   finetune/<task>/<arm>/seed<k>      experiments.finetune (finetune_qm9.py or finetune_md17.py,
-                                     config.seed=k) from that pretraining, or from scratch
+                                     config.seed=k) from pretraining seed pretrain_seeds[k mod P],
+                                     or from scratch
 
 A cell is finished when it holds ``study_cell.json`` (written after its command succeeded): a
 finished cell is never run again; an interrupted one is resumed by its own command (every command
@@ -21,9 +23,11 @@ SIGTERM, SIGKILL: the running command dies with it) and the same command finishe
 
 At the end (and with --rebuild_only) WORKDIR/results.md, results.json and the figures are written
 from the cells' own results.json, errors_test.npz, metrics.jsonl and summary.json: mean ± std over
-seeds per arm and task; the paired difference of each arm to Coord and to scratch, with an interval
-bootstrapped over seeds and over test molecules; the z diagnostic of every GeoRecon pretraining;
-the wall time of every cell.
+seeds per arm and task; the paired differences of `comparisons` (each arm to scratch, GeoRecon to
+each control, each ablation to its base) with t-intervals over seeds (georecon_jax/studies/stats.py)
+and verdict lines generated from them; the z diagnostic of every GeoRecon pretraining; the wall
+time of every cell. With ``--config.records=DIR`` each finished cell's small files are copied to
+DIR as it finishes (experiments/study_common.py).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import shutil
 import signal
 import sys
 import time
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 from absl import app, flags
@@ -58,6 +62,7 @@ from experiments.study_common import (  # noqa: E402,F401  (also this module's n
     Cell,
     _read,
     _steps_reached,
+    cell_dir,
     cell_record,
     run_cell,
     run_study,
@@ -77,45 +82,63 @@ def tasks_of(c, arm: str) -> List[str]:
     return every if arm in MAIN_ARMS else [t for t in every if t in tuple(c.ablation_tasks)]
 
 
-def _loop_overrides(config_module, size: str, steps: int) -> List[str]:
-    """num_steps, and eval/checkpoint intervals no longer than half the run."""
+def seeds_of(c, arm: str) -> List[int]:
+    """Fine-tuning seeds of an arm (the main arms': ``seeds``; the ablations': ``ablation_seeds``)."""
+    from experiments.configs.study import MAIN_ARMS
+
+    return list(c.seeds if arm in MAIN_ARMS else c.ablation_seeds)
+
+
+def pretrain_seed(c, seed: int) -> int:
+    """The pretraining a fine-tuning seed starts from: ``pretrain_seeds[seed mod P]``."""
+    return int(c.pretrain_seeds[seed % len(c.pretrain_seeds)])
+
+
+def _loop_overrides(config_module, size: str, steps: int, eval_every: int = 0) -> List[str]:
+    """num_steps, and eval/checkpoint intervals (``eval_every``, else no longer than half the run)."""
     base = config_module.get_config(size)
     out = [f"--config.num_steps={steps}"]
     for field in ("eval_every", "checkpoint_every"):
-        if base[field] > max(steps // 2, 1):
-            out.append(f"--config.{field}={max(steps // 2, 1)}")
+        every = eval_every or min(base[field], max(steps // 2, 1))
+        if every != base[field]:
+            out.append(f"--config.{field}={every}")
     return out
 
 
 def _encoder_overrides(c) -> List[str]:
-    return [f"--config.model.encoder.{k}={v}" for k, v in c.encoder.items()]
+    out = [f"--config.model.encoder.{k}={v}" for k, v in c.encoder.items()]
+    if c.vec_norm:
+        out.append(f"--config.model.encoder.vec_norm={c.vec_norm}")
+    return out
 
 
-def build_cells(c, workdir: str) -> List[Cell]:
-    from experiments.configs import coord, finetune_md17, finetune_qm9, georecon
+def _pretrain_cells(c, workdir: str, common: List[str]):
+    """The pretraining cells, and (arm, encoder, pretraining seed) -> cell name."""
+    from experiments.configs import coord, coord_ladder, georecon
     from experiments.configs.study import ARMS
 
-    modules = {"georecon.py": georecon, "coord.py": coord}
-    py, cache = sys.executable, os.path.abspath(os.path.join(workdir, "xla_cache"))
-    common = [f"--config.compilation_cache_dir={cache}"]
-    cells: List[Cell] = []
-    pretrained: Dict[tuple, str] = {}
+    modules = {"georecon.py": georecon, "coord.py": coord, "coord_ladder.py": coord_ladder}
+    py = sys.executable
+    cells, pretrained = [], {}
     for arm in c.arms:
-        if arm not in ARMS:
-            raise app.UsageError(f"unknown arm {arm!r}: use names of study.ARMS ({', '.join(ARMS)})")
-        file, overlays = ARMS[arm]
-        if file is None:
+        spec_ = ARMS[arm]
+        file, overlays = spec_.get("pretrain"), spec_.get("overlays", ())
+        if file is None or spec_.get("reuse"):
             continue
         tasks = tasks_of(c, arm)
+        for other, o in ARMS.items():  # fine-tuning-only arms that reuse this pretraining
+            if o.get("reuse") == arm and other in c.arms:
+                tasks += tasks_of(c, other)
+        # one pretraining serves QM9 and MD17 when every cell has the same vector norm
         encoders = (["qm9"] if any(t in c.qm9_targets for t in tasks) else []) + (
-            ["md17"] if c.md17_molecule in tasks else []
+            ["md17"] if c.md17_molecule in tasks and not c.vec_norm else []
         )
+        if c.md17_molecule in tasks and c.vec_norm and "qm9" not in encoders:
+            encoders.append("qm9")
         for enc in encoders:
-            size = c.size
-            if enc == "md17" and not c.size:
-                size = "md17"  # the paper-scale MD17 encoder (6 x 128, no vector norm)
+            size = "md17" if enc == "md17" and not c.size else c.size  # paper-scale MD17 encoder
             spec = size + "".join("+" + o for o in overlays)
-            for seed in c.seeds:
+            for seed in c.pretrain_seeds:
                 name = f"pretrain/{arm}{'_md17' if enc == 'md17' else ''}/seed{seed}"
                 cmd = [py, "-m", "experiments.pretrain", f"--config=experiments/configs/{file}:{spec}"]
                 cmd += _loop_overrides(modules[file], spec, c.pretrain_steps)
@@ -132,36 +155,72 @@ def build_cells(c, workdir: str) -> List[Cell]:
                 cmd.append(f"--workdir={os.path.join(workdir, name)}")
                 cells.append(Cell(name, "pretrain", arm, seed, cmd))
                 pretrained[(arm, enc, seed)] = name
+    return cells, pretrained
+
+
+def _finetune_command(c, task: str, extra_steps: int = 0) -> List[str]:
+    """The single fine-tuning command of a task at the preset's size and budget."""
+    from experiments.configs import finetune_md17, finetune_qm9
+
+    if task == c.md17_molecule:
+        cmd = [
+            "-m",
+            "experiments.finetune",
+            f"--config=experiments/configs/finetune_md17.py:{c.size}",
+            f"--config.molecule={task}",
+            f"--config.data.data_dir={os.path.abspath(c.md17_dir)}",
+        ]
+        cmd += _loop_overrides(finetune_md17, c.size, c.md17_finetune_steps + extra_steps, c.eval_every)
+        for field, value in (
+            ("num_train", c.md17_train_frames),
+            ("num_val", c.md17_val_frames),
+            ("num_test_molecules", c.md17_test_frames),
+        ):
+            if value:
+                cmd.append(f"--config.data.{field}={value}")
+    else:
+        cmd = [
+            "-m",
+            "experiments.finetune",
+            f"--config=experiments/configs/finetune_qm9.py:{c.size}",
+            f"--config.target={task}",
+        ]
+        cmd += _loop_overrides(finetune_qm9, c.size, c.finetune_steps + extra_steps, c.eval_every)
+        if c.qm9_labels:
+            cmd.append(f"--config.data.num_train_labels={c.qm9_labels}")
+        if c.qm9_eval_molecules:
+            cmd.append(f"--config.data.num_eval_molecules={c.qm9_eval_molecules}")
+        if c.qm9_test_molecules is not None:  # 0: the whole test split
+            cmd.append(f"--config.data.num_test_molecules={c.qm9_test_molecules}")
+    if c.patience:
+        cmd += [f"--config.early_stopping.patience={c.patience}", "--config.select_on=mae"]
+    cmd.append(f"--config.loss.denoise_normaliser={c.denoise_normaliser}")
+    return cmd
+
+
+def build_cells(c, workdir: str) -> List[Cell]:
+    from experiments.configs.study import ARMS
+
     for arm in c.arms:
+        if arm not in ARMS:
+            raise app.UsageError(f"unknown arm {arm!r}: use names of study.ARMS ({', '.join(ARMS)})")
+    cache = os.path.abspath(os.path.join(workdir, "xla_cache"))
+    common = [f"--config.compilation_cache_dir={cache}"]
+    cells, pretrained = _pretrain_cells(c, workdir, common)
+    for arm in c.arms:
+        spec = ARMS[arm]
+        source = spec.get("reuse") or arm
         for task in tasks_of(c, arm):
             md17 = task == c.md17_molecule
-            for seed in c.seeds:
+            for seed in seeds_of(c, arm):
                 name = f"finetune/{task}/{arm}/seed{seed}"
-                if md17:
-                    cmd = [
-                        py,
-                        "-m",
-                        "experiments.finetune",
-                        f"--config=experiments/configs/finetune_md17.py:{c.size}",
-                        f"--config.molecule={task}",
-                        f"--config.data.data_dir={os.path.abspath(c.md17_dir)}",
-                    ]
-                    cmd += _loop_overrides(finetune_md17, c.size, c.md17_finetune_steps)
-                else:
-                    cmd = [
-                        py,
-                        "-m",
-                        "experiments.finetune",
-                        f"--config=experiments/configs/finetune_qm9.py:{c.size}",
-                        f"--config.target={task}",
-                    ]
-                    cmd += _loop_overrides(finetune_qm9, c.size, c.finetune_steps)
-                    if c.qm9_labels:
-                        cmd.append(f"--config.data.num_train_labels={c.qm9_labels}")
-                    if c.qm9_test_molecules:
-                        cmd.append(f"--config.data.num_test_molecules={c.qm9_test_molecules}")
+                extra = c.compute_matched_extra_steps if spec.get("compute_matched") else 0
+                cmd = [sys.executable, *_finetune_command(c, task, extra), *spec.get("finetune", ())]
                 cmd += [f"--config.seed={seed}", *common, *_encoder_overrides(c)]
-                needs = pretrained.get((arm, "md17" if md17 else "qm9", seed))
+                enc = "md17" if md17 and not c.vec_norm else "qm9"
+                needs = pretrained.get((source, enc, pretrain_seed(c, seed)))
+                if spec.get("pretrain") and needs is None:
+                    raise app.UsageError(f"arm {arm} reuses {source}'s pretraining: add {source} to the arms")
                 if needs:
                     cmd.append(f"--config.pretrained={os.path.abspath(os.path.join(workdir, needs))}")
                 cmd.append(f"--workdir={os.path.join(workdir, name)}")
@@ -183,29 +242,15 @@ def _metric_names(c, task: str) -> List[tuple]:
     return [(task, f"{task}_mae", "abs_error")]
 
 
-def paired_bootstrap(a: List[np.ndarray], b: List[np.ndarray], n_boot: int, level: float, seed=0):
-    """Mean over seeds and test molecules of a - b (per-molecule errors of two arms, per seed, on
-    the same molecules), and its ``level`` interval from resampling seeds and molecules."""
-    d = np.stack(a) - np.stack(b)  # [S, n]
-    rng = np.random.default_rng(seed)
-    s, n = d.shape
-    mol = rng.integers(0, n, size=(n_boot, n))
-    per_seed = np.stack([d[k][mol].mean(axis=1) for k in range(s)])  # [S, B]
-    pick = rng.integers(0, s, size=(n_boot, s))
-    boot = per_seed[pick, np.arange(n_boot)[:, None]].mean(axis=1)
-    lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(d.mean()), float(lo), float(hi)
-
-
 def collect(c, workdir: str, cells: List[Cell]) -> dict:
     out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": []}
     for cell in cells:
-        rec = cell_record(workdir, cell)
+        rec = cell_record(workdir, cell, c.records)
         if rec is None:
             out["missing"].append(cell.name)
             continue
         out["cells"][cell.name] = rec
-        work = os.path.join(workdir, cell.name)
+        work = cell_dir(workdir, cell, c.records)
         if cell.kind == "pretrain":
             s = _read(os.path.join(work, "summary.json"))
             out["pretrain"].setdefault(cell.arm + ("_md17" if "_md17/" in cell.name else ""), {})[
@@ -242,7 +287,8 @@ def collect(c, workdir: str, cells: List[Cell]) -> dict:
 
 
 def summarise(c, data: dict) -> dict:
-    """mean ± std per (task, arm); paired differences to coord and scratch with intervals."""
+    """mean ± std per (task, arm); the paired differences of `comparisons` with t-intervals; the
+    z diagnostic of every GeoRecon pretraining."""
     table = {}
     for col, arms in data["finetune"].items():
         table[col] = {}
@@ -256,31 +302,55 @@ def summarise(c, data: dict) -> dict:
                 "unit": next(iter(seeds.values()))["unit"],
                 "num_test_molecules": next(iter(seeds.values()))["num_molecules"],
             }
-            for ref in ("coord", "scratch"):
-                if ref == arm or ref not in arms:
-                    continue
-                common = sorted(set(seeds) & set(arms[ref]))
-                if not common:
-                    continue
-                a, b = [], []
-                for s in common:
-                    x, y = seeds[s], arms[ref][s]
-                    ids = np.intersect1d(x["ids"], y["ids"])
-                    a.append(x["errors"][np.searchsorted(x["ids"], ids)])
-                    b.append(y["errors"][np.searchsorted(y["ids"], ids)])
-                n = min(len(e) for e in a)
-                mean, lo, hi = paired_bootstrap(
-                    [e[:n] for e in a], [e[:n] for e in b], c.bootstrap, c.interval
-                )
-                per_seed = [float(x.mean() - y.mean()) for x, y in zip(a, b)]
-                table[col][arm][f"minus_{ref}"] = {
-                    "mean": mean,
-                    "low": lo,
-                    "high": hi,
-                    "per_seed": per_seed,
-                    "seeds": common,
-                    "molecules": n,
-                }
+    return {"table": table, "differences": differences(c, data), "z": z_summary(data)}
+
+
+def comparisons(c) -> List[tuple]:
+    """(arm, reference) pairs the study reports: every arm against scratch; GeoRecon against each
+    control; each ablation against the arm it changes one thing of."""
+    from experiments.configs.study import ARMS
+
+    arms = list(c.arms)
+    out = [(a, "scratch") for a in arms if a != "scratch"]
+    for ref in ("scratch_compute_matched", "coord", "coord_ladder"):
+        if "georecon" in arms and ref in arms:
+            out.append(("georecon", ref))
+    if "coord_ladder" in arms and "coord" in arms:
+        out.append(("coord_ladder", "coord"))
+    for a in arms:
+        base = ARMS[a].get("reuse") or ("georecon" if a.startswith("georecon_") else None)
+        if base and base in arms and (a, base) not in out:
+            out.append((a, base))
+    return [p for p in out if p[0] in arms and p[1] in arms]
+
+
+def differences(c, data: dict) -> dict:
+    """(arm, ref) -> column -> `stats.Interval` of the per-seed paired differences of test MAE
+    (the mean over the test molecules both cells have, arm − ref), over the pretrainings when
+    fine-tuning seeds share one."""
+    from experiments.configs.study import ARMS
+    from georecon_jax.studies import stats
+
+    out = {}
+    for arm, ref in comparisons(c):
+        for col, arms in data["finetune"].items():
+            if arm not in arms or ref not in arms:
+                continue
+            common = sorted(set(arms[arm]) & set(arms[ref]))
+            if not common:
+                continue
+            d = []
+            for s_ in common:
+                x, y = arms[arm][s_], arms[ref][s_]
+                ea, eb = stats.aligned(x["ids"], x["errors"], y["ids"], y["errors"])
+                d.append(float(np.mean(ea - eb)))
+            pretrained = any(ARMS[a].get("pretrain") for a in (arm, ref))
+            clusters = [pretrain_seed(c, s_) for s_ in common] if pretrained else None
+            out.setdefault(f"{arm} − {ref}", {})[col] = stats.paired_interval(d, c.interval, clusters)
+    return out
+
+
+def z_summary(data: dict) -> dict:
     z = {}
     for arm, seeds in data["pretrain"].items():
         diags = [seeds[s]["z_diagnostic"] for s in sorted(seeds) if seeds[s].get("z_diagnostic")]
@@ -302,11 +372,96 @@ def summarise(c, data: dict) -> dict:
             "largest_gain_sigma": sig[best],
             "seeds": len(diags),
         }
-    return {"table": table, "z": z}
+    return z
 
 
 def _fmt_pm(e) -> str:
     return f"{e['mean']:.3g} ± {e['std']:.2g}" if np.isfinite(e["std"]) else f"{e['mean']:.3g}"
+
+
+def method_lines(c) -> List[str]:
+    """What every cell ran, as a short method table."""
+    test = "all" if c.qm9_test_molecules == 0 else (c.qm9_test_molecules or "the config's")
+    rows = [
+        (
+            "model",
+            f"size `{c.size or 'paper'}`"
+            + (f", encoder {dict(c.encoder)}" if c.encoder else "")
+            + (f", vector norm `{c.vec_norm}` in every cell" if c.vec_norm else ""),
+        ),
+        ("pretraining", f"{c.pretrain_steps} steps, seeds {', '.join(map(str, c.pretrain_seeds))}"),
+        (
+            "fine-tuning seeds",
+            f"main arms {', '.join(map(str, c.seeds))}; other arms "
+            f"{', '.join(map(str, c.ablation_seeds))}; seed k starts from pretraining seed "
+            f"pretrain_seeds[k mod {len(c.pretrain_seeds)}]",
+        ),
+        (
+            "QM9",
+            f"at most {c.finetune_steps} steps on {c.qm9_labels or 'the config’s'} labels, "
+            f"tested on {test} test molecules (the same for every cell)",
+        ),
+        (
+            "rMD17",
+            f"{c.md17_molecule or '–'}: at most {c.md17_finetune_steps} steps"
+            + (f" on {c.md17_train_frames} frames" if c.md17_train_frames else ""),
+        ),
+        (
+            "early stopping",
+            f"patience {c.patience} evaluations of the validation MAE, every "
+            f"{c.eval_every} steps; the test set at the best"
+            if c.patience
+            else "none (the last step's best checkpoint)",
+        ),
+        (
+            "regulariser target",
+            f"`loss.denoise_normaliser={c.denoise_normaliser}` in every arm"
+            + (
+                " (ε in every arm: no confound)"
+                if c.denoise_normaliser == "sigma"
+                else " (differs between arms)"
+            )
+            + "; the `*_pretraining_normaliser` arms use the reference's per-pretraining normaliser",
+        ),
+        ("compute-matched scratch", f"{c.compute_matched_extra_steps} more supervised steps"),
+        (
+            "intervals",
+            f"{int(round(100 * c.interval))} % Student-t over seeds of the per-seed paired "
+            "differences (over the pretrainings when seeds share one)",
+        ),
+    ]
+    return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+
+def difference_lines(c, s: dict) -> List[str]:
+    """The paired differences as a table and as generated verdicts."""
+    from georecon_jax.studies import stats
+
+    diffs = s["differences"]
+    if not diffs:
+        return []
+    cols = list(s["table"])
+    lvl = int(round(100 * c.interval))
+    lines = [
+        "",
+        "## Paired differences (arm − reference; negative: the arm is better)",
+        "",
+        f"Mean over seeds of the per-seed difference of test MAE on the same test molecules, with a "
+        f"{lvl} % t-interval over seeds (over pretrainings where seeds share one). **Bold**: the "
+        "interval excludes 0.",
+        "",
+        "| comparison | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for name, per_col in diffs.items():
+        lines.append(f"| {name} | " + " | ".join(stats.format_cell(per_col.get(col)) for col in cols) + " |")
+    lines += ["", "## Verdicts (generated from the intervals)", ""]
+    for name, per_col in diffs.items():
+        arm, ref = name.split(" − ")
+        for col, e in per_col.items():
+            unit = next(iter(s["table"][col].values()))["unit"]
+            lines.append(f"- {col}: " + stats.verdict(e, arm, ref, unit))
+    return lines
 
 
 def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
@@ -318,19 +473,15 @@ def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
     total = sum(walls.values())
     cols = list(s["table"])
     arms = [a for a in c.arms if any(a in s["table"][col] for col in cols)]
-    lvl = int(round(100 * c.interval))
     lines = [
         f"# GeoRecon study, preset `{c.preset}`",
         "",
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores; "
         f"`python -m experiments.study --config=experiments/configs/study.py:{c.preset} "
-        f"--workdir={workdir}`; seeds {', '.join(map(str, c.seeds))}; cells finished "
-        f"{len(data['cells'])} of {len(cells)}; cell wall time in all {total / 3600:.2f} h.",
+        f"--workdir={workdir}`; cells finished {len(data['cells'])} of {len(cells)}; cell wall "
+        f"time in all {total / 3600:.2f} h.",
         "",
-        f"Size `{c.size or 'paper'}`; pretraining {c.pretrain_steps} steps; QM9 fine-tuning "
-        f"{c.finetune_steps} steps on {c.qm9_labels or 'the config’s'} labels, tested on "
-        f"{c.qm9_test_molecules or 'all'} test molecules (the same for every cell); rMD17 "
-        f"{c.md17_molecule or '–'} fine-tuning {c.md17_finetune_steps} steps.",
+        *method_lines(c),
         "",
         "## Test MAE, mean ± std over seeds",
         "",
@@ -342,31 +493,7 @@ def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
     for arm in arms:
         row = [_fmt_pm(s["table"][col][arm]) if arm in s["table"][col] else "–" for col in cols]
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
-    for ref in ("scratch", "coord"):
-        if ref not in arms:
-            continue
-        lines += [
-            "",
-            f"## Paired difference to {ref} (arm − {ref}; negative: the arm is better)",
-            "",
-            f"Mean over seeds and test molecules, {lvl} % interval bootstrapped over seeds and "
-            f"test molecules ({c.bootstrap} resamples). **Bold**: the interval excludes 0.",
-            "",
-            "| arm | " + " | ".join(cols) + " |",
-            "|---|" + "---:|" * len(cols),
-        ]
-        for arm in arms:
-            if arm == ref or (ref == "coord" and arm == "scratch"):  # scratch − coord: the sign flip
-                continue
-            row = []
-            for col in cols:
-                e = s["table"][col].get(arm, {}).get(f"minus_{ref}")
-                if e is None:
-                    row.append("–")
-                    continue
-                txt = f"{e['mean']:+.3g} [{e['low']:+.3g}, {e['high']:+.3g}]"
-                row.append(f"**{txt}**" if e["low"] > 0 or e["high"] < 0 else txt)
-            lines.append(f"| {arm} | " + " | ".join(row) + " |")
+    lines += difference_lines(c, s)
     if s["z"]:
         sig = sorted({x for z in s["z"].values() for x in z["sigmas"]})
         lines += [
@@ -426,6 +553,7 @@ def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "main_arms": list(MAIN_ARMS),
         "table": s["table"],
+        "differences": {k: {col: e.to_json() for col, e in v.items()} for k, v in s["differences"].items()},
         "z_diagnostic": s["z"],
         "cells": data["cells"],
         "missing": data["missing"],
@@ -505,6 +633,34 @@ def figures(c, data, s, workdir, cols, arms):
         plt.close(fig)
 
 
+def rate_key(cell: Cell) -> str:
+    """Which measured step rate a cell runs at: pretrain_<config stem> or finetune_<qm9|md17>."""
+    if cell.kind == "pretrain":
+        spec = next(a for a in cell.cmd if a.startswith("--config="))
+        return "pretrain_" + os.path.basename(spec.split(":", 1)[0]).removesuffix(".py")
+    return "finetune_md17" if "finetune_md17.py" in " ".join(cell.cmd) else "finetune_qm9"
+
+
+def expected_time(c, cells: List[Cell]) -> str:
+    """The cells' expected wall time from the preset's measured step rates (an upper bound for
+    fine-tunings, which early stopping may end sooner), one cell at a time."""
+    total, unknown = 0.0, set()
+    for cell in cells:
+        steps = int(next(a for a in reversed(cell.cmd) if a.startswith("--config.num_steps=")).split("=")[1])
+        rate = c.rates.get(rate_key(cell))
+        if not rate:
+            unknown.add(rate_key(cell))
+            continue
+        total += steps / rate + c.rates.get("cell_overhead_s", 0.0)
+    out = (
+        f"{len(cells)} cells to run: at most {total / 3600:.1f} h one at a time on {c.rates.machine} "
+        f"({c.rates.source})"
+    )
+    if unknown:
+        out += f"; no measured rate for {', '.join(sorted(unknown))}"
+    return out
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -523,14 +679,17 @@ def main(argv):
     cells = build(c, workdir)
     if FLAGS.list:
         for cell in cells:
-            state = "finished" if cell_record(workdir, cell) else "to run"
+            state = "finished" if cell_record(workdir, cell, c.records) else "to run"
             print(f"{state:9s} {cell.name}: {' '.join(cell.cmd[2:])}")
+        if c.get("rates"):
+            todo = [x for x in cells if not cell_record(workdir, x, c.records)]
+            print(expected_time(c, todo))
         return
     if not FLAGS.rebuild_only:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "study_config.json"), "w") as f:
             f.write(c.to_json_best_effort(indent=1))
-        run_study(c, workdir, cells, FLAGS.jobs)
+        run_study(c, workdir, cells, FLAGS.jobs, c.records)
     write(c, workdir, cells, [FLAGS.out] if FLAGS.out else [])
 
 

@@ -1,6 +1,14 @@
 """What both studies share (experiments/study.py, experiments/study_mrl.py): a cell is one command
 of this codebase in its own workdir, finished when it holds ``study_cell.json``; `run_study` runs
-the unfinished ones (pretrainings first), resuming interrupted ones, and stops them on SIGTERM."""
+the unfinished ones (pretrainings first), resuming interrupted ones, and stops them on SIGTERM.
+
+With a records folder (``--records=results/<study>/cells``), each finished cell's small files
+(`RECORD_FILES`: its record, results, per-molecule errors, summary, metrics; no checkpoints) are
+copied there as it finishes, so they can be committed while the study runs. A cell whose record is
+in that folder counts as finished, and its results are read from there: a study that spans
+sessions on fresh machines loses no finished cell. A pretraining whose checkpoint a remaining
+fine-tuning needs, but which exists only as a record, is run again (same command and seed).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,25 @@ import ctypes
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from typing import Callable, List, Optional
 
 CELL_FILE = "study_cell.json"
+# the small files of a finished cell that the records folder keeps (the cell's folder and splits/*)
+RECORD_FILES = (
+    CELL_FILE,
+    "results.json",
+    "results.md",
+    "summary.json",
+    "metrics.jsonl",
+    "config.json",
+    "errors_test.npz",
+    "predictions_test.npz",
+    "noise_normaliser.json",
+)
 RUNNING: set = set()  # the cells' commands running now (Popen)
 
 
@@ -30,12 +51,41 @@ class Cell:
     finished: Optional[Callable[[str], bool]] = None
 
 
-def cell_record(workdir: str, cell: Cell) -> Optional[dict]:
+def cell_dir(workdir: str, cell: Cell, records: str = "") -> str:
+    """Where a finished cell's files are: its workdir, else its folder in ``records``."""
+    work = os.path.join(workdir, cell.name)
+    if records and not os.path.exists(os.path.join(work, CELL_FILE)):
+        kept = os.path.join(records, cell.name)
+        if os.path.exists(os.path.join(kept, CELL_FILE)):
+            return kept
+    return work
+
+
+def cell_record(workdir: str, cell: Cell, records: str = "") -> Optional[dict]:
     try:
-        with open(os.path.join(workdir, cell.name, CELL_FILE)) as f:
+        with open(os.path.join(cell_dir(workdir, cell, records), CELL_FILE)) as f:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def keep_record(workdir: str, cell: Cell, records: str) -> None:
+    """Copies the finished cell's `RECORD_FILES` (and those of its splits/*) to ``records``."""
+    src, dst = os.path.join(workdir, cell.name), os.path.join(records, cell.name)
+    for root, _, files in os.walk(src):
+        rel = os.path.relpath(root, src)
+        if rel != "." and not rel.startswith("splits"):
+            continue
+        for name in files:
+            if name in RECORD_FILES:
+                os.makedirs(os.path.join(dst, rel), exist_ok=True)
+                shutil.copy2(os.path.join(root, name), os.path.join(dst, rel, name))
+    shutil.copy2(os.path.join(src, CELL_FILE), os.path.join(dst, CELL_FILE))  # last: marks it complete
+
+
+def _has_checkpoint(work: str) -> bool:
+    ckpt = os.path.join(work, "checkpoints")
+    return os.path.isdir(ckpt) and any(p.isdigit() for p in os.listdir(ckpt))
 
 
 def _die_with_parent():  # Linux: the cell's command is killed when the study dies (even by SIGKILL)
@@ -125,28 +175,42 @@ def _steps_reached(work: str) -> Optional[tuple]:
     return (s.get("steps"), s.get("num_steps"))
 
 
-def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1):
+def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1, records: str = ""):
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
-    todo = [cell for cell in cells if cell_record(workdir, cell) is None]
+    todo = [cell for cell in cells if cell_record(workdir, cell, records) is None]
+    needed = {cell.needs for cell in todo if cell.needs}
+    restore = [
+        cell
+        for cell in cells
+        if cell.name in needed and cell not in todo and not _has_checkpoint(os.path.join(workdir, cell.name))
+    ]
+    if restore:
+        print(
+            f"{len(restore)} finished pretraining(s) kept only as records are run again for the "
+            f"checkpoints that remaining fine-tunings need: {', '.join(x.name for x in restore)}",
+            flush=True,
+        )
     print(
         f"study {c.preset}: {len(cells)} cells ({len(cells) - len(todo)} finished, "
         f"{len(todo)} to run, {jobs} at a time) in {workdir}",
         flush=True,
     )
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="study", unit="cell")
+    bar = tqdm(total=len(cells) + len(restore), initial=len(cells) - len(todo), desc="study", unit="cell")
 
     def one(cell):
-        if cell.needs and cell_record(workdir, Cell(cell.needs, "", "", 0, [])) is None:
+        if cell.needs and not _has_checkpoint(os.path.join(workdir, cell.needs)):
             raise SystemExit(f"cell {cell.name} needs {cell.needs}, which has not finished")
         r = run_cell(workdir, cell)
+        if records:
+            keep_record(workdir, cell, records)
         bar.update(1)
         tqdm.write(f"{cell.name}: done in {r['wall_seconds']:.0f} s")
 
     for kind in ("pretrain", "finetune"):  # fine-tunings start from finished pretrainings
-        batch = [cell for cell in todo if cell.kind == kind]
+        batch = [cell for cell in [*restore, *todo] if cell.kind == kind]
         if jobs <= 1:
             for cell in batch:
                 one(cell)

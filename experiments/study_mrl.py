@@ -8,8 +8,9 @@ results are rebuilt from those files alone:
   * mean ± std over seeds of each cell's test metric (mean over its splits: RMSE for regression,
     as the paper reports, and MAE; ROC-AUC and accuracy for DDI);
   * the paired difference of each pretrained arm to scratch: the same seed's cells share their
-    pairs, splits and test pairs, so the metric on a cell's pooled test pairs is compared arm to
-    arm, with an interval bootstrapped over seeds and test pairs;
+    pairs, splits and test pairs, so the metric of each replicate (seed × fold or split) is
+    compared arm to arm, with a t-interval over seeds (georecon_jax/studies/stats.py) and verdict
+    lines generated from it;
   * the 3DMRL pretraining losses (contrastive, force) per group and arm;
   * figures: bars with seed dots, and validation curves by epoch.
 """
@@ -25,7 +26,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from experiments.study_common import Cell, _read, cell_record
+from experiments.study_common import Cell, _read, cell_dir, cell_record
 
 FIGURES = ("study_mrl_bars.png", "study_mrl_curves.png")
 
@@ -148,12 +149,12 @@ def task_metrics(kind: str):
 def collect(c, workdir: str, cells: List[Cell]) -> dict:
     out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": []}
     for cell in cells:
-        rec = cell_record(workdir, cell)
+        rec = cell_record(workdir, cell, c.records)
         if rec is None:
             out["missing"].append(cell.name)
             continue
         out["cells"][cell.name] = rec
-        work = os.path.join(workdir, cell.name)
+        work = cell_dir(workdir, cell, c.records)
         if cell.kind == "pretrain":
             s = _read(os.path.join(work, "summary.json"))
             out["pretrain"].setdefault(cell.task, {}).setdefault(cell.arm, {})[cell.seed] = {
@@ -198,25 +199,26 @@ def collect(c, workdir: str, cells: List[Cell]) -> dict:
     return out
 
 
-def paired_bootstrap_metric(a: List[tuple], b: List[tuple], fn, n_boot: int, level: float, seed=0):
-    """The metric of arm a minus that of arm b (each per seed on the same test pairs: (y, p_a) and
-    (y, p_b)), averaged over seeds, and its ``level`` interval from resampling seeds and pairs."""
-    diffs = [fn(y, pa) - fn(y, pb) for (y, pa), (_, pb) in zip(a, b)]
-    rng = np.random.default_rng(seed)
-    s = len(a)
-    boot = np.empty(n_boot)
-    for i in range(n_boot):
-        vals = []
-        for k in rng.integers(0, s, size=s):
-            (y, pa), (_, pb) = a[k], b[k]
-            idx = rng.integers(0, len(y), size=len(y))
-            vals.append(fn(y[idx], pa[idx]) - fn(y[idx], pb[idx]))
-        boot[i] = np.mean(vals)
-    lo, hi = np.nanquantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(np.mean(diffs)), float(lo), float(hi), [float(d) for d in diffs]
+def replicate_differences(a: List[tuple], b: List[tuple], seeds: List[int], fn):
+    """Per replicate (seed × split: a CV fold or a DDI split), the metric of arm a minus that of
+    arm b on the same test pairs, and the seed of each (its pretraining: the cluster).
+
+    Args: a, b: per seed (rows, y, p) on the same test pairs, rows prefixed by their split."""
+    diffs, clusters = [], []
+    for seed, (rows, y, pa), (_, _, pb) in zip(seeds, a, b):
+        split = np.array([r.split("|", 1)[0] for r in rows])
+        for name in dict.fromkeys(split):
+            k = split == name
+            diffs.append(fn(y[k], pa[k]) - fn(y[k], pb[k]))
+            clusters.append(seed)
+    return diffs, clusters
 
 
 def summarise(c, data: dict) -> dict:
+    """mean ± std over seeds per task, arm and metric; each arm minus scratch per replicate (seed ×
+    split) with a t-interval over the seeds (the replicates of one seed share its pretraining)."""
+    from georecon_jax.studies import stats
+
     table = {}
     for task, arms in data["finetune"].items():
         table[task] = {}
@@ -235,21 +237,18 @@ def summarise(c, data: dict) -> dict:
                     continue
                 common = sorted(set(seeds) & set(arms["scratch"]))
                 a, b = [], []
-                for s in common:
-                    x, ref = seeds[s], arms["scratch"][s]
+                for s_ in common:
+                    x, ref = seeds[s_], arms["scratch"][s_]
                     rows = np.intersect1d(x["rows"], ref["rows"])
                     ia, ib = np.searchsorted(x["rows"], rows), np.searchsorted(ref["rows"], rows)
-                    a.append((x["y"][ia], x["p"][ia]))
-                    b.append((ref["y"][ib], ref["p"][ib]))
+                    a.append((rows, x["y"][ia], x["p"][ia]))
+                    b.append((rows, ref["y"][ib], ref["p"][ib]))
                 if common:
-                    mean, lo, hi, per_seed = paired_bootstrap_metric(a, b, fn, c.bootstrap, c.interval)
-                    entry[name]["minus_scratch"] = {
-                        "mean": mean,
-                        "low": lo,
-                        "high": hi,
-                        "per_seed": per_seed,
+                    d, clusters = replicate_differences(a, b, common, fn)
+                    e = stats.paired_interval(d, c.interval, clusters, cluster_name="seeds")
+                    entry[name]["minus_scratch"] = e.to_json() | {
                         "seeds": common,
-                        "test_pairs": int(np.mean([len(y) for y, _ in a])),
+                        "test_pairs": int(np.mean([len(y) for _, y, _ in a])),
                     }
             entry["wall_seconds"] = float(np.mean([seeds[s]["wall_seconds"] for s in seeds]))
             entry["best_epochs"] = [e for s in sorted(seeds) for e in seeds[s]["best_epochs"]]
@@ -262,8 +261,21 @@ def _pm(e) -> str:
     return f"{e['mean']:.3f} ± {e['std']:.3f}" if np.isfinite(e["std"]) else f"{e['mean']:.3f}"
 
 
+def _interval(e):
+    """The `stats.Interval` of a summary entry's ``minus_scratch`` (None when absent)."""
+    from georecon_jax.studies import stats
+
+    if e is None:
+        return None
+    return stats.Interval(
+        **{k: e[k] for k in ("mean", "low", "high", "per_replicate", "units", "df", "level", "over")}
+    )
+
+
 def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
     import shutil
+
+    from georecon_jax.studies import stats
 
     from experiments.configs.study_mrl import TASKS
 
@@ -307,28 +319,32 @@ def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
             "",
             "## Paired difference to scratch (arm − scratch)",
             "",
-            f"The metric on each seed's pooled test pairs, arm minus scratch, mean over seeds, with a "
-            f"{lvl} % interval bootstrapped over seeds and test pairs ({c.bootstrap} resamples). "
-            "RMSE/MAE: negative is better; ROC-AUC/accuracy: positive is better. **Bold**: the interval "
-            "excludes 0.",
+            "Per replicate (seed × CV fold or DDI split) the metric on its test pairs, arm minus "
+            f"scratch; mean over replicates, {lvl} % t-interval over seeds (the replicates of one seed "
+            "share its pretraining and are averaged first). RMSE/MAE: negative is better; "
+            "ROC-AUC/accuracy: positive is better. **Bold**: the interval excludes 0.",
             "",
             "| task | metric | " + " | ".join(a for a in arms if a != "scratch") + " |",
             "|---|---|" + "---:|" * (len(arms) - 1),
         ]
+        verdicts = []
         for t in tasks:
             first = next(iter(s["table"][t].values()))
-            for name, _, _ in task_metrics(first["kind"]):
+            for name, _, lower in task_metrics(first["kind"]):
                 row = []
                 for a in arms:
                     if a == "scratch":
                         continue
                     e = s["table"][t].get(a, {}).get(name, {}).get("minus_scratch")
-                    if e is None:
-                        row.append("–")
-                        continue
-                    txt = f"{e['mean']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]"
-                    row.append(f"**{txt}**" if e["low"] > 0 or e["high"] < 0 else txt)
+                    iv = _interval(e)
+                    row.append(stats.format_cell(iv, "+.3f"))
+                    if iv is not None:
+                        unit = first["units"] if first["kind"] == "regression" else ""
+                        verdicts.append(
+                            f"- {t} {name}: " + stats.verdict(iv, a, "scratch", unit, lower, ".3f")
+                        )
                 lines.append(f"| {t} | {name} | " + " | ".join(row) + " |")
+        lines += ["", "## Verdicts (generated from the intervals)", "", *verdicts]
     if data["pretrain"]:
         lines += [
             "",

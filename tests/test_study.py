@@ -23,10 +23,12 @@ def _flag(cmd, name):
 
 
 def test_cells_wire_pretrainings_to_fine_tunings(tmp_path):
-    """cpu preset: every pretrained arm is fine-tuned from its own pretraining of the same seed, the
-    MD17 task from the MD17-encoder pretraining (no vector norm), scratch from nothing; the main arms
-    on every task, the ablations on the preset's ablation tasks; each cell's config spec loads."""
-    from experiments.configs import coord, georecon
+    """cpu preset: each pretrained arm is fine-tuned from pretraining seed pretrain_seeds[k mod P]
+    of its own (or, for a fine-tuning-only ablation, its base arm's) pretraining; one vector norm
+    for every cell, so one pretraining serves QM9 and MD17; scratch from nothing; every main arm
+    with the same regulariser target; the compute-matched arm with the extra steps; each cell's
+    config spec loads."""
+    from experiments.configs import coord, coord_ladder, georecon
 
     c = study_config.get_config("cpu")
     cells = study.build_cells(c, str(tmp_path))
@@ -34,36 +36,46 @@ def test_cells_wire_pretrainings_to_fine_tunings(tmp_path):
     assert len(names) == len(set(names))
     by_name = {x.name: x for x in cells}
     tasks = list(c.qm9_targets) + [c.md17_molecule]
+    modules = {"georecon.py": georecon, "coord.py": coord, "coord_ladder.py": coord_ladder}
     for cell in cells:
-        if cell.kind == "pretrain":
-            spec = next(a for a in cell.cmd if a.startswith("--config=")).split(":", 1)[1]
-            module = georecon if "georecon.py" in cell.cmd[3] else coord
-            module.get_config(spec)  # the overlays exist
-            assert _flag(cell.cmd, "seed") == str(cell.seed)
-            assert (_flag(cell.cmd, "model.encoder.vec_norm") == "none") == ("_md17/" in cell.name)
-            continue
+        assert _flag(cell.cmd, "model.encoder.vec_norm") == c.vec_norm
         assert _flag(cell.cmd, "seed") == str(cell.seed)
-        if cell.arm == "scratch":
+        if cell.kind == "pretrain":
+            file, spec = next(a for a in cell.cmd if a.startswith("--config=")).split("/")[-1].split(":", 1)
+            modules[file].get_config(spec)  # the overlays exist
+            assert "_md17" not in cell.name and cell.seed in c.pretrain_seeds
+            assert _flag(cell.cmd, "num_steps") == str(c.pretrain_steps)
+            continue
+        arm = study_config.ARMS[cell.arm]
+        want_norm = "pretraining" if cell.arm.endswith("_pretraining_normaliser") else "sigma"
+        assert _flag(cell.cmd, "loss.denoise_normaliser") == want_norm
+        budget = c.md17_finetune_steps if cell.task == c.md17_molecule else c.finetune_steps
+        extra = c.compute_matched_extra_steps if arm.get("compute_matched") else 0
+        assert _flag(cell.cmd, "num_steps") == str(budget + extra)
+        assert _flag(cell.cmd, "early_stopping.patience") == str(c.patience)
+        if not arm.get("pretrain"):
             assert cell.needs is None and _flag(cell.cmd, "pretrained") is None
             continue
         source = by_name[cell.needs]
-        assert source.kind == "pretrain" and source.arm == cell.arm and source.seed == cell.seed
-        assert ("_md17/" in source.name) == (cell.task == c.md17_molecule)
+        assert source.kind == "pretrain" and source.arm == (arm.get("reuse") or cell.arm)
+        assert source.seed == c.pretrain_seeds[cell.seed % len(c.pretrain_seeds)]
         assert _flag(cell.cmd, "pretrained") == os.path.abspath(os.path.join(tmp_path, cell.needs))
     for arm in c.arms:
         done = {x.task for x in cells if x.kind == "finetune" and x.arm == arm}
-        want = set(tasks) if arm in study_config.MAIN_ARMS else set(c.ablation_tasks)
-        assert done == want, arm
-        assert {x.seed for x in cells if x.arm == arm} == set(c.seeds)
-    # at paper scale the MD17 arms pretrain torchmd-net's ET-MD17 encoder (georecon.py:md17)
+        main = arm in study_config.MAIN_ARMS
+        assert done == (set(tasks) if main else set(c.ablation_tasks)), arm
+        seeds = {x.seed for x in cells if x.arm == arm and x.kind == "finetune"}
+        assert seeds == set(c.seeds if main else c.ablation_seeds)
+    # without one norm for every cell (paper), the MD17 arms pretrain torchmd-net's ET-MD17 encoder
     paper = study.build_cells(study_config.get_config("paper"), str(tmp_path))
     md17 = [x for x in paper if x.kind == "pretrain" and "_md17/" in x.name]
     assert md17 and all(x.cmd[3].endswith(".py:md17") for x in md17)
     assert all(_flag(x.cmd, "model.encoder.vec_norm") is None for x in md17)
-    # the presets differ in sizes and step counts, not in what is compared
-    for preset in ("gpu", "paper"):
-        other = study_config.get_config(preset)
-        assert other.arms == c.arms and other.seeds == c.seeds and other.qm9_targets == c.qm9_targets
+    # gpu: every QM9 training label and the whole test split, whatever the quick config's own
+    gpu = study.build_cells(study_config.get_config("gpu"), str(tmp_path))
+    homo = next(x for x in gpu if x.task == "homo")
+    assert _flag(homo.cmd, "data.num_train_labels") == "110000"
+    assert _flag(homo.cmd, "data.num_test_molecules") == "0"
 
 
 def test_presets_load_by_path_and_an_unknown_one_is_refused():
@@ -80,22 +92,28 @@ def test_presets_load_by_path_and_an_unknown_one_is_refused():
         study_config.get_config("huge")
 
 
-def test_paired_bootstrap():
+def test_differences_are_t_intervals_over_pretrainings():
+    """The study's paired differences: per seed the mean over the test molecules both cells have,
+    then `stats.paired_interval` over the pretrainings the seeds start from."""
+    from georecon_jax.studies import stats
+
+    c = study_config.get_config("cpu")
+    c.arms = ("scratch", "georecon")
     rng = np.random.default_rng(0)
-    base = [rng.exponential(1.0, 500) for _ in range(3)]
-    # an arm exactly 0.2 better on every molecule of every seed: no uncertainty at all
-    mean, lo, hi = study.paired_bootstrap([b - 0.2 for b in base], base, 300, 0.95)
-    assert mean == pytest.approx(-0.2) and lo == pytest.approx(-0.2) and hi == pytest.approx(-0.2)
-    # independent noise of the same size: the interval holds 0; a true shift of 0.3 is found
-    noisy = [b + rng.normal(0, 0.5, b.shape) for b in base]
-    mean, lo, hi = study.paired_bootstrap(noisy, base, 1000, 0.95)
-    assert lo < 0 < hi and hi - lo < 0.2
-    mean, lo, hi = study.paired_bootstrap([n + 0.3 for n in noisy], base, 1000, 0.95)
-    assert 0.1 < lo < 0.3 < hi < 0.5
-    # the seeds' spread widens the interval: one seed far off
-    shifted = [noisy[0] + 1.0, noisy[1], noisy[2]]
-    _, lo2, hi2 = study.paired_bootstrap(shifted, base, 1000, 0.95)
-    assert hi2 - lo2 > 3 * (hi - lo)
+    ids = np.arange(50)
+    data = {"finetune": {"homo": {"scratch": {}, "georecon": {}}}}
+    expected = []
+    for seed in c.seeds:
+        a, b = rng.exponential(1.0, 50), rng.exponential(1.0, 50)
+        keep = rng.permutation(50)[:40]  # the arm's cell tested 40 of the molecules, shuffled
+        data["finetune"]["homo"]["georecon"][seed] = {"ids": ids[keep], "errors": a[keep]}
+        data["finetune"]["homo"]["scratch"][seed] = {"ids": ids, "errors": b}
+        expected.append(float(np.mean(a[keep] - b[keep])))
+    got = study.differences(c, data)["georecon − scratch"]["homo"]
+    want = stats.paired_interval(expected, c.interval, [s % 3 for s in c.seeds])
+    assert got.units == want.units == 3 and got.df == 2
+    for field in ("mean", "low", "high", "per_replicate"):
+        assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-12)
 
 
 def test_a_cell_stopped_before_its_last_step_is_not_finished(tmp_path):
@@ -144,6 +162,7 @@ def test_study_survives_sigkill_without_redoing_a_cell(tmp_path, cache_dir):
         "experiments.study",
         "--config=experiments/configs/study.py:tiny",
         "--config.arms=('scratch',)",
+        "--config.seeds=(0, 1)",
         "--config.finetune_steps=8",
         f"--workdir={work}",
     ]
@@ -188,6 +207,92 @@ def test_study_survives_sigkill_without_redoing_a_cell(tmp_path, cache_dir):
     os.remove(work / "results.json")
     # what --rebuild_only runs (in this process: no second interpreter start)
     c = study_config.get_config("tiny")
-    c.arms, c.finetune_steps = ("scratch",), 8
+    c.arms, c.seeds, c.finetune_steps = ("scratch",), (0, 1), 8
     study.write_results(c, str(work), study.build_cells(c, str(work)), [])
     assert json.loads((work / "results.json").read_text())["table"] == results["table"]
+
+
+def _fake_cell(work: Path, cell, value: float, rng):
+    """The files a finished cell's command leaves (what `study.collect` reads), without running it."""
+    work.mkdir(parents=True, exist_ok=True)
+    if cell.kind == "pretrain":
+        (work / "summary.json").write_text(json.dumps({"final_train_loss": 0.5, "steps": 4, "num_steps": 4}))
+        (work / "checkpoints" / "4").mkdir(parents=True)
+    else:
+        ids = np.arange(30)
+        errors = np.abs(rng.normal(value, 1.0, size=30))
+        np.savez(work / "errors_test.npz", ids=ids, abs_error=errors)
+        metrics = {"homo_mae": {"value": float(errors.mean()), "unit": "meV"}}
+        (work / "results.json").write_text(json.dumps({"metrics": metrics, "num_molecules": 30}))
+        rows = [{"split": "validation", "step": 2, "mae": 1.0}, {"split": "train", "step": 2, "mae": 2.0}]
+        (work / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    record = {"name": cell.name, "wall_seconds": 1.0}
+    (work / study.CELL_FILE).write_text(json.dumps(record))
+
+
+def test_results_from_records_alone_with_generated_verdicts(tmp_path):
+    """Finished cells' records copied to the records folder are all the study needs: with the
+    workdir gone, every cell counts as finished and the tables are the same; the verdict lines
+    follow the intervals (a large shift: 'better'; none: 'no difference detected')."""
+    from experiments.study_common import keep_record
+
+    c = study_config.get_config("tiny")
+    c.seeds = c.pretrain_seeds = c.ablation_seeds = (0, 1, 2, 3, 4)
+    c.records = str(tmp_path / "records")
+    work = tmp_path / "study"
+    cells = study.build_cells(c, str(work))
+    rng = np.random.default_rng(0)
+    shift = {"scratch": 50.0, "georecon": 10.0, "georecon_pretraining_normaliser": 50.0}
+    for cell in cells:
+        _fake_cell(work / cell.name, cell, shift[cell.arm], rng)
+        keep_record(str(work), cell, c.records)
+    first = study.write_results(c, str(work), cells, [])
+    md = (work / "results.md").read_text()
+    assert "- homo: georecon − scratch:" in md and md.count("georecon is better") >= 1
+    better = first["differences"]["georecon − scratch"]["homo"]
+    assert better["excludes_zero"] and better["high"] < 0 and better["units"] == 5
+    same = first["differences"]["georecon_pretraining_normaliser − scratch"]["homo"]
+    line = next(
+        x for x in md.splitlines() if x.startswith("- homo: georecon_pretraining_normaliser − scratch")
+    )
+    assert line.endswith("no difference detected") == (not same["excludes_zero"])
+    assert same["units"] == 5 and same["over"] == "pretrainings"
+
+    import shutil
+
+    shutil.rmtree(work)
+    assert all(study.cell_record(str(work), cell, c.records) for cell in cells)
+    again = study.write_results(c, str(work), cells, [])
+    assert again["table"] == first["table"] and not again["missing"]
+
+
+def test_a_pretraining_kept_only_as_a_record_is_rerun_when_a_fine_tuning_needs_it(tmp_path):
+    """On a fresh machine the records say a pretraining finished, but its checkpoint is gone: the
+    fine-tuning still to run gets it back by running that pretraining again; a fine-tuning whose
+    record is kept is not run."""
+    from experiments.study_common import keep_record, run_study
+
+    work, records = tmp_path / "study", str(tmp_path / "records")
+
+    def cell(name, kind, needs=None):
+        out = work / name
+        code = (
+            f"import json, os; os.makedirs({str(out / 'checkpoints' / '4')!r}, exist_ok=True); "
+            f"json.dump({{'steps': 4, 'num_steps': 4}}, open({str(out / 'summary.json')!r}, 'w')); "
+            f"open({str(tmp_path / 'ran.txt')!r}, 'a').write({name!r} + chr(10))"
+        )
+        return study.Cell(name, kind, "georecon", 0, [sys.executable, "-c", code], needs=needs)
+
+    pre = cell("pretrain/georecon/seed0", "pretrain")
+    done = cell("finetune/homo/georecon/seed0", "finetune", needs=pre.name)
+    todo = cell("finetune/gap/georecon/seed0", "finetune", needs=pre.name)
+    c = study_config.get_config("tiny")
+    for x in (pre, done):
+        study.run_cell(str(work), x)
+        keep_record(str(work), x, records)
+    (tmp_path / "ran.txt").unlink()
+    import shutil
+
+    shutil.rmtree(work)  # a fresh machine: only the committed records are left
+    run_study(c, str(work), [pre, done, todo], 1, records)
+    assert (tmp_path / "ran.txt").read_text().split() == [pre.name, todo.name]

@@ -28,7 +28,8 @@ def test_cells_wire_each_task_to_its_groups_pretraining(tmp_path, preset):
     by_name = {x.name: x for x in cells}
     assert len(by_name) == len(cells)
     n_pre = sum(1 for x in cells if x.kind == "pretrain")
-    assert n_pre == 3 * 2 * len(c.seeds)  # 3 groups x 2 pretrained arms x seeds
+    groups = {study_config.TASKS[t][0] for t in c.tasks}
+    assert n_pre == len(groups) * 2 * len(c.seeds)  # groups x 2 pretrained arms x seeds
     assert len(cells) - n_pre == len(c.tasks) * len(c.arms) * len(c.seeds)
     for cell in cells:
         spec = next(a for a in cell.cmd if a.startswith("--config=")).split(":", 1)[1]
@@ -94,28 +95,31 @@ def test_a_cell_is_finished_only_when_every_split_ended(tmp_path):
     assert study_mrl.finished(str(pre))
 
 
-def test_paired_metric_bootstrap():
-    """RMSE and ROC-AUC differences: identical predictions give exactly 0; a uniformly better arm
-    gives an interval below (RMSE) or above (ROC-AUC) 0; independent noise covers 0."""
+def test_replicate_differences():
+    """One difference per replicate (seed × split, read from the rows' split prefix), clustered by
+    seed; identical predictions give exactly 0; a better arm gives RMSE below 0 and ROC-AUC above."""
     (_, rmse, _), _ = study_mrl.task_metrics("regression")
     (_, auc, _), _ = study_mrl.task_metrics("classification")
     rng = np.random.default_rng(0)
+
+    def rows_of(n):
+        return np.array([f"fold{i % 2}|{i}" for i in range(n)])
+
     y = [rng.normal(size=300) for _ in range(3)]
-    same = [(t, t + 0.5) for t in y]
-    assert study_mrl.paired_bootstrap_metric(same, same, rmse, 200, 0.95)[:3] == (0.0, 0.0, 0.0)
-    better = [(t, t + 0.1 * rng.normal(size=300)) for t in y]
-    worse = [(t, t + 1.0 * rng.normal(size=300)) for t in y]
-    mean, lo, hi, _ = study_mrl.paired_bootstrap_metric(better, worse, rmse, 200, 0.95)
-    assert hi < 0 and lo < mean < hi
-    a = [(t, t + rng.normal(size=300)) for t in y]
-    b = [(t, t + rng.normal(size=300)) for t in y]
-    _, lo, hi, _ = study_mrl.paired_bootstrap_metric(a, b, rmse, 400, 0.95)
-    assert lo < 0 < hi
+    same = [(rows_of(300), t, t + 0.5) for t in y]
+    d, clusters = study_mrl.replicate_differences(same, same, [0, 1, 2], rmse)
+    assert d == [0.0] * 6 and clusters == [0, 0, 1, 1, 2, 2]
+    better = [(rows_of(300), t, t + 0.1 * rng.normal(size=300)) for t in y]
+    worse = [(rows_of(300), t, t + 1.0 * rng.normal(size=300)) for t in y]
+    d, _ = study_mrl.replicate_differences(better, worse, [0, 1, 2], rmse)
+    k = np.array([r.startswith("fold1") for r in rows_of(300)])
+    assert d[1] == pytest.approx(rmse(y[0][k], better[0][2][k]) - rmse(y[0][k], worse[0][2][k]))
+    assert max(d) < 0
     labels = [rng.integers(0, 2, size=400).astype(float) for _ in range(3)]
-    good = [(t, (2 * t - 1) + rng.normal(size=400)) for t in labels]
-    poor = [(t, (2 * t - 1) * 0.1 + rng.normal(size=400)) for t in labels]
-    mean, lo, _, _ = study_mrl.paired_bootstrap_metric(good, poor, auc, 200, 0.95)
-    assert mean > 0 and lo > 0
+    good = [(rows_of(400), t, (2 * t - 1) + rng.normal(size=400)) for t in labels]
+    poor = [(rows_of(400), t, (2 * t - 1) * 0.1 + rng.normal(size=400)) for t in labels]
+    d, _ = study_mrl.replicate_differences(good, poor, [0, 1, 2], auc)
+    assert min(d) > 0
 
 
 def test_study_mrl_presets_and_unknown_names():

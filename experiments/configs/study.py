@@ -1,65 +1,105 @@
-"""The GeoRecon study (issue 15): which pretraining gives better fine-tuned QM9 orbital energies and
-rMD17 energies and forces: GeoRecon, Coord (node-level denoising) or none, and which GeoRecon
-settings matter.
+"""The GeoRecon study: which pretraining gives better fine-tuned QM9 orbital energies and rMD17
+energies and forces, GeoRecon, Coord (node-level denoising), Coord over GeoRecon's σ ladder, or
+none; and which GeoRecon settings matter.
 
   python -m experiments.study --config=experiments/configs/study.py:cpu   --workdir=runs/study
   python -m experiments.study --config=experiments/configs/study.py:gpu   --workdir=runs/study_gpu
   python -m experiments.study --config=experiments/configs/study.py:paper --workdir=runs/study_paper
   python -m experiments.study --config=experiments/configs/study.py:tiny  --workdir=/tmp/s  (tests)
 
-Every cell runs a single command of this codebase with the configs those commands use
-(georecon.py, coord.py, finetune_qm9.py, finetune_md17.py at the preset's ``size``); the study only
-sweeps seeds and arms and sets step counts. The presets differ only in sizes and step counts:
+Every cell runs one command of this codebase with the configs those commands use (georecon.py,
+coord.py, coord_ladder.py, finetune_qm9.py, finetune_md17.py at the preset's ``size``); the study
+sweeps seeds and arms and sets step counts, label counts and early stopping.
 
-  cpu    quick model (3 x 64), 200 pretraining steps of 32 molecules, 200 fine-tuning steps;
-         about 1.5 hours on 2 CPU cores (measured: README)
-  gpu    quick model widened to 6 x 128, 20k pretraining and 20k/5k fine-tuning steps; about a
-         day on one accelerator (not run here)
-  paper  8 x 256 (the configs' paper scale), the paper's step counts (200k pretraining, 300k QM9
-         and up to 3,000 MD17 epochs' worth of steps); data-parallel over every device
+The main comparison (``MAIN_ARMS``) has no confound by construction:
+  - every arm is fine-tuned with the same recipe, including the same denoising regulariser target,
+    ``loss.denoise_normaliser='sigma'`` (the regulariser predicts ε = noise / σ in every arm). The
+    reference's per-pretraining normaliser (GeoRecon's pretraining statistics make its target
+    ~100x smaller than scratch's: almost no regulariser) is the ablation arm
+    ``georecon_pretraining_normaliser`` (and ``coord_pretraining_normaliser``);
+  - ``coord_ladder`` (node-level denoising over GeoRecon's σ range, no graph code) separates what
+    the graph code adds from what multi-σ denoising adds;
+  - ``scratch_compute_matched`` spends GeoRecon's pretraining time on supervised steps (its step
+    budget is the fine-tuning budget plus ``compute_matched_extra_steps``).
+
+Seeds: fine-tuning seed k of a pretrained arm starts from pretraining seed
+``pretrain_seeds[k mod P]``; the intervals are then over the P pretrainings (the seeds of one
+pretraining are averaged first: georecon_jax/studies/stats.py).
 """
 
 import ml_collections
 
-# Arms: a name -> (pretraining config file or None for scratch, its '+'-overlays). The GeoRecon
-# ablations are georecon.py's ABLATIONS (one setting of the caption's objective changed each).
+# Arms: name -> what it pretrains (config file, '+' overlays), which arm's pretraining cells it
+# reuses (fine-tuning-only ablations), and extra fine-tuning flags.
 ARMS = {
-    "scratch": (None, ()),
-    "coord": ("coord.py", ()),
-    "georecon": ("georecon.py", ()),
-    "georecon_sigma_small": ("georecon.py", ("sigma_small",)),
-    "georecon_sigma_large": ("georecon.py", ("sigma_large",)),
-    "georecon_fixed_schedule": ("georecon.py", ("fixed_schedule",)),
-    "georecon_deep_decoder": ("georecon.py", ("deep_decoder",)),
-    "georecon_noisy_code": ("georecon.py", ("noisy_code",)),
-    "georecon_narrow_code": ("georecon.py", ("narrow_code",)),
+    "scratch": dict(),
+    "scratch_compute_matched": dict(compute_matched=True),
+    "coord": dict(pretrain="coord.py"),
+    "coord_ladder": dict(pretrain="coord_ladder.py"),
+    "georecon": dict(pretrain="georecon.py"),
+    # ablations: the reference's per-pretraining regulariser normaliser (fine-tuning only)
+    "georecon_pretraining_normaliser": dict(
+        pretrain="georecon.py", reuse="georecon", finetune=("--config.loss.denoise_normaliser=pretraining",)
+    ),
+    "coord_pretraining_normaliser": dict(
+        pretrain="coord.py", reuse="coord", finetune=("--config.loss.denoise_normaliser=pretraining",)
+    ),
+    # ablations of GeoRecon's objective (georecon.py ABLATIONS: one setting changed each)
+    "georecon_sigma_small": dict(pretrain="georecon.py", overlays=("sigma_small",)),
+    "georecon_sigma_large": dict(pretrain="georecon.py", overlays=("sigma_large",)),
+    "georecon_fixed_schedule": dict(pretrain="georecon.py", overlays=("fixed_schedule",)),
+    "georecon_deep_decoder": dict(pretrain="georecon.py", overlays=("deep_decoder",)),
+    "georecon_noisy_code": dict(pretrain="georecon.py", overlays=("noisy_code",)),
+    "georecon_narrow_code": dict(pretrain="georecon.py", overlays=("narrow_code",)),
 }
-MAIN_ARMS = ("scratch", "coord", "georecon")
+MAIN_ARMS = ("scratch", "scratch_compute_matched", "coord", "coord_ladder", "georecon")
 
 PRESETS = dict(
     tiny=dict(
         size="tiny",
-        seeds=(0, 1),
-        arms=("scratch", "georecon"),
+        seeds=(0, 1, 2),
+        pretrain_seeds=(0, 1),
+        ablation_seeds=(0,),
+        arms=("scratch", "georecon", "georecon_pretraining_normaliser"),
         qm9_targets=("homo",),
         md17_molecule="",
-        ablation_tasks=(),
+        ablation_tasks=("homo",),
         pretrain_steps=4,
         finetune_steps=4,
         md17_finetune_steps=4,
+        eval_every=2,
+        compute_matched_extra_steps=2,
         qm9_labels=None,  # the tiny config's own (limit=400)
         qm9_test_molecules=16,
-        bootstrap=200,
+        vec_norm="none",
     ),
+    # What 2 CPU cores can answer in about 6 hours: label-scarce fine-tuning (1,000 QM9 labels,
+    # 200 aspirin frames) to early stopping, from pretrainings long enough for the quick model's
+    # loss to flatten (README: the curve and the criterion).
     cpu=dict(
         size="quick",
-        pretrain_steps=200,
-        finetune_steps=200,
-        md17_finetune_steps=200,
-        qm9_labels=10_000,
+        seeds=(0, 1, 2, 3, 4),
+        pretrain_seeds=(0, 1, 2),
+        ablation_seeds=(0, 1, 2),
+        qm9_targets=("homo", "gap"),
+        ablation_tasks=("homo",),
+        arms=tuple(MAIN_ARMS) + ("georecon_pretraining_normaliser", "coord_pretraining_normaliser"),
+        pretrain_steps=3000,
+        finetune_steps=3000,
+        md17_finetune_steps=3000,
+        eval_every=100,
+        patience=8,  # evaluations without improvement of the validation MAE
+        compute_matched_extra_steps=3000,
+        qm9_labels=1000,
+        qm9_eval_molecules=500,
         qm9_test_molecules=1000,
+        md17_train_frames=200,
+        md17_val_frames=50,
+        md17_test_frames=500,
         num_recon_molecules=32,
         num_sampling_steps=20,
+        vec_norm="none",
+        records="results/study_cpu/cells",
     ),
     gpu=dict(
         size="quick",
@@ -68,8 +108,12 @@ PRESETS = dict(
         pretrain_batch=64,
         finetune_steps=20_000,
         md17_finetune_steps=5_000,
-        qm9_labels=None,
-        qm9_test_molecules=None,
+        eval_every=500,
+        patience=10,
+        compute_matched_extra_steps=20_000,
+        qm9_labels=110_000,  # every training label (the quick config's own is 10,000)
+        qm9_eval_molecules=10_000,
+        qm9_test_molecules=0,  # 0: the whole test split
         num_recon_molecules=256,
         ablation_tasks=("homo", "lumo", "gap"),
     ),
@@ -78,8 +122,10 @@ PRESETS = dict(
         pretrain_steps=200_000,
         finetune_steps=300_000,
         md17_finetune_steps=3000 * 119,  # 3,000 epochs of 950 frames in batches of 8
+        eval_every=0,  # the configs' own
+        compute_matched_extra_steps=200_000,
         qm9_labels=None,
-        qm9_test_molecules=None,
+        qm9_test_molecules=0,
         num_recon_molecules=256,
         ablation_tasks=("homo", "lumo", "gap"),
     ),
@@ -92,27 +138,55 @@ def get_config(preset="cpu"):
     c = ml_collections.ConfigDict()
     c.preset = preset
     c.size = ""  # the size of the single-command configs every cell uses ('' = paper scale)
-    c.seeds = (0, 1, 2)
+    c.seeds = (0, 1, 2)  # fine-tuning seeds of the main arms
+    c.pretrain_seeds = (0, 1, 2)  # pretraining seeds (fine-tuning seed k uses pretrain_seeds[k % P])
+    c.ablation_seeds = (0, 1, 2)  # fine-tuning seeds of the other arms
     c.arms = tuple(ARMS)
     c.qm9_targets = ("homo", "lumo", "gap")
     c.md17_molecule = "aspirin"  # rMD17 energies and forces; '' skips
     c.md17_dir = "../shared/data/rmd17"
     # the tasks the ablation arms are fine-tuned on (every GeoRecon pretraining also reports its z
-    # diagnostic); the main arms (scratch, coord, georecon) are fine-tuned on every task
+    # diagnostic); the main arms are fine-tuned on every task
     c.ablation_tasks = ("homo",)
     c.pretrain_steps = 200
     c.pretrain_batch = ml_collections.FieldReference(None, field_type=int)  # None: the config's
-    c.finetune_steps = 200
+    c.finetune_steps = 200  # at most (early stopping may end a cell sooner)
     c.md17_finetune_steps = 200
-    c.qm9_labels = ml_collections.FieldReference(None, field_type=int)  # None: all 110k
-    c.qm9_test_molecules = ml_collections.FieldReference(None, field_type=int)  # None: all
+    c.eval_every = 0  # fine-tuning evaluation interval in steps (0: the configs')
+    c.patience = 0  # early stopping after this many evaluations without improvement (0: off)
+    # the regulariser's target scale in every main arm ('sigma': ε in every arm; 'pretraining':
+    # the reference's per-pretraining normaliser, a confound between arms)
+    c.denoise_normaliser = "sigma"
+    c.compute_matched_extra_steps = 0  # scratch_compute_matched: fine-tuning steps + this many
+    c.qm9_labels = ml_collections.FieldReference(None, field_type=int)  # None: the config's
+    c.qm9_eval_molecules = ml_collections.FieldReference(None, field_type=int)  # None: the config's
+    c.qm9_test_molecules = ml_collections.FieldReference(None, field_type=int)  # None: the config's; 0: all
+    c.md17_train_frames = ml_collections.FieldReference(None, field_type=int)  # None: the config's
+    c.md17_val_frames = ml_collections.FieldReference(None, field_type=int)
+    c.md17_test_frames = ml_collections.FieldReference(None, field_type=int)  # None: all
+    # the encoder's vector norm in every cell (None: each config's own, and a separate MD17
+    # pretraining without it); one value lets one pretraining serve QM9 and MD17
+    c.vec_norm = ml_collections.FieldReference(None, field_type=str)
     # GeoRecon's end-of-run report (reconstruction from z and the z diagnostic) on this many
     # held-out molecules, with this many sampling steps
     c.num_recon_molecules = 64
     c.num_sampling_steps = 30
     c.encoder = ml_collections.ConfigDict()  # encoder overrides on top of the size's (gpu)
-    c.bootstrap = 2000  # resamples of seeds and test molecules for the intervals
-    c.interval = 0.95
+    c.interval = 0.95  # t-intervals over seeds
+    # finished cells' small files are copied here as they finish (commit them); a record here
+    # counts as a finished cell ('' = off; relative to the folder the study runs in)
+    c.records = ""
+    # measured step rates for --list's time estimate (steps/s on the machine the numbers name)
+    c.rates = ml_collections.ConfigDict(RATES.get(preset, {}))
     for k, v in PRESETS[preset].items():
         c[k] = ml_collections.ConfigDict(v) if k == "encoder" else v
     return c
+
+
+# Measured step rates (steps/s) behind `--list`'s expected times: cpu from this 2-core machine
+# (README), gpu from benchmarks/results/throughput_gpu.md (H200, 2026-12-04, CPU-scale model).
+RATES = dict(
+    cpu=dict(
+        machine="2 CPU cores", pretrain_georecon=3.0, pretrain_coord=4.0, finetune_qm9=4.0, finetune_md17=3.0
+    ),
+)
