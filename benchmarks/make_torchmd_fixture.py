@@ -20,8 +20,12 @@ same file in benchmarks/.torch_venv (``--torch-stage``) and writes:
               dataset QM9 homo). torchmd-net 3.x cannot express the vector norm, so its forward here
               is torchmd-net 3.x's ET followed by a torch implementation of the reference's formula
               (float64 SVD, covariance + 1e-5·diag(1, 2, 3), (s + 1e-5)^(-1/2)).
-  reference.npz  the molecules (z, pos, n_atoms) and torch's outputs in float32: energies and
-              forces (-dE/dR) of both models, the pvd model's noise head, and its normaliser.
+  et3x_vector_cutoff.ckpt  torchmd-net 3.1.0's own model as et3x.ckpt but with ``vector_cutoff=True``
+              (the cutoff weighs the values instead of the attention, ET-MD17.yaml's setting) and
+              a trainable RBF; its own seed, so the two files above do not change with it.
+  reference.npz  the molecules (z, pos, n_atoms) and torch's outputs in float32 and float64:
+              energies and forces (-dE/dR) of the three models, the pvd model's noise head, and
+              its normaliser.
 
 Every parameter is perturbed from torch's initialisation (biases, LayerNorm scales and the
 Atomref are not left at 0/1), so that a wrong transpose or a dropped bias shows.
@@ -215,6 +219,41 @@ def torch_stage(inputs: str, out: str):
     yp, fp, eps_hat = pvd_forward(torch.float32)
     yp64, fp64, eps_hat64 = pvd_forward(torch.float64)
     y3_64, f3_64 = et3x_forward(torch.float64)
+
+    # --- torchmd-net 3.x with vector_cutoff (issue 35) ------------------------------------------
+    torch.manual_seed(1)
+    hpv = dict(hp3, trainable_rbf=True, vector_cutoff=True)
+    priors_v = create_prior_models(hpv)
+    with torch.no_grad():
+        priors_v[0].atomref.weight.copy_(0.5 * torch.randn(100, 1))
+        priors_v[0].initial_atomref.copy_(priors_v[0].atomref.weight)
+    model_v = create_model(hpv, prior_model=priors_v, mean=torch.tensor(-0.3), std=torch.tensor(1.4))
+    assert all(layer.vector_cutoff for layer in model_v.representation_model.attention_layers)
+    perturb(model_v, skip=("prior_model",))
+    model_v.eval()
+    ckpt_v = os.path.join(out, "et3x_vector_cutoff.ckpt")
+    torch.save(
+        {
+            "epoch": 1,
+            "global_step": 321,
+            "pytorch-lightning_version": "2.6.6",
+            "state_dict": {f"model.{k}": v for k, v in model_v.state_dict().items()},
+            "hyper_parameters": AttributeDict(hpv),
+        },
+        ckpt_v,
+    )
+
+    def vc_forward(dtype):
+        model_v.to(dtype)
+        y, f = model_v(z, pos0.clone().to(dtype), batch)
+        return y.detach()[:, 0], f.detach()
+
+    yv, fv = vc_forward(torch.float32)
+    yv_64, fv_64 = vc_forward(torch.float64)
+    reloaded = load_model(ckpt_v, derivative=True)
+    yvb = reloaded(z, pos0.clone(), batch)[0].detach()[:, 0]
+    assert torch.allclose(yv, yvb, rtol=1e-5, atol=1e-5), ("it does not load back", yv, yvb)
+
     count = 5000.0
     nmean = noise.sum(0) / count
     nstd = torch.sqrt((noise**2).sum(0) / count - nmean**2)
@@ -235,6 +274,10 @@ def torch_stage(inputs: str, out: str):
         pvd_energy_f64=yp64.numpy(),
         pvd_forces_f64=fp64.numpy(),
         pvd_noise_f64=eps_hat64.numpy(),
+        et3x_vc_energy=yv.numpy().astype(np.float32),
+        et3x_vc_forces=fv.numpy().astype(np.float32),
+        et3x_vc_energy_f64=yv_64.numpy(),
+        et3x_vc_forces_f64=fv_64.numpy(),
         pvd_noise_mean=nmean.numpy().astype(np.float32),
         pvd_noise_std=nstd.numpy().astype(np.float32),
     )

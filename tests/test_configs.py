@@ -104,8 +104,11 @@ def test_sizes_shrink_the_encoder_and_the_run(name):
     assert (tiny.tensorboard, quick.tensorboard, paper.tensorboard) == (False, True, True)
     assert tiny.graph.num_buckets == 1 < paper.graph.num_buckets
     vec_norm = paper.model.encoder.vec_norm  # MD17: none (torchmd-net 3.x); the rest: whitened
-    assert tiny.model.encoder.to_dict() == common.encoder("tiny", vec_norm=vec_norm).to_dict()
-    assert quick.model.encoder.to_dict() == common.encoder("quick", vec_norm=vec_norm).to_dict()
+    vector_cutoff = paper.model.encoder.vector_cutoff  # MD17: True (ET-MD17.yaml); the rest: False
+    assert vector_cutoff == name.startswith("finetune_md17"), name
+    same = dict(vec_norm=vec_norm, vector_cutoff=vector_cutoff)
+    assert tiny.model.encoder.to_dict() == common.encoder("tiny", **same).to_dict()
+    assert quick.model.encoder.to_dict() == common.encoder("quick", **same).to_dict()
     for c in (paper, quick, tiny):
         assert c.checkpoint_every == c.eval_every
         assert c.model.encoder.trainable_rbf is False and c.model.encoder.cutoff == 5.0
@@ -261,7 +264,16 @@ def test_an_overlay_naming_a_missing_field_is_an_error():
     ],
 )
 def test_pretraining_and_finetuning_encoders_agree_at_the_default_sizes(pretraining, finetuning):
-    """--config.pretrained loads with no edits: every encoder field is the same (issue 14)."""
+    """--config.pretrained loads with no edits: every encoder field is the same (issue 14), but
+    those a fine-tuning may set freely (training/transfer.py ENCODER_FREE: vector_cutoff, True in
+    the MD17 fine-tunings as torchmd-net's ET-MD17.yaml, False in pretraining as
+    pre-training-via-denoising)."""
+    from georecon_jax.training.transfer import ENCODER_FREE
+
     ours = get(*pretraining).model.encoder.to_dict()
     theirs = get(*finetuning).model.encoder.to_dict()
+    assert ours["vector_cutoff"] is False
+    assert theirs["vector_cutoff"] is finetuning[0].startswith("finetune_md17")
+    for k in ENCODER_FREE:
+        ours.pop(k), theirs.pop(k)
     assert ours == theirs, {k: (ours.get(k), theirs.get(k)) for k in set(ours) | set(theirs)}

@@ -41,13 +41,18 @@ def _batch(qm9_small, neighbor_list):
     return g, graph_masks(g)
 
 
-@pytest.mark.parametrize("neighbor_list", ["all_pairs", "radius"])
-def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list):
+@pytest.mark.parametrize(
+    "neighbor_list, vector_cutoff", [("all_pairs", False), ("radius", False), ("radius", True)]
+)
+def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list, vector_cutoff):
+    """vector_cutoff (torchmd-net's option): the cutoff weighs the vector messages too."""
     g, m = _batch(qm9_small, neighbor_list)
     assert int(m.edge_mask.sum()) < g.senders.shape[0]  # padding pairs are present
     assert int(m.node_mask.sum()) < m.node_mask.shape[0]  # padding atoms are present
     assert bool(jnp.all(g.receivers[m.edge_mask] < g.senders[m.edge_mask]))  # each pair once
-    et = EquivariantTransformer(num_layers=2, features=32, num_heads=4, num_rbf=16, cutoff=CUTOFF)
+    et = EquivariantTransformer(
+        num_layers=2, features=32, num_heads=4, num_rbf=16, cutoff=CUTOFF, vector_cutoff=vector_cutoff
+    )
     z, pos = g.nodes.atomic_numbers, g.nodes.positions
     params = jitted(et.init)(jax.random.PRNGKey(0), z, pos, g.senders, g.receivers, m.edge_mask, m.node_mask)
     # Non-zero biases, so that masked-out pairs with a zero radial basis would still show up.
@@ -73,6 +78,13 @@ def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list):
     # The comparison can fail: the reference without its self-loops is a different function.
     x_no_loops, _ = ref(pos, same & ~jnp.eye(len(z), dtype=bool))
     assert float(jnp.abs(x[real] - x_no_loops[real]).max()) > 1e-3
+    if vector_cutoff:  # ... and so is the reference with the other setting (same parameters)
+        other = et.clone(vector_cutoff=False)
+        x_other, vec_other = jax.jit(
+            lambda pos: et_reference.equivariant_transformer(other, params, z, pos, same, real)
+        )(pos)
+        assert float(jnp.abs(vec[real] - vec_other[real]).max()) > 1e-2
+        assert float(jnp.abs(x[real] - x_other[real]).max()) > 1e-3
     # Forces: the backward pass through the shared filters and the self-edges.
     energy = lambda f: (
         lambda pos: (
@@ -83,7 +95,7 @@ def test_pair_layout_equals_directed_reference(qm9_small, neighbor_list):
     f_ours, f_ref = jax.jit(jax.grad(energy(ours)))(pos), jax.jit(jax.grad(energy(ref)))(pos)
     assert float(jnp.abs(f_ref[real]).max()) > 1e-2
     np.testing.assert_allclose(f_ours[real], f_ref[real], atol=2e-3, rtol=2e-3)
-    if neighbor_list == "radius":
+    if neighbor_list == "radius" and not vector_cutoff:
         # A fixed radial basis (the pretraining configs): the parameter tree has no ``rbf`` entry,
         # and the reference reads it as well (forward only: a second reference compile is slow).
         fixed = EquivariantTransformer(

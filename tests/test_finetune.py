@@ -203,6 +203,12 @@ def test_pretrained_encoder_loads(pretrained, objective):
     jax.tree_util.tree_map(
         np.testing.assert_array_equal, new["params"]["readout"], params["params"]["readout"]
     )
+    # vector_cutoff may differ (issue 35): the same parameters under another function, e.g.
+    # torchmd-net's MD17 fine-tuning (True) from a pre-training-via-denoising-style run (False).
+    assert cfg.model.encoder.vector_cutoff is False
+    cfg.model.encoder.vector_cutoff = True
+    again, _ = load_pretrained_encoder(params, path, cfg.model.encoder, verbose=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, again["params"]["encoder"], new["params"]["encoder"])
 
 
 def test_pretrained_encoder_of_another_width_fails_clearly(pretrained):

@@ -1,9 +1,10 @@
 """torchmd-net checkpoints run in JAX (issue 14, item 3), without torch.
 
 The fixtures (tests/data/torchmd/, made by benchmarks/make_torchmd_fixture.py in the torch
-environment) are a torchmd-net 3.1.0 ET checkpoint (EquivariantScalar, Atomref prior, mean/std)
-and one in pre-training-via-denoising's layout (whitened vector norm, noise head, pos_normalizer),
-with torch's energies, forces (float32 and float64) and noise-head outputs on 4 QM9 molecules.
+environment) are a torchmd-net 3.1.0 ET checkpoint (EquivariantScalar, Atomref prior, mean/std),
+the same with ``vector_cutoff=True`` and a trainable RBF, and one in pre-training-via-denoising's
+layout (whitened vector norm, noise head, pos_normalizer), with torch's energies, forces (float32
+and float64) and noise-head outputs on 4 QM9 molecules.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from conftest import ROOT
 
 DATA = ROOT / "tests" / "data" / "torchmd"
 ET3X, PVD = str(DATA / "et3x.ckpt"), str(DATA / "pvd.ckpt")
+ET3X_VC = str(DATA / "et3x_vector_cutoff.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +99,45 @@ def test_et3x_energies_and_forces_equal_torch(et3x_workdir, reference):
     assert saved["stats"] == pytest.approx({"mean": 0.7, "std": 1.9}) and len(saved["atomref"]) == 101
     imported = json.load(open(os.path.join(et3x_workdir, "imported.json")))
     assert imported["format"] == "torchmd-net 3.x" and imported["step"] == 1234
+
+
+@pytest.fixture(scope="module")
+def vector_cutoff_workdir(tmp_path_factory, cache_dir):
+    """torchmd-net 3.x with ``vector_cutoff=True`` (ET-MD17.yaml's setting) as a QM9 workdir."""
+    from experiments.configs import finetune_qm9
+    from georecon_jax.interop import torchmd_workdir as w
+    from georecon_jax.interop.torchmd import read_torchmd
+
+    model = read_torchmd(ET3X_VC)
+    assert model.encoder["vector_cutoff"] is True and model.encoder["trainable_rbf"] is True
+    assert read_torchmd(ET3X).encoder["vector_cutoff"] is False
+    assert read_torchmd(PVD).encoder["vector_cutoff"] is False  # pvd's ET has no such option
+    workdir = str(tmp_path_factory.mktemp("torchmd") / "et3x_vc")
+    w.write_finetune_workdir(model, w.finetune_config(finetune_qm9.get_config("tiny"), model), workdir)
+    return workdir
+
+
+def test_vector_cutoff_checkpoint_equals_torch(vector_cutoff_workdir, reference, tmp_path):
+    """``vector_cutoff=True`` (the cutoff weighs the values, not the attention) imports and gives
+    torch's energies and forces, float32 against torch's float32 and float64. The same parameters
+    under vector_cutoff=False are measurably another function, so the comparison can fail."""
+    energies, forces, _, off = outputs(vector_cutoff_workdir, x64=False, noise=False)
+    for suffix in ("", "_f64"):
+        want_e, want_f = reference[f"et3x_vc_energy{suffix}"], reference[f"et3x_vc_forces{suffix}"]
+        assert np.max(np.abs(energies - want_e) / np.abs(want_e)) < 1e-4, (energies, want_e)
+        for a, b in zip(off[:-1], off[1:]):
+            assert rel(forces[a:b], want_f[a:b]) < 1e-4
+    saved = json.load(open(os.path.join(vector_cutoff_workdir, "config.json")))
+    assert saved["model"]["encoder"]["vector_cutoff"] is True
+    # The contrast: the same workdir read as vector_cutoff=False.
+    import shutil
+
+    other = str(tmp_path / "no_vector_cutoff")
+    shutil.copytree(vector_cutoff_workdir, other)
+    saved["model"]["encoder"]["vector_cutoff"] = False
+    json.dump(saved, open(os.path.join(other, "config.json"), "w"))
+    energies_off, _, _, _ = outputs(other, x64=False, noise=False, forces=False)
+    assert rel(energies_off, reference["et3x_vc_energy_f64"]) > 1e-3
 
 
 def test_the_imported_workdir_is_evaluated(et3x_workdir):
@@ -225,7 +266,6 @@ def reference_noise(what):
         ({"rbf_type": "gauss"}, "rbf_type='gauss'"),
         ({"neighbor_embedding": False}, "neighbor_embedding=False"),
         ({"cutoff_lower": 0.5}, "cutoff_lower=0.5"),
-        ({"vector_cutoff": True}, "vector_cutoff=True"),
         ({"output_model": "DipoleMoment"}, "output_model='DipoleMoment'"),
         ({"prior_model": "ZBL"}, "prior_model='ZBL'"),
         ({"prior_args": {"max_z": 100, "enable": False}}, "prior_args.enable=False"),

@@ -15,8 +15,11 @@ energies standardised by the std of the training energies; AdamW lr 1e-3 with 1,
 warm-up steps, then ReduceLROnPlateau on the validation loss (factor 0.8, patience 30 epochs,
 lr_min 1e-7); early stopping after 300 epochs without improvement; up to 3,000 epochs. One
 evaluation per epoch (950 / 8 = 119 steps). No vector norm (torchmd-net 3.x has none; the
-pretraining configs `georecon.py:md17` and `coord.py:md17` match). Departures: torchmd-net's
-``vector_cutoff: true`` has no counterpart in this ET; validation losses are not EMA-smoothed.
+pretraining configs `georecon.py:md17` and `coord.py:md17` match). ``vector_cutoff: true``
+(model.encoder.vector_cutoff): the cutoff weighs the values, so that energy and forces are
+continuous where a pair crosses 5 Å and molecular dynamics conserves energy (README, MD section);
+the pretraining configs keep False (pre-training-via-denoising's ET), and their encoders load
+either way. Departure: validation losses are not EMA-smoothed.
 
   --config.molecule=aspirin      rMD17 files <data_dir>/rmd17_<molecule>_{train,test}_01.npz, where
                                  data_dir is --config.data.data_dir, else $GEORECON_MD17_DIR, else
@@ -80,9 +83,9 @@ def base_config():
     c.data.num_test_molecules = common.optional(int)  # None: all test frames
 
     # Model: the ET-MD17 encoder; one molecule, so the mean training energy is the only reference.
-    # No vector norm: torchmd-net 3.x's ET-MD17 has none, and with it the force loss's second
-    # derivative through the whitening is not finite yet (README, known issues).
-    c.model.encoder = common.encoder("md17", vec_norm="none")
+    # No vector norm, as torchmd-net 3.x's ET-MD17 (vec_norm=whitened trains too: its second
+    # derivative is finite since issue 35); vector_cutoff as ET-MD17.yaml.
+    c.model.encoder = common.encoder("md17", vec_norm="none", vector_cutoff=True)
     c.model.head.kind = "equivariant_scalar"
     c.model.update(reference="none", denoise_head=False)
 

@@ -10,6 +10,9 @@ files hold 1,000: then 95 % / 5 % of the frames not kept for testing, logged); b
 weight 0.8 (no energy-loss smoothing) plus Coord's regulariser (weight 0.1, σ = 0.005 Å, the
 pretraining's noise normaliser; energies and forces predicted at the displaced input); AdamW lr
 1e-3, 1,000 warm-up steps, cosine decay over the run; early stopping after 30 evaluations.
+``model.encoder.vector_cutoff`` is True as in finetune_md17.py (a potential continuous at the
+cutoff); Frad's ET (torchmd-net 0.x) has no such option: --config.model.encoder.vector_cutoff=False
+is its function.
 Data options, units and --config.pretrained: finetune_md17.py.
 """
 

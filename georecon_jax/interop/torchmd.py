@@ -16,7 +16,7 @@ Two formats are read (`read_torchmd`), both Lightning ``.ckpt`` files ({"state_d
 What the JAX model cannot represent is refused with a `TorchmdImportError` naming the field or
 the key: another architecture than ``equivariant-transformer``, ``distance_influence`` other than
 'both', activations other than SiLU, ``rbf_type`` other than 'expnorm', no neighbour embedding,
-``cutoff_lower`` != 0, ``vector_cutoff``, periodic boxes, an atom filter, a reduction other than a
+``cutoff_lower`` != 0, periodic boxes, an atom filter, a reduction other than a
 sum, an output model other than (Equivariant)Scalar, a prior other than Atomref (or a disabled
 one), and any state-dict key this mapping does not consume.
 
@@ -88,7 +88,6 @@ _FIXED = {
     "rbf_type": (("expnorm",), "expnorm"),
     "neighbor_embedding": ((True,), True),
     "reduce_op": (("add", "sum"), "add"),
-    "vector_cutoff": ((False,), False),
     "box_vecs": ((None,), None),
     "atom_filter": ((-1,), -1),
     "layernorm_on_vec": ((None, "whitened"), None),
@@ -103,7 +102,6 @@ _WHY = {
     "rbf_type": "the JAX radial basis is exp-normal",
     "neighbor_embedding": "the JAX encoder always has the neighbour embedding",
     "reduce_op": "the JAX readouts sum over atoms",
-    "vector_cutoff": "the JAX attention weights the attention, not the values, by the cutoff",
     "box_vecs": "the JAX model has no periodic boundaries",
     "atom_filter": "the JAX model has no atom filter",
     "layernorm_on_vec": "the JAX vector norm is the whitened one",
@@ -126,7 +124,7 @@ class TorchmdModel:
       params: {"encoder": ..., "readout": {"head": ...} (when it has an output model), "node_noise":
         ... (when it has a noise head)}: numpy float32 trees in flax's layout.
       encoder: the ``model.encoder`` settings (num_layers, features, num_heads, num_rbf, cutoff,
-        max_z, trainable_rbf, vec_norm).
+        max_z, trainable_rbf, vec_norm, vector_cutoff).
       head: 'equivariant_scalar' | 'mlp' | None.
       atomref: [Z] float64 per-element references of the Atomref prior (None without one).
       mean, std: the standardisation (0 and 1 without one).
@@ -456,8 +454,20 @@ def convert_encoder(sd: _StateDict, hp: dict, vec_norm: str) -> Tuple[dict, dict
         max_z=max_z,
         trainable_rbf=trainable,
         vec_norm=vec_norm if whitened else "none",
+        # torchmd-net 3.x's option (absent in pre-training-via-denoising's ET: False)
+        vector_cutoff=_flag(hp, "vector_cutoff"),
     )
     return enc, settings
+
+
+def _flag(hp: dict, key: str) -> bool:
+    """A boolean hyper-parameter (None or absent: False; YAML may give 'true'/'false')."""
+    value = hp.get(key)
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise TorchmdImportError(f"{key}={value!r} is not a boolean")
+        return value.lower() == "true"
+    return bool(value)
 
 
 def convert_output_model(

@@ -241,8 +241,9 @@ class AttentionMessages(NamedTuple):
     With s_ij = v_j ∘ dv_ij split into three F-feature parts (s_x, s_vec, s_dir):
 
       y     [n, F]   Σ_j A_ij s_x_ij, the attention-weighted scalar messages (self-edge included);
-      s_vec [2P, F]  per message j -> i, the gate of vec_j (0 where the pair is not active);
-      s_dir [2P, F]  per message j -> i, the gate of the direction r̂_ij (0 where not active);
+      s_vec [2P, F]  per message j -> i, the gate of vec_j (0 where the pair is not active;
+                     times f_cut(d_ij) with ``vector_cutoff``);
+      s_dir [2P, F]  per message j -> i, the gate of the direction r̂_ij (as s_vec);
       s_vec_self [n, F]  the self-edge's gate of vec_i (0 on padding atoms). Its direction is 0.
     """
 
@@ -262,6 +263,7 @@ class _AttentionBase(nn.Module):
 
     features: int
     num_heads: int
+    vector_cutoff: bool = False  # see `EquivariantTransformer`
 
     def _queries_keys_values(self, x):
         """q = W_Q LN(x), k = W_K LN(x), v = W_V LN(x): [n, H, D], [n, H, D], [n, H, 3D]."""
@@ -279,7 +281,14 @@ class _AttentionBase(nn.Module):
     def _messages(self, q, k, v, rbf, rbf_self, pairs: Pairs) -> AttentionMessages:
         """Filters dk_ij = SiLU(W_dk φ(d_ij)), dv_ij = SiLU(W_dv φ(d_ij)) once per pair (shared by
         its two messages) and once for distance 0 (the self-edges); attention
-        A_ij = SiLU(Σ_d q_i k_j dk_ij) f_cut(d_ij) per head; the messages of `AttentionMessages`."""
+        A_ij = SiLU(Σ_d q_i k_j dk_ij) f_cut(d_ij) per head; the messages of `AttentionMessages`.
+
+        ``vector_cutoff`` (torchmd-net's option of that name): the cutoff weighs the values
+        v_j ∘ dv_ij, all three parts, instead of the attention. The scalar message A_ij s_x_ij is
+        the same product either way; the vector gates s_vec, s_dir get the factor f_cut(d_ij), so
+        that every message goes to 0 (with a zero derivative) as d_ij reaches the cutoff. Without
+        it they are cut off sharply there: dv_ij = SiLU(b_dv) ≠ 0 at φ = 0, so the energy jumps when
+        a pair crosses the cutoff (tests/test_md_smoothness.py). Self-edges: f_cut(0) = 1."""
         H, D = q.shape[-2:]
         F, lead = H * D, q.shape[:-2]  # atoms: [n] or [B, N]
         assert rbf_self.shape == rbf.shape[-1:], (rbf.shape, rbf_self.shape)
@@ -290,10 +299,13 @@ class _AttentionBase(nn.Module):
         dk, dv = dk.reshape(msg + (H, D)), dv.reshape(msg + (H, 3 * D))
         # Messages from sender j to receiver i.
         attn = jnp.sum(pairs.at_receiver(q) * pairs.at_sender(k) * dk, axis=-1)  # [msg, H]
-        attn = silu(attn) * pairs.per_message(pairs.cutoff_weight)[..., None]
+        cut = pairs.per_message(pairs.cutoff_weight)[..., None]  # [msg, 1]  f_cut(d_ij), 0 if not active
+        attn = silu(attn) * cut
         s_x, s_vec, s_dir = jnp.split(pairs.at_sender(v) * dv, 3, axis=-1)  # [msg, H, D] each
         y = pairs.sum_at_receiver((s_x * attn[..., None]).reshape(msg + (F,)), q.shape[0])  # [atoms, F]
-        active = pairs.per_message(pairs.active)[..., None]  # [msg, 1]
+        # The vector gates' weight per message [msg, 1]: f_cut(d_ij) (vector_cutoff), else 1 on the
+        # active pairs; 0 beyond the cutoff and on padding either way.
+        gate = cut if self.vector_cutoff else pairs.per_message(pairs.active)[..., None]
         # Self-edges: distance 0, cutoff weight 1, direction 0.
         attn_self = silu(jnp.sum(q * k * silu(dk_proj(rbf_self)).reshape(H, D), axis=-1))  # [atoms, H]
         self_x, self_vec, _ = jnp.split(v * silu(dv_proj(rbf_self)).reshape(H, 3 * D), 3, axis=-1)
@@ -301,8 +313,8 @@ class _AttentionBase(nn.Module):
         y = y + jnp.where(real, (self_x * attn_self[..., None]).reshape(lead + (F,)), 0.0)
         return AttentionMessages(
             y=y,
-            s_vec=s_vec.reshape(msg + (F,)) * active,
-            s_dir=s_dir.reshape(msg + (F,)) * active,
+            s_vec=s_vec.reshape(msg + (F,)) * gate,
+            s_dir=s_dir.reshape(msg + (F,)) * gate,
             s_vec_self=jnp.where(real, self_vec.reshape(lead + (F,)), 0.0),
         )
 
@@ -317,7 +329,8 @@ class EquivariantAttention(_AttentionBase):
       A_ij = SiLU(Σ_d q_i k_j dk_ij) f_cut(d_ij)                        per head
       (s_x, s_vec, s_dir)_ij = split(v_j ∘ dv_ij)
       y_i    = Σ_j A_ij s_x_ij
-      w_i    = Σ_j s_vec_ij ∘ vec_j + s_dir_ij ∘ r̂_ij                   (r̂_ii = 0)
+      w_i    = Σ_j (s_vec_ij ∘ vec_j + s_dir_ij ∘ r̂_ij) c_ij             (r̂_ii = 0)
+               c_ij = 1, or f_cut(d_ij) with ``vector_cutoff`` (torchmd-net's option)
       (vec1, vec2, vec3) = U vec_i (``vec_proj``, no bias);  (o1, o2, o3) = W_O y_i
       dx_i   = <vec1_i, vec2_i> ∘ o2_i + o3_i                            (dot over the 3 components)
       dvec_i = vec3_i ∘ o1_i + w_i
@@ -382,10 +395,28 @@ class FirstEquivariantAttention(_AttentionBase):
 VEC_NORM_EPS = 1e-5
 
 
+def _sylvester_spd(x, c):
+    """Y with X Y + Y X = C, for symmetric positive definite X [..., 3, 3] and C [..., 3, 3].
+
+    One 9 x 9 linear solve per matrix, (X ⊗ I + I ⊗ X) vec(Y) = vec(C) (row-major vec), whose
+    eigenvalues x_i + x_j are all > 0. No eigenvectors: its derivatives in X and C are the solve's,
+    finite wherever X is positive definite, equal eigenvalues included."""
+    eye = jnp.eye(3, dtype=x.dtype)
+    kron = jnp.einsum("...ik,jl->...ijkl", x, eye) + jnp.einsum("ik,...jl->...ijkl", eye, x)
+    lead = x.shape[:-2]
+    y = jnp.linalg.solve(kron.reshape(lead + (9, 9)), c.reshape(lead + (9, 1)))
+    return y.reshape(lead + (3, 3))
+
+
 @jax.custom_jvp
 def _inv_sqrt_spd(a):
-    """(A + eps I)^(-1/2) of symmetric positive definite [..., 3, 3] matrices, by eigh; its
-    derivative is written out (below) so that it stays finite when eigenvalues coincide."""
+    """X = (A + eps I)^(-1/2) of symmetric positive semi-definite [..., 3, 3] matrices, by eigh.
+
+    Its derivative (below) never differentiates eigh, so that derivatives of every order stay
+    finite where eigenvalues coincide (every padding atom: A = eps I). MD17's force loss needs
+    the second: its gradient differentiates the forces, themselves a derivative. Differentiating
+    the eigenvalue form V f(Λ) Vᵀ through eigh brings in 1 / (λ_i - λ_j), infinite there: the
+    force loss's gradient was NaN that way before 2026-12 (issue 35)."""
     lam, v = jnp.linalg.eigh(a)
     lam = jnp.maximum(lam, 0.0)  # float32 eigh can return -1e-6 for a singular covariance
     return jnp.einsum("...ij,...j,...kj->...ik", v, jax.lax.rsqrt(lam + VEC_NORM_EPS), v)
@@ -393,17 +424,27 @@ def _inv_sqrt_spd(a):
 
 @_inv_sqrt_spd.defjvp
 def _inv_sqrt_spd_jvp(primals, tangents):
-    # Daleckii-Krein: for F = V f(Λ) Vᵀ, dF = V (G ∘ Vᵀ dA V) Vᵀ with G_ij the divided difference
-    # (f(λ_i) - f(λ_j)) / (λ_i - λ_j). For f(λ) = (λ + eps)^(-1/2) it is, without cancellation,
-    # -1 / (s_i s_j (s_i + s_j)), s = sqrt(λ + eps); at λ_i = λ_j it equals f'(λ_i).
+    # X² = (A + eps I)^(-1), so dX X + X dX = -X² dA X²: dX solves a Sylvester equation in X
+    # (`_sylvester_spd`, eigenvalues x_i + x_j > 0). Both sides turn with any fixed rotation V,
+    # so it is solved in A's eigenbasis, V held constant (no derivative of eigh): there
+    # A' = VᵀAV is diagonal in value, X' = `_inv_sqrt_spd`(A') (this function again, so that its
+    # own derivative is this rule once more) is diagonal, and the solve divides elementwise, which
+    # is the Daleckii-Krein form V (G ∘ Vᵀ dA V) Vᵀ, G_ij = -x_i² x_j² / (x_i + x_j), with its
+    # float32 accuracy (the same solve in A's own basis mixes eigenvalues 10^6 apart and loses
+    # the small ones: 3 % force errors on tests/test_import_torchmd.py's whitened checkpoint).
+    # Derivatives of the rule go through A' (whose tangent is Vᵀ dA V), X' and the solve.
+    # tests/test_vec_norm.py checks first and second derivatives against finite differences.
     (a,), (da,) = primals, tangents
-    lam, v = jnp.linalg.eigh(a)
-    s = jnp.sqrt(jnp.maximum(lam, 0.0) + VEC_NORM_EPS)
-    out = jnp.einsum("...ij,...j,...kj->...ik", v, 1.0 / s, v)
-    da = 0.5 * (da + jnp.swapaxes(da, -1, -2))
-    g = -1.0 / (s[..., :, None] * s[..., None, :] * (s[..., :, None] + s[..., None, :]))
-    inner = jnp.einsum("...ji,...jk,...kl->...il", v, da, v)
-    return out, jnp.einsum("...ij,...jk,...lk->...il", v, g * inner, v)
+    lam, v = jnp.linalg.eigh(jax.lax.stop_gradient(a))
+    v = jax.lax.stop_gradient(v)
+    rotate = lambda m: jnp.einsum("...ji,...jk,...kl->...il", v, m, v)  # Vᵀ m V
+    unrotate = lambda m: jnp.einsum("...ij,...jk,...lk->...il", v, m, v)  # V m Vᵀ
+    a_rot = rotate(a)
+    a_rot = a_rot - jax.lax.stop_gradient(a_rot) + lam[..., None, :] * jnp.eye(3, dtype=a.dtype)
+    x_rot = _inv_sqrt_spd(a_rot)  # [..., 3, 3], diagonal in value
+    x2 = x_rot @ x_rot
+    da_rot = rotate(0.5 * (da + jnp.swapaxes(da, -1, -2)))
+    return unrotate(x_rot), unrotate(_sylvester_spd(x_rot, -(x2 @ da_rot @ x2)))
 
 
 class EquivariantLayerNorm(nn.Module):
@@ -421,9 +462,30 @@ class EquivariantLayerNorm(nn.Module):
     ``reference=True`` (``vec_norm='whitened_reference'``) keeps diag(1, 2, 3), e.g. to compare
     with an imported checkpoint bit for bit.
 
-    The reference computes it in float64 by SVD. Here it is float32 by eigh (x64 is off in
-    JAX), with the derivative written out (`_inv_sqrt_spd`); tests/test_vec_norm.py checks it
-    against a float64 implementation of the reference's formula on real molecules."""
+    Line by line against the reference (pre-training-via-denoising, torchmdnet/models/torchmd_et.py
+    ``EquivariantLayerNorm.forward`` and ``symsqrtinv``, read 2026-12-06):
+
+      * where: on the encoder's final vectors, after the scalars' ``out_norm``, before any head
+        (its ``TorchMD_ET.forward``); the same here (`EquivariantTransformer`).
+      * dtype: the reference casts the input to float64 and the result back before ``weight``;
+        here everything is float32 (JAX runs without x64, TPUs have no float64).
+      * centring: ``input - input.mean(-1)``, over the F channels of each of the 3 components;
+        the same axis here.
+      * covariance: X Xᵀ / F [3, 3] + eps·diag(1, 2, 3), eps = 1e-5; here + eps·I (the correction
+        above), or diag(1, 2, 3) with ``reference=True``.
+      * inverse square root: the reference's SVD (equal to eigh for this symmetric positive
+        definite matrix) drops singular values below 3 · 2.2e-16 · the largest (never, since all
+        are >= eps, unless the largest exceeds 1.5e10) and takes V (s + eps)^(-1/2) Vᵀ: eps is
+        added a second time, to the eigenvalues. The same here (`_inv_sqrt_spd`, rsqrt(λ + eps)),
+        so both whiten cov + eps·diag(2, 3, 4) (here cov + 2 eps·I).
+      * derivative: the reference's is torch's SVD backward (finite only with distinct singular
+        values, the reason for diag(1, 2, 3)); here it is written out without eigenvectors
+        (`_inv_sqrt_spd`), finite at every order, so that MD17's force loss, whose gradient is a
+        second derivative, trains with this norm.
+      * output: the whitened centred vectors times ``weight`` [F] (ones at init, no bias): the same.
+
+    tests/test_vec_norm.py checks it against a float64 implementation of the reference's formula
+    on real molecules, and its first and second derivatives against finite differences."""
 
     features: int
     reference: bool = False
@@ -463,6 +525,10 @@ class EquivariantTransformer(nn.Module):
     trainable_rbf: bool = True
     vec_norm: str = "none"  # "whitened": `EquivariantLayerNorm` on the final vec (Coord's option)
     embedding_init: str = "normal"  # see `embedding_init`
+    # torchmd-net's ``vector_cutoff``: the cutoff weighs the values (scalar and vector messages)
+    # instead of the attention, so that energy and forces are continuous as a pair crosses the
+    # cutoff (`_AttentionBase._messages`). The same parameters either way.
+    vector_cutoff: bool = False
 
     @nn.compact
     def __call__(
@@ -495,14 +561,16 @@ class EquivariantTransformer(nn.Module):
         if self.num_layers == 0:
             vec = jnp.zeros(lead + (3, self.features), x.dtype)
         else:  # vec = 0 before the first layer
-            dx, vec = FirstEquivariantAttention(self.features, self.num_heads, name="attention_0")(
-                x, rbf, rbf_self, pairs
+            first = FirstEquivariantAttention(
+                self.features, self.num_heads, vector_cutoff=self.vector_cutoff, name="attention_0"
             )
+            dx, vec = first(x, rbf, rbf_self, pairs)
             x = x + dx
         for i in range(1, self.num_layers):
-            dx, dvec = EquivariantAttention(self.features, self.num_heads, name=f"attention_{i}")(
-                x, vec, rbf, rbf_self, pairs
+            layer = EquivariantAttention(
+                self.features, self.num_heads, vector_cutoff=self.vector_cutoff, name=f"attention_{i}"
             )
+            dx, dvec = layer(x, vec, rbf, rbf_self, pairs)
             x, vec = x + dx, vec + dvec
         x = nn.LayerNorm(epsilon=1e-5, name="out_norm")(x)
         if self.vec_norm != "none":

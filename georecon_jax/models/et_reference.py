@@ -106,7 +106,7 @@ def neighbor_embedding(p: Params, atomic_numbers, x, rbf, cut, neighbors):
     return dense(p["combine"], jnp.concatenate([x, agg], axis=-1))  # [n, F]
 
 
-def attention_layer(p: Params, x, vec, rbf, unit, edge, cut, num_heads: int):
+def attention_layer(p: Params, x, vec, rbf, unit, edge, cut, num_heads: int, vector_cutoff: bool = False):
     """One equivariant attention layer (torchmd-net's ``EquivariantMultiHeadAttention``).
 
       h = LayerNorm(x);  q = W_Q h, k = W_K h  [n, H, D];  v = W_V h  [n, H, 3D]
@@ -114,14 +114,20 @@ def attention_layer(p: Params, x, vec, rbf, unit, edge, cut, num_heads: int):
       A_ij = SiLU(Σ_d q_i k_j dk_ij) · f_cut(d_ij)                          per head
       (s_x, s_vec, s_dir)_ij = split(v_j ∘ dv_ij)                           3 × [H, D] -> [F]
       y_i = Σ_j A_ij s_x_ij                                                [F]
-      w_i = Σ_j s_vec_ij ∘ vec_j + s_dir_ij ∘ r̂_ij                          [3, F] (edges only)
+      w_i = Σ_j (s_vec_ij ∘ vec_j + s_dir_ij ∘ r̂_ij) c_ij                   [3, F] (edges only)
+      c_ij = 1;  with ``vector_cutoff`` c_ij = f_cut(d_ij)
+
+    ``vector_cutoff`` is torchmd-net's option (``EquivariantMultiHeadAttention.message``): it
+    multiplies the values v_j (all three parts) by f_cut instead of the attention. A_ij s_x_ij is
+    the same product either way; only the vector messages change, by c_ij.
       (vec1, vec2, vec3) = U vec_i  (``vec_proj``, no bias);  (o1, o2, o3) = W_O y_i
       dx_i = <vec1_i, vec2_i> ∘ o2 + o3;       dvec_i = vec3_i ∘ o1 + w_i
 
     Sums run over j with edge[i, j], the self-loop j = i included (r̂_ii = 0).
 
     Args: p: the ``attention_<layer>`` parameters; x [n, F]; vec [n, 3, F]; rbf [n, n, R];
-      unit [n, n, 3]; edge [n, n] bool; cut [n, n]; num_heads H. Returns dx [n, F], dvec [n, 3, F].
+      unit [n, n, 3]; edge [n, n] bool; cut [n, n]; num_heads H; vector_cutoff (above).
+      Returns dx [n, F], dvec [n, 3, F].
     """
     n, F = x.shape
     H = num_heads
@@ -146,7 +152,7 @@ def attention_layer(p: Params, x, vec, rbf, unit, edge, cut, num_heads: int):
     w = (
         vec[None, :, :, :] * s_vec[:, :, None, :]  # [n, n, 3, F]
         + s_dir[:, :, None, :] * unit[..., None]
-    ) * edge[..., None, None]
+    ) * (cut if vector_cutoff else edge)[..., None, None]  # cut is 0 off the edges
     w = w.sum(axis=1)  # [n, 3, F]
     o = dense(p["o_proj"], y)  # [n, 3F]
     o1, o2, o3 = o[:, :F], o[:, F : 2 * F], o[:, 2 * F :]  # [n, F] each
@@ -172,7 +178,7 @@ def equivariant_transformer(
 
     Args:
       config: an `EquivariantTransformer` (only its hyperparameters are read: num_layers,
-        features, num_heads, num_rbf, cutoff Å, trainable_rbf).
+        features, num_heads, num_rbf, cutoff Å, trainable_rbf, vector_cutoff).
       params: its parameters, ``{"params": {...}}`` as ``EquivariantTransformer.init`` returns.
       atomic_numbers [n] int; positions [n, 3] Å.
       pair_mask [n, n] bool: i may receive from j (e.g. `same_molecule_pairs`); the diagonal
@@ -195,7 +201,9 @@ def equivariant_transformer(
     x = neighbor_embedding(p["neighbor_embedding"], atomic_numbers, x, rbf, cut, edge & off_diagonal)
     vec = jnp.zeros((n, 3, F), x.dtype)  # [n, 3, F]
     for i in range(config.num_layers):
-        dx, dvec = attention_layer(p[f"attention_{i}"], x, vec, rbf, unit, edge, cut, config.num_heads)
+        dx, dvec = attention_layer(
+            p[f"attention_{i}"], x, vec, rbf, unit, edge, cut, config.num_heads, config.vector_cutoff
+        )
         x, vec = x + dx, vec + dvec
     x = layer_norm(p["out_norm"], x)  # [n, F]
     x = jnp.where(node_mask[:, None], x, 0.0)

@@ -36,7 +36,7 @@ from georecon_jax.models.heads import VectorHead
 
 def make_encoder(cfg, name: Optional[str] = None) -> EquivariantTransformer:
     """The ET from a ``model.encoder`` config section (num_layers, features, num_heads, num_rbf,
-    cutoff in Å, max_z, trainable_rbf, vec_norm, embedding_init)."""
+    cutoff in Å, max_z, trainable_rbf, vec_norm, embedding_init, vector_cutoff)."""
     kwargs = {} if name is None else {"name": name}
     return EquivariantTransformer(
         num_layers=cfg.num_layers,
@@ -48,6 +48,7 @@ def make_encoder(cfg, name: Optional[str] = None) -> EquivariantTransformer:
         trainable_rbf=cfg.get("trainable_rbf", False),
         vec_norm=cfg.get("vec_norm", "none"),
         embedding_init=cfg.get("embedding_init", "normal"),
+        vector_cutoff=cfg.get("vector_cutoff", False),  # runs saved before it had none
         **kwargs,
     )
 

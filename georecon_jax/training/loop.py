@@ -143,6 +143,8 @@ ADDED_FIELDS = {
     # fine-tuning, whose model section is the relational config itself)
     "model.relational.architecture": "edge_mlp_gru",
     "model.architecture": "edge_mlp_gru",
+    # the ET before torchmd-net's vector_cutoff option (issue 35) weighed the attention by the cutoff
+    "model.encoder.vector_cutoff": False,
 }
 
 

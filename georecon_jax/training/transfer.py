@@ -48,12 +48,15 @@ class ConfigCheck:
       keys: the keys to compare; None compares every key the checkpoint's section holds. A listed
         key that the checkpoint's config lacks counts as None.
       hint: said after the differences, when there are any.
+      free: keys that may differ (settings that change the function but not the parameters, e.g.
+        the encoder's ``vector_cutoff``: a pretrained encoder transfers to either).
     """
 
     section: str
     values: Any
     keys: Optional[Sequence[str]] = None
     hint: str = ""
+    free: Sequence[str] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +126,7 @@ def config_mismatches(
         found = [
             f"{check.section}.{k}: pretrained {theirs.get(k)!r}, model {check.values.get(k)!r}"
             for k in keys
-            if check.values.get(k) != theirs.get(k)
+            if k not in check.free and check.values.get(k) != theirs.get(k)
         ]
         diffs += found
         if found and check.hint:
@@ -307,10 +310,16 @@ def describe_encoder(flat: Dict[str, Any]) -> str:
 NODE_NOISE_HEADS = (("params/heads_node_noise", "params/node_noise", False),)
 
 
+# Encoder settings a fine-tuning may choose freely: the same parameters under another function.
+# vector_cutoff: torchmd-net's ET-MD17 fine-tunes with it, pre-training-via-denoising pretrains
+# without it (issue 35).
+ENCODER_FREE = ("vector_cutoff",)
+
+
 def load_pretrained_encoder(params, path: str, encoder_cfg, verbose: bool = True):
     """Fine-tuning: ``params`` with ``encoder`` (and a matching node-noise head) replaced by a
     pretraining checkpoint's (its EMA parameters when it kept them); every setting of the
-    pretraining config's ``model.encoder`` must equal ``encoder_cfg``'s.
+    pretraining config's ``model.encoder`` must equal ``encoder_cfg``'s, but `ENCODER_FREE`.
 
     Returns (params, {"path", "step", "loaded"}); raises PretrainedMismatchError.
     """
@@ -318,7 +327,7 @@ def load_pretrained_encoder(params, path: str, encoder_cfg, verbose: bool = True
         params,
         path,
         (("params/encoder", "params/encoder", True),) + NODE_NOISE_HEADS,
-        config_checks=[ConfigCheck("model.encoder", encoder_cfg)],
+        config_checks=[ConfigCheck("model.encoder", encoder_cfg, free=ENCODER_FREE)],
         describe=describe_encoder,
         hint="Set --config.model.encoder.* to the pretraining values.",
         verbose=verbose,
