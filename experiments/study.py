@@ -76,10 +76,10 @@ FIGURES = ("study_bars.png", "study_curves.png", "study_z_diagnostic.png")
 
 
 def tasks_of(c, arm: str) -> List[str]:
-    from experiments.configs.study import MAIN_ARMS
+    from experiments.configs.study import EVERY_TASK_ARMS
 
     every = list(c.qm9_targets) + ([c.md17_molecule] if c.md17_molecule else [])
-    return every if arm in MAIN_ARMS else [t for t in every if t in tuple(c.ablation_tasks)]
+    return every if arm in EVERY_TASK_ARMS else [t for t in every if t in tuple(c.ablation_tasks)]
 
 
 def seeds_of(c, arm: str) -> List[int]:
@@ -194,7 +194,6 @@ def _finetune_command(c, task: str, extra_steps: int = 0) -> List[str]:
             cmd.append(f"--config.data.num_test_molecules={c.qm9_test_molecules}")
     if c.patience:
         cmd += [f"--config.early_stopping.patience={c.patience}", "--config.select_on=mae"]
-    cmd.append(f"--config.loss.denoise_normaliser={c.denoise_normaliser}")
     return cmd
 
 
@@ -215,7 +214,8 @@ def build_cells(c, workdir: str) -> List[Cell]:
             for seed in seeds_of(c, arm):
                 name = f"finetune/{task}/{arm}/seed{seed}"
                 extra = c.compute_matched_extra_steps if spec.get("compute_matched") else 0
-                cmd = [sys.executable, *_finetune_command(c, task, extra), *spec.get("finetune", ())]
+                cmd = [sys.executable, *_finetune_command(c, task, extra)]
+                cmd.append(f"--config.loss.denoise_normaliser={spec.get('normaliser', c.denoise_normaliser)}")
                 cmd += [f"--config.seed={seed}", *common, *_encoder_overrides(c)]
                 enc = "md17" if md17 and not c.vec_norm else "qm9"
                 needs = pretrained.get((source, enc, pretrain_seed(c, seed)))

@@ -43,7 +43,9 @@ def test_verdicts_follow_the_interval():
 
 
 def test_aligned_matches_ids_in_any_order():
-    a, b = stats.aligned(np.array([3, 1, 2]), np.array([30.0, 10, 20]), np.array([2, 3, 9]), np.array([2.0, 3, 9]))
+    a, b = stats.aligned(
+        np.array([3, 1, 2]), np.array([30.0, 10, 20]), np.array([2, 3, 9]), np.array([2.0, 3, 9])
+    )
     np.testing.assert_array_equal(a, [20.0, 30.0])
     np.testing.assert_array_equal(b, [2.0, 3.0])
 

@@ -62,10 +62,10 @@ def test_cells_wire_pretrainings_to_fine_tunings(tmp_path):
         assert _flag(cell.cmd, "pretrained") == os.path.abspath(os.path.join(tmp_path, cell.needs))
     for arm in c.arms:
         done = {x.task for x in cells if x.kind == "finetune" and x.arm == arm}
-        main = arm in study_config.MAIN_ARMS
-        assert done == (set(tasks) if main else set(c.ablation_tasks)), arm
+        every = arm in study_config.EVERY_TASK_ARMS
+        assert done == (set(tasks) if every else set(c.ablation_tasks)), arm
         seeds = {x.seed for x in cells if x.arm == arm and x.kind == "finetune"}
-        assert seeds == set(c.seeds if main else c.ablation_seeds)
+        assert seeds == set(c.seeds if arm in study_config.MAIN_ARMS else c.ablation_seeds)
     # without one norm for every cell (paper), the MD17 arms pretrain torchmd-net's ET-MD17 encoder
     paper = study.build_cells(study_config.get_config("paper"), str(tmp_path))
     md17 = [x for x in paper if x.kind == "pretrain" and "_md17/" in x.name]

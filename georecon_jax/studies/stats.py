@@ -89,7 +89,9 @@ def paired_interval(
         labels = list(clusters)
         if len(labels) != len(d):
             raise ValueError(f"{len(labels)} cluster labels for {len(d)} differences")
-        units = np.array([d[[i for i, c in enumerate(labels) if c == u]].mean() for u in dict.fromkeys(labels)])
+        units = np.array(
+            [d[[i for i, c in enumerate(labels) if c == u]].mean() for u in dict.fromkeys(labels)]
+        )
     else:
         units = d
     mean, low, high = t_interval(units, level)
@@ -115,7 +117,9 @@ def aligned(ids_a: np.ndarray, values_a: np.ndarray, ids_b: np.ndarray, values_b
     return values_a[ia], values_b[ib]
 
 
-def verdict(e: Interval, arm: str, ref: str, unit: str, lower_is_better: bool = True, fmt: str = ".3g") -> str:
+def verdict(
+    e: Interval, arm: str, ref: str, unit: str, lower_is_better: bool = True, fmt: str = ".3g"
+) -> str:
     """One sentence generated from the interval: never claims a difference its interval does not show."""
     lvl = int(round(100 * e.level))
     span = f"{e.mean:+{fmt}} {unit} [{e.low:+{fmt}}, {e.high:+{fmt}}], {lvl} % t-interval over {e.units} {e.over}"
@@ -171,13 +175,19 @@ def simulate_studies(
             pre = rng.normal(0, pretraining_std, size=num_pretrainings)[clusters]
         a = difficulty + rng.normal(0, seed_std, (num_seeds, 1)) + pre[:, None] + shift
         a = a + rng.normal(0, molecule_std, (num_seeds, num_molecules))
-        b = difficulty + rng.normal(0, seed_std, (num_seeds, 1)) + rng.normal(0, molecule_std, (num_seeds, num_molecules))
+        b = (
+            difficulty
+            + rng.normal(0, seed_std, (num_seeds, 1))
+            + rng.normal(0, molecule_std, (num_seeds, num_molecules))
+        )
         d = (a - b).mean(axis=1)
         hits += paired_interval(d, level, clusters).excludes_zero
     return {"excludes_zero": hits / num_studies}
 
 
-def seed_resampling_rate(num_studies: int, num_seeds: int, level: float = 0.95, num_boot: int = 400, rng_seed: int = 0) -> float:
+def seed_resampling_rate(
+    num_studies: int, num_seeds: int, level: float = 0.95, num_boot: int = 400, rng_seed: int = 0
+) -> float:
     """How often an interval from resampling the seeds' differences with replacement excludes 0
     with no effect at all (what the studies used before): the contrast in the calibration test."""
     rng = np.random.default_rng(rng_seed)
