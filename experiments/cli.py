@@ -5,7 +5,9 @@ console scripts that ``pip install`` puts on the PATH (``georecon-pretrain`` run
 
 import logging as py_logging
 import os
+import re
 import runpy
+import shutil
 import sys
 from typing import Callable, List, Optional
 
@@ -57,10 +59,97 @@ def run_with_config(run: Callable):
             apply_accelerator_settings(flags.FLAGS.config)
         except ValueError as e:
             raise app.UsageError(str(e))
-        run(flags.FLAGS.config, flags.FLAGS.workdir)
+        workdir = flags.FLAGS.workdir
+        existed = os.path.isdir(workdir)
+        fresh = not existed or not os.listdir(workdir)
+        try:
+            run(flags.FLAGS.config, workdir)
+        except Exception as e:
+            if not isinstance(e, user_errors()):
+                raise
+            if fresh:
+                discard_unfinished(workdir, keep_folder=existed)
+            exit_with_error(e)
 
     sys.argv[:] = resolve_config_paths(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
+
+
+def parse_flags(argv: List[str]) -> List[str]:
+    """absl's flag parsing, with a bad flag or config override (an unknown key, a value of the
+    wrong type) as one line on stderr and exit status 1 (absl prints two and its usage hint)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {one_line(e)}")
+    except (KeyError, AttributeError) as e:  # ml_collections: an override of a field the config lacks
+        sys.exit(f"error: {unknown_field(argv, str(e))}")
+
+
+def unknown_field(argv: List[str], message: str) -> str:
+    """One line for ml_collections' error on a ``--config.a.b=value`` naming a field the config
+    lacks (``message`` quotes the field, and may suggest the closest): the override and the field."""
+    key = re.search(r"[\w-]+", message)  # the message quotes the key once or twice
+    key = key.group(0) if key else message
+    close = re.search(r'Did you mean "([^"]+)"', message)
+    hint = f" (did you mean {close.group(1)!r}?)" if close else ""
+    override = [a for a in argv if a.startswith("--config.") and key in a.partition("=")[0].split(".")]
+    return f"{override[0] + ': ' if override else ''}the config has no field {key!r}{hint}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, exit status 1, no traceback.
+
+
+def user_errors() -> tuple:
+    """The library's exceptions that mean bad input, not a bug: a file, record or data set that
+    cannot be used (`DataError`), an invalid config (`ConfigError`), a workdir or checkpoint that
+    is not what the command needs, a config that differs from the workdir's run. Their messages
+    name the input and the reason."""
+    from georecon_jax.data.records import DataError
+    from georecon_jax.tasks.evaluation import CheckpointError, WorkdirError
+    from georecon_jax.training.loop import ConfigMismatchError
+    from georecon_jax.training.runner import ConfigError
+    from georecon_jax.training.transfer import PretrainedMismatchError
+
+    return (
+        DataError,
+        ConfigError,
+        ConfigMismatchError,
+        PretrainedMismatchError,
+        WorkdirError,
+        CheckpointError,
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line: its first line, then the others joined by '; '."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+
+
+def exit_with_error(error: BaseException):
+    """Exits with status 1 and ``error: <message>`` as one line on stderr."""
+    sys.exit(f"error: {one_line(error)}")
+
+
+def discard_unfinished(workdir: str, keep_folder: bool):
+    """Removes what a run that failed on bad input wrote into a workdir that was empty or absent
+    before it (its config.json would pin the bad config on a rerun), unless a checkpoint was saved;
+    the folder itself too unless ``keep_folder``."""
+    if not os.path.isdir(workdir):
+        return
+    for root, dirs, _ in os.walk(workdir):
+        if os.path.basename(root) == "checkpoints" and any(d.isdigit() for d in dirs):
+            return
+    for name in os.listdir(workdir):
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    if not keep_folder:
+        os.rmdir(workdir)
 
 
 # ---------------------------------------------------------------------------------------------

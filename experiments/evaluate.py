@@ -10,11 +10,9 @@ pretraining run, a pair fine-tuning run, anything else) is refused with one line
 and where its own results are, before any workdir is evaluated.
 """
 
-import sys
-
 from absl import app, flags
 
-from experiments.cli import apply_accelerator_settings, setup_logging
+from experiments.cli import apply_accelerator_settings, exit_with_error, parse_flags, setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", None, "Fine-tuning workdir(s), comma-separated.")
@@ -39,10 +37,10 @@ def main(argv):
         try:
             apply_accelerator_settings(dict(configs[0], matmul_precision=precision))
         except ValueError as e:  # an unknown precision, named
-            sys.exit(f"error: {e}")
+            exit_with_error(e)
         results = [evaluation.evaluate(w, FLAGS.checkpoint, FLAGS.split) for w in FLAGS.workdir]
     except (evaluation.WorkdirError, evaluation.CheckpointError) as e:
-        sys.exit(f"error: {e}")
+        exit_with_error(e)
     table = evaluation.markdown_table(results)
     print(table)
     if FLAGS.table:
@@ -51,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.cli import setup_logging
+from experiments.cli import exit_with_error, parse_flags, setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A fine-tuning workdir.")
@@ -37,7 +37,7 @@ def main(argv):
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         meta = export_model(FLAGS.workdir, FLAGS.out, FLAGS.checkpoint)
     except (WorkdirError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+        exit_with_error(e)
     size = os.path.getsize(FLAGS.out) / 2**20
     print(
         f"{FLAGS.workdir}: {meta['task']} {meta['target']} ({meta['unit']}), {meta['checkpoint']} checkpoint step "
@@ -46,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -24,7 +24,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.cli import resolve_config_paths, setup_logging
+from experiments.cli import exit_with_error, parse_flags, resolve_config_paths, setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "A torchmd-net .ckpt (Lightning) or torch.save'd state dict.")
@@ -79,7 +79,7 @@ def main(argv):
             config = w.pretraining_config(config, model)
             record = w.write_pretraining_workdir(model, config, FLAGS.workdir)
     except (TorchmdImportError, OSError) as e:
-        sys.exit(f"error: {e}")
+        exit_with_error(e)
     what = f"{config.task} {config.target}" if kind == "finetuned" else "Coord pretraining"
     print(
         f"{FLAGS.checkpoint} ({record['format']}, step {record['step']}) -> {FLAGS.workdir}: {what} workdir, "
@@ -89,4 +89,4 @@ def main(argv):
 
 if __name__ == "__main__":
     sys.argv[:] = resolve_config_paths(sys.argv)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -12,7 +12,8 @@ molecule (index, name, source, formula, n_atoms, the target in its unit, unit, e
 that cannot be predicted (unreadable, an element the model never saw, more than --max_atoms atoms)
 has its reason in the error column and the others still run. Energy models (MD17 fine-tuning)
 also write forces, -dE/dR, to --forces_output (default <output>.forces.npz; .xyz/.extxyz writes
-extended XYZ). Exits with status 1 when no molecule could be predicted.
+extended XYZ). Exits with status 1 when no molecule could be predicted; an input with no readable
+molecule (an empty file, SMILES RDKit rejects) is refused in one line before the model is loaded.
 """
 
 import os
@@ -20,7 +21,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.cli import setup_logging
+from experiments.cli import exit_with_error, parse_flags, setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A fine-tuning workdir, or a model file written by experiments.export.")
@@ -46,10 +47,20 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     setup_logging()
     from georecon_jax.data.records import DataError
+    from georecon_jax.data.structures import read_structures
     from georecon_jax.tasks.evaluation import CheckpointError, WorkdirError
     from georecon_jax.tasks.inference import load_model
 
     try:
+        # the input first: a file with no usable molecule fails before any model is built
+        structures = read_structures(FLAGS.input, seed=FLAGS.seed, mmff=FLAGS.mmff)
+        readable = [s for s in structures if s.error is None]
+        if not readable:
+            reason = " (empty)"
+            if structures:
+                more = f" (+{len(structures) - 1} more)" if len(structures) > 1 else ""
+                reason = f": {structures[0].error}{more}"
+            raise DataError(f"{FLAGS.input}: no molecule could be read{reason}")
         model = load_model(
             FLAGS.workdir,
             FLAGS.checkpoint,
@@ -57,11 +68,9 @@ def main(argv):
             batch_atoms=FLAGS.batch_atoms,
             matmul_precision=FLAGS.matmul_precision,
         )
-        result = model.predict(
-            FLAGS.input, forces=FLAGS.forces, seed=FLAGS.seed, mmff=FLAGS.mmff, progress=True
-        )
+        result = model.predict(structures, forces=FLAGS.forces, progress=True)
     except (WorkdirError, CheckpointError, DataError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        exit_with_error(e)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
     result.to_csv(FLAGS.output)
     print(f"{model}: {int(result.ok.sum())} of {len(result)} molecules predicted -> {FLAGS.output}")
@@ -74,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

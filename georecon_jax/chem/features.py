@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import numpy as np
-from rdkit import Chem
+from rdkit import Chem, RDLogger
 
 ELEMENTS = ("H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br", "I", "Se")
 DEGREES = (0, 1, 2, 3, 4, 5)
@@ -158,7 +158,9 @@ def featurize_mol(mol) -> dict:
 
 
 def parse_smiles(smiles: str) -> Tuple[Optional[object], Optional[str]]:
-    """(mol, None) or (None, reason). Never raises."""
+    """(mol, None) or (None, reason). Never raises; RDKit's own log (its parse errors on stderr,
+    which the reason repeats) is off."""
+    RDLogger.DisableLog("rdApp.*")
     if not isinstance(smiles, str) or not smiles.strip():
         return None, "empty SMILES"
     try:

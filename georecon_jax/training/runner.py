@@ -113,10 +113,14 @@ def loop_problems(config: ml_collections.ConfigDict) -> List[str]:
     return problems + optimizer_problems(config.optim)
 
 
+class ConfigError(ValueError):
+    """A config that cannot run; the message names each field and why."""
+
+
 def check_config(task, config: ml_collections.ConfigDict):
     problems = loop_problems(config) + list(task.validate(config))
     if problems:
-        raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
 def params_for_eval(state):
