@@ -2,10 +2,12 @@
 
 Arrows: experiments -> tasks -> training, objectives -> models; graphs -> data -> chem. Models never
 read files or import the data side; training never imports chemistry, data, graphs, models or
-objectives; no job module of tasks/ imports another; nothing in the library imports experiments/.
+objectives; no job module of tasks/ imports another; nothing in the library imports experiments/;
+no import circle among the library's modules.
 """
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,51 @@ def imports_of(path: Path):
             yield node.module
             for alias in node.names:  # from georecon_jax import plots
                 yield f"{node.module}.{alias.name}"
+
+
+def imported_modules(path: Path):
+    """Every absolute name a file imports as a module or from a module, at any depth (imports inside
+    functions included): ``import a.b`` -> a.b; ``from a import b`` -> a.b (a module, or a name
+    defined in a; `import_graph` resolves it)."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path = PACKAGE):
+    """{module: the package's modules it imports}, read from every file's AST.
+
+    An imported name points at the longest module it starts with (``from a.b import f`` -> a.b).
+    The parent packages Python runs first are not edges: a package's ``__init__`` may import its
+    own modules (objectives/ imports each of its files, found with pkgutil, so no edge either)."""
+    files = [p for p in package.rglob("*.py") if "__pycache__" not in p.parts]
+    modules = {module_name(p, package): p for p in files}
+
+    def resolve(name):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    return {
+        name: {resolve(n) for n in imported_modules(path)} - {None, name} for name, path in modules.items()
+    }
+
+
+def import_circle(graph):
+    """One circle of the graph as [m1, m2, ..., m1], or None."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        return e.args[1]
+    return None
 
 
 def room(module: str):
@@ -102,6 +149,36 @@ def test_entry_points_do_not_import_each_other():
             assert not (parts[0] == "experiments" and len(parts) > 1 and parts[1] in entries), (
                 f"experiments/{name}.py imports experiments/{parts[1]}.py"
             )
+
+
+def test_no_import_circle():
+    """No module of the library imports itself through others, not even inside a function."""
+    graph = import_graph()
+    assert "georecon_jax.objectives.coord" in graph["georecon_jax.objectives.coord_ladder"]  # edges exist
+    circle = import_circle(graph)
+    assert circle is None, "import circle: " + " -> ".join(circle)
+
+
+def test_the_objective_registry_imports_no_objective():
+    """Built-in objectives register themselves (the package imports each file): the registry knows
+    none of them, so adding one edits nothing else."""
+    objectives = {m for m in import_graph() if m.startswith("georecon_jax.objectives.")}
+    assert import_graph()["georecon_jax.objectives.registry"] & objectives <= {
+        "georecon_jax.objectives.noise"
+    }
+
+
+def test_the_circle_checker_sees_a_circle(tmp_path):
+    """A circle closed by an import inside a function is one (the registry's old lazy import)."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "registry.py").write_text("def load():\n    from pkg import coord\n")
+    (pkg / "coord.py").write_text("from pkg.registry import load\n")
+    assert import_graph(pkg) == {"pkg": set(), "pkg.registry": {"pkg.coord"}, "pkg.coord": {"pkg.registry"}}
+    assert set(import_circle(import_graph(pkg))) == {"pkg.coord", "pkg.registry"}
+    (pkg / "registry.py").write_text("")
+    assert import_circle(import_graph(pkg)) is None
 
 
 def test_the_checker_sees_a_wrong_arrow(tmp_path):

@@ -174,6 +174,30 @@ def test_every_registered_objective_refuses_an_unknown_name():
         get_objective(config)
 
 
+def test_a_new_objective_file_registers_itself(tmp_path):
+    """A file dropped into objectives/ is registered on import, with no edit to the registry or
+    the package (a copy of the package, run in a fresh interpreter)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    shutil.copytree(
+        ROOT / "georecon_jax", tmp_path / "georecon_jax", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (tmp_path / "georecon_jax" / "objectives" / "my_denoiser.py").write_text(
+        "from georecon_jax.objectives.coord import Coord\n"
+        "from georecon_jax.objectives.registry import register\n\n\n"
+        "@register\nclass MyDenoiser(Coord):\n    name = 'my_denoiser'\n"
+    )
+    code = "from georecon_jax.objectives.registry import names; print(','.join(names()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert {"coord", "georecon", "my_denoiser"} <= set(out.stdout.split()[-1].split(","))
+
+
 def test_adding_an_objective_is_one_file_and_one_config(qm9_small):
     """The README's worked example: objectives/coord_ladder.py + configs/coord_ladder.py train."""
     from experiments.configs import coord_ladder as ladder_config

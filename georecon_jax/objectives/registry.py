@@ -1,7 +1,8 @@
 """The registry of pretraining objectives, and the contract each one fulfils.
 
 An objective is one file in ``georecon_jax/objectives/`` that subclasses `Objective` and
-registers itself with `@register`. It owns:
+registers itself with `@register` (the package's ``__init__`` imports every file in it, so this
+module imports none of them). It owns:
 
   * ``validate()``: the problems with its config section (messages naming the field);
   * ``heads()``: the modules it adds on top of the shared encoder (``{name: module}``; they
@@ -117,19 +118,12 @@ def register(cls: Type[Objective]) -> Type[Objective]:
 
 
 def names() -> List[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def get_objective(config: ml_collections.ConfigDict) -> Objective:
     """The objective named by ``config.objective.name``, built on ``config``."""
-    _load_builtin()
     name = config.objective.get("name")
     if name not in _REGISTRY:
         raise ValueError(f"objective.name={name!r}: unknown objective; registered: {names()}")
     return _REGISTRY[name](config)
-
-
-def _load_builtin():
-    # Importing a module registers its objectives.
-    from georecon_jax.objectives import coord, coord_ladder, georecon, mrl3d  # noqa: F401
