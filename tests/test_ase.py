@@ -161,3 +161,27 @@ def test_the_md_example_runs(workdir, tmp_path):
     )
     assert (tmp_path / "md_aspirin.png").stat().st_size > 0
     assert len(read(str(tmp_path / "md_aspirin.xyz"), index=":")) == 3
+
+
+def test_the_md_example_reports_the_nve_drift(workdir, tmp_path):
+    """examples/md_aspirin.py --ensemble=nve: ASE's VelocityVerlet, no thermostat; the drift it
+    reports is the slope of the total energy (meV/ps), checked on a made-up line and on its run."""
+    import runpy
+
+    from conftest import ROOT
+
+    example = runpy.run_path(str(ROOT / "examples" / "md_aspirin.py"))
+    line = [{"time_ps": t, "total_eV": -5.0 + 0.002 * t + 1e-4 * np.sin(40 * t)} for t in np.linspace(0, 1, 101)]
+    drift = example["energy_drift"](line)
+    assert drift["drift_meV_per_ps"] == pytest.approx(2.0, abs=0.01) and drift["duration_ps"] == 1.0
+    data = str(require_shared("rmd17/rmd17_ethanol_test_01.npz"))
+    summary = example["main"](
+        ["--model", workdir, "--data", data, "--ensemble", "nve", "--steps", "8", "--every", "2",
+         "--timestep", "0.25", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert summary["steps"] == 8 and summary["duration_ps"] == pytest.approx(0.002)
+    rows = [line.split(",") for line in (tmp_path / "md_aspirin.csv").read_text().splitlines()]
+    total = np.array([float(r[rows[0].index("total_eV")]) for r in rows[1:]])
+    assert summary["max_deviation_meV"] == pytest.approx(1000 * np.abs(total - total[0]).max())
+    # The tiny random model's forces are weak (~1e-3 eV/Å): 2 fs of NVE hold the energy to 1e-3 meV.
+    assert np.isfinite(summary["drift_meV_per_ps"]) and summary["max_deviation_meV"] < 1e-3
