@@ -32,19 +32,12 @@ from __future__ import annotations
 import logging
 import dataclasses
 import os
-import re
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from georecon_jax.data.records import (
-    DataError,
-    MAX_ATOMIC_NUMBER,
-    Molecules,
-    SkipReport,
-    SYMBOL_TO_Z,
-    check_molecule,
-)
+from georecon_jax.data.records import DataError, Molecules, SkipReport, check_molecule
+from georecon_jax.data.xyz import read_xyz_frames
 
 log = logging.getLogger(__name__)
 
@@ -210,23 +203,6 @@ def read_sgdml_npz(path: str, energy_unit: str = "kcal/mol", strict: bool = Fals
         return _frames(path, d["z"], d["R"], d["E"], d["F"], energy_unit, strict)
 
 
-_KV = re.compile(r'(\w+)=("[^"]*"|\S+)')
-
-
-def _parse_properties(spec: str, where: str):
-    """``species:S:1:pos:R:3:forces:R:3`` -> {name: (first column, width)}."""
-    parts = spec.split(":")
-    if len(parts) % 3:
-        raise DataError(f"{where}: cannot parse Properties={spec}")
-    cols, start = {}, 0
-    for name, _, width in zip(parts[0::3], parts[1::3], parts[2::3]):
-        if not (width.isascii() and width.isdigit()):
-            raise DataError(f"{where}: cannot parse Properties={spec} (column width {width!r})")
-        cols[name] = (start, int(width))
-        start += int(width)
-    return cols
-
-
 def read_extxyz(
     path: str,
     energy_unit: str = "kcal/mol",
@@ -234,7 +210,7 @@ def read_extxyz(
     forces_key: str = "forces",
     strict: bool = False,
 ):
-    """Extended XYZ -> (ForceFrames, SkipReport).
+    """Extended XYZ -> (ForceFrames, SkipReport), read by `georecon_jax.data.xyz`.
 
     Each frame: a line with the atom count, a comment line with ``key=value`` pairs (the energy
     under ``energy_key``; ``Properties=`` naming the per-atom columns: ``species`` or ``Z``, ``pos``,
@@ -242,68 +218,20 @@ def read_extxyz(
     order. The file records no units: ``energy_unit`` says what they are.
     """
     name = os.path.basename(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name}: not a text file ({e})") from e
     z_ref, Rs, Es, Fs = None, [], [], []
-    i, frame = 0, 0
-    while i < len(lines):
-        if not lines[i].strip():
-            i += 1
-            continue
-        where = f"{name}: frame {frame} (line {i + 1})"
-        try:
-            n = int(lines[i].split()[0])
-        except ValueError:
-            raise DataError(f"{where}: expected an atom count, found {lines[i][:60]!r}")
-        if i + 1 >= len(lines):
-            raise DataError(f"{where}: the file ends before the comment line")
-        info = {k: v.strip('"') for k, v in _KV.findall(lines[i + 1])}
-        if energy_key not in info:
+    for frame in read_xyz_frames(path, vectors=("pos", forces_key)):
+        where = f"{name}: frame {frame.index} (line {frame.line})"
+        if frame.error is not None:
+            raise DataError(f"{where}: {frame.error}")
+        if energy_key not in frame.info:
             raise DataError(
-                f"{where}: no energy (no '{energy_key}=' in the comment line {lines[i + 1][:80]!r})"
-            )
-        if "Properties" not in info:
-            raise DataError(f"{where}: no 'Properties=' in the comment line")
-        cols = _parse_properties(info["Properties"], where)
-        species_key = "species" if "species" in cols else ("Z" if "Z" in cols else None)
-        for key in ("pos", forces_key):
-            if key not in cols:
-                raise DataError(f"{where}: Properties= has no '{key}' column ({info['Properties']})")
-        if species_key is None:
-            raise DataError(f"{where}: Properties= has no 'species' or 'Z' column")
-        atom_lines = lines[i + 2 : i + 2 + n]
-        width = sum(w for _, w in cols.values())
-        rows = [ln.split() for ln in atom_lines]
-        n_found = _count_atom_lines(lines, i + 2, width)
-        if n_found != n:
-            raise DataError(
-                f"{where}: the atom count line says {n} atoms but {n_found} atom lines "
-                f"with {width} columns follow (inconsistent atom counts)"
+                f"{where}: no energy (no '{energy_key}=' in the comment line {frame.comment[:80]!r})"
             )
         try:
-            s0 = cols[species_key][0]
-            if species_key == "species":
-                unknown = sorted({r[s0] for r in rows if r[s0] not in SYMBOL_TO_Z})
-                if unknown:
-                    raise DataError(f"{where}: unknown element(s) {unknown}")
-                z = np.array([SYMBOL_TO_Z[r[s0]] for r in rows], np.int16)
-            else:
-                numbers = [int(r[s0]) for r in rows]
-                bad = sorted({v for v in numbers if not 1 <= v <= MAX_ATOMIC_NUMBER})
-                if bad:
-                    raise DataError(f"{where}: atomic number(s) {bad[:5]} outside 1-{MAX_ATOMIC_NUMBER}")
-                z = np.array(numbers, np.int16)
-            p0, f0 = cols["pos"][0], cols[forces_key][0]
-            R = np.array([[float(v) for v in r[p0 : p0 + 3]] for r in rows])
-            F = np.array([[float(v) for v in r[f0 : f0 + 3]] for r in rows])
-            E = float(info[energy_key])
-        except DataError:
-            raise
+            E = float(frame.info[energy_key])
         except ValueError as e:
             raise DataError(f"{where}: unparseable number ({e})")
+        z = frame.atomic_numbers.astype(np.int16)
         if z_ref is None:
             z_ref = z
         elif len(z) != len(z_ref) or np.any(z != z_ref):
@@ -312,20 +240,10 @@ def read_extxyz(
                 f"{len(z_ref)} ({_formula(z_ref)}); a file must hold one molecule "
                 "with a fixed atom order (inconsistent atom counts)"
             )
-        Rs.append(R), Fs.append(F), Es.append(E)
-        i += 2 + n
-        frame += 1
+        Rs.append(frame.vectors["pos"]), Fs.append(frame.vectors[forces_key]), Es.append(E)
     if z_ref is None:
         raise DataError(f"{name}: no frames")
     return _frames(path, z_ref, np.stack(Rs), np.array(Es), np.stack(Fs), energy_unit, strict)
-
-
-def _count_atom_lines(lines, start, width) -> int:
-    """Number of consecutive lines from ``start`` that look like atom rows (>= width fields)."""
-    k = 0
-    while start + k < len(lines) and len(lines[start + k].split()) >= width:
-        k += 1
-    return k
 
 
 def _formula(z) -> str:

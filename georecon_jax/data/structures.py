@@ -5,7 +5,8 @@ Formats, by extension:
   ``.xyz`` / ``.extxyz``      one or many frames, each its own molecule (any atoms, any count):
                               plain XYZ (``symbol x y z`` per atom; atomic numbers and QM9's
                               ``*^`` exponents accepted) or extended XYZ (``Properties=species:S:1:
-                              pos:R:3:...``; ``name=`` in the comment line names the frame)
+                              pos:R:3:...``; ``name=`` in the comment line names the frame), read
+                              by `georecon_jax.data.xyz`
   ``.sdf`` / ``.mol``         every record with its own 3D coordinates (RDKit; hydrogens as written)
   ``.smi`` / ``.smiles`` /    one SMILES per line, optionally followed by a name; a header line
   ``.txt``                    ``smiles ...`` is skipped; each molecule gets one seeded ETKDG
@@ -25,24 +26,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import re
 from typing import List, Optional
 
 import numpy as np
 
-from georecon_jax.data.records import (
-    ELEMENT_SYMBOLS,
-    MAX_ATOMIC_NUMBER,
-    SYMBOL_TO_Z,
-    DataError,
-    check_molecule,
-)
+from georecon_jax.data.records import ELEMENT_SYMBOLS, DataError, check_molecule
+from georecon_jax.data.xyz import read_xyz_frames
 
 XYZ_EXTENSIONS = (".xyz", ".extxyz")
 SDF_EXTENSIONS = (".sdf", ".mol", ".sd")
 SMILES_EXTENSIONS = (".smi", ".smiles", ".txt")
 CSV_EXTENSIONS = (".csv",)
-_KV = re.compile(r'(\w+)=("[^"]*"|\S+)')
 
 
 @dataclasses.dataclass
@@ -98,86 +92,20 @@ def from_arrays(atomic_numbers, positions, name: str, source: str) -> Structure:
     return Structure(name, source, z.astype(np.int64), pos)
 
 
-def _number(text: str) -> float:
-    return float(text.replace("*^", "e"))
-
-
-def _element(token: str) -> Optional[int]:
-    """Atomic number of a symbol (any case: 'CL', 'cl', 'Cl') or of a number; None if unknown."""
-    if token.isdigit():
-        z = int(token)
-        return z if 1 <= z <= MAX_ATOMIC_NUMBER else None
-    return SYMBOL_TO_Z.get(token[:1].upper() + token[1:].lower())
-
-
 def read_xyz(path: str) -> List[Structure]:
     """Every frame of a (extended) XYZ file, each its own molecule (see the module doc)."""
-    name = os.path.basename(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name}: not a text file ({e})") from e
-    out: List[Structure] = []
-    i, frame = 0, 0
-    while i < len(lines):
-        if not lines[i].strip():
-            i += 1
-            continue
-        source = f"{name} frame {frame} (line {i + 1})"
-        head = lines[i].split()
-        if not (head[0].isascii() and head[0].isdigit()):
-            out.append(
-                Structure(
-                    f"frame {frame}",
-                    source,
-                    error=f"{source}: expected an atom count, found {lines[i][:60]!r}; the rest of the "
-                    "file is not read (its frame boundaries are lost)",
-                )
-            )
-            break
-        n = int(head[0])
-        comment = lines[i + 1] if i + 1 < len(lines) else ""
-        info = {k: v.strip('"') for k, v in _KV.findall(comment)}
-        label = info.get("name") or info.get("id")
-        if label is None and "=" not in comment and 0 < len(comment.strip()) <= 80:
-            label = comment.strip()
-        label = label or f"frame {frame}"
-        rows = lines[i + 2 : i + 2 + n]
-        i += 2 + n
-        frame += 1
-        if len(rows) < n or any(len(r.split()) < 4 for r in rows):
-            found = sum(1 for r in rows if len(r.split()) >= 4)
-            out.append(
-                Structure(
-                    label,
-                    source,
-                    error=f"{source}: the atom count line says {n} atoms but {found} atom lines follow; "
-                    "the rest of the file is not read",
-                )
-            )
-            break
-        species, p0 = 0, 1
-        if "Properties" in info:
-            cols, start = {}, 0
-            parts = info["Properties"].split(":")
-            for key, _, width in zip(parts[0::3], parts[1::3], parts[2::3]):
-                cols[key] = start
-                start += int(width) if width.isdigit() else 1
-            species = cols.get("species", cols.get("Z", 0))
-            p0 = cols.get("pos", 1)
-        try:
-            tokens = [r.split() for r in rows]
-            z = [_element(t[species]) for t in tokens]
-            unknown = sorted({t[species] for t, v in zip(tokens, z) if v is None})
-            if unknown:
-                out.append(Structure(label, source, error=f"{source}: unknown element(s) {unknown}"))
-                continue
-            pos = np.array([[_number(v) for v in t[p0 : p0 + 3]] for t in tokens], np.float64)
-        except (ValueError, IndexError) as e:
-            out.append(Structure(label, source, error=f"{source}: unparseable atom line ({e})"))
-            continue
-        out.append(from_arrays(np.array(z, np.int64), pos, label, source))
+    name, out = os.path.basename(path), []
+    for frame in read_xyz_frames(path):
+        source = f"{name} frame {frame.index} (line {frame.line})"
+        label = frame.info.get("name") or frame.info.get("id")
+        if label is None and "=" not in frame.comment and 0 < len(frame.comment.strip()) <= 80:
+            label = frame.comment.strip()
+        label = label or f"frame {frame.index}"
+        if frame.error is None:
+            out.append(from_arrays(frame.atomic_numbers, frame.vectors["pos"], label, source))
+        else:
+            rest = "; the rest of the file is not read" if frame.last else ""
+            out.append(Structure(label, source, error=f"{source}: {frame.error}{rest}"))
     return out
 
 

@@ -58,13 +58,25 @@ class Budget:
         # One node is reserved for the padding graph (jraph requires it to own >= 1 node).
         return n_node + 1 <= self.n_node and n_edge <= self.n_edge
 
+    @classmethod
+    def covering(cls, n_node: int, n_edge: int, n_graph: int) -> "Budget":
+        """The padded shape of ``n_graph`` molecules with ``n_node`` atoms and ``n_edge`` pairs in
+        all: one node and one graph more for jraph's padding graph, nodes rounded up to
+        NODE_MULTIPLE, edges to EDGE_MULTIPLE (at least one multiple)."""
+        return cls(
+            round_up(n_node + 1, NODE_MULTIPLE),
+            max(round_up(n_edge, EDGE_MULTIPLE), EDGE_MULTIPLE),
+            n_graph + 1,
+        )
+
 
 # Padded sizes are multiples of these: small enough that QM9 micro-batches of 4 molecules (~72
 # atoms, ~620 pairs) pad by 5-8 %, large enough that budgets do not multiply.
 NODE_MULTIPLE, EDGE_MULTIPLE = 4, 32
 
 
-def _round_up(x: int, multiple: int) -> int:
+def round_up(x: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= x."""
     return int(-(-x // multiple) * multiple)
 
 
@@ -150,17 +162,11 @@ def estimate_budgets(
     budgets = []
     for q in np.linspace(0.5, 0.995, max(num_buckets - 1, 0)) if num_buckets > 1 else []:
         budgets.append(
-            Budget(
-                _round_up(int(np.quantile(nodes, q)) + 1, NODE_MULTIPLE),
-                max(_round_up(int(np.quantile(edges, q)), EDGE_MULTIPLE), EDGE_MULTIPLE),
-                graphs_per_device + 1,
-            )
+            Budget.covering(int(np.quantile(nodes, q)), int(np.quantile(edges, q)), graphs_per_device)
         )
     k = min(graphs_per_device, len(n_atoms))
-    worst = Budget(
-        _round_up(int(np.sort(n_atoms)[-k:].sum()) + 1, NODE_MULTIPLE),
-        max(_round_up(int(np.sort(n_edges)[-k:].sum()), EDGE_MULTIPLE), EDGE_MULTIPLE),
-        graphs_per_device + 1,
+    worst = Budget.covering(
+        int(np.sort(n_atoms)[-k:].sum()), int(np.sort(n_edges)[-k:].sum()), graphs_per_device
     )
     budgets.append(worst)
     # Drop duplicates / dominated entries, keep ascending order.

@@ -19,6 +19,7 @@ import numpy as np
 
 from georecon_jax.chem.features import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
 from georecon_jax.data.pairs import PairDataset
+from georecon_jax.graphs.batching import round_up
 
 
 class AtomFeatures(NamedTuple):
@@ -40,10 +41,6 @@ class PairBatch(NamedTuple):
     labels: np.ndarray  # [B, n_labels] (NaN where unlabeled)
     pair_mask: np.ndarray  # [B] bool, real pair
     pair_id: np.ndarray  # [B] int, index into the dataset (-1 on padding)
-
-
-def _round_up(x: int, m: int) -> int:
-    return int(-(-x // m) * m)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +66,7 @@ class PairBudget:
             if max_atoms:
                 na = min(na, max_atoms)
                 ne = min(ne, int(e[idx][n[idx] <= max_atoms].max(initial=0)))
-            sides += [_round_up(max(na, 1), multiple), _round_up(max(ne, 1), multiple)]
+            sides += [round_up(max(na, 1), multiple), round_up(max(ne, 1), multiple)]
         return cls(*sides)
 
     def fits(self, ds: PairDataset) -> np.ndarray:

@@ -59,20 +59,27 @@ def graph_masks(graph: jraph.GraphsTuple) -> GraphMasks:
     n_graph = graph.n_node.shape[0]
     dense = dense_shape(graph)
     if dense is not None:
-        node_mask = graph.nodes.atomic_numbers > 0
-        return GraphMasks(
-            node_mask=node_mask,
-            edge_mask=jnp.zeros((0,), bool),
-            graph_mask=node_mask.reshape(dense).any(axis=1),
-            node_graph=jnp.repeat(jnp.arange(n_graph), dense[1]),
-            n_graph=n_graph,
-        )
+        return slot_masks((graph.nodes.atomic_numbers > 0).reshape(dense))
     node_graph = jnp.repeat(jnp.arange(n_graph), graph.n_node, total_repeat_length=n_node_total)
     return GraphMasks(
         node_mask=jraph.get_node_padding_mask(graph),
         edge_mask=jraph.get_edge_padding_mask(graph),
         graph_mask=jraph.get_graph_padding_mask(graph),
         node_graph=node_graph,
+        n_graph=n_graph,
+    )
+
+
+def slot_masks(atom_mask) -> GraphMasks:
+    """Masks of B molecules in N atom slots each (``atom_mask`` [B, N] bool: a real atom), over the
+    B·N slots flattened in order: the dense layout's, and what `masked_mean` needs for per-slot
+    arrays [B, N, ...] reshaped to [B·N, ...]."""
+    n_graph, n_slots = atom_mask.shape
+    return GraphMasks(
+        node_mask=atom_mask.reshape(-1),
+        edge_mask=jnp.zeros((0,), bool),
+        graph_mask=atom_mask.any(axis=1),
+        node_graph=jnp.repeat(jnp.arange(n_graph), n_slots),
         n_graph=n_graph,
     )
 
@@ -86,7 +93,8 @@ def masked_mean(values, masks: GraphMasks):
     """Mean over each graph's real nodes: [n, ...] -> [n_graph, ...] (0 for a graph without any).
 
     The one masked mean of the library: per-atom losses [n] -> per-molecule losses, node
-    features [n, F] -> pooled graph features."""
+    features [n, F] -> pooled graph features (slots [B, N, F]: ``values.reshape(B * N, F)`` with
+    `slot_masks`)."""
     w = masks.node_mask.astype(values.dtype).reshape((-1,) + (1,) * (values.ndim - 1))
     total = jax.ops.segment_sum(values * w, masks.node_graph, num_segments=masks.n_graph)
     count = jax.ops.segment_sum(w, masks.node_graph, num_segments=masks.n_graph)

@@ -18,7 +18,8 @@ import numpy as np
 
 from georecon_jax.models.et import EquivariantTransformer
 from georecon_jax.models.relational import MLP, ForceHead, RelationalEncoder
-from georecon_jax.models.schnet import SchNet, masked_mean
+from georecon_jax.models.graph import masked_mean, slot_masks
+from georecon_jax.models.schnet import SchNet
 
 
 def radius_adjacency(positions, node_mask, cutoff: float):
@@ -97,8 +98,8 @@ class Encoder3D(nn.Module):
             x = x.reshape(B, M, -1)
         else:
             raise ValueError(f"unknown 3D encoder {self.kind!r}: use 'schnet' or 'et'")
-        first = env.node_mask & (env.molecule == 0)
-        return masked_mean(x, first), adjacency
+        first = env.node_mask & (env.molecule == 0)  # [B, M]
+        return masked_mean(x.reshape(first.size, -1), slot_masks(first)), adjacency
 
 
 class MRL3DPretrainer(nn.Module):

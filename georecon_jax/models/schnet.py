@@ -91,9 +91,3 @@ class SchNet(nn.Module):
             )
             x = jnp.where(node_mask[..., None], x, 0.0)
         return x
-
-
-def masked_mean(x, mask, axis=-2):
-    """Mean of x [..., M, F] over the atoms where mask [..., M]."""
-    w = mask.astype(x.dtype)[..., None]
-    return jnp.sum(x * w, axis=axis) / jnp.maximum(jnp.sum(w, axis=axis), 1.0)

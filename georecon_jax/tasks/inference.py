@@ -46,7 +46,7 @@ import numpy as np
 from georecon_jax.data.md17 import read_force_file
 from georecon_jax.data.records import ELEMENT_SYMBOLS, Molecules
 from georecon_jax.data.structures import Structure, from_arrays, read_structures, smiles_structures
-from georecon_jax.graphs.batching import EDGE_MULTIPLE, NODE_MULTIPLE, Budget, pack_graphs
+from georecon_jax.graphs.batching import Budget, pack_graphs
 from georecon_jax.models.property import create_property_model
 from georecon_jax.objectives.supervised import TargetStats, make_predict_fn
 from georecon_jax.tasks.evaluation import check_finetune_workdir, find_checkpoint
@@ -63,10 +63,6 @@ MIN_TIER = 8
 _JITTED: Dict = {}  # (model config, target statistics, forces) -> jitted network
 
 
-def _round_up(x: int, multiple: int) -> int:
-    return int(-(-x // multiple) * multiple)
-
-
 def tiers(max_atoms: int) -> List[int]:
     """The molecule sizes of the padded shapes: 8, 16, 32, ... up to the first >= ``max_atoms``."""
     out = [MIN_TIER]
@@ -77,11 +73,7 @@ def tiers(max_atoms: int) -> List[int]:
 
 def tier_budget(tier: int, graphs: int) -> Budget:
     """The one padded shape of ``graphs`` molecules of at most ``tier`` atoms (all atom pairs)."""
-    return Budget(
-        n_node=_round_up(graphs * tier + 1, NODE_MULTIPLE),
-        n_edge=max(_round_up(graphs * tier * (tier - 1) // 2, EDGE_MULTIPLE), EDGE_MULTIPLE),
-        n_graph=graphs + 1,
-    )
+    return Budget.covering(graphs * tier, graphs * tier * (tier - 1) // 2, graphs)
 
 
 def symbols(elements) -> str:

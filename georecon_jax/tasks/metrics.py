@@ -24,34 +24,21 @@ def regression_metrics(y, p) -> Dict[str, float]:
 
 
 def roc_auc(y, score) -> float:
-    """Mann–Whitney U / (n+ n-), ties counted half."""
+    """Area under the ROC curve (scikit-learn's roc_auc_score: ties count half); NaN when one class
+    is absent."""
+    from sklearn.metrics import roc_auc_score  # imported on use: scikit-learn takes seconds to load
+
     y, s = np.asarray(y).ravel() > 0.5, np.asarray(score, np.float64).ravel()
-    n_pos, n_neg = y.sum(), (~y).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # average ranks over ties
-    uniq, start = np.unique(sorted_s, return_index=True)
-    ends = np.append(start[1:], len(s))
-    for a, b in zip(start, ends):
-        ranks[order[a:b]] = (a + b + 1) / 2.0
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def average_precision(y, score) -> float:
-    """Σ_k (R_k − R_{k−1}) P_k over the ranking by score (as sklearn's average_precision_score)."""
+    """Σ_k (R_k − R_{k−1}) P_k over the ranking by score (scikit-learn's average_precision_score);
+    NaN without positives."""
+    from sklearn.metrics import average_precision_score
+
     y, s = np.asarray(y).ravel() > 0.5, np.asarray(score, np.float64).ravel()
-    if y.sum() == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    ys, ss = y[order], s[order]
-    last = np.r_[np.nonzero(np.diff(ss))[0], len(ss) - 1]  # end of each group of tied scores
-    tp = np.cumsum(ys)[last]
-    precision = tp / (last + 1)
-    recall = tp / y.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y, s)) if y.any() else float("nan")
 
 
 def classification_metrics(y, logit) -> Dict[str, float]:

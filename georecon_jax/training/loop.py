@@ -8,7 +8,6 @@ evaluates, and checkpoints every N steps, at the end, and on SIGTERM (preemption
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import signal
 import time
 from typing import Callable, Dict, Optional, Sequence
 
+import filelock
 import jax
 import ml_collections
 import numpy as np
@@ -75,22 +75,18 @@ def read_metrics(workdir: str, split: Optional[str] = None):
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
-    """Refuses a second run in the same workdir while one is active (an OS file lock, released
-    even if the process is killed)."""
+    """Refuses a second run in the same workdir while one is active (filelock's OS file lock on
+    ``<workdir>/.lock``, released even if the process is killed)."""
     os.makedirs(workdir, exist_ok=True)
-    f = open(os.path.join(workdir, ".lock"), "w")
+    lock = filelock.FileLock(os.path.join(workdir, ".lock"), timeout=0)
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise RuntimeError(f"another run is using the workdir {workdir} (it holds {workdir}/.lock)")
+        lock.acquire()
+    except filelock.Timeout:
+        raise RuntimeError(f"another run is using the workdir {workdir} (it holds {workdir}/.lock)") from None
     try:
-        f.write(str(os.getpid()))
-        f.flush()
         yield
     finally:
-        fcntl.flock(f, fcntl.LOCK_UN)
-        f.close()
+        lock.release()
 
 
 def flatten_dict(d, sep: str = ".", prefix: str = ""):

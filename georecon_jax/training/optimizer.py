@@ -50,6 +50,7 @@ PLATEAU_THRESHOLD = 1e-4
 PLATEAU_EPS = 1e-8
 
 
+# Not optax.contrib.reduce_on_plateau: it has no 'max' mode, reduces an evaluation early and has no eps.
 class PlateauState(NamedTuple):
     """What `plateau_step` carries from one evaluation to the next (scalars, in the opt state)."""
 
