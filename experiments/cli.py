@@ -194,7 +194,7 @@ def resolve_config_paths(argv: List[str]) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Console scripts (pyproject.toml [project.scripts]): each runs ``python -m experiments.<name>``.
+# Console scripts (setup.cfg [options.entry_points]): each runs ``python -m experiments.<name>``.
 
 SCRIPTS = {
     "georecon-pretrain": "pretrain",

@@ -1,11 +1,13 @@
-"""The package installs with pip (pyproject.toml) and its console scripts run from any folder.
+"""The package installs with pip (setup.cfg; pyproject.toml names the build system) and its console
+scripts run from any folder, installed or editable.
 
-The install goes into a fresh virtual environment that sees this environment's packages through a
+Each install goes into a fresh virtual environment that sees this environment's packages through a
 ``.pth`` file and is built with ``--no-deps --no-build-isolation --no-index``: offline and in
 seconds, while the package itself (its files, entry points and configs) comes only from the
-install, never from the repository.
+install (or, editable, from the copied sources), never from the repository.
 """
 
+import configparser
 import os
 import shutil
 import site
@@ -20,11 +22,34 @@ from conftest import ROOT
 from experiments import cli
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SETUP_CFG = configparser.ConfigParser()
+SETUP_CFG.read(ROOT / "setup.cfg")
+
+
+def cfg_list(section: str, key: str):
+    """A multi-line setup.cfg value as its lines."""
+    return [line.strip() for line in SETUP_CFG[section][key].splitlines() if line.strip()]
+
+
+SCRIPTS = dict(
+    line.replace(" ", "").split("=") for line in cfg_list("options.entry_points", "console_scripts")
+)
+
+
+def test_setup_cfg_declares_the_package_and_pyproject_the_build():
+    """setup.cfg holds the metadata, options and entry points; pyproject.toml only the build system
+    and the tools' settings."""
+    assert SETUP_CFG["metadata"]["name"] == "georecon_jax"
+    assert SETUP_CFG["metadata"]["version"] == "attr: georecon_jax.__version__"
+    assert {"options", "options.packages.find", "options.extras_require", "options.entry_points"} <= set(
+        SETUP_CFG
+    )
+    assert set(PYPROJECT) == {"build-system", "tool"}, sorted(PYPROJECT)
+    assert PYPROJECT["build-system"]["build-backend"] == "setuptools.build_meta"
 
 
 def test_every_entry_point_has_a_console_script():
-    scripts = PYPROJECT["project"]["scripts"]
-    assert scripts == {name: f"experiments.cli:{module}" for name, module in cli.SCRIPTS.items()}
+    assert SCRIPTS == {name: f"experiments.cli:{module}" for name, module in cli.SCRIPTS.items()}
     for name, module in cli.SCRIPTS.items():
         assert callable(getattr(cli, module)), name
     entries = {  # modules run with python -m (study_common.py, study_mrl.py are helpers of study.py)
@@ -42,11 +67,10 @@ def test_dependencies_are_ranges_and_requirements_pin_them():
             name, _, version = line.partition("==")
             assert version, f"requirements.txt: {line!r} is not pinned"
             pins[name.lower()] = version
-    for dep in PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["ase"]:
+    for dep in cfg_list("options", "install_requires") + cfg_list("options.extras_require", "ase"):
         name = dep.split(">")[0].split("<")[0].split("=")[0].strip().lower()
         assert "==" not in dep, f"{dep}: the package takes ranges; requirements.txt pins"
         assert name in pins, f"{name} is a dependency but requirements.txt does not pin it"
-    assert "setup.cfg" not in os.listdir(ROOT), "pyproject.toml holds the metadata and the pytest settings"
 
 
 def test_config_paths_resolve_to_the_installed_configs(tmp_path, monkeypatch):
@@ -64,15 +88,16 @@ def test_config_paths_resolve_to_the_installed_configs(tmp_path, monkeypatch):
 def _copy_sources(dest: Path):
     """What an sdist holds: the metadata, the README and the two packages (no tests, no runs)."""
     dest.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, dest / name)
     for pkg in ("georecon_jax", "experiments"):
         shutil.copytree(ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-@pytest.mark.slow
-def test_pip_install_then_pretrain_from_another_folder(tmp_path, cache_dir):
-    src, venv, elsewhere = tmp_path / "src", tmp_path / "venv", tmp_path / "elsewhere"
+def _install(tmp_path: Path, *pip_args: str):
+    """A fresh virtual environment (seeing this one's packages after its own) with the copied
+    sources installed by ``pip install <pip_args> src``; returns (its python, src, environment)."""
+    src, venv = tmp_path / "src", tmp_path / "venv"
     _copy_sources(src)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -85,43 +110,65 @@ def test_pip_install_then_pretrain_from_another_folder(tmp_path, cache_dir):
     # This environment's packages (pip, setuptools, jax, ...) seen from the new one, after its own.
     Path(purelib, "_parent_environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(GEORECON_CACHE=cache_dir, JAX_PLATFORMS="cpu")
+    env.update(JAX_PLATFORMS="cpu")
+    pip = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
     install = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            str(src),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [*pip, *pip_args, str(src)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
-    for name in PYPROJECT["project"]["scripts"]:
+    for name in SCRIPTS:
         assert (venv / "bin" / name).exists(), name
+    return python, src, env
 
-    elsewhere.mkdir()
+
+def _where_imported(python: Path, folder: Path, env) -> Path:
+    """The georecon_jax package that ``python`` imports in ``folder`` (with experiments.configs)."""
+    folder.mkdir()
     where = subprocess.run(
         [str(python), "-c", "import georecon_jax, experiments.configs; print(georecon_jax.__file__)"],
-        cwd=elsewhere,
+        cwd=folder,
         env=env,
         capture_output=True,
         text=True,
     )
     assert where.returncode == 0, where.stderr[-2000:]
-    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
+    return Path(where.stdout.strip())
 
+
+def test_editable_install_runs_the_sources_from_another_folder(tmp_path):
+    """``pip install -e``: the library, the configs and the console scripts are the sources'."""
+    python, src, env = _install(tmp_path, "-e")
+    elsewhere = tmp_path / "elsewhere"
+    assert _where_imported(python, elsewhere, env) == src / "georecon_jax" / "__init__.py"
+    configs = subprocess.run(
+        [str(python), "-c", "from experiments import cli; print(cli.CONFIG_DIR)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert Path(configs.stdout.strip()) == src / "experiments" / "configs", configs.stderr[-2000:]
+    (elsewhere / "not_a_workdir").mkdir()
+    run = subprocess.run(  # a console script, refusing a folder that holds no run: the code ran
+        [str(tmp_path / "venv" / "bin" / "georecon-evaluate"), "--workdir=not_a_workdir"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1 and "not_a_workdir" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_pip_install_then_pretrain_from_another_folder(tmp_path, cache_dir):
+    python, _, env = _install(tmp_path)
+    env.update(GEORECON_CACHE=cache_dir)
+    elsewhere = tmp_path / "elsewhere"
+    assert _where_imported(python, elsewhere, env).is_relative_to(tmp_path / "venv")
     run = subprocess.run(
         [
-            str(venv / "bin" / "georecon-pretrain"),
+            str(tmp_path / "venv" / "bin" / "georecon-pretrain"),
             "--config=experiments/configs/georecon.py:tiny",  # no such path here: the installed config
             "--workdir=run",
             "--config.objective.num_recon_molecules=0",
