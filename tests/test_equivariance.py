@@ -85,6 +85,19 @@ def test_encoder(graph, encoder, seed):
     assert_symmetric(encoder, [(g.nodes.positions, "1o")], ["0e", "channels"], translate=[0], seed=seed)
 
 
+def test_encoder_with_vector_cutoff(graph):
+    """vector_cutoff (torchmd-net's option, the MD17 default: the cutoff weighs the values, vector
+    messages included): the same symmetries."""
+    g, m = graph
+    enc = EquivariantTransformer(
+        num_layers=2, features=F, num_heads=HEADS, num_rbf=8, cutoff=CUTOFF, vector_cutoff=True
+    )
+    rest = (g.senders, g.receivers, m.edge_mask, m.node_mask)
+    params = jitter(jitted(enc.init)(jax.random.PRNGKey(0), g.nodes.atomic_numbers, g.nodes.positions, *rest))
+    encode = jax.jit(lambda positions: enc.apply(params, g.nodes.atomic_numbers, positions, *rest))
+    assert_symmetric(encode, [(g.nodes.positions, "1o")], ["0e", "channels"], translate=[0])
+
+
 def test_attention_layers(graph):
     """The canonical layer with a real vec input (as the GeometryDecoder uses it) and the first
     layer, each alone: (x, vec, positions) -> (dx invariant, dvec equivariant)."""
