@@ -2,7 +2,7 @@
 # The benchmark command: training throughput (molecules/s) of georecon_jax against torchmd-net 3.1.0,
 # measured side by side in one run, then the 3DMRL environment rate. Results: benchmarks/results/.
 #
-#   bash benchmarks/run.sh [--data-root DIR] [throughput options, see benchmarks/throughput.py]
+#   bash benchmarks/run.sh [--data-root DIR] [throughput options, see benchmarks/throughput/]
 #
 # The 3DMRL benchmark reads solvation/combisolv.csv under --data-root DIR, else $GEORECON_DATA, else
 # ../shared/data beside the checkout. Its inputs are checked first; when one is missing it is

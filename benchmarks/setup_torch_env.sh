@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes benchmarks/.torch_venv: the PyTorch reference (torchmd-net 3.1.0) for benchmarks/throughput.py.
+# Makes benchmarks/.torch_venv: the PyTorch reference (torchmd-net 3.1.0) for benchmarks/throughput/.
 # Pin torch to the CPU build (plain `pip install torch` would pull the CUDA wheels). Where no local
 # CPU wheel is configured (pip find-links), set TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 set -euo pipefail

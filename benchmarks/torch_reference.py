@@ -1,4 +1,4 @@
-"""The PyTorch reference of benchmarks/throughput.py: torchmd-net 3.1.0's equivariant transformer.
+"""The PyTorch reference of benchmarks/throughput/: torchmd-net 3.1.0's equivariant transformer.
 
 Runs inside benchmarks/.torch_venv (made by benchmarks/setup_torch_env.sh), never in the JAX env.
 It is a small worker driven over stdin/stdout with one JSON object per line, so that the JAX

@@ -1,14 +1,11 @@
 """Rough edges at the boundaries of the commands: `evaluate` given a folder that is not a fine-tuning
-workdir, the label of a run fine-tuned on a user's own files, and the benchmark command's input check
-(the 3DMRL pair file is checked before the long throughput part, and its absence skips only that
-benchmark). None of these trains a model."""
+workdir, and the label of a run fine-tuned on a user's own files (the benchmark command's input
+check is in tests/test_benchmarks.py). None of these trains a model."""
 
 import json
 import os
-import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -194,85 +191,3 @@ def test_results_and_plots_of_a_file_run_carry_the_files_label(tmp_path, monkeyp
     assert "md17 (3BPA/train_300K)" in evaluation.markdown_table([results])
     assert len(titles) == 2 and all(t.startswith("3BPA/train_300K ") for t in titles), titles
     assert "aspirin" not in json.dumps(saved)
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. The benchmark command checks the 3DMRL pair file first and skips only that benchmark.
-
-
-def test_mrl3d_env_check_names_the_missing_pair_file(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("GEORECON_DATA", None)
-    r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.mrl3d_env", "--check", "--data-root", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 3, r.stderr
-    assert "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == [
-        f"3DMRL environment benchmark skipped: no pair file {tmp_path / 'solvation' / 'combisolv.csv'} "
-        "(give the folder that holds solvation/combisolv.csv with --data-root DIR or GEORECON_DATA=DIR)"
-    ]
-
-    (tmp_path / "solvation").mkdir()
-    (tmp_path / "solvation" / "combisolv.csv").write_text("solute,solvent,Gsolv\n")
-    r = subprocess.run(
-        [sys.executable, "-m", "benchmarks.mrl3d_env", "--check", "--data-root", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-
-
-def test_run_sh_checks_the_pair_file_first_and_skips_only_that_benchmark(tmp_path):
-    """benchmarks/run.sh with a data folder that lacks the pair file: the check is the first thing
-    run, the throughput part still runs (stubbed here), the 3DMRL benchmark is skipped with its
-    reason, and the command exits 0. `python` and setup_torch_env.sh are stubs that log their calls;
-    only the 3DMRL check runs for real."""
-    tree = tmp_path / "repo"
-    (tree / "benchmarks").mkdir(parents=True)
-    (tree / "benchmarks" / "run.sh").write_text((ROOT / "benchmarks" / "run.sh").read_text())
-    log = tmp_path / "calls.log"
-    (tree / "benchmarks" / "setup_torch_env.sh").write_text(f'echo "setup_torch_env" >> "{log}"\n')
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    stub = bin_dir / "python"
-    stub.write_text(
-        textwrap.dedent(f"""\
-        #!/usr/bin/env bash
-        echo "python $*" >> "{log}"
-        if [ "$2" = benchmarks.mrl3d_env ]; then cd "{ROOT}" && exec "{sys.executable}" "$@"; fi
-        exit 0
-        """)
-    )
-    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
-    missing = tmp_path / "no_data"
-    env = dict(
-        os.environ,
-        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        GEORECON_DATA=str(missing),
-        JAX_PLATFORMS="cpu",
-    )
-    r = subprocess.run(
-        ["bash", str(tree / "benchmarks" / "run.sh"), f"--data-root={missing}", "--rounds", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
-    calls = log.read_text().splitlines()
-    assert calls[0].startswith("python -m benchmarks.mrl3d_env --check"), calls
-    assert "python -m benchmarks.throughput --rounds 1" in calls  # its options pass through
-    mrl_runs = [c for c in calls if "benchmarks.mrl3d_env" in c]
-    assert all("--check" in c for c in mrl_runs), calls  # never run for real
-    assert f"no pair file {missing / 'solvation' / 'combisolv.csv'}" in out
-    assert "Traceback" not in out
