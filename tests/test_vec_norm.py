@@ -161,7 +161,7 @@ def test_the_second_derivative_matches_finite_differences_float64(real_vec, case
     params = {"params": {"weight": np.linspace(0.5, 1.5, F)}}
     probe = np.random.default_rng(4).normal(size=x.shape)
     with jax.enable_x64(True):
-        f = lambda v: jnp.sum(jnp.tanh(layer.apply(params, v)) * probe)  # noqa: E731
+        f = jax.jit(lambda v: jnp.sum(jnp.tanh(layer.apply(params, v)) * probe))
         x = jnp.asarray(x, jnp.float64)
         hvp = jax.jvp(jax.grad(f), (x,), (jnp.asarray(probe),))[1]
         assert np.all(np.isfinite(np.asarray(hvp)))
