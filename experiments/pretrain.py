@@ -1,9 +1,12 @@
 """Pretrain an encoder: python -m experiments.pretrain --config=experiments/configs/georecon.py --workdir=runs/x
 
 The objective (``config.objective.name``: georecon, coord, coord_ladder, 3dmrl, or any registered
-in ``georecon_jax.objectives``) decides what a batch is: molecular graphs (QM9) or pairs of
-molecules (3DMRL). Running the same command again resumes from the newest checkpoint in the workdir.
+in ``georecon_jax.objectives``) is built once and names the job that trains it (``objective.task``:
+``georecon_jax.tasks.pretrain`` on molecular graphs, ``georecon_jax.tasks.mrl3d`` on pairs of
+molecules). Running the same command again resumes from the newest checkpoint in the workdir.
 """
+
+import importlib
 
 from experiments import cli
 
@@ -13,11 +16,9 @@ cli.define_config_and_workdir("Where checkpoints, metrics and the config are wri
 def run(config, workdir):
     from georecon_jax.objectives.registry import get_objective
 
-    if get_objective(config).batch_kind == "pairs":
-        from georecon_jax.tasks import mrl3d as task
-    else:
-        from georecon_jax.tasks import pretrain as task
-    return task.run(config, workdir)
+    objective = get_objective(config)
+    task = importlib.import_module(f"georecon_jax.tasks.{objective.task}")
+    return task.run(config, workdir, objective=objective)
 
 
 if __name__ == "__main__":

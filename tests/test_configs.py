@@ -177,8 +177,7 @@ def test_the_optimizer_block_has_one_shape():
         for size in SIZES:
             optim = get(name, size).optim
             expected = dict(shape)
-            if name == "mrl_finetune":  # no EMA of the weights; the rate by task, plateau by metric
-                del expected["ema_decay"]
+            if name == "mrl_finetune":  # the rate by task, plateau by metric
                 expected.update(plateau_mode=type(None))
                 if size != "tiny":
                     expected.update(learning_rate=type(None))

@@ -10,11 +10,11 @@ data-parallel step and the no-recompilation check of the dense layout are in tes
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from conftest import jitted, require_shared
+from experiments.configs import common
 from experiments.configs import finetune_md17 as md17_config
 from experiments.configs import georecon as georecon_config
 from georecon_jax.graphs.batching import (
@@ -28,6 +28,7 @@ from georecon_jax.graphs.batching import (
 from georecon_jax.models.graph import dense_shape, graph_masks, real_graph_mask
 from georecon_jax.models.pretrain import encode, make_encoder
 from georecon_jax.models.property import create_property_model
+from georecon_jax.objectives.registry import get_objective
 from georecon_jax.tasks.pretrain import init_model
 from symmetry import assert_symmetric, jitter
 
@@ -118,8 +119,7 @@ def test_encoder_outputs_forces_and_gradients_equal(qm9_small, vec_norm):
     are in the GeoRecon and MD17 tests below and in tests/test_parallel.py (Coord's step)."""
     mols, _ = qm9_small
     gp, gd = _both(mols, [5, 123, 321, 399])
-    cfg = dict(num_layers=2, features=32, num_heads=4, num_rbf=16, cutoff=5.0, vec_norm=vec_norm)
-    enc = make_encoder(ml_collections.ConfigDict(cfg))
+    enc = make_encoder(common.encoder("tiny", features=32, num_heads=4, num_rbf=16, vec_norm=vec_norm))
     m = graph_masks(gp)
     args = (gp.nodes.atomic_numbers, gp.nodes.positions, gp.senders, gp.receivers, m.edge_mask, m.node_mask)
     params = jitter(jitted(enc.init)(jax.random.PRNGKey(0), *args))
@@ -168,7 +168,8 @@ def test_pretraining_losses_and_gradients_equal(qm9_small, make_config, variant)
     config.model.encoder.vec_norm = "none"
     bp = GraphBatcher(mols, splits["train"], 8, num_buckets=1)
     bd = GraphBatcher(mols, splits["train"], 8, num_buckets=1, layout="dense")
-    objective, model, params = init_model(config, bp, jax.random.PRNGKey(0))
+    objective = get_objective(config)
+    model, params = init_model(objective, bp, jax.random.PRNGKey(0))
     params = jitter(params, 0.02)
     loss_fn = objective.loss_fn(model)
 
@@ -276,9 +277,7 @@ def test_dense_encoder_is_equivariant(qm9_small):
     translations (e3nn's assert_equivariant, padding slots included)."""
     mols, _ = qm9_small
     _, gd = _both(mols, [123, 321])
-    enc = make_encoder(
-        ml_collections.ConfigDict(dict(num_layers=2, features=16, num_heads=2, num_rbf=8, cutoff=5.0))
-    )
+    enc = make_encoder(common.encoder("tiny", vec_norm="none"))
     z = gd.nodes.atomic_numbers.reshape(dense_shape(gd))
     mask = graph_masks(gd).node_mask.reshape(dense_shape(gd))
     pos = gd.nodes.positions.reshape(dense_shape(gd) + (3,))

@@ -37,19 +37,19 @@ def radius(config, skin):
 
 def test_georecon_noise_on_a_radius_list_is_refused_naming_both_numbers():
     config = radius(georecon.get_config("tiny"), 1.0)  # sigma_max = 2 Å
-    problems = PretrainTask().validate(config)
+    problems = PretrainTask(get_objective(config)).validate(config)
     assert len(problems) == 1, problems
     message = problems[0]
     assert "graph.skin=1 Å" in message and "objective.sigma_max=2 Å" in message
     assert "graph.neighbor_list=all_pairs" in message and "19.6 Å" in message  # 4·2·√6
     with pytest.raises(ValueError, match=r"graph\.skin=1 Å .* objective\.sigma_max=2 Å"):
-        runner.check_config(PretrainTask(), config)
+        runner.check_config(PretrainTask(get_objective(config)), config)
 
 
 def test_coord_noise_is_covered_by_the_default_skin():
     config = radius(coord.get_config("tiny"), 1.0)  # σ = 0.04 Å needs 0.392 Å
-    assert PretrainTask().validate(config) == []
-    runner.check_config(PretrainTask(), config)  # no error
+    assert PretrainTask(get_objective(config)).validate(config) == []
+    runner.check_config(PretrainTask(get_objective(config)), config)  # no error
 
 
 def test_coord_with_a_thin_skin_is_refused():
@@ -64,19 +64,19 @@ def test_every_objective_with_a_sigma_max_is_checked(skin, ok):
     """coord_ladder overrides validate() without knowing of the check: it still applies (σ up to
     1 Å needs 9.80 Å)."""
     config = radius(coord_ladder.get_config("tiny"), skin)
-    assert (PretrainTask().validate(config) == []) == ok
+    assert (PretrainTask(get_objective(config)).validate(config) == []) == ok
 
 
 def test_all_pairs_is_never_refused():
     config = georecon.get_config("tiny")
     assert config.graph.neighbor_list == "all_pairs"
-    assert PretrainTask().validate(config) == []
+    assert PretrainTask(get_objective(config)).validate(config) == []
 
 
 def test_an_unknown_neighbor_list_is_named():
     config = georecon.get_config("tiny")
     config.graph.neighbor_list = "knn"
-    assert any("graph.neighbor_list='knn'" in p for p in PretrainTask().validate(config))
+    assert any("graph.neighbor_list='knn'" in p for p in PretrainTask(get_objective(config)).validate(config))
 
 
 def test_the_finetuning_regulariser_is_checked():

@@ -15,13 +15,15 @@ from georecon_jax.objectives.noise import per_atom_normal
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.optimizer import create_optimizer
 from georecon_jax.training.state import create_train_state, make_mesh, replicate, shard_batch
+from georecon_jax.objectives.registry import get_objective
 from georecon_jax.tasks.pretrain import init_model
 
 
 def _setup(qm9_small, config, num_buckets=2):
     mols, splits = qm9_small
     batcher = GraphBatcher(mols, splits["train"], config.batch_size, num_buckets=num_buckets)
-    objective, model, params = init_model(config, batcher, jax.random.PRNGKey(0))
+    objective = get_objective(config)
+    model, params = init_model(objective, batcher, jax.random.PRNGKey(0))
     return mols, batcher, model, params, objective
 
 

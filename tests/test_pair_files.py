@@ -243,11 +243,12 @@ def test_explicit_hydrogens_reach_the_graph_and_the_conformer(cache_root):
     assert np.sum(batch.graph1.nodes.atomic_numbers == 1) > 0
     # ... and into the 3D environment: the solute's hydrogens and each water copy's two
     import jax
-    import ml_collections
 
+    from experiments.configs import mrl3d as mrl3d_config
     from georecon_jax.objectives.mrl3d import environment_for
 
-    env_cfg = ml_collections.ConfigDict(dict(num_copies=3, min_radius=1.5, min_distance=0.0, num_trials=1))
+    env_cfg = mrl3d_config.get_config("tiny").environment
+    env_cfg.update(num_copies=3, min_radius=1.5, min_distance=0.0, num_trials=1, max_atoms=0)
     env, z = environment_for(jax.tree_util.tree_map(np.asarray, batch), jax.random.PRNGKey(0), env_cfg)
     z, env = np.asarray(z), jax.device_get(env)
     for b in range(2):

@@ -95,6 +95,7 @@ def optimizer(**overrides) -> ConfigDict:
             # uses 0.8, 30, 1e-7 (experiments/configs/finetune_md17.py).
             schedule="cosine",
             final_lr_fraction=0.0,
+            plateau_mode="min",  # "max" for a score such as ROC-AUC
             plateau_factor=0.8,
             plateau_patience=10,
             min_learning_rate=1e-6,

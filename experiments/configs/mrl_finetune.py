@@ -97,7 +97,7 @@ def _config(size=None):
 
     # Optimizer: the reference's Adam (weight decay 0, no clipping, no warm-up) at the task's rate,
     # lowered x0.1 by torch's ReduceLROnPlateau after 20 epochs without a validation improvement
-    # (validation MSE, mode min; DDI: validation ROC-AUC, mode max). No EMA in this loop.
+    # (validation MSE, mode min; DDI: validation ROC-AUC, mode max). No EMA (ema_decay 0).
     c.optim = common.optimizer(
         warmup_steps=0,
         grad_clip=0.0,
@@ -108,5 +108,4 @@ def _config(size=None):
     )
     c.optim.learning_rate = common.optional(float)
     c.optim.plateau_mode = common.optional(str)  # None: 'min' (regression), 'max' (classification)
-    del c.optim.ema_decay
     return common.resize(c, size, SIZES)

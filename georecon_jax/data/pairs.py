@@ -61,6 +61,8 @@ TASKS = ("regression", "classification")
 PRETRAINING_EXPLICIT_H = True  # the reference adds hydrogens to every pretraining molecule
 USER_FILES_EXPLICIT_H = True  # files without a preset: as the reference's solvation and DDI tasks
 
+# A source without a preset (the user's files): each field that is not given.
+NO_PRESET = dict(files=(), smiles_columns=(), label_columns=(), task="regression", units="", log_labels=False)
 _SOLV = dict(smiles_columns=("solute", "solvent"), label_columns=("Gsolv",), task="regression")
 _DDI = dict(
     smiles_columns=("smiles_1", "smiles_2"),
@@ -83,6 +85,13 @@ PRESETS: Dict[str, dict] = {
     "chchminer": dict(files=tuple(f"ddi/ChChMiner_{s}.csv" for s in ("train", "valid", "test")), **_DDI),
     "zhangddi": dict(files=tuple(f"ddi/ZhangDDI_{s}.csv" for s in ("train", "valid", "test")), **_DDI),
 }
+
+
+def preset_spec(preset: Optional[str]) -> dict:
+    """The fields of ``preset`` over `NO_PRESET`'s (None or '': `NO_PRESET`'s); ValueError for an
+    unknown preset."""
+    _check_preset(preset)
+    return {**NO_PRESET, **(PRESETS[preset] if preset else {})}
 
 
 def as_names(value) -> Tuple[str, ...]:
@@ -141,17 +150,16 @@ def resolve_spec(
     ``name`` (the preset, or one made from the files when they are not the preset's). Raises
     ValueError for an unknown preset or task, no files, or other than two SMILES columns.
     """
-    _check_preset(preset)
-    spec = PRESETS[preset] if preset else {}
+    spec = preset_spec(preset)
     given_files = as_names(files)
     out = dict(
-        files=given_files or tuple(spec.get("files", ())),
+        files=given_files or tuple(spec["files"]),
         user_files=bool(given_files),
-        smiles_columns=as_names(smiles_columns) or tuple(spec.get("smiles_columns", ())),
-        label_columns=as_names(label_columns) or tuple(spec.get("label_columns", ())),
-        task=task or spec.get("task", "regression"),
-        units=units if units else spec.get("units", ""),
-        log_labels=bool(spec.get("log_labels", False) if log_labels is None else log_labels),
+        smiles_columns=as_names(smiles_columns) or tuple(spec["smiles_columns"]),
+        label_columns=as_names(label_columns) or tuple(spec["label_columns"]),
+        task=task or spec["task"],
+        units=units if units else spec["units"],
+        log_labels=bool(spec["log_labels"] if log_labels is None else log_labels),
     )
     if out["task"] not in TASKS:
         raise ValueError(f"unknown pair task {out['task']!r}: use 'regression' or 'classification'")

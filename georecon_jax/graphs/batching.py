@@ -292,10 +292,10 @@ def training_layout(graph_cfg, max_atoms: int) -> str:
     import jax
 
     return resolve_layout(
-        graph_cfg.get("layout", "pairs"),
+        graph_cfg.layout,
         max_atoms,
         graph_cfg.neighbor_list,
-        graph_cfg.get("dense_max_atoms", DENSE_MAX_ATOMS),
+        graph_cfg.dense_max_atoms,
         jax.default_backend(),
     )
 

@@ -128,7 +128,7 @@ def finetune_config(
 def pretraining_config(base: ml_collections.ConfigDict, model: TorchmdModel) -> ml_collections.ConfigDict:
     """``base`` (a Coord pretraining config) with the checkpoint's encoder and noise scale."""
     c = base.copy_and_resolve_references()
-    if c.get("objective", {}).get("name") != "coord":
+    if "objective" not in c or c.objective.name != "coord":
         raise TorchmdImportError(
             "a pretrained checkpoint is written as a Coord run: pass the coord.py config"
         )
@@ -206,7 +206,7 @@ def write_finetune_workdir(model: TorchmdModel, config: ml_collections.ConfigDic
     check_tree(model.params, shapes["params"], "fine-tuning model of this config")
     stats = {"mean": float(model.mean), "std": float(model.std)}
     if resolved.task == "qm9":
-        rows = resolved.model.encoder.get("max_z", 100) + 1
+        rows = resolved.model.encoder.max_z + 1
         atomref = np.zeros(rows)
         if model.atomref is not None:
             k = min(rows, len(model.atomref))

@@ -133,9 +133,7 @@ def create_mrl3d_model(model_cfg) -> MRL3DPretrainer:
     r, e, f = model_cfg.relational, model_cfg.encoder3d, model_cfg.force
     hidden: Sequence[int] = tuple(model_cfg.projection_hidden)
     return MRL3DPretrainer(
-        relational=RelationalEncoder(
-            r.features, r.num_steps, r.set2set_steps, r.get("architecture", "edge_mlp_gru")
-        ),
+        relational=RelationalEncoder(r.features, r.num_steps, r.set2set_steps, r.architecture),
         proj2d=MLP(hidden, model_cfg.projection_dim),
         encoder3d=Encoder3D(
             kind=e.name,
@@ -147,7 +145,7 @@ def create_mrl3d_model(model_cfg) -> MRL3DPretrainer:
             num_layers=e.num_layers,
             num_heads=e.num_heads,
             num_rbf=e.num_rbf,
-            trainable_rbf=e.get("trainable_rbf", False),
+            trainable_rbf=e.trainable_rbf,
         ),
         proj3d=MLP(hidden, model_cfg.projection_dim),
         force_head=ForceHead(f.features, f.num_gaussians, f.cutoff),

@@ -44,11 +44,11 @@ def make_encoder(cfg, name: Optional[str] = None) -> EquivariantTransformer:
         num_heads=cfg.num_heads,
         num_rbf=cfg.num_rbf,
         cutoff=cfg.cutoff,
-        max_z=cfg.get("max_z", 100),
-        trainable_rbf=cfg.get("trainable_rbf", False),
-        vec_norm=cfg.get("vec_norm", "none"),
-        embedding_init=cfg.get("embedding_init", "normal"),
-        vector_cutoff=cfg.get("vector_cutoff", False),  # runs saved before it had none
+        max_z=cfg.max_z,
+        trainable_rbf=cfg.trainable_rbf,
+        vec_norm=cfg.vec_norm,
+        embedding_init=cfg.embedding_init,
+        vector_cutoff=cfg.vector_cutoff,
         **kwargs,
     )
 

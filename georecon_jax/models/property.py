@@ -199,10 +199,10 @@ def create_property_model(model_cfg) -> PropertyModel:
     kind = HEAD_ALIASES.get(model_cfg.head.kind, model_cfg.head.kind)
     if kind not in READOUTS:
         raise ValueError(f"unknown head kind {kind!r}: use one of {HEAD_KINDS}")
-    hidden = model_cfg.head.get("hidden", 0) or (F if kind in _GATED else max(F // 2, 1))
-    kwargs = {"max_z": model_cfg.encoder.get("max_z", 100)} if kind in ("dipole", "spatial_extent") else {}
+    hidden = model_cfg.head.hidden or (F if kind in _GATED else max(F // 2, 1))
+    kwargs = {"max_z": model_cfg.encoder.max_z} if kind in ("dipole", "spatial_extent") else {}
     return PropertyModel(
         encoder=make_encoder(model_cfg.encoder),
         readout=READOUTS[kind](hidden, **kwargs),
-        node_noise=VectorHead(F) if model_cfg.get("denoise_head", False) else None,
+        node_noise=VectorHead(F) if model_cfg.denoise_head else None,
     )

@@ -21,8 +21,8 @@ class CoordLadder(Coord):
 
     def validate(self):
         problems = super().validate()
-        if self.cfg.get("num_levels", 0) < 1:
-            problems.append(f"objective.num_levels={self.cfg.get('num_levels')}: need at least 1 level")
+        if self.cfg.num_levels < 1:
+            problems.append(f"objective.num_levels={self.cfg.num_levels}: need at least 1 level")
         return problems
 
     def draw_sigma(self, graph, key):

@@ -55,7 +55,6 @@ from georecon_jax.models.heads import VectorHead
 from georecon_jax.models.pretrain import GeometryDecoder
 from georecon_jax.objectives.coord import check_sigmas, squared_error
 from georecon_jax.objectives.graph_code_diagnostic import (
-    DEFAULT_SIGMAS,
     aggregate_decoder_errors,
     decoder_errors,
     distance_errors,
@@ -105,7 +104,7 @@ class Denoiser:
     @classmethod
     def of(cls, config):
         ob, dec = config.objective, config.model.decoder
-        return cls(ob.get("parametrization", "eps"), ob.get("sigma_data", 1.5), dec.get("input", "encoder"))
+        return cls(ob.parametrization, ob.sigma_data, dec.input)
 
     def inputs(self, mdl, graph, x, sigma_node, need_noisy: bool = False):
         """(positions the decoder sees [n, 3] Å, the encoder's features there or None, centroid
@@ -201,21 +200,21 @@ class GeoRecon(Objective):
                 f"model.decoder.num_heads={dec.num_heads} does not divide "
                 f"model.encoder.features={enc.features}"
             )
-        if self.cfg.get("parametrization", "eps") not in PARAMETRIZATIONS:
+        if self.cfg.parametrization not in PARAMETRIZATIONS:
             problems.append(
                 f"objective.parametrization={self.cfg.parametrization!r}: use one of {PARAMETRIZATIONS}"
             )
-        if self.cfg.get("loss", "eps_mse") not in LOSSES:
+        if self.cfg.loss not in LOSSES:
             problems.append(f"objective.loss={self.cfg.loss!r}: use one of {LOSSES}")
-        if self.cfg.get("sampler", "ddim") not in SAMPLERS:
+        if self.cfg.sampler not in SAMPLERS:
             problems.append(f"objective.sampler={self.cfg.sampler!r}: use one of {SAMPLERS}")
-        if not self.cfg.get("sigma_data", 1.5) > 0:
+        if not self.cfg.sigma_data > 0:
             problems.append(f"objective.sigma_data={self.cfg.sigma_data}: must be positive (Å)")
-        if self.cfg.get("code_source", "clean") not in ("clean", "noisy"):
+        if self.cfg.code_source not in ("clean", "noisy"):
             problems.append(f"objective.code_source={self.cfg.code_source!r}: use 'clean' or 'noisy'")
-        if dec.get("input", "encoder") not in ("encoder", "atoms"):
+        if dec.input not in ("encoder", "atoms"):
             problems.append(f"model.decoder.input={dec.input!r}: use 'encoder' or 'atoms'")
-        if dec.get("input", "encoder") == "atoms" and not dec.num_layers:
+        if dec.input == "atoms" and not dec.num_layers:
             problems.append(
                 "model.decoder.input='atoms' with num_layers=0 would never see the perturbed "
                 "positions: use num_layers >= 1"
@@ -233,10 +232,10 @@ class GeoRecon(Objective):
                 dec.num_heads,
                 dec.num_rbf,
                 enc.cutoff,
-                input=dec.get("input", "encoder"),
-                topology=dec.get("topology", False),
-                topology_layers=dec.get("topology_layers", 3),
-                max_z=enc.get("max_z", 100),
+                input=dec.input,
+                topology=dec.topology,
+                topology_layers=dec.topology_layers,
+                max_z=enc.max_z,
             ),
         }
 
@@ -259,7 +258,7 @@ class GeoRecon(Objective):
         noisy_pos, eps = perturb(graph, key, sigma)
         clean = model.encode(graph)
         den, sigma_node = self.denoiser, sigma[m.node_graph]
-        from_noisy = self.cfg.get("code_source", "clean") == "noisy"
+        from_noisy = self.cfg.code_source == "noisy"
         need_noisy = self.cfg.node_denoise_weight > 0 or from_noisy
         x_in, noisy, center = den.inputs(model, graph, noisy_pos, sigma_node, need_noisy)
         z = graph_code(model, graph, noisy if from_noisy else clean)
@@ -272,7 +271,7 @@ class GeoRecon(Objective):
         m = graph_masks(graph)
         eps_mse = masked_mean(squared_error(out.recon_eps, out.eps), m)
         dist = distance_errors(out.recon_x0, graph)
-        kind = self.cfg.get("loss", "eps_mse")
+        kind = self.cfg.loss
         if kind == "eps_mse":
             recon = eps_mse
         else:
@@ -281,7 +280,7 @@ class GeoRecon(Objective):
                 "x0_kabsch": lambda: kabsch_errors(out.recon_x0, graph),
                 "x0_spectrum": lambda: spectrum_errors(out.recon_x0, graph),
             }[kind]()
-            recon = loss_weight(out.sigma, self.cfg.get("sigma_data", 1.5)) * err
+            recon = loss_weight(out.sigma, self.cfg.sigma_data) * err
         node = masked_mean(squared_error(out.node_eps, out.eps), m)
         clean = masked_mean((out.clean_eps**2).mean(axis=-1), m)
         total = recon + self.cfg.node_denoise_weight * node + self.cfg.clean_weight * clean
@@ -311,7 +310,7 @@ class GeoRecon(Objective):
                 self.cfg.sigma_max,
                 self.cfg.num_sampling_steps,
                 self.denoiser,
-                self.cfg.get("sampler", "ddim"),
+                self.cfg.sampler,
             )
         )
         codes = [np.asarray(code_fn(params, g)) for g in graphs]
@@ -328,11 +327,11 @@ class GeoRecon(Objective):
             "pure_noise_rmsd_angstrom": float(np.mean(noise_rmsds)),
             "num_molecules": len(rmsds),
             "num_sampling_steps": self.cfg.num_sampling_steps,
-            "sampler": self.cfg.get("sampler", "ddim"),
+            "sampler": self.cfg.sampler,
         }
         t1 = time.perf_counter()
         diag = {}
-        sigmas = tuple(self.cfg.get("diagnostic_sigmas", DEFAULT_SIGMAS) or ())
+        sigmas = tuple(self.cfg.diagnostic_sigmas or ())
         if sigmas:
             errors = jax.jit(make_decoder_errors_fn(model, sigmas, self.denoiser))
             dkey = jax.random.fold_in(key, 1)

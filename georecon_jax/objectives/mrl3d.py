@@ -77,8 +77,8 @@ def environment_for(batch, key, env_cfg):
         min_distance=env_cfg.min_distance,
         num_trials=env_cfg.num_trials,
         max_atoms=env_cfg.get("max_atoms") or None,
-        anchors=env_cfg.get("anchors", "atom"),
-        rotations=env_cfg.get("rotations", "uniform"),
+        anchors=env_cfg.anchors,
+        rotations=env_cfg.rotations,
     )
     z1 = jnp.take_along_axis(
         d(g1.atomic_numbers), jnp.minimum(env.slot_atom, d(g1.mask).shape[1] - 1), axis=1
@@ -104,7 +104,7 @@ class MRL3D(Objective):
     """3DMRL on pairs of molecules (`PairBatch`es): see the module docstring."""
 
     name = "3dmrl"
-    batch_kind = "pairs"
+    task = "mrl3d"
 
     def validate(self):
         problems = []
@@ -112,7 +112,7 @@ class MRL3D(Objective):
             problems.append(f"objective.temperature={self.cfg.temperature}: must be positive")
         if self.cfg.force_weight < 0:
             problems.append(f"objective.force_weight={self.cfg.force_weight}: must be >= 0")
-        if self.cfg.get("contrastive", "symmetric") not in CONTRASTIVE:
+        if self.cfg.contrastive not in CONTRASTIVE:
             problems.append(f"objective.contrastive={self.cfg.contrastive!r}: use one of {CONTRASTIVE}")
         if self.config.model.encoder3d.name not in ("schnet", "et"):
             problems.append(
@@ -124,7 +124,7 @@ class MRL3D(Objective):
         """The reference optimises the 2D and 3D encoders only (MRL3D.py: ``model_param_group``);
         its force head ("denoiser") stays at its initialisation, so only the 2D representations can
         lower the force loss. ``objective.train_force_head=True`` trains it too."""
-        return () if self.cfg.get("train_force_head", True) else ("force_head",)
+        return () if self.cfg.train_force_head else ("force_head",)
 
     def create_model(self):
         return create_mrl3d_model(self.config.model)
@@ -142,9 +142,7 @@ class MRL3D(Objective):
 
     def loss(self, f: MRL3DForward, batch):
         out, mask = f.out, batch.pair_mask
-        contrastive = info_nce(
-            out.z2d, out.z3d, mask, self.cfg.temperature, self.cfg.get("contrastive", "symmetric")
-        )
+        contrastive = info_nce(out.z2d, out.z3d, mask, self.cfg.temperature, self.cfg.contrastive)
         err = jnp.sum((out.force - f.force_target) ** 2, axis=-1)  # [B, M]
         tm = f.force_mask & mask[:, None]
         force = jnp.sum(jnp.where(tm, err, 0.0), axis=1) / jnp.maximum(jnp.sum(tm, axis=1), 1)

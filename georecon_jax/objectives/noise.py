@@ -152,7 +152,7 @@ def neighbor_list_problems(graph_cfg, sigma: float, field: str) -> List[str]:
     """
     if graph_cfg is None:
         return []
-    kind = graph_cfg.get("neighbor_list", "all_pairs")
+    kind = graph_cfg.neighbor_list
     if kind == "all_pairs":
         return []
     if kind != "radius":

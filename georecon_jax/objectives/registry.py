@@ -40,9 +40,10 @@ class Objective:
     """Base class of a pretraining objective on molecular graphs (see the module docstring)."""
 
     name: str = ""
-    #: what a batch is: "graphs" (padded molecular GraphsTuples, `tasks.pretrain`) or "pairs"
-    #: (`PairBatch`es of two molecules, `tasks.mrl3d`)
-    batch_kind: str = "graphs"
+    #: the job that trains it: the module of ``georecon_jax.tasks`` whose ``run(config, workdir,
+    #: objective=...)`` runs it, "pretrain" (padded molecular GraphsTuples of QM9 or an SDF file) or
+    #: "mrl3d" (`PairBatch`es of two molecules)
+    task: str = "pretrain"
     #: panels of the learning-curve plot: {title: ((split, metric, label), ...)}
     curves: Mapping[str, tuple] = {}
 

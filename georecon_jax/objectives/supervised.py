@@ -119,11 +119,11 @@ def make_loss_fn(
     with_forces = cfg.task == "md17"
     point = _pointwise(lc.name)
     predict = make_predict_fn(model, stats, with_forces)
-    denoise = train and lc.get("denoise_weight", 0.0) > 0
-    scale = stats.std if lc.get("divide_by_std", False) else 1.0
-    per_batch = lc.get("atom_average", "batch") == "batch"
-    energy_scale = lc.get("energy_loss_scale", 1.0) if train else 1.0
-    if lc.get("atom_average", "batch") not in ATOM_AVERAGES:
+    denoise = train and lc.denoise_weight > 0
+    scale = stats.std if lc.divide_by_std else 1.0
+    per_batch = lc.atom_average == "batch"
+    energy_scale = lc.energy_loss_scale if train else 1.0
+    if lc.atom_average not in ATOM_AVERAGES:
         raise ValueError(f"unknown loss.atom_average {lc.atom_average!r}: use one of {ATOM_AVERAGES}")
     if denoise and model.node_noise is None:
         raise ValueError("loss.denoise_weight > 0 needs model.denoise_head = True")
@@ -173,7 +173,7 @@ def make_loss_fn(
 def denoise_normaliser(lc, pretrained: Optional[NoiseNormaliser]) -> NoiseNormaliser:
     """The regulariser's normaliser: the pretraining's (``loss.denoise_normaliser='pretraining'``,
     when there is one) or std = σ."""
-    kind = lc.get("denoise_normaliser", "pretraining")
+    kind = lc.denoise_normaliser
     if kind not in DENOISE_NORMALISERS:
         raise ValueError(f"unknown loss.denoise_normaliser {kind!r}: use one of {DENOISE_NORMALISERS}")
     if kind == "pretraining" and pretrained is not None:

@@ -37,6 +37,7 @@ from georecon_jax.tasks.property_data import (
     run_label,
 )
 from georecon_jax.training.checkpoint import CheckpointError, checkpoint_dir, restore_params
+from georecon_jax.training.loop import complete_saved_config
 from georecon_jax.training.state import is_primary
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,9 @@ def check_finetune_workdir(workdir: str) -> dict:
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config of a fine-tuning workdir; `WorkdirError` for a folder of another kind."""
-    return resolve_config(ml_collections.ConfigDict(check_finetune_workdir(workdir)))
+    """The resolved config of a fine-tuning workdir, its fields added since it was saved filled in
+    (`loop.complete_saved_config`); `WorkdirError` for a folder of another kind."""
+    return resolve_config(ml_collections.ConfigDict(complete_saved_config(check_finetune_workdir(workdir))))
 
 
 def predict_split(workdir: str, checkpoint: Union[str, int] = "best", split: str = "test"):

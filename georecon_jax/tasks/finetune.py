@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 def selection_metric(config) -> str:
     """The validation metric that picks the best checkpoint and drives early stopping:
     ``config.select_on`` ('loss', the reference's val_loss, the default; 'mae' for QM9)."""
-    metric = config.get("select_on", "loss")
+    metric = config.select_on
     if metric not in ("loss", "mae") or (metric == "mae" and config.task != "qm9"):
         raise ValueError(f"select_on={metric!r}: use 'loss' (or 'mae' for QM9)")
     return metric
@@ -122,13 +122,13 @@ class FinetuneTask:
         )
         model = create_property_model(config.model)
         graph = jax.tree_util.tree_map(lambda x: x[0], train.batch(0))
-        params = init_params(model, graph, key, with_denoise=config.loss.get("denoise_weight", 0.0) > 0)
+        params = init_params(model, graph, key, with_denoise=config.loss.denoise_weight > 0)
         self.pretrained = None
         self.normaliser = normaliser = None
         if config.get("pretrained"):
             params, self.pretrained = load_pretrained_encoder(params, config.pretrained, config.model.encoder)
             normaliser = read_noise_normaliser(config.pretrained)
-        if config.loss.get("denoise_weight", 0.0) > 0:
+        if config.loss.denoise_weight > 0:
             self.normaliser = normaliser = denoise_normaliser(config.loss, normaliser)
             log.info(
                 "denoising regulariser: σ = %g Å, target (d - %s) / %s Å (%s)",
@@ -184,7 +184,7 @@ class FinetuneTask:
         }
         if config.task == "md17":
             summary["force_unit"] = f"{data.unit}/Å"
-        if config.get("evaluate_at_end", True):
+        if config.evaluate_at_end:
             summary["test"] = evaluation.evaluate(workdir, checkpoint="best")["metrics"]
         return summary
 

@@ -64,12 +64,9 @@ PRESET_RECIPES = {
 
 def task_type(config) -> str:
     """'regression' or 'classification': ``data.task`` when set, else the preset's."""
-    from georecon_jax.data.pairs import PRESETS
+    from georecon_jax.data.pairs import preset_spec
 
-    d = config.data
-    if d.get("task"):
-        return d.task
-    return PRESETS.get(d.get("preset") or "", {}).get("task", "regression")
+    return config.data.task or preset_spec(config.data.preset)["task"]
 
 
 def recipe_name(config) -> str:
@@ -106,7 +103,7 @@ def early_stopping_patience(config) -> int:
     evaluations earlier (``best_val_losses[-1] == best_val_losses[-E]``, checked once more than E
     evaluations exist): E-1 evaluations without an improvement, and more than E evaluations
     (`BestCheckpoint`'s ``min_evaluations`` = E). 0: no early stopping."""
-    es = int(config.get("early_stopping", 0) or 0)
+    es = int(config["early_stopping"])
     return max(es - 1, 1) if es > 0 else 0
 
 
@@ -135,7 +132,7 @@ def evaluation_budget(ds: PairDataset, budget: PairBudget, data_cfg) -> PairBudg
     reference, which drops no pair): the largest molecule of each side, uncapped, so that no
     validation or test pair is left out (a second compiled shape, for evaluation only); False: the
     training budget, dropping (and counting) pairs over ``data.max_atoms``."""
-    return PairBudget.from_dataset(ds) if data_cfg.get("keep_eval_pairs", True) else budget
+    return PairBudget.from_dataset(ds) if data_cfg.keep_eval_pairs else budget
 
 
 class PairSplitTask:
@@ -154,7 +151,7 @@ class PairSplitTask:
         name, tr, va, te = self.split
         ds, num_devices = self.ds, mesh.devices.size
         task = self.task = ds.task
-        if task == "regression" and config.data.get("standardize_targets", False):
+        if task == "regression" and config.data.standardize_targets:
             # targets standardised with the training split's statistics (not the reference's)
             mean, std = ds.labels[tr].mean(0), ds.labels[tr].std(0) + 1e-8
         else:
@@ -186,7 +183,7 @@ class PairSplitTask:
             tuple(m.head_hidden),
             ds.labels.shape[1],
             m.dropout,
-            m.get("architecture", "edge_mlp_gru"),
+            m.architecture,
         )
         params = jax.jit(model.init)(key, jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), train.batch(0)))
         if self.pretrained is not None:
@@ -243,7 +240,7 @@ class PairSplitTask:
         # the best validation ROC-AUC, accuracy and F1 at the best validation accuracy (its own
         # checkpoint in best_accuracy/), early stopping once both have stalled
         self.best_accuracy = None
-        if task == "classification" and config.get("ddi_reporting", "reference") == "reference":
+        if task == "classification" and config.ddi_reporting == "reference":
             self.best_accuracy = runner.BestCheckpoint(
                 os.path.join(workdir, "best_accuracy"), "accuracy", "max"
             )
@@ -252,7 +249,7 @@ class PairSplitTask:
             self.select,
             "min" if task == "regression" else "max",
             patience=early_stopping_patience(config),
-            min_evaluations=int(config.get("early_stopping", 0) or 0),
+            min_evaluations=int(config.early_stopping),
             also=self.best_accuracy,
         )
         hooks = (best,) if self.best_accuracy is None else (self.best_accuracy, best)
@@ -399,7 +396,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             config,
             workdir,
             compare_sections=("model", "data"),
-            allow_change=config.get("allow_config_change", False),
+            allow_change=config.allow_config_change,
         )
         if ds.task == "classification" and config.model.get("architecture") != "reference_ddi":
             log.warning(
@@ -455,7 +452,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             "num_epochs": config.num_epochs,
             "batch_size": config.batch_size,
             "learning_rate": config.optim.learning_rate,
-            "early_stopping": config.get("early_stopping", 0),
+            "early_stopping": config.early_stopping,
             "test_mean_std": summarise(rows),
             "splits": rows,
             "wall_seconds_this_run": time.time() - t0,

@@ -49,9 +49,10 @@ from georecon_jax.data.structures import Structure, from_arrays, read_structures
 from georecon_jax.graphs.batching import Budget, pack_graphs
 from georecon_jax.models.property import create_property_model
 from georecon_jax.objectives.supervised import TargetStats, make_predict_fn
-from georecon_jax.tasks.evaluation import check_finetune_workdir, find_checkpoint
+from georecon_jax.tasks.evaluation import find_checkpoint, load_workdir_config
 from georecon_jax.tasks.property_data import read_target_stats, resolve_config
 from georecon_jax.training.checkpoint import restore_params
+from georecon_jax.training.loop import complete_saved_config
 from georecon_jax.training.precision import matmul_precision_scope
 
 log = logging.getLogger(__name__)
@@ -405,7 +406,7 @@ def model_elements(config, saved: dict) -> Optional[List[int]]:
 
 
 def _load_workdir(workdir: str, checkpoint: str):
-    config = resolve_config(ml_collections.ConfigDict(check_finetune_workdir(workdir)))
+    config = load_workdir_config(workdir)
     saved = read_target_stats(workdir)
     step_dir, label = find_checkpoint(workdir, checkpoint)
     step, raw = restore_params(step_dir)
@@ -478,7 +479,7 @@ def _load_export(path: str):
         meta = json.loads(str(f["meta"]))
         if meta.get("format") != EXPORT_FORMAT:
             raise ValueError(f"{path}: format {meta.get('format')!r}, this code reads {EXPORT_FORMAT!r}")
-        config = ml_collections.ConfigDict(json.loads(str(f["config"])))
+        config = ml_collections.ConfigDict(complete_saved_config(json.loads(str(f["config"]))))
         saved = json.loads(str(f["target_stats"]))
         prefix = "variables/"
         variables = unflatten_params({k[len(prefix) :]: f[k] for k in f.files if k.startswith(prefix)})

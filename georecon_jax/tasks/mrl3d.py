@@ -39,10 +39,15 @@ def pretraining_steps(config, num_train_pairs: int) -> int:
 
 
 class MRL3DTask:
+    """The runner's task for 3DMRL pretraining; ``objective``: the run's, built once on its config."""
+
     compare_sections = ("model", "environment", "objective", "data")
 
+    def __init__(self, objective):
+        self.objective = objective
+
     def validate(self, config):
-        return get_objective(config).validate()
+        return self.objective.validate()
 
     def build(self, config, workdir, mesh, key) -> runner.Job:
         num_devices = mesh.devices.size
@@ -91,7 +96,7 @@ class MRL3DTask:
             len(train.indices),
             f"num_epochs={config.num_epochs}" if config.get("num_epochs") else "num_steps",
         )
-        objective = get_objective(config)
+        objective = self.objective
         model = objective.create_model()
         params = objective.init(
             model, jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), train.batch(0)), key
@@ -144,11 +149,14 @@ class MRL3DTask:
         return summary
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None) -> Dict:
-    """Pretrains (or resumes) 3DMRL in ``workdir``; returns the summary."""
+def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None, objective=None) -> Dict:
+    """Pretrains (or resumes) 3DMRL in ``workdir``; returns the summary. ``objective``: the run's
+    (`objectives.registry.get_objective` of ``config``), built here when not given; it reads the
+    model, environment and objective sections, not the data fields resolved below."""
     from georecon_jax.tasks.pair_data import resolve_explicit_h
 
+    objective = objective or get_objective(config)
     config = ml_collections.ConfigDict(config.to_dict())
     with config.unlocked():  # recorded as True/False (None: explicit, as the reference pretrains)
         config.data.explicit_h = resolve_explicit_h(config.data, pretraining=True)
-    return runner.run_experiment(MRL3DTask(), config, workdir, stop_after=stop_after)
+    return runner.run_experiment(MRL3DTask(objective), config, workdir, stop_after=stop_after)

@@ -121,7 +121,7 @@ def load_pretraining_pairs(data_cfg) -> PairDataset:
             raise ValueError(f"unknown data.pairs {data_cfg.pairs!r}: use 'observed' or 'combinations'")
         if ds.task == "classification":  # DDI: the positive pairs, each once (DDI/datasets_pretrain/ddi.py)
             ds = positive_pairs(ds)
-            if data_cfg.get("orient_by_radius", True):
+            if data_cfg.orient_by_radius:
                 ds = orient_by_radius(ds)
         sets.append(ds)
     log.info(
@@ -137,7 +137,7 @@ def load_pretraining_pairs(data_cfg) -> PairDataset:
             ds, data_cfg.combination_fraction, data_cfg.split_seed, data_cfg.get("max_pairs")
         )
     else:
-        fraction = data_cfg.get("observed_fraction", 1.0)
+        fraction = data_cfg.observed_fraction
         if fraction < 1.0:  # the reference's --use_subset --ratio on observed pairs (DDI: 0.4)
             n = int(len(ds) * fraction)
             ds = ds.subset(np.sort(np.random.default_rng(data_cfg.split_seed).permutation(len(ds))[:n]))
@@ -225,10 +225,10 @@ def load_pair_task(config) -> PairDataset:
         ", ".join(ds.files),
     )
     n_file = len(ds)
-    sampled = ds.task == "classification" and d.get("negatives", "file") == "sampled"
+    sampled = ds.task == "classification" and d.negatives == "sampled"
     if sampled:
         check_usable(ds, d, positives=len(positive_pair_indices(ds)))
-        ds = sampled_negatives(ds, d.get("negative_seed", 0))
+        ds = sampled_negatives(ds, d.negative_seed)
         log.info(
             f"{ds.name}: {len(ds) // 2} positive pairs and as many sampled negatives (of {n_file} "
             "rows in the files; data.negatives='file' keeps the files' own negatives)"
@@ -407,7 +407,7 @@ def make_splits(ds: PairDataset, cfg) -> list:
     if kind == "cv":
         splits = cv_splits(len(ds), cfg.num_folds, cfg.seeds)
     elif kind in ("molecule", "scaffold"):
-        form = cfg.data.get("held_out", "three_way")
+        form = cfg.data.held_out
         if form not in ("reference", "three_way"):
             raise ValueError(f"unknown data.held_out {form!r}: use 'reference' or 'three_way'")
         split = held_out_split if form == "reference" else molecule_split

@@ -43,8 +43,8 @@ def load_dataset(cfg: ml_collections.ConfigDict):
             cache_dir=cfg.get("cache_dir"),
             limit=cfg.get("limit"),
             split_seed=cfg.split_seed,
-            validation_fraction=cfg.get("validation_fraction", 0.05),
-            strict=cfg.get("strict", False),
+            validation_fraction=cfg.validation_fraction,
+            strict=cfg.strict,
         )
     if cfg.dataset != "qm9":
         raise ValueError(f"unknown pretraining dataset {cfg.dataset!r}: use 'qm9' or 'sdf'")
@@ -53,7 +53,7 @@ def load_dataset(cfg: ml_collections.ConfigDict):
         source_dir=cfg.get("source_dir"),
         limit=cfg.get("limit"),
         split_seed=cfg.split_seed,
-        strict=cfg.get("strict", False),
+        strict=cfg.strict,
     )
 
 
@@ -61,9 +61,7 @@ def micro_batches(config, num_devices: int) -> int:
     """Sequential micro-batches per device and step (config.micro_batches; 0: automatic)."""
     if config.batch_size % num_devices:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {num_devices} devices")
-    return micro_batches_for(
-        config.batch_size // num_devices, config.get("micro_batches", 1), jax.default_backend()
-    )
+    return micro_batches_for(config.batch_size // num_devices, config.micro_batches, jax.default_backend())
 
 
 def make_batchers(config, molecules, splits, num_devices: int):
@@ -79,7 +77,7 @@ def make_batchers(config, molecules, splits, num_devices: int):
     )
     layout = training_layout(g, int(molecules.n_atoms[splits["train"]].max()))
     train = GraphBatcher(molecules, splits["train"], config.batch_size, shuffle=True, layout=layout, **common)
-    log.info("training batches: %s (graph.layout=%s)", train.describe_layout(), g.get("layout", "pairs"))
+    log.info("training batches: %s (graph.layout=%s)", train.describe_layout(), g.layout)
     val_idx = splits["validation"][: d.num_eval_molecules]
     val = GraphBatcher(
         molecules,
@@ -98,11 +96,11 @@ def first_graph(batcher: GraphBatcher):
     return jax.tree_util.tree_map(lambda x: x[0], batcher.batch(0))
 
 
-def init_model(config, batcher, key):
-    """(objective, model, params) for a pretraining config, initialised on the batcher's shapes."""
-    objective = get_objective(config)
-    model = create_model(config.model, objective.heads())
-    return objective, model, objective.init(model, first_graph(batcher), key)
+def init_model(objective, batcher, key):
+    """(model, params) of a pretraining run's ``objective`` (`get_objective` of its config),
+    initialised on the batcher's shapes."""
+    model = create_model(objective.config.model, objective.heads())
+    return model, objective.init(model, first_graph(batcher), key)
 
 
 def fresh_train_step(config, batcher, mesh, key, params=None, trace_counter=None):
@@ -110,7 +108,8 @@ def fresh_train_step(config, batcher, mesh, key, params=None, trace_counter=None
     checkpoint): what the benchmark and the layout tests compare. ``params`` replaces the fresh
     initialisation (the same start on two layouts); ``trace_counter`` (a list) gets one entry per
     trace of the step. Returns (model, state, train_step)."""
-    objective, model, p0 = init_model(config, batcher, key)
+    objective = get_objective(config)
+    model, p0 = init_model(objective, batcher, key)
     tx = create_optimizer(config.optim, config.num_steps)
     state = replicate(create_train_state(model.apply, p0 if params is None else params, tx, False), mesh)
     step = steps_lib.make_train_step(
@@ -131,12 +130,16 @@ def write_noise_normaliser(workdir: str, normaliser) -> None:
 
 
 class PretrainTask:
-    """The runner's task for pretraining on molecular graphs."""
+    """The runner's task for pretraining on molecular graphs; ``objective``: the run's, built once
+    on its config (`get_objective`)."""
 
     compare_sections = ("model", "objective")
 
+    def __init__(self, objective):
+        self.objective = objective
+
     def validate(self, config):
-        return encoder_problems(config.model.encoder) + get_objective(config).problems()
+        return encoder_problems(config.model.encoder) + self.objective.problems()
 
     def build(self, config, workdir, mesh, key) -> runner.Job:
         num_devices = mesh.devices.size
@@ -151,7 +154,7 @@ class PretrainTask:
             micro_batches(config, num_devices),
             [(b.n_node, b.n_edge) for b in self.train.budgets],
         )
-        self.objective, self.model, params = init_model(config, self.train, key)
+        self.model, params = init_model(self.objective, self.train, key)
         if is_primary():
             write_noise_normaliser(workdir, self.objective.noise_normaliser())
         log.info(
@@ -180,7 +183,7 @@ class PretrainTask:
                 title=f"{config.objective.name} pretraining on QM9",
             )
         summary = {"objective": config.objective.name}
-        n = config.objective.get("num_recon_molecules", 0)
+        n = config.objective.num_recon_molecules
         if n:
             params = jax.device_get(runner.params_for_eval(state))
             # All pairs, whatever graph.neighbor_list says: the report samples from pure noise (and
@@ -210,6 +213,8 @@ class PretrainTask:
         return summary
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None) -> Dict:
-    """Pretrains (or resumes) in ``workdir``; returns the summary (see `training.runner`)."""
-    return runner.run_experiment(PretrainTask(), config, workdir, stop_after=stop_after)
+def run(config: ml_collections.ConfigDict, workdir: str, stop_after=None, objective=None) -> Dict:
+    """Pretrains (or resumes) in ``workdir``; returns the summary (see `training.runner`).
+    ``objective``: the run's (`get_objective` of ``config``), built here when not given."""
+    task = PretrainTask(objective or get_objective(config))
+    return runner.run_experiment(task, config, workdir, stop_after=stop_after)

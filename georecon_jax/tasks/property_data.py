@@ -114,7 +114,7 @@ def _qm9_task(config, saved: Optional[dict]) -> TaskData:
         source_dir=d.get("source_dir"),
         limit=d.get("limit"),
         split_seed=d.split_seed,
-        strict=d.get("strict", False),
+        strict=d.strict,
     )
     col = TARGETS.index(config.target)
     y = mols.targets[:, col].astype(np.float64)
@@ -124,7 +124,7 @@ def _qm9_task(config, saved: Optional[dict]) -> TaskData:
         if n_labels > len(train):
             raise ValueError(f"num_train_labels={n_labels} but the training split has {len(train)}")
         train = np.sort(np.random.default_rng([d.split_seed, 1]).permutation(train)[:n_labels])
-    max_z = config.model.encoder.get("max_z", 100)
+    max_z = config.model.encoder.max_z
     counts = composition(mols, max_z)
     if saved is not None:
         atomref = np.asarray(saved["atomref"], np.float64)
@@ -210,11 +210,11 @@ def _md17_task(config, saved: Optional[dict]) -> TaskData:
         test_file,
         n_train=d.num_train,
         n_val=d.num_val,
-        shrink_split=d.get("shrink_split", False),
+        shrink_split=d.shrink_split,
         split_seed=d.split_seed,
         energy_unit=d.energy_unit,
         file_energy_unit=d.file_energy_unit,
-        strict=d.get("strict", False),
+        strict=d.strict,
     )
     tr, va, te = frames["train"], frames["validation"], frames["test"]
     if d.get("num_test_molecules"):
@@ -226,7 +226,7 @@ def _md17_task(config, saved: Optional[dict]) -> TaskData:
         # the training energies (torchmd-net data.py _standardize); 'forces', the RMS of the
         # training force components (this project's choice before 2026-12).
         offset = float(tr.energies.mean())
-        std_from = d.get("std_from", "energies")
+        std_from = d.std_from
         if std_from == "energies":
             std = float(tr.energies.std(ddof=1))  # torch.std is unbiased
         elif std_from == "forces":
@@ -274,10 +274,9 @@ def denoise_neighbor_list_problems(config) -> List[str]:
     training when ``loss.denoise_weight > 0``) on the config's neighbour list: a radius list,
     built from the clean positions, needs graph.skin >= 4·σ·√2·√3
     (`objectives.noise.neighbor_list_problems`). For the fine-tuning task's ``validate``."""
-    loss = config.get("loss")
-    if loss is None or not loss.get("denoise_weight", 0.0) > 0:
+    if not config.loss.denoise_weight > 0:
         return []
-    return neighbor_list_problems(config.get("graph"), loss.get("denoise_sigma"), "loss.denoise_sigma")
+    return neighbor_list_problems(config.graph, config.loss.denoise_sigma, "loss.denoise_sigma")
 
 
 def make_batchers(config, data: TaskData, num_devices: int, names=("train", "validation", "test")):
@@ -334,7 +333,7 @@ def make_batchers(config, data: TaskData, num_devices: int, names=("train", "val
             log.info(
                 "training batches: %s (graph.layout=%s)",
                 out[name].describe_layout(),
-                g.get("layout", "pairs"),
+                g.layout,
             )
     return out
 

@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import filelock
 import jax
@@ -114,8 +114,10 @@ REPORT_ONLY = frozenset(
     }
 )
 
-# Training fields added after runs were saved, with the value that means the behaviour such a run
-# had: a saved config without the field compares as if it held this value.
+# Fields added after runs were saved, with the value that means the behaviour such a run had: a
+# saved config without the field reads (`complete_saved_config`) and compares as if it held this
+# value. The current defaults live in the config files (experiments/configs); these are the
+# values of the code before each field existed, so the library can read every field directly.
 ADDED_FIELDS = {
     "objective.code_source": "clean",
     # 3DMRL runs saved before issue 16 trained the force head with the halved symmetric InfoNCE
@@ -129,6 +131,8 @@ ADDED_FIELDS = {
     # pair fine-tunings saved before the reference recipe standardised their targets
     "data.standardize_targets": True,
     "optim.plateau_mode": "min",
+    # pair fine-tunings saved before their optim section kept the (unused) EMA field
+    "optim.ema_decay": 0.0,
     # 3DMRL pretrainings saved before data.observed_fraction used every observed pair
     "data.observed_fraction": 1.0,
     "data.orient_by_radius": False,
@@ -139,9 +143,47 @@ ADDED_FIELDS = {
     # fine-tuning, whose model section is the relational config itself)
     "model.relational.architecture": "edge_mlp_gru",
     "model.architecture": "edge_mlp_gru",
-    # the ET before torchmd-net's vector_cutoff option (issue 35) weighed the attention by the cutoff
+    # the ET before torchmd-net's vector_cutoff option weighed the attention by the cutoff
     "model.encoder.vector_cutoff": False,
+    # the ET before its options: plain torchmd-net ET (no vector layer norm), N(0, 1) embeddings,
+    # a fixed radial basis, elements up to Z = 99
+    "model.encoder.vec_norm": "none",
+    "model.encoder.embedding_init": "normal",
+    "model.encoder.trainable_rbf": False,
+    "model.encoder.max_z": 100,
+    # fine-tunings before the denoising regulariser, the head's width option and the loss options
+    "model.denoise_head": False,
+    "model.head.hidden": 0,
+    "loss.denoise_weight": 0.0,
+    "loss.denoise_normaliser": "pretraining",
+    "loss.divide_by_std": False,
+    "loss.atom_average": "batch",
+    "loss.energy_loss_scale": 1.0,
+    # runs before the dense layout trained on pair lists
+    "graph.layout": "pairs",
+    "graph.dense_max_atoms": 32,
+    # data loading before these options: corrupt records raised nothing, MD17's split as given,
+    # its target std from the energies
+    "data.strict": False,
+    "data.shrink_split": False,
+    "data.std_from": "energies",
 }
+
+
+def complete_saved_config(saved: Mapping) -> dict:
+    """A run's saved config (its ``config.json``, perhaps written by older code) as a dict with
+    every `ADDED_FIELDS` field it lacks set to the value that means the behaviour that run had, in
+    the sections it has (a section it lacks stays absent): the one place an older config is
+    brought up to date, so that the library reads its fields directly. ``saved`` is not modified."""
+    out = json.loads(json.dumps(dict(saved)))  # a deep copy of plain JSON values
+    for name, value in ADDED_FIELDS.items():
+        *path, key = name.split(".")
+        section = out
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and key not in section:
+            section[key] = value
+    return out
 
 
 def record_config(
@@ -158,15 +200,13 @@ def record_config(
     new = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
         with open(path) as f:
-            old = json.load(f)
+            old = complete_saved_config(json.load(f))
+        current = complete_saved_config(new)  # an added field this kind of run lacks compares equal
         diffs = []
         for section in compare_sections:
-            a, b = flatten_dict(old.get(section) or {}), flatten_dict(new.get(section) or {})
+            a, b = flatten_dict(old.get(section) or {}), flatten_dict(current.get(section) or {})
             for key in sorted(set(a) | set(b)):
                 name = f"{section}.{key}"
-                if name in ADDED_FIELDS:
-                    a.setdefault(key, ADDED_FIELDS[name])
-                    b.setdefault(key, ADDED_FIELDS[name])
                 if a.get(key) != b.get(key) and name not in REPORT_ONLY:
                     diffs.append(f"{section}.{key}: saved {a.get(key)!r}, now {b.get(key)!r}")
         if diffs and not allow_change:

@@ -92,14 +92,13 @@ def torch_warmup(learning_rate: float, warmup_steps: int):
 
 def optimizer_problems(cfg: ml_collections.ConfigDict) -> List[str]:
     """Problems with the schedule fields of an ``optim`` section (messages naming the field)."""
-    schedule = cfg.get("schedule", "cosine")
+    schedule = cfg.schedule
     if schedule not in SCHEDULES:
         return [f"optim.schedule={schedule!r}: use one of {SCHEDULES}"]
     problems = []
     if schedule == "plateau":
-        factor, patience = cfg.get("plateau_factor"), cfg.get("plateau_patience")
-        min_lr = cfg.get("min_learning_rate")
-        if cfg.get("plateau_mode", "min") not in ("min", "max"):
+        factor, patience, min_lr = cfg.plateau_factor, cfg.plateau_patience, cfg.min_learning_rate
+        if cfg.plateau_mode not in ("min", "max"):
             problems.append(f"optim.plateau_mode={cfg.plateau_mode!r}: use 'min' or 'max'")
         if factor is None or not 0 < factor < 1:
             problems.append(f"optim.plateau_factor={factor}: need 0 < factor < 1 (torch refuses >= 1)")
@@ -107,7 +106,7 @@ def optimizer_problems(cfg: ml_collections.ConfigDict) -> List[str]:
             problems.append(f"optim.plateau_patience={patience}: need >= 0 evaluations")
         if min_lr is None or min_lr < 0:
             problems.append(f"optim.min_learning_rate={min_lr}: need >= 0")
-        if cfg.get("warmup_steps", 0) < 0:
+        if cfg.warmup_steps < 0:
             problems.append(f"optim.warmup_steps={cfg.warmup_steps}: need >= 0")
     return problems
 
@@ -124,7 +123,7 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
     clip = (
         optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip and cfg.grad_clip > 0 else optax.identity()
     )
-    if cfg.get("schedule", "cosine") == "plateau":
+    if cfg.schedule == "plateau":
         base = _base_optimizer(cfg, torch_warmup(cfg.learning_rate, cfg.warmup_steps))
         return optax.chain(clip, base, scale_by_plateau())
     warmup = min(cfg.warmup_steps, max(num_steps - 1, 0))
@@ -133,7 +132,7 @@ def create_optimizer(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Gr
         peak_value=cfg.learning_rate,
         warmup_steps=warmup,
         decay_steps=max(num_steps, warmup + 1),
-        end_value=cfg.learning_rate * cfg.get("final_lr_fraction", 0.0),
+        end_value=cfg.learning_rate * cfg.final_lr_fraction,
     )
     return optax.chain(clip, _base_optimizer(cfg, schedule))
 
@@ -199,7 +198,7 @@ def plateau_step(
     scale, best = float(state.scale), float(state.best)
     has_best, num_bad = bool(state.has_best), int(state.num_bad)
     value = float(value)
-    if cfg.get("plateau_mode", "min") == "max":  # torch: a > best x (1 + threshold)
+    if cfg.plateau_mode == "max":  # torch: a > best x (1 + threshold)
         better = math.isfinite(value) and (not has_best or value > best * (1.0 + PLATEAU_THRESHOLD))
     else:
         better = math.isfinite(value) and (not has_best or value < best * (1.0 - PLATEAU_THRESHOLD))

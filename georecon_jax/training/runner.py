@@ -105,7 +105,7 @@ def loop_problems(config: ml_collections.ConfigDict) -> List[str]:
     ]
     if config.optim.learning_rate <= 0:
         problems.append(f"optim.learning_rate={config.optim.learning_rate}: must be positive")
-    if config.optim.get("schedule", "cosine") == "plateau" and config.get("eval_every", 1) <= 0:
+    if config.optim.schedule == "plateau" and "eval_every" in config and config.eval_every <= 0:
         problems.append(
             f"optim.schedule='plateau' with eval_every={config.eval_every}: the schedule lowers the rate "
             "from validation evaluations; evaluate (eval_every > 0) or use 'cosine'"
@@ -203,7 +203,7 @@ class BestCheckpoint:
 
     def __call__(self, step, state, metrics) -> bool:
         value = float(metrics[self.metric])
-        self.best["evaluations"] = self.best.get("evaluations", 0) + 1
+        self.best["evaluations"] += 1  # from 0 (above) for an older best.json without it
         if self.improved(value):
             self.best.update(step=int(step), value=value, evals_since=0)
             self.checkpointer.save(step, state)
@@ -297,18 +297,18 @@ def run_experiment(
             config,
             workdir,
             compare_sections=task.compare_sections,
-            allow_change=config.get("allow_config_change", False),
+            allow_change=config.allow_config_change,
             write=primary,
         )
         mesh = make_mesh(config.get("num_devices") or None)
         key = jax.random.PRNGKey(config.seed)
         job = task.build(config, workdir, mesh, key)
-        ema = config.optim.get("ema_decay", 0.0)
+        ema = config.optim.ema_decay
         tx = create_optimizer(config.optim, job.num_steps)
         if job.frozen:
             tx = freeze(tx, job.params, tuple(job.frozen))
         state = replicate(create_train_state(job.apply_fn, job.params, tx, ema > 0), mesh)
-        checkpointer = Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
+        checkpointer = Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
         step, state = checkpointer.restore_latest(state)
         if step is not None:
             log.info("resuming from the checkpoint at step %d", step)
@@ -321,16 +321,16 @@ def run_experiment(
             fold_in_device=job.fold_in_device,
             count_name=job.count_name,
         )
-        eval_every = _first(job.eval_every, config.get("eval_every", 0))
+        eval_every = _first(job.eval_every, config.get("eval_every"))
         adapt = None
-        if config.optim.get("schedule", "cosine") == "plateau":
+        if config.optim.schedule == "plateau":
             if job.eval_fn is None or not eval_every:
                 raise ValueError(
                     "optim.schedule='plateau' lowers the learning rate from validation evaluations, "
                     "and this job has none (eval_every=0 or no validation data): use 'cosine'"
                 )
             adapt = plateau_adapter(config.optim, job.plateau_metric)
-        writer = MetricsWriter(workdir, tensorboard=config.get("tensorboard", True), enabled=primary)
+        writer = MetricsWriter(workdir, tensorboard=config.tensorboard, enabled=primary)
         t0, stopped = time.time(), False
         try:
             if job.done:
@@ -348,7 +348,7 @@ def run_experiment(
                     eval_every=eval_every,
                     checkpoint_every=_first(job.checkpoint_every, config.get("checkpoint_every")),
                     log_every=_first(job.log_every, config.get("log_every")),
-                    max_consecutive_nonfinite=config.get("max_consecutive_nonfinite", 10),
+                    max_consecutive_nonfinite=config.max_consecutive_nonfinite,
                     desc=job.desc,
                     stop_after=stop_after,
                     on_eval=job.on_eval,
