@@ -68,7 +68,10 @@ from experiments.study_common import (  # noqa: E402,F401  (also this module's n
     run_study,
 )
 
-FIGURES = ("study_bars.png", "study_curves.png", "study_z_diagnostic.png")
+FIGURES = ("study_bars.png", "study_curves.png", "study_z_diagnostic.png", "study_pretraining.png")
+# a pretraining counts as flattened when its validation loss fell by less than this fraction over
+# the last quarter of its steps
+FLAT = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +265,7 @@ def collect(c, workdir: str, cells: List[Cell]) -> dict:
                 "z_diagnostic": s.get("z_diagnostic"),
                 "reconstruction_rmsd_angstrom": s.get("reconstruction_rmsd_angstrom"),
                 "wall_seconds": rec["wall_seconds"],
+                "curve": validation_curve(os.path.join(work, "metrics.jsonl")),
             }
             continue
         r = _read(os.path.join(work, "results.json"))
@@ -286,6 +290,54 @@ def collect(c, workdir: str, cells: List[Cell]) -> dict:
                 "wall_seconds": rec["wall_seconds"],
             }
     return out
+
+
+def validation_curve(path: str) -> List[tuple]:
+    """(step, validation loss) of a run's metrics.jsonl ([] when it has none)."""
+    try:
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+    return [(r["step"], r["loss"]) for r in rows if r.get("split") == "validation" and "loss" in r]
+
+
+def last_quarter_drop(curve: List[tuple]) -> float:
+    """The relative fall of the validation loss over the last quarter of the steps (nan if unknown)."""
+    if len(curve) < 2:
+        return float("nan")
+    steps, loss = np.array(curve, dtype=float).T
+    before = loss[steps <= steps[-1] * 0.75]
+    return float((before[-1] - loss[-1]) / before[-1]) if len(before) else float("nan")
+
+
+def pretraining_lines(data: dict) -> List[str]:
+    """Per pretraining arm: the final validation loss and whether the curve had flattened."""
+    rows = []
+    for arm, seeds in data["pretrain"].items():
+        curves = [v["curve"] for v in seeds.values() if v.get("curve")]
+        if not curves:
+            continue
+        final = np.mean([c_[-1][1] for c_ in curves])
+        drop = np.array([last_quarter_drop(c_) for c_ in curves])
+        verdict = "flattened" if np.all(drop < FLAT) else "still falling"
+        rows.append(
+            f"| {arm} | {len(curves)} | {curves[0][-1][0]} | {final:.4g} | "
+            f"{', '.join(f'{100 * d:.1f} %' for d in drop)} | {verdict} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Pretraining curves",
+        "",
+        f"Validation loss at the last step (mean over seeds) and its fall over the last quarter of the "
+        f"steps per seed; criterion: below {100 * FLAT:.0f} % = flattened. Figure: study_pretraining.png.",
+        "",
+        "| pretraining | seeds | steps | final validation loss | fall over the last quarter | |",
+        "|---|---:|---:|---:|---|---|",
+        *rows,
+    ]
 
 
 def summarise(c, data: dict) -> dict:
@@ -366,7 +418,9 @@ def z_summary(data: dict) -> dict:
         z[arm] = {
             "sigmas": sig,
             "own_over_other_mean": ratio.mean(axis=0).tolist(),
-            "own_over_other_std": (ratio.std(axis=0, ddof=1) if len(diags) > 1 else 0 * gain).tolist(),
+            "own_over_other_std": (
+                ratio.std(axis=0, ddof=1) if len(diags) > 1 else np.zeros_like(gain)
+            ).tolist(),
             "own_minus_other_mean": diff.mean(axis=0).tolist(),
             "recon_rmsd_own": [d.get("recon_rmsd_own") for d in diags],
             "recon_rmsd_other": [d.get("recon_rmsd_other") for d in diags],
@@ -484,18 +538,22 @@ def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
         f"time in all {total / 3600:.2f} h.",
         "",
         *method_lines(c),
-        "",
-        "## Test MAE, mean ± std over seeds",
-        "",
-        "| arm | "
-        + " | ".join(f"{col} ({next(iter(s['table'][col].values()))['unit']})" for col in cols)
-        + " |",
-        "|---|" + "---:|" * len(cols),
     ]
+    if cols:
+        lines += [
+            "",
+            "## Test MAE, mean ± std over seeds",
+            "",
+            "| arm | "
+            + " | ".join(f"{col} ({next(iter(s['table'][col].values()))['unit']})" for col in cols)
+            + " |",
+            "|---|" + "---:|" * len(cols),
+        ]
     for arm in arms:
         row = [_fmt_pm(s["table"][col][arm]) if arm in s["table"][col] else "–" for col in cols]
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     lines += difference_lines(c, s)
+    lines += pretraining_lines(data)
     if s["z"]:
         sig = sorted({x for z in s["z"].values() for x in z["sigmas"]})
         lines += [
@@ -632,6 +690,23 @@ def figures(c, data, s, workdir, cols, arms):
         ax.legend(fontsize=6)
         fig.tight_layout()
         fig.savefig(os.path.join(workdir, FIGURES[2]), dpi=110)
+        plt.close(fig)
+    curves = {
+        arm: [v["curve"] for v in seeds.values() if v.get("curve")] for arm, seeds in data["pretrain"].items()
+    }
+    if any(curves.values()):
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for i, (arm, cs) in enumerate(x for x in curves.items() if x[1]):
+            for k, cv in enumerate(cs):
+                steps, loss = np.array(cv, dtype=float).T
+                ax.plot(steps, loss, "o-", color=f"C{i}", ms=2, lw=1, label=arm if k == 0 else None)
+        ax.set_xlabel("pretraining step")
+        ax.set_ylabel("validation loss (the objective's)")
+        ax.set_yscale("log")
+        ax.set_title("Pretraining curves (one line per seed)", fontsize=9)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(os.path.join(workdir, FIGURES[3]), dpi=110)
         plt.close(fig)
 
 

@@ -296,3 +296,18 @@ def test_a_pretraining_kept_only_as_a_record_is_rerun_when_a_fine_tuning_needs_i
     shutil.rmtree(work)  # a fresh machine: only the committed records are left
     run_study(c, str(work), [pre, done, todo], 1, records)
     assert (tmp_path / "ran.txt").read_text().split() == [pre.name, todo.name]
+
+
+def test_pretraining_flattening_criterion():
+    """The fall of the validation loss over the last quarter of the steps, against FLAT."""
+    curve = [(500, 1.0), (1000, 0.9), (1500, 0.85), (2000, 0.84)]
+    assert study.last_quarter_drop(curve) == pytest.approx(0.01 / 0.85)
+    data = {
+        "pretrain": {"coord": {0: {"curve": curve}}, "georecon": {0: {"curve": [(1500, 1.0), (2000, 0.8)]}}}
+    }
+    rows = {
+        line.split(" | ")[0]: line
+        for line in study.pretraining_lines(data)
+        if line.startswith("| coord") or line.startswith("| georecon")
+    }
+    assert rows["| coord"].endswith("| flattened |") and rows["| georecon"].endswith("| still falling |")
