@@ -1,8 +1,9 @@
 """Bad input at every entry point: one line on stderr naming the input and the reason, a non-zero
 exit status, no traceback, and no workdir left that a rerun would take for a run.
 
-Each case runs ``python -m experiments.<entry point>`` as a user would (README, "When things go
-wrong"). Most fail before any model is built: flags, files and data are checked first.
+Each case runs ``python -m experiments.<entry point>`` as a user would (docs/troubleshooting.md,
+"Bad input at an entry point"). Most fail before any model is built: flags, files and data are
+checked first.
 """
 
 import os
