@@ -171,7 +171,9 @@ def test_the_md_example_reports_the_nve_drift(workdir, tmp_path):
     from conftest import ROOT
 
     example = runpy.run_path(str(ROOT / "examples" / "md_aspirin.py"))
-    line = [{"time_ps": t, "total_eV": -5.0 + 0.002 * t + 1e-4 * np.sin(40 * t)} for t in np.linspace(0, 1, 101)]
+    line = [
+        {"time_ps": t, "total_eV": -5.0 + 0.002 * t + 1e-4 * np.sin(40 * t)} for t in np.linspace(0, 1, 101)
+    ]
     drift = example["energy_drift"](line)
     assert drift["drift_meV_per_ps"] == pytest.approx(2.0, abs=0.01) and drift["duration_ps"] == 1.0
     data = str(require_shared("rmd17/rmd17_ethanol_test_01.npz"))

@@ -208,7 +208,9 @@ def test_pretrained_encoder_loads(pretrained, objective):
     assert cfg.model.encoder.vector_cutoff is False
     cfg.model.encoder.vector_cutoff = True
     again, _ = load_pretrained_encoder(params, path, cfg.model.encoder, verbose=False)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, again["params"]["encoder"], new["params"]["encoder"])
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, again["params"]["encoder"], new["params"]["encoder"]
+    )
 
 
 def test_pretrained_encoder_of_another_width_fails_clearly(pretrained):

@@ -218,9 +218,10 @@ def test_nve_through_ase_conserves_energy_to_float32_resolution(aspirin_calculat
     y = np.concatenate([r["potential"] for r in runs.values()]) / calc.to_ev - offset_kcal  # kcal/mol
     ulp = lambda v: float(np.spacing(np.float32(v)))  # noqa: E731
     n = len(frames.atomic_numbers)
-    eps = calc.to_ev * n * ulp(np.abs(y).max()) + max(r["f"] for r in runs.values()) * ulp(
-        max(r["x"] for r in runs.values())
-    ) / 2
+    eps = (
+        calc.to_ev * n * ulp(np.abs(y).max())
+        + max(r["f"] for r in runs.values()) * ulp(max(r["x"] for r in runs.values())) / 2
+    )
     bound = 10 * eps / 3
     assert limit < bound, (limit, bound)
     assert np.abs(e_small).max() > 4 * limit  # the dt² part dominates e(t): the ratio means something
