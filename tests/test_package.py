@@ -204,7 +204,7 @@ def test_every_entry_point_applies_the_accelerator_settings(tmp_path, monkeypatc
         c = georecon.get_config("tiny")
         c.update(matmul_precision="bf16", compilation_cache_dir=str(tmp_path / "xla"))
         monkeypatch.setattr(flags, "FLAGS", type("F", (), {"config": c, "workdir": "w"})())
-        monkeypatch.setattr(cli.app, "run", lambda main: main(["prog"]))
+        monkeypatch.setattr(cli.app, "run", lambda main, **kwargs: main(["prog"]))
         cli.run_with_config(
             lambda config, workdir: seen.update(
                 precision=jax.config.jax_default_matmul_precision, cache=jax.config.jax_compilation_cache_dir
