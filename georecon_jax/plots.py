@@ -1,5 +1,6 @@
-"""PNG figures (matplotlib, Agg backend: no display needed): learning curves, parity plots and
-GeoRecon's z diagnostic."""
+"""PNG figures (matplotlib, Agg backend: no display needed): learning curves, parity plots,
+GeoRecon's z diagnostic, and the studies' panels of lines (`line_panels`) and of bars with a dot per
+seed (`seed_bars`)."""
 
 from __future__ import annotations
 
@@ -18,32 +19,108 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str, title: str = ""):
+    """Writes the figure to ``path`` (PNG, its folder made) and closes it."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def line_panels(
+    path: str,
+    panels: Sequence[tuple],
+    xlabel: str = "",
+    ylabel: str = "",
+    xscale: str = "linear",
+    yscale: str = "linear",
+    hlines: Sequence[tuple] = (),
+    size: tuple = (3.6, 3.4),
+    sharey: bool = False,
+    grid: bool = False,
+    legend_each: bool = False,
+    title: str = "",
+):
+    """One panel per ``(panel title, series)`` of ``panels``, side by side.
+
+    Each series is a dict: ``x``, ``y`` and optionally ``fmt`` ('-', 'o', 'o-'), ``color``,
+    ``label``, ``ms``, ``lw`` and ``band`` ((low, high), shaded). ``hlines``: (y, color, line style)
+    drawn in every panel; ``size``: (width, height) of a panel in inches; the legend goes on the
+    last panel (``legend_each``: on every panel).
+    """
+    plt = _pyplot()
+    width, height = size
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(width * len(panels) + 1, height), squeeze=False, sharey=sharey
+    )
+    for ax, (panel, series) in zip(axes[0], panels):
+        for s in series:
+            ax.plot(
+                s["x"],
+                s["y"],
+                s.get("fmt", "-"),
+                color=s.get("color"),
+                label=s.get("label"),
+                ms=s.get("ms", 3),
+                lw=s.get("lw"),
+            )
+            if s.get("band") is not None:
+                ax.fill_between(s["x"], *s["band"], color=s.get("color"), alpha=0.15)
+        for y, color, style in hlines:
+            ax.axhline(y, color=color, lw=0.8, ls=style)
+        ax.set(xscale=xscale, yscale=yscale, xlabel=xlabel)
+        ax.set_title(panel, fontsize=9)
+        if grid:
+            ax.grid(alpha=0.3)
+        if legend_each and series:
+            ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(ylabel, fontsize=8)
+    if not legend_each and any(s.get("label") for _, series in panels for s in series):
+        axes[0][-1].legend(fontsize=6)
+    _save(fig, path, title)
+
+
+def seed_bars(
+    path: str, panels: Sequence[tuple], ylabel: str = "", size: tuple = (3.2, 3.6), rotation: int = 60
+):
+    """Bars of mean ± std with a dot per seed, one panel per ``(panel title, bars, bottom of the
+    y-axis)`` of ``panels``; ``bars``: {bar label: {"mean", "std", "values"}}."""
+    plt = _pyplot()
+    width, height = size
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + 1, height), squeeze=False)
+    for ax, (panel, bars, bottom) in zip(axes[0], panels):
+        for i, e in enumerate(bars.values()):
+            ax.bar(i, e["mean"], yerr=e["std"] if np.isfinite(e["std"]) else 0, color=f"C{i}", capsize=3)
+            ax.plot([i] * len(e["values"]), e["values"], "k.", ms=3)
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels(list(bars), rotation=rotation, ha="right", fontsize=7)
+        ax.set_title(panel, fontsize=8)
+        ax.set_ylim(bottom=bottom)
+    axes[0][0].set_ylabel(ylabel, fontsize=8)
+    _save(fig, path)
+
+
 def learning_curves(rows: Sequence[dict], path: str, panels: Dict[str, tuple], title: str = ""):
     """One panel per entry of ``panels``: {panel title: ((split, key, label), ...)}; log y-axis.
 
     ``rows`` are metrics.jsonl rows ({"step", "split", key: value}).
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (panel, series) in zip(axes[0], panels.items()):
+    drawn = []
+    for panel, series in panels.items():
+        lines = []
         for split, key, label in series:
             pts = [
                 (r["step"], r[key]) for r in rows if r["split"] == split and key in r and np.isfinite(r[key])
             ]
             if pts:
                 s, v = zip(*pts)
-                ax.plot(s, v, marker="o" if split != "train" else None, ms=3, label=label)
-        ax.set_xlabel("step")
-        ax.set_title(panel)
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                lines.append(dict(x=s, y=v, fmt="-" if split == "train" else "o-", label=label))
+        drawn.append((panel, lines))
+    line_panels(
+        path, drawn, xlabel="step", yscale="log", size=(5, 3.6), grid=True, legend_each=True, title=title
+    )
 
 
 def parity_plot(
@@ -61,10 +138,7 @@ def parity_plot(
     ax.set_ylabel(f"predicted {label} ({unit})")
     text = title + (f"\nMAE {mae:.4g} {unit}" if mae is not None else "")
     ax.set_title(text.strip(), fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def z_diagnostic_plot(diag: Dict, path: str, title: str = ""):
@@ -107,9 +181,4 @@ def z_diagnostic_plot(diag: Dict, path: str, title: str = ""):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[2].grid(alpha=0.3, axis="y")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
