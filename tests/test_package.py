@@ -52,7 +52,7 @@ def test_every_entry_point_has_a_console_script():
     assert SCRIPTS == {name: f"experiments.cli:{module}" for name, module in cli.SCRIPTS.items()}
     for name, module in cli.SCRIPTS.items():
         assert callable(getattr(cli, module)), name
-    entries = {  # modules run with python -m (study_common.py, study_mrl.py are helpers of study.py)
+    entries = {  # modules run with python -m (cli.py and configs/ are not)
         p.stem for p in (ROOT / "experiments").glob("*.py") if 'if __name__ == "__main__"' in p.read_text()
     }
     missing = entries - set(cli.SCRIPTS.values())

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import ROOT
 from experiments import study
+from georecon_jax.studies import cells as study_cells
+from georecon_jax.studies import geo
 from experiments.configs import study as study_config
 
 
@@ -109,7 +111,7 @@ def test_differences_are_t_intervals_over_pretrainings():
         data["finetune"]["homo"]["georecon"][seed] = {"ids": ids[keep], "errors": a[keep]}
         data["finetune"]["homo"]["scratch"][seed] = {"ids": ids, "errors": b}
         expected.append(float(np.mean(a[keep] - b[keep])))
-    got = study.differences(c, data)["georecon − scratch"]["homo"]
+    got = geo.differences(c, study.GEORECON, data)["georecon − scratch"]["homo"]
     want = stats.paired_interval(expected, c.interval, [s % 3 for s in c.seeds])
     assert got.units == want.units == 3 and got.df == 2
     for field in ("mean", "low", "high", "per_replicate"):
@@ -123,15 +125,15 @@ def test_a_cell_stopped_before_its_last_step_is_not_finished(tmp_path):
 
     def fake(summary):
         code = f"import json, os; os.makedirs({str(work)!r}, exist_ok=True); json.dump({summary!r}, open({str(work / 'summary.json')!r}, 'w'))"
-        return study.Cell("cell", "finetune", "scratch", 0, [sys.executable, "-c", code])
+        return study_cells.Cell("cell", "finetune", "scratch", 0, [sys.executable, "-c", code])
 
     with pytest.raises(SystemExit, match="stopped at step 6 of 30"):
-        study.run_cell(str(tmp_path), fake({"steps": 6, "num_steps": 30, "stopped_by_hook": False}))
-    assert study.cell_record(str(tmp_path), fake({})) is None
+        study_cells.run_cell(str(tmp_path), fake({"steps": 6, "num_steps": 30, "stopped_by_hook": False}))
+    assert study_cells.cell_record(str(tmp_path), fake({})) is None
     for done in ({"steps": 30, "num_steps": 30}, {"steps": 12, "num_steps": 30, "stopped_by_hook": True}):
-        rec = study.run_cell(str(tmp_path), fake(done))
-        assert study.cell_record(str(tmp_path), fake({})) == rec
-        os.remove(work / study.CELL_FILE)
+        rec = study_cells.run_cell(str(tmp_path), fake(done))
+        assert study_cells.cell_record(str(tmp_path), fake({})) == rec
+        os.remove(work / study_cells.CELL_FILE)
     assert rec["attempts"] == 3  # every attempt's time is counted
 
 
@@ -183,8 +185,8 @@ def test_study_survives_sigkill_without_redoing_a_cell(tmp_path, cache_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert (first / study.CELL_FILE).exists() and not (second / study.CELL_FILE).exists()
-    record = (first / study.CELL_FILE).read_text()
+    assert (first / study_cells.CELL_FILE).exists() and not (second / study_cells.CELL_FILE).exists()
+    record = (first / study_cells.CELL_FILE).read_text()
     deadline = time.time() + 20
     while _alive(str(second)) and time.time() < deadline:
         time.sleep(0.2)
@@ -192,9 +194,9 @@ def test_study_survives_sigkill_without_redoing_a_cell(tmp_path, cache_dir):
 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (first / study.CELL_FILE).read_text() == record  # the finished cell was not rerun
+    assert (first / study_cells.CELL_FILE).read_text() == record  # the finished cell was not rerun
     assert Path(str(first) + ".log").read_text().count("$ ") == 1
-    again = json.loads((second / study.CELL_FILE).read_text())
+    again = json.loads((second / study_cells.CELL_FILE).read_text())
     assert again["attempts"] == 2
     assert "resuming from the checkpoint" in Path(str(second) + ".log").read_text()
     results = json.loads((work / "results.json").read_text())
@@ -227,14 +229,14 @@ def _fake_cell(work: Path, cell, value: float, rng):
         rows = [{"split": "validation", "step": 2, "mae": 1.0}, {"split": "train", "step": 2, "mae": 2.0}]
         (work / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     record = {"name": cell.name, "wall_seconds": 1.0}
-    (work / study.CELL_FILE).write_text(json.dumps(record))
+    (work / study_cells.CELL_FILE).write_text(json.dumps(record))
 
 
 def test_results_from_records_alone_with_generated_verdicts(tmp_path):
     """Finished cells' records copied to the records folder are all the study needs: with the
     workdir gone, every cell counts as finished and the tables are the same; the verdict lines
     follow the intervals (a large shift: 'better'; none: 'no difference detected')."""
-    from experiments.study_common import keep_record
+    from georecon_jax.studies.cells import keep_record
 
     c = study_config.get_config("tiny")
     c.seeds = c.pretrain_seeds = c.ablation_seeds = (0, 1, 2, 3, 4)
@@ -261,7 +263,7 @@ def test_results_from_records_alone_with_generated_verdicts(tmp_path):
     import shutil
 
     shutil.rmtree(work)
-    assert all(study.cell_record(str(work), cell, c.records) for cell in cells)
+    assert all(study_cells.cell_record(str(work), cell, c.records) for cell in cells)
     again = study.write_results(c, str(work), cells, [])
     assert again["table"] == first["table"] and not again["missing"]
 
@@ -270,7 +272,7 @@ def test_a_pretraining_kept_only_as_a_record_is_rerun_when_a_fine_tuning_needs_i
     """On a fresh machine the records say a pretraining finished, but its checkpoint is gone: the
     fine-tuning still to run gets it back by running that pretraining again; a fine-tuning whose
     record is kept is not run."""
-    from experiments.study_common import keep_record, run_study
+    from georecon_jax.studies.cells import keep_record, run_study
 
     work, records = tmp_path / "study", str(tmp_path / "records")
 
@@ -281,14 +283,14 @@ def test_a_pretraining_kept_only_as_a_record_is_rerun_when_a_fine_tuning_needs_i
             f"json.dump({{'steps': 4, 'num_steps': 4}}, open({str(out / 'summary.json')!r}, 'w')); "
             f"open({str(tmp_path / 'ran.txt')!r}, 'a').write({name!r} + chr(10))"
         )
-        return study.Cell(name, kind, "georecon", 0, [sys.executable, "-c", code], needs=needs)
+        return study_cells.Cell(name, kind, "georecon", 0, [sys.executable, "-c", code], needs=needs)
 
     pre = cell("pretrain/georecon/seed0", "pretrain")
     done = cell("finetune/homo/georecon/seed0", "finetune", needs=pre.name)
     todo = cell("finetune/gap/georecon/seed0", "finetune", needs=pre.name)
     c = study_config.get_config("tiny")
     for x in (pre, done):
-        study.run_cell(str(work), x)
+        study_cells.run_cell(str(work), x)
         keep_record(str(work), x, records)
     (tmp_path / "ran.txt").unlink()
     import shutil
@@ -301,13 +303,13 @@ def test_a_pretraining_kept_only_as_a_record_is_rerun_when_a_fine_tuning_needs_i
 def test_pretraining_flattening_criterion():
     """The fall of the validation loss over the last quarter of the steps, against FLAT."""
     curve = [(500, 1.0), (1000, 0.9), (1500, 0.85), (2000, 0.84)]
-    assert study.last_quarter_drop(curve) == pytest.approx(0.01 / 0.85)
+    assert geo.last_quarter_drop(curve) == pytest.approx(0.01 / 0.85)
     data = {
         "pretrain": {"coord": {0: {"curve": curve}}, "georecon": {0: {"curve": [(1500, 1.0), (2000, 0.8)]}}}
     }
     rows = {
         line.split(" | ")[0]: line
-        for line in study.pretraining_lines(data)
+        for line in geo.pretraining_lines(data)
         if line.startswith("| coord") or line.startswith("| georecon")
     }
     assert rows["| coord"].endswith("| flattened |") and rows["| georecon"].endswith("| still falling |")

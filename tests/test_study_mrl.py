@@ -1,4 +1,4 @@
-"""The 3DMRL study (experiments/study_mrl.py): its cells are the single commands wired together,
+"""The 3DMRL study (experiments/mrl.py): its cells are the single commands wired together,
 a cell counts as finished only when every split ended, and its paired comparison is right."""
 
 import json
@@ -7,9 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from experiments import study_mrl
+from experiments import study
 from experiments.configs import mrl3d, mrl_finetune
 from experiments.configs import study_mrl as study_config
+from georecon_jax.studies import mrl
 
 
 def _flag(cmd, name):
@@ -24,7 +25,7 @@ def test_cells_wire_each_task_to_its_groups_pretraining(tmp_path, preset):
     pretrains with the force head trained and the reference arm without; every config spec loads;
     DDI cells run the molecule/scaffold split, regression cells 5-fold CV of the cell's seed."""
     c = study_config.get_config(preset)
-    cells = study_mrl.build_cells(c, str(tmp_path))
+    cells = mrl.build_cells(c, str(tmp_path), study.MRL3D)
     by_name = {x.name: x for x in cells}
     assert len(by_name) == len(cells)
     n_pre = sum(1 for x in cells if x.kind == "pretrain")
@@ -79,27 +80,27 @@ def test_a_cell_is_finished_only_when_every_split_ended(tmp_path):
     cell = tmp_path / "finetune" / "freesolv" / "scratch" / "seed0"
     split = cell / "splits" / "seed0_fold0"
     split.mkdir(parents=True)
-    assert not study_mrl.finished(str(cell))
+    assert not mrl.finished(str(cell))
     (cell / "results.json").write_text(json.dumps({"splits": [{"split": "seed0_fold0", "test": {}}]}))
     (split / "summary.json").write_text(json.dumps({"test": {"rmse": 1.0}, "steps": 40, "num_steps": 100}))
-    assert not study_mrl.finished(str(cell))  # stopped at step 40 of 100
+    assert not mrl.finished(str(cell))  # stopped at step 40 of 100
     (split / "summary.json").write_text(
         json.dumps({"test": {"rmse": 1.0}, "steps": 40, "num_steps": 100, "early_stopped": True})
     )
-    assert study_mrl.finished(str(cell))  # early stopping ends a split
+    assert mrl.finished(str(cell))  # early stopping ends a split
     pre = tmp_path / "pretrain" / "solvation" / "3dmrl" / "seed0"
     pre.mkdir(parents=True)
     (pre / "summary.json").write_text(json.dumps({"steps": 3, "num_steps": 4}))
-    assert not study_mrl.finished(str(pre))
+    assert not mrl.finished(str(pre))
     (pre / "summary.json").write_text(json.dumps({"steps": 4, "num_steps": 4}))
-    assert study_mrl.finished(str(pre))
+    assert mrl.finished(str(pre))
 
 
 def test_replicate_differences():
     """One difference per replicate (seed × split, read from the rows' split prefix), clustered by
     seed; identical predictions give exactly 0; a better arm gives RMSE below 0 and ROC-AUC above."""
-    (_, rmse, _), _ = study_mrl.task_metrics("regression")
-    (_, auc, _), _ = study_mrl.task_metrics("classification")
+    (_, rmse, _), _ = mrl.task_metrics("regression")
+    (_, auc, _), _ = mrl.task_metrics("classification")
     rng = np.random.default_rng(0)
 
     def rows_of(n):
@@ -107,18 +108,18 @@ def test_replicate_differences():
 
     y = [rng.normal(size=300) for _ in range(3)]
     same = [(rows_of(300), t, t + 0.5) for t in y]
-    d, clusters = study_mrl.replicate_differences(same, same, [0, 1, 2], rmse)
+    d, clusters = mrl.replicate_differences(same, same, [0, 1, 2], rmse)
     assert d == [0.0] * 6 and clusters == [0, 0, 1, 1, 2, 2]
     better = [(rows_of(300), t, t + 0.1 * rng.normal(size=300)) for t in y]
     worse = [(rows_of(300), t, t + 1.0 * rng.normal(size=300)) for t in y]
-    d, _ = study_mrl.replicate_differences(better, worse, [0, 1, 2], rmse)
+    d, _ = mrl.replicate_differences(better, worse, [0, 1, 2], rmse)
     k = np.array([r.startswith("fold1") for r in rows_of(300)])
     assert d[1] == pytest.approx(rmse(y[0][k], better[0][2][k]) - rmse(y[0][k], worse[0][2][k]))
     assert max(d) < 0
     labels = [rng.integers(0, 2, size=400).astype(float) for _ in range(3)]
     good = [(rows_of(400), t, (2 * t - 1) + rng.normal(size=400)) for t in labels]
     poor = [(rows_of(400), t, (2 * t - 1) * 0.1 + rng.normal(size=400)) for t in labels]
-    d, _ = study_mrl.replicate_differences(good, poor, [0, 1, 2], auc)
+    d, _ = mrl.replicate_differences(good, poor, [0, 1, 2], auc)
     assert min(d) > 0
 
 
@@ -129,4 +130,4 @@ def test_study_mrl_presets_and_unknown_names():
     c = study_config.get_config("tiny")
     c.arms = ("scratch", "3dmlr")
     with pytest.raises(ValueError, match="unknown arm '3dmlr'"):
-        study_mrl.build_cells(c, "/tmp/x")
+        mrl.build_cells(c, "/tmp/x", study.MRL3D)

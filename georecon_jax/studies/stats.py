@@ -54,6 +54,13 @@ class Interval:
     def to_json(self) -> dict:
         return dataclasses.asdict(self) | {"excludes_zero": self.excludes_zero}
 
+    @classmethod
+    def from_json(cls, e: Optional[dict]) -> Optional["Interval"]:
+        """The interval `to_json` wrote (None for None; other keys are ignored)."""
+        if e is None:
+            return None
+        return cls(**{f.name: e[f.name] for f in dataclasses.fields(cls)})
+
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple:
     """(mean, low, high) of the Student-t interval of the mean of ``values`` (n - 1 df)."""

@@ -1,5 +1,5 @@
-"""The 3DMRL study's cells and results (run by ``python -m experiments.study`` with
-``experiments/configs/study_mrl.py``; see that file for the design).
+"""The 3DMRL study's spec: its cells, metrics and report (run by ``python -m experiments.study``
+with ``experiments/configs/study_mrl.py``; see that file for the design).
 
 Every fine-tuning cell is one ``experiments.finetune_pairs`` command whose splits write
 ``predictions_test.npz`` (test labels and predictions by pair, at the best validation epoch). The
@@ -9,35 +9,58 @@ results are rebuilt from those files alone:
     as the paper reports, and MAE; ROC-AUC and accuracy for DDI);
   * the paired difference of each pretrained arm to scratch: the same seed's cells share their
     pairs, splits and test pairs, so the metric of each replicate (seed × fold or split) is
-    compared arm to arm, with a t-interval over seeds (georecon_jax/studies/stats.py) and verdict
-    lines generated from it;
+    compared arm to arm, with a t-interval over seeds (stats.py) and verdict lines generated
+    from it;
   * the 3DMRL pretraining losses (contrastive, force) per group and arm;
   * figures: bars with seed dots, and validation curves by epoch.
+
+The arms and tasks come in as a `Design` (the library never imports experiments/):
+experiments/study.py builds it from experiments/configs/study_mrl.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import platform
 import sys
-import time
-from typing import Dict, List
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from experiments.study_common import Cell, _read, cell_dir, cell_record
+from georecon_jax import plots
+from georecon_jax.studies import report, stats
+from georecon_jax.studies.cells import Cell, finished_cells, read_json
 
 FIGURES = ("study_mrl_bars.png", "study_mrl_curves.png")
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """What experiments/configs/study_mrl.py names.
+
+    Attributes:
+      arms: ARMS, name -> the pretraining's extra flags (None: no pretraining).
+      tasks: TASKS, task -> (its pretraining group, the fine-tuning preset, the split).
+      groups: GROUPS, pretraining group -> its mrl3d.py variant ('+...').
+      finetune_variants: FINETUNE_VARIANTS, group -> its mrl_finetune.py variant.
+    """
+
+    arms: Mapping[str, Optional[Sequence[str]]]
+    tasks: Mapping[str, Tuple[str, str, str]]
+    groups: Mapping[str, str]
+    finetune_variants: Mapping[str, str]
 
 
 def _size(size: str, variant: str = "") -> str:
     return (size or "") + variant
 
 
-def build_cells(c, workdir: str) -> List[Cell]:
-    from experiments.configs.study_mrl import ARMS, FINETUNE_VARIANTS, GROUPS, TASKS
-
+def build_cells(c, workdir: str, design: Design) -> List[Cell]:
+    """Every cell of the study: per group, arm and seed a pretraining; per task, arm and seed a
+    fine-tuning from the pretraining of its group."""
+    ARMS, TASKS, GROUPS = design.arms, design.tasks, design.groups
+    FINETUNE_VARIANTS = design.finetune_variants
     for arm in c.arms:
         if arm not in ARMS:
             raise ValueError(f"unknown arm {arm!r}: use names of study_mrl.ARMS ({', '.join(ARMS)})")
@@ -113,11 +136,11 @@ def finished(work: str) -> bool:
 
     try:
         if os.path.exists(os.path.join(work, "splits")) or "finetune" in work.split(os.sep)[-4:]:
-            r = _read(os.path.join(work, "results.json"))
+            r = read_json(os.path.join(work, "results.json"))
             return len(r["splits"]) > 0 and all(
                 split_finished(os.path.join(work, "splits", x["split"])) for x in r["splits"]
             )
-        s = _read(os.path.join(work, "summary.json"))
+        s = read_json(os.path.join(work, "summary.json"))
         return s.get("steps") == s.get("num_steps")
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return False
@@ -147,16 +170,14 @@ def task_metrics(kind: str):
 
 
 def collect(c, workdir: str, cells: List[Cell]) -> dict:
-    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": []}
-    for cell in cells:
-        rec = cell_record(workdir, cell, c.records)
-        if rec is None:
-            out["missing"].append(cell.name)
-            continue
+    """What the finished cells left: per pretraining its final losses; per fine-tuning its test
+    metrics, test labels and predictions by pair (sorted) and its first split's validation curve."""
+    done, missing = finished_cells(workdir, cells, c.records)
+    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": missing}
+    for cell, rec, work in done:
         out["cells"][cell.name] = rec
-        work = cell_dir(workdir, cell, c.records)
         if cell.kind == "pretrain":
-            s = _read(os.path.join(work, "summary.json"))
+            s = read_json(os.path.join(work, "summary.json"))
             out["pretrain"].setdefault(cell.task, {}).setdefault(cell.arm, {})[cell.seed] = {
                 k: s.get(k)
                 for k in (
@@ -168,7 +189,7 @@ def collect(c, workdir: str, cells: List[Cell]) -> dict:
                 )
             } | {"wall_seconds": rec["wall_seconds"]}
             continue
-        r = _read(os.path.join(work, "results.json"))
+        r = read_json(os.path.join(work, "results.json"))
         rows, ys, ps, curves = [], [], [], []
         for split in r["splits"]:
             sdir = os.path.join(work, "splits", split["split"])
@@ -217,8 +238,6 @@ def replicate_differences(a: List[tuple], b: List[tuple], seeds: List[int], fn):
 def summarise(c, data: dict) -> dict:
     """mean ± std over seeds per task, arm and metric; each arm minus scratch per replicate (seed ×
     split) with a t-interval over the seeds (the replicates of one seed share its pretraining)."""
-    from georecon_jax.studies import stats
-
     table = {}
     for task, arms in data["finetune"].items():
         table[task] = {}
@@ -226,13 +245,8 @@ def summarise(c, data: dict) -> dict:
             first = next(iter(seeds.values()))
             entry = {"kind": first["kind"], "units": first["units"], "seeds": sorted(seeds)}
             for name, fn, lower in task_metrics(first["kind"]):
-                v = np.array([seeds[s]["metrics"].get(name, np.nan) for s in sorted(seeds)])
-                entry[name] = {
-                    "mean": float(v.mean()),
-                    "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                    "values": v.tolist(),
-                    "lower_is_better": lower,
-                }
+                values = [seeds[s]["metrics"].get(name, np.nan) for s in sorted(seeds)]
+                entry[name] = report.mean_std(values) | {"lower_is_better": lower}
                 if arm == "scratch" or "scratch" not in arms:
                     continue
                 common = sorted(set(seeds) & set(arms["scratch"]))
@@ -257,38 +271,18 @@ def summarise(c, data: dict) -> dict:
     return {"table": table}
 
 
-def _pm(e) -> str:
-    return f"{e['mean']:.3f} ± {e['std']:.3f}" if np.isfinite(e["std"]) else f"{e['mean']:.3f}"
-
-
-def _interval(e):
-    """The `stats.Interval` of a summary entry's ``minus_scratch`` (None when absent)."""
-    from georecon_jax.studies import stats
-
-    if e is None:
-        return None
-    return stats.Interval(
-        **{k: e[k] for k in ("mean", "low", "high", "per_replicate", "units", "df", "level", "over")}
-    )
-
-
-def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
-    import shutil
-
-    from georecon_jax.studies import stats
-
-    from experiments.configs.study_mrl import TASKS
-
+def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: List[str]) -> dict:
+    """WORKDIR/results.md, results.json and the figures from the finished cells (also copied to
+    each of ``out_dirs``); returns the record written to results.json."""
     data = collect(c, workdir, cells)
     s = summarise(c, data)
     walls = {name: rec["wall_seconds"] for name, rec in data["cells"].items()}
     tasks = [t for t in c.tasks if t in s["table"]]
     arms = [a for a in c.arms if any(a in s["table"][t] for t in tasks)]
-    lvl = int(round(100 * c.interval))
     lines = [
         f"# 3DMRL study, preset `{c.preset}`",
         "",
-        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores; "
+        f"{report.today()}, {report.machine()}; "
         f"`python -m experiments.study --config=experiments/configs/study_mrl.py:{c.preset} "
         f"--workdir={workdir}`; seeds {', '.join(map(str, c.seeds))}; cells finished "
         f"{len(data['cells'])} of {len(cells)}; cell wall time in all {sum(walls.values()) / 3600:.2f} h.",
@@ -301,160 +295,130 @@ def write_results(c, workdir: str, cells: List[Cell], out_dirs: List[str]):
         f"{f' ({c.ddi_max_pairs} for DDI)' if c.ddi_max_pairs else ''}; "
         f"regression: {c.num_folds}-fold CV of the cell's seed ({c.max_folds or c.num_folds} folds run), "
         f"DDI: {c.ddi_repeats} split(s) per cell. Test metrics at the best validation epoch.",
-        "",
-        "## Test metrics, mean ± std over seeds",
-        "",
-        "| task | metric | " + " | ".join(arms) + " |",
-        "|---|---|" + "---:|" * len(arms),
     ]
+    rows = []
     for t in tasks:
         first = next(iter(s["table"][t].values()))
         for name, _, lower in task_metrics(first["kind"]):
             unit = f" ({first['units']})" if first["kind"] == "regression" else ""
-            arrow = "↓" if lower else "↑"
-            row = [_pm(s["table"][t][a][name]) if a in s["table"][t] else "–" for a in arms]
-            lines.append(f"| {t} | {name}{unit} {arrow} | " + " | ".join(row) + " |")
+            cells_ = [report.pm(s["table"][t][a][name], ".3f") if a in s["table"][t] else "–" for a in arms]
+            rows.append([t, f"{name}{unit} {'↓' if lower else '↑'}", *cells_])
+    lines += report.section("Test metrics, mean ± std over seeds")
+    lines += report.table(["task", "metric", *arms], rows, numeric_from=2)
     if "scratch" in arms:
-        lines += [
-            "",
-            "## Paired difference to scratch (arm − scratch)",
-            "",
-            "Per replicate (seed × CV fold or DDI split) the metric on its test pairs, arm minus "
-            f"scratch; mean over replicates, {lvl} % t-interval over seeds (the replicates of one seed "
-            "share its pretraining and are averaged first). RMSE/MAE: negative is better; "
-            "ROC-AUC/accuracy: positive is better. **Bold**: the interval excludes 0.",
-            "",
-            "| task | metric | " + " | ".join(a for a in arms if a != "scratch") + " |",
-            "|---|---|" + "---:|" * (len(arms) - 1),
-        ]
-        verdicts = []
-        for t in tasks:
-            first = next(iter(s["table"][t].values()))
-            for name, _, lower in task_metrics(first["kind"]):
-                row = []
-                for a in arms:
-                    if a == "scratch":
-                        continue
-                    e = s["table"][t].get(a, {}).get(name, {}).get("minus_scratch")
-                    iv = _interval(e)
-                    row.append(stats.format_cell(iv, "+.3f"))
-                    if iv is not None:
-                        unit = first["units"] if first["kind"] == "regression" else ""
-                        verdicts.append(
-                            f"- {t} {name}: " + stats.verdict(iv, a, "scratch", unit, lower, ".3f")
-                        )
-                lines.append(f"| {t} | {name} | " + " | ".join(row) + " |")
-        lines += ["", "## Verdicts (generated from the intervals)", "", *verdicts]
-    if data["pretrain"]:
-        lines += [
-            "",
-            "## 3DMRL pretraining (final training losses, mean over seeds)",
-            "",
-            "| group | arm | training pairs | steps | contrastive | force MSE first → final | wall (s) |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for group, by_arm in data["pretrain"].items():
-            for arm, seeds in by_arm.items():
-                v = list(seeds.values())
-
-                def mean(k):
-                    x = [d[k] for d in v if d.get(k) is not None]
-                    return float(np.mean(x)) if x else float("nan")
-
-                lines.append(
-                    f"| {group} | {arm} | {v[0].get('train_pairs')} | {v[0].get('steps')} | "
-                    f"{mean('final_train_contrastive'):.3f} | {mean('first_train_force_mse'):.3f} → "
-                    f"{mean('final_train_force_mse'):.3f} | {mean('wall_seconds'):.0f} |"
-                )
-    lines += [
-        "",
-        "## Fine-tuning cells",
-        "",
-        "| task | arm | pairs | best epochs (all splits) | wall per cell (s) |",
-        "|---|---|---:|---|---:|",
+        lines += difference_lines(c, s, tasks, arms)
+    lines += pretraining_lines(data)
+    rows = [
+        [t, a, e["num_pairs"], ", ".join(map(str, e["best_epochs"])), f"{e['wall_seconds']:.0f}"]
+        for t in tasks
+        for a in arms
+        if (e := s["table"][t].get(a))
     ]
-    for t in tasks:
-        for a in arms:
-            e = s["table"][t].get(a)
-            if e:
-                lines.append(
-                    f"| {t} | {a} | {e['num_pairs']} | {', '.join(map(str, e['best_epochs']))} | "
-                    f"{e['wall_seconds']:.0f} |"
-                )
-    if data["missing"]:
-        lines += ["", f"Not finished: {len(data['missing'])} cells ({', '.join(data['missing'][:8])}...)."]
-    lines += ["", "Figures: " + ", ".join(f"![{f}]({f})" for f in FIGURES), ""]
-    md = "\n".join(lines)
+    lines += report.section("Fine-tuning cells")
+    head = ["task", "arm", "pairs", "best epochs (all splits)", "wall per cell (s)"]
+    lines += report.table(head, rows, align="|---|---|---:|---|---:|")
+    lines += report.not_finished_lines(data["missing"])
     record = {
         "preset": c.preset,
         "config": json.loads(c.to_json_best_effort()),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "tasks": {t: list(TASKS[t]) for t in tasks},
+        "date": report.today(),
+        "machine": report.machine(),
+        "tasks": {t: list(design.tasks[t]) for t in tasks},
         "table": s["table"],
         "pretrain": data["pretrain"],
         "cells": data["cells"],
         "missing": data["missing"],
     }
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(record, f, indent=1, default=float)
     figures(data, s, workdir, tasks, arms)
-    for d in out_dirs:
-        os.makedirs(d, exist_ok=True)
-        for name in ("results.md", "results.json", *FIGURES):
-            if os.path.exists(os.path.join(workdir, name)):
-                shutil.copy(os.path.join(workdir, name), os.path.join(d, name))
-    print(md)
-    return record
+    return report.write(workdir, lines, record, FIGURES, out_dirs)
+
+
+def difference_lines(c, s: dict, tasks: List[str], arms: List[str]) -> List[str]:
+    """Each arm minus scratch per task and metric, as a table of intervals and as verdicts."""
+    lines = report.section(
+        "Paired difference to scratch (arm − scratch)",
+        "Per replicate (seed × CV fold or DDI split) the metric on its test pairs, arm minus "
+        f"scratch; mean over replicates, {int(round(100 * c.interval))} % t-interval over seeds (the "
+        "replicates of one seed share its pretraining and are averaged first). RMSE/MAE: negative "
+        "is better; ROC-AUC/accuracy: positive is better. **Bold**: the interval excludes 0.",
+    )
+    others = [a for a in arms if a != "scratch"]
+    rows, verdicts = [], []
+    for t in tasks:
+        first = next(iter(s["table"][t].values()))
+        unit = first["units"] if first["kind"] == "regression" else ""
+        for name, _, lower in task_metrics(first["kind"]):
+            row = [t, name]
+            for a in others:
+                iv = stats.Interval.from_json(s["table"][t].get(a, {}).get(name, {}).get("minus_scratch"))
+                row.append(stats.format_cell(iv, "+.3f"))
+                if iv is not None:
+                    verdicts.append(f"- {t} {name}: " + stats.verdict(iv, a, "scratch", unit, lower, ".3f"))
+            rows.append(row)
+    return (
+        lines
+        + report.table(["task", "metric", *others], rows, numeric_from=2)
+        + report.verdicts_lines(verdicts)
+    )
+
+
+def pretraining_lines(data: dict) -> List[str]:
+    """The 3DMRL pretrainings' final training losses per group and arm (mean over seeds)."""
+    if not data["pretrain"]:
+        return []
+    rows = []
+    for group, by_arm in data["pretrain"].items():
+        for arm, seeds in by_arm.items():
+            v = list(seeds.values())
+
+            def mean(k):
+                x = [d[k] for d in v if d.get(k) is not None]
+                return float(np.mean(x)) if x else float("nan")
+
+            rows.append(
+                [
+                    group,
+                    arm,
+                    v[0].get("train_pairs"),
+                    v[0].get("steps"),
+                    f"{mean('final_train_contrastive'):.3f}",
+                    f"{mean('first_train_force_mse'):.3f} → {mean('final_train_force_mse'):.3f}",
+                    f"{mean('wall_seconds'):.0f}",
+                ]
+            )
+    head = ["group", "arm", "training pairs", "steps", "contrastive", "force MSE first → final", "wall (s)"]
+    return report.section("3DMRL pretraining (final training losses, mean over seeds)") + report.table(
+        head, rows, numeric_from=2
+    )
 
 
 def figures(data: Dict, s: Dict, workdir: str, tasks: List[str], arms: List[str]):
-    from georecon_jax.plots import _pyplot
-
+    """study_mrl_bars.png (RMSE or ROC-AUC per arm, dots: seeds) and study_mrl_curves.png
+    (validation curves by epoch, first split, mean over seeds)."""
     if not tasks:
         return
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks) + 1, 3.4), squeeze=False)
-    for ax, t in zip(axes[0], tasks):
+    bars, curves = [], []
+    for t in tasks:
         here = [a for a in arms if a in s["table"][t]]
         name = "rmse" if next(iter(s["table"][t].values()))["kind"] == "regression" else "roc_auc"
-        for i, a in enumerate(here):
-            e = s["table"][t][a][name]
-            ax.bar(i, e["mean"], yerr=e["std"] if np.isfinite(e["std"]) else 0, color=f"C{i}", capsize=3)
-            ax.plot([i] * len(e["values"]), e["values"], "k.", ms=3)
-        ax.set_xticks(range(len(here)))
-        ax.set_xticklabels(here, rotation=45, ha="right", fontsize=7)
         unit = s["table"][t][here[0]]["units"]
-        ax.set_title(f"{t}\n{name}{f' ({unit})' if name == 'rmse' else ''}", fontsize=8)
         vals = [v for a in here for v in s["table"][t][a][name]["values"]]
-        ax.set_ylim(bottom=0.9 * min(vals) if name == "roc_auc" else 0)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, FIGURES[0]), dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(tasks), figsize=(2.8 * len(tasks) + 1, 3.2), squeeze=False)
-    for ax, t in zip(axes[0], tasks):
+        bottom = 0.9 * min(vals) if name == "roc_auc" else 0
+        title = f"{t}\n{name}{f' ({unit})' if name == 'rmse' else ''}"
+        bars.append((title, {a: s["table"][t][a][name] for a in here}, bottom))
+        series = []
         for i, a in enumerate(arms):
-            seeds = data["finetune"][t].get(a)
-            if not seeds:
-                continue
-            curves = [np.array(v["curve"]) for v in seeds.values() if v["curve"]]
-            n = min(len(x) for x in curves) if curves else 0
-            if n:
+            seeds = data["finetune"][t].get(a, {})
+            x, y = report.mean_curve(v["curve"] for v in seeds.values())
+            if len(x):
                 spe = next(iter(seeds.values()))["steps_per_epoch"]
-                ax.plot(
-                    curves[0][:n, 0] / spe,
-                    np.mean([x[:n, 1] for x in curves], axis=0),
-                    color=f"C{i}",
-                    label=a,
-                )
-        ax.set_title(t, fontsize=8)
-        ax.set_xlabel("epoch")
-    axes[0][0].set_ylabel("validation RMSE / ROC-AUC\n(first split, mean over seeds)", fontsize=7)
-    axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, FIGURES[1]), dpi=110)
-    plt.close(fig)
+                series.append(dict(x=x / spe, y=y, color=f"C{i}", label=a))
+        curves.append((t, series))
+    plots.seed_bars(os.path.join(workdir, FIGURES[0]), bars, size=(2.6, 3.4), rotation=45)
+    plots.line_panels(
+        os.path.join(workdir, FIGURES[1]),
+        curves,
+        "epoch",
+        "validation RMSE / ROC-AUC\n(first split, mean over seeds)",
+        size=(2.8, 3.2),
+    )

@@ -1,13 +1,15 @@
-"""What both studies share (experiments/study.py, experiments/study_mrl.py): a cell is one command
-of this codebase in its own workdir, finished when it holds ``study_cell.json``; `run_study` runs
-the unfinished ones (pretrainings first), resuming interrupted ones, and stops them on SIGTERM.
+"""The one cell runner of the studies (georecon_jax/studies/geo.py, mrl.py, zvariants.py): a cell
+is one command of this codebase in its own workdir, finished when it holds ``study_cell.json``;
+`run_study` runs the unfinished ones (pretrainings first), resuming interrupted ones, and stops
+them on SIGTERM; `run_cell` runs one.
 
-With a records folder (``--records=results/<study>/cells``), each finished cell's small files
-(`RECORD_FILES`: its record, results, per-molecule errors, summary, metrics; no checkpoints) are
-copied there as it finishes, so they can be committed while the study runs. A cell whose record is
-in that folder counts as finished, and its results are read from there: a study that spans
-sessions on fresh machines loses no finished cell. A pretraining whose checkpoint a remaining
-fine-tuning needs, but which exists only as a record, is run again (same command and seed).
+With a records folder (the study config's ``records``, e.g. ``results/<study>/cells``), each
+finished cell's small files (`RECORD_FILES`: its record, results, per-molecule errors, summary,
+metrics; no checkpoints) are copied there as it finishes, so they can be committed while the study
+runs. A cell whose record is in that folder counts as finished, and its results are read from
+there: a study that spans sessions on fresh machines loses no finished cell. A pretraining whose
+checkpoint a remaining fine-tuning needs, but which exists only as a record, is run again (same
+command and seed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 CELL_FILE = "study_cell.json"
 # the small files of a finished cell that the records folder keeps (the cell's folder and splits/*)
@@ -62,11 +64,25 @@ def cell_dir(workdir: str, cell: Cell, records: str = "") -> str:
 
 
 def cell_record(workdir: str, cell: Cell, records: str = "") -> Optional[dict]:
+    """The record of a finished cell (its ``study_cell.json``), None while it is not finished."""
     try:
         with open(os.path.join(cell_dir(workdir, cell, records), CELL_FILE)) as f:
             return json.load(f)
     except FileNotFoundError:
         return None
+
+
+def finished_cells(workdir: str, cells: List[Cell], records: str = "") -> Tuple[list, List[str]]:
+    """([(cell, its record, the folder of its files), ...] of the finished cells, [names of the
+    others])."""
+    done, missing = [], []
+    for cell in cells:
+        rec = cell_record(workdir, cell, records)
+        if rec is None:
+            missing.append(cell.name)
+        else:
+            done.append((cell, rec, cell_dir(workdir, cell, records)))
+    return done, missing
 
 
 def keep_record(workdir: str, cell: Cell, records: str) -> None:
@@ -140,7 +156,7 @@ def run_cell(workdir: str, cell: Cell) -> dict:
     if cell.finished is not None:
         reached = None if cell.finished(work) else ("?", "all")
     else:
-        reached = _steps_reached(work)
+        reached = steps_reached(work)
     if reached is not None:  # a command stopped by SIGTERM checkpoints and exits with 0
         raise SystemExit(
             f"cell {cell.name} stopped at step {reached[0]} of {reached[1]} (interrupted); "
@@ -163,11 +179,11 @@ def run_cell(workdir: str, cell: Cell) -> dict:
     return record
 
 
-def _steps_reached(work: str) -> Optional[tuple]:
+def steps_reached(work: str) -> Optional[tuple]:
     """(step, num_steps) when the cell's summary.json says its run stopped before the end (and not
     by early stopping); None when it ran to the end."""
     try:
-        s = _read(os.path.join(work, "summary.json"))
+        s = read_json(os.path.join(work, "summary.json"))
     except (FileNotFoundError, json.JSONDecodeError):
         return (0, None)
     if s.get("steps") == s.get("num_steps") or s.get("stopped_by_hook"):
@@ -233,6 +249,6 @@ def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1, records: str = 
     bar.close()
 
 
-def _read(path):
+def read_json(path):
     with open(path) as f:
         return json.load(f)

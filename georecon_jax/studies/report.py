@@ -1,0 +1,136 @@
+"""What the studies' reports share: mean ± std over seeds, Markdown tables, the paired differences
+as interval tables and generated verdicts (`stats.format_cell`, `stats.verdict`), and writing
+results.md, results.json and the figures (copied to ``--out``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from georecon_jax.studies import stats
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d")
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores"
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """{"mean", "std" (over seeds, ddof 1; nan for one value), "values"}."""
+    v = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+        "values": v.tolist(),
+    }
+
+
+def pm(e: dict, fmt: str = ".3g", std_fmt: Optional[str] = None) -> str:
+    """A `mean_std` entry as "mean ± std" (the mean alone for one seed)."""
+    if not np.isfinite(e["std"]):
+        return f"{e['mean']:{fmt}}"
+    return f"{e['mean']:{fmt}} ± {e['std']:{std_fmt or fmt}}"
+
+
+def table(head: Sequence[str], rows: Iterable[Sequence], numeric_from: int = 1, align: str = "") -> List[str]:
+    """A Markdown table; the columns from ``numeric_from`` on are right-aligned (``align``: the
+    separator row as written, e.g. "|---|---:|---|")."""
+    align = align or "|" + "|".join(["---"] * numeric_from + ["---:"] * (len(head) - numeric_from)) + "|"
+    return [
+        "| " + " | ".join(head) + " |",
+        align,
+        *("| " + " | ".join(str(x) for x in row) + " |" for row in rows),
+    ]
+
+
+def section(title: str, *text: str) -> List[str]:
+    """A blank line, a ``##`` heading and its paragraphs, each followed by a blank line."""
+    out = ["", f"## {title}", ""]
+    for t in text:
+        out += [t, ""]
+    return out
+
+
+def difference_lines(
+    differences: Dict[str, Dict[str, stats.Interval]],
+    columns: Sequence[str],
+    units: Dict[str, str],
+    level: float,
+    what: str,
+) -> List[str]:
+    """The paired differences ({"arm − ref": {column: interval}}) as a table and as verdicts.
+
+    Args:
+      columns: the table's columns (a comparison without one shows "–").
+      units: column -> the unit of its differences.
+      level: the intervals' coverage.
+      what: what the differences are of, after "Mean over seeds of the per-seed difference of".
+    """
+    if not differences:
+        return []
+    lines = section(
+        "Paired differences (arm − reference; negative: the arm is better)",
+        f"Mean over seeds of the per-seed difference of {what}, with a {int(round(100 * level))} % "
+        "t-interval over seeds (over pretrainings where seeds share one). **Bold**: the interval "
+        "excludes 0.",
+    )
+    lines += table(
+        ["comparison", *columns],
+        ([name, *(stats.format_cell(per.get(col)) for col in columns)] for name, per in differences.items()),
+    )
+    verdicts = []
+    for name, per_col in differences.items():
+        arm, ref = name.split(" − ")
+        for col, e in per_col.items():
+            verdicts.append(f"- {col}: " + stats.verdict(e, arm, ref, units[col]))
+    return lines + verdicts_lines(verdicts)
+
+
+def verdicts_lines(verdicts: List[str]) -> List[str]:
+    return ["", "## Verdicts (generated from the intervals)", "", *verdicts]
+
+
+def mean_curve(curves: Iterable[list]):
+    """(steps, mean over the curves) of [(step, value), ...] curves, over the steps every one of
+    them reached (two empty arrays when there is none)."""
+    curves = [np.array(x) for x in curves if len(x)]
+    n = min(len(x) for x in curves) if curves else 0
+    if not n:
+        return np.zeros(0), np.zeros(0)
+    return curves[0][:n, 0], np.mean([x[:n, 1] for x in curves], axis=0)
+
+
+def not_finished_lines(missing: List[str]) -> List[str]:
+    if not missing:
+        return []
+    more = " ..." if len(missing) > 8 else ""
+    return ["", f"Not finished: {len(missing)} cells ({', '.join(missing[:8])}{more})."]
+
+
+def write(
+    workdir: str, md_lines: List[str], record: dict, figures: Sequence[str], out_dirs: Sequence[str]
+) -> dict:
+    """Writes WORKDIR/results.md (ending with links to ``figures``) and results.json, copies them and
+    the figures that exist to each of ``out_dirs``, prints the Markdown and returns ``record``."""
+    md = "\n".join([*md_lines, "", "Figures: " + ", ".join(f"![{f}]({f})" for f in figures), ""])
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(record, f, indent=1, default=float)
+    for d in out_dirs:
+        os.makedirs(d, exist_ok=True)
+        for name in ("results.md", "results.json", *figures):
+            if os.path.exists(os.path.join(workdir, name)):
+                shutil.copy(os.path.join(workdir, name), os.path.join(d, name))
+    print(md)
+    return record
