@@ -85,6 +85,25 @@ def finished_cells(workdir: str, cells: List[Cell], records: str = "") -> Tuple[
     return done, missing
 
 
+def gather(workdir: str, cells: List[Cell], records: str, read: Callable) -> dict:
+    """What the finished cells left, as {"pretrain": {...}, "finetune": {...}, "cells": {name:
+    record}, "missing": [names of the unfinished]}.
+
+    ``read(cell, record, folder of its files)`` yields (keys, value) pairs; each value is stored
+    at out[cell.kind][keys[0]]...[keys[-1]].
+    """
+    done, missing = finished_cells(workdir, cells, records)
+    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": missing}
+    for cell, rec, work in done:
+        out["cells"][cell.name] = rec
+        for keys, value in read(cell, rec, work):
+            node = out[cell.kind]
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+    return out
+
+
 def keep_record(workdir: str, cell: Cell, records: str) -> None:
     """Copies the finished cell's `RECORD_FILES` (and those of its splits/*) to ``records``."""
     src, dst = os.path.join(workdir, cell.name), os.path.join(records, cell.name)
@@ -252,3 +271,9 @@ def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1, records: str = 
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def read_jsonl(path) -> List[dict]:
+    """The rows of a JSON-lines file (metrics.jsonl)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

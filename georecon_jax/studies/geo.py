@@ -23,7 +23,6 @@ experiments/): experiments/study.py builds it from experiments/configs/study.py.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from typing import Any, Callable, List, Mapping, Sequence
@@ -32,7 +31,7 @@ import numpy as np
 
 from georecon_jax import plots
 from georecon_jax.studies import report, stats
-from georecon_jax.studies.cells import Cell, finished_cells, read_json
+from georecon_jax.studies.cells import Cell, gather, read_json, read_jsonl
 
 FIGURES = ("study_bars.png", "study_curves.png", "study_z_diagnostic.png", "study_pretraining.png")
 # a pretraining counts as flattened when its validation loss fell by less than this fraction over
@@ -234,35 +233,36 @@ def _metric_names(c, task: str) -> List[tuple]:
 def collect(c, workdir: str, cells: List[Cell]) -> dict:
     """What the finished cells left: per pretraining arm and seed its summary and validation curve;
     per column, arm and seed the test MAE, per-molecule errors and learning curves."""
-    done, missing = finished_cells(workdir, cells, c.records)
-    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": missing}
-    for cell, rec, work in done:
-        out["cells"][cell.name] = rec
-        if cell.kind == "pretrain":
-            s = read_json(os.path.join(work, "summary.json"))
-            out["pretrain"].setdefault(cell.arm + ("_md17" if "_md17/" in cell.name else ""), {})[
-                cell.seed
-            ] = {
-                "final_train_loss": s.get("final_train_loss"),
-                "z_diagnostic": s.get("z_diagnostic"),
-                "reconstruction_rmsd_angstrom": s.get("reconstruction_rmsd_angstrom"),
-                "wall_seconds": rec["wall_seconds"],
-                "curve": validation_curve(os.path.join(work, "metrics.jsonl")),
-            }
-            continue
-        r = read_json(os.path.join(work, "results.json"))
-        errors = np.load(os.path.join(work, "errors_test.npz"))
-        order = np.argsort(errors["ids"])
-        with open(os.path.join(work, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        for col, metric, arr in _metric_names(c, cell.task):
-            m = r["metrics"][metric]
-            key = "mae" if metric.endswith(f"{cell.task}_mae") else metric  # metrics.jsonl's name
-            curve = {
-                split: [(row["step"], row[key]) for row in rows if row.get("split") == split and key in row]
-                for split in ("train", "validation")
-            }
-            out["finetune"].setdefault(col, {}).setdefault(cell.arm, {})[cell.seed] = {
+    return gather(workdir, cells, c.records, lambda cell, rec, work: _read_cell(c, cell, rec, work))
+
+
+def _read_cell(c, cell: Cell, rec: dict, work: str):
+    """(keys, value) of a finished cell for `cells.gather`."""
+    if cell.kind == "pretrain":
+        s = read_json(os.path.join(work, "summary.json"))
+        value = {
+            "final_train_loss": s.get("final_train_loss"),
+            "z_diagnostic": s.get("z_diagnostic"),
+            "reconstruction_rmsd_angstrom": s.get("reconstruction_rmsd_angstrom"),
+            "wall_seconds": rec["wall_seconds"],
+            "curve": validation_curve(os.path.join(work, "metrics.jsonl")),
+        }
+        yield (cell.arm + ("_md17" if "_md17/" in cell.name else ""), cell.seed), value
+        return
+    r = read_json(os.path.join(work, "results.json"))
+    errors = np.load(os.path.join(work, "errors_test.npz"))
+    order = np.argsort(errors["ids"])
+    rows = read_jsonl(os.path.join(work, "metrics.jsonl"))
+    for col, metric, arr in _metric_names(c, cell.task):
+        m = r["metrics"][metric]
+        key = "mae" if metric.endswith(f"{cell.task}_mae") else metric  # metrics.jsonl's name
+        curve = {
+            split: [(row["step"], row[key]) for row in rows if row.get("split") == split and key in row]
+            for split in ("train", "validation")
+        }
+        yield (
+            (col, cell.arm, cell.seed),
+            {
                 "value": m["value"],
                 "unit": m["unit"],
                 "ids": errors["ids"][order],
@@ -270,15 +270,14 @@ def collect(c, workdir: str, cells: List[Cell]) -> dict:
                 "curve": curve,
                 "num_molecules": r["num_molecules"],
                 "wall_seconds": rec["wall_seconds"],
-            }
-    return out
+            },
+        )
 
 
 def validation_curve(path: str) -> List[tuple]:
     """(step, validation loss) of a run's metrics.jsonl ([] when it has none)."""
     try:
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_jsonl(path)
     except FileNotFoundError:
         return []
     return [(r["step"], r["loss"]) for r in rows if r.get("split") == "validation" and "loss" in r]
@@ -467,16 +466,8 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
     cols = list(s["table"])
     units = {col: next(iter(s["table"][col].values()))["unit"] for col in cols}
     arms = [a for a in c.arms if any(a in s["table"][col] for col in cols)]
-    lines = [
-        f"# GeoRecon study, preset `{c.preset}`",
-        "",
-        f"{report.today()}, {report.machine()}; "
-        f"`python -m experiments.study --config=experiments/configs/study.py:{c.preset} "
-        f"--workdir={workdir}`; cells finished {len(data['cells'])} of {len(cells)}; cell wall "
-        f"time in all {sum(walls.values()) / 3600:.2f} h.",
-        "",
-        *method_lines(c),
-    ]
+    lines = report.heading("GeoRecon study", c, "study.py", workdir, data, len(cells))
+    lines += ["", *method_lines(c)]
     if cols:
         lines += report.section("Test MAE, mean ± std over seeds")
         lines += report.table(
@@ -505,18 +496,14 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
         ["cells", "seeds", "wall (s)"], ([k, len(ws), f"{np.mean(ws):.0f}"] for k, ws in kinds.items())
     )
     lines += report.not_finished_lines(data["missing"])
-    record = {
-        "preset": c.preset,
-        "config": json.loads(c.to_json_best_effort()),
-        "date": report.today(),
-        "machine": report.machine(),
-        "main_arms": list(design.main_arms),
-        "table": s["table"],
-        "differences": {k: {col: e.to_json() for col, e in v.items()} for k, v in s["differences"].items()},
-        "z_diagnostic": s["z"],
-        "cells": data["cells"],
-        "missing": data["missing"],
-    }
+    record = report.record(
+        c,
+        data,
+        main_arms=list(design.main_arms),
+        table=s["table"],
+        differences={k: {col: e.to_json() for col, e in v.items()} for k, v in s["differences"].items()},
+        z_diagnostic=s["z"],
+    )
     figures(data, s, workdir, cols, arms)
     return report.write(workdir, lines, record, FIGURES, out_dirs)
 
@@ -581,36 +568,60 @@ def figures(data: dict, s: dict, workdir: str, cols: List[str], arms: List[str])
             "MAE, training units\n(lines: train batches; dots: validation)",
             yscale="log",
         )
-    if s["z"]:
-        series = []
-        for i, (arm, z) in enumerate(s["z"].items()):
-            m, sd = np.array(z["own_over_other_mean"]), np.array(z["own_over_other_std"])
-            series.append(dict(x=z["sigmas"], y=m, fmt="o-", color=f"C{i}", label=arm, band=(m - sd, m + sd)))
-        plots.line_panels(
-            path[2],
-            [("What z adds (below 1: the own code helps)", series)],
-            "σ (Å)",
-            "decoder ε-MSE, own code / other's",
-            xscale="log",
-            hlines=[(1.0, "k", "--")],
-            size=(5, 3.8),
-        )
+    z_series = []
+    for i, (arm, z) in enumerate(s["z"].items()):
+        m, sd = np.array(z["own_over_other_mean"]), np.array(z["own_over_other_std"])
+        z_series.append(dict(x=z["sigmas"], y=m, fmt="o-", color=f"C{i}", label=arm, band=(m - sd, m + sd)))
+    pre_series = []
     curves = {
         arm: [v["curve"] for v in seeds.values() if v.get("curve")] for arm, seeds in data["pretrain"].items()
     }
-    if any(curves.values()):
-        series = []
-        for i, (arm, cs) in enumerate(x for x in curves.items() if x[1]):
-            for k, cv in enumerate(cs):
-                steps, loss = np.array(cv, dtype=float).T
-                series.append(
-                    dict(x=steps, y=loss, fmt="o-", color=f"C{i}", ms=2, lw=1, label=arm if k == 0 else None)
-                )
-        plots.line_panels(
-            path[3],
-            [("Pretraining curves (one line per seed)", series)],
-            "pretraining step",
-            "validation loss (the objective's)",
-            yscale="log",
-            size=(5, 3.8),
-        )
+    for i, (arm, cs) in enumerate(x for x in curves.items() if x[1]):
+        for k, cv in enumerate(cs):
+            steps, loss = np.array(cv, dtype=float).T
+            label = arm if k == 0 else None
+            pre_series.append(dict(x=steps, y=loss, fmt="o-", color=f"C{i}", ms=2, lw=1, label=label))
+    for where, title, series, xlabel, ylabel, scales in (
+        (
+            path[2], "What z adds (below 1: the own code helps)", z_series, "σ (Å)",
+            "decoder ε-MSE, own code / other's", dict(xscale="log", hlines=[(1.0, "k", "--")]),
+        ),
+        (
+            path[3], "Pretraining curves (one line per seed)", pre_series, "pretraining step",
+            "validation loss (the objective's)", dict(yscale="log"),
+        ),
+    ):  # fmt: skip
+        if series:
+            plots.line_panels(where, [(title, series)], xlabel, ylabel, size=(5, 3.8), **scales)
+
+
+# ---------------------------------------------------------------------------------------------
+# --list
+
+
+def rate_key(cell: Cell) -> str:
+    """Which measured step rate a cell runs at: pretrain_<config stem> or finetune_<qm9|md17>."""
+    if cell.kind == "pretrain":
+        spec = next(a for a in cell.cmd if a.startswith("--config="))
+        return "pretrain_" + os.path.basename(spec.split(":", 1)[0]).removesuffix(".py")
+    return "finetune_md17" if "finetune_md17.py" in " ".join(cell.cmd) else "finetune_qm9"
+
+
+def expected_time(c, cells: List[Cell]) -> str:
+    """The cells' expected wall time from the preset's measured step rates (an upper bound for
+    fine-tunings, which early stopping may end sooner), one cell at a time."""
+    total, unknown = 0.0, set()
+    for cell in cells:
+        steps = int(next(a for a in reversed(cell.cmd) if a.startswith("--config.num_steps=")).split("=")[1])
+        rate = c.rates.get(rate_key(cell))
+        if not rate:
+            unknown.add(rate_key(cell))
+            continue
+        total += steps / rate + c.rates.get("cell_overhead_s", 0.0)
+    out = (
+        f"{len(cells)} cells to run: at most {total / 3600:.1f} h one at a time on {c.rates.machine} "
+        f"({c.rates.source})"
+    )
+    if unknown:
+        out += f"; no measured rate for {', '.join(sorted(unknown))}"
+    return out

@@ -30,7 +30,7 @@ import numpy as np
 
 from georecon_jax import plots
 from georecon_jax.studies import report, stats
-from georecon_jax.studies.cells import Cell, finished_cells, read_json
+from georecon_jax.studies.cells import Cell, gather, read_json, read_jsonl
 
 FIGURES = ("study_mrl_bars.png", "study_mrl_curves.png")
 
@@ -172,38 +172,41 @@ def task_metrics(kind: str):
 def collect(c, workdir: str, cells: List[Cell]) -> dict:
     """What the finished cells left: per pretraining its final losses; per fine-tuning its test
     metrics, test labels and predictions by pair (sorted) and its first split's validation curve."""
-    done, missing = finished_cells(workdir, cells, c.records)
-    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": missing}
-    for cell, rec, work in done:
-        out["cells"][cell.name] = rec
-        if cell.kind == "pretrain":
-            s = read_json(os.path.join(work, "summary.json"))
-            out["pretrain"].setdefault(cell.task, {}).setdefault(cell.arm, {})[cell.seed] = {
-                k: s.get(k)
-                for k in (
-                    "final_train_contrastive",
-                    "final_train_force_mse",
-                    "first_train_force_mse",
-                    "train_pairs",
-                    "steps",
-                )
-            } | {"wall_seconds": rec["wall_seconds"]}
-            continue
-        r = read_json(os.path.join(work, "results.json"))
-        rows, ys, ps, curves = [], [], [], []
-        for split in r["splits"]:
-            sdir = os.path.join(work, "splits", split["split"])
-            z = np.load(os.path.join(sdir, "predictions_test.npz"))
-            rows.append(np.char.add(f"{split['split']}|", z["rows"].astype(str)))
-            ys.append(z["label"][:, 0])
-            ps.append(z["pred"][:, 0])
-            with open(os.path.join(sdir, "metrics.jsonl")) as f:
-                val = [json.loads(line) for line in f if line.strip()]
-            key = "rmse" if r["task_type"] == "regression" else "roc_auc"
-            curves.append([(v["step"], v[key]) for v in val if v.get("split") == "validation" and key in v])
-        rows, y, p = np.concatenate(rows), np.concatenate(ys), np.concatenate(ps)
-        order = np.argsort(rows)
-        out["finetune"].setdefault(cell.task, {}).setdefault(cell.arm, {})[cell.seed] = {
+    return gather(workdir, cells, c.records, _read_cell)
+
+
+def _read_cell(cell: Cell, rec: dict, work: str):
+    """(keys, value) of a finished cell for `cells.gather`."""
+    if cell.kind == "pretrain":
+        s = read_json(os.path.join(work, "summary.json"))
+        keys = (
+            "final_train_contrastive",
+            "final_train_force_mse",
+            "first_train_force_mse",
+            "train_pairs",
+            "steps",
+        )
+        yield (
+            (cell.task, cell.arm, cell.seed),
+            {k: s.get(k) for k in keys} | {"wall_seconds": rec["wall_seconds"]},
+        )
+        return
+    r = read_json(os.path.join(work, "results.json"))
+    rows, ys, ps, curves = [], [], [], []
+    for split in r["splits"]:
+        sdir = os.path.join(work, "splits", split["split"])
+        z = np.load(os.path.join(sdir, "predictions_test.npz"))
+        rows.append(np.char.add(f"{split['split']}|", z["rows"].astype(str)))
+        ys.append(z["label"][:, 0])
+        ps.append(z["pred"][:, 0])
+        val = read_jsonl(os.path.join(sdir, "metrics.jsonl"))
+        key = "rmse" if r["task_type"] == "regression" else "roc_auc"
+        curves.append([(v["step"], v[key]) for v in val if v.get("split") == "validation" and key in v])
+    rows, y, p = np.concatenate(rows), np.concatenate(ys), np.concatenate(ps)
+    order = np.argsort(rows)
+    yield (
+        (cell.task, cell.arm, cell.seed),
+        {
             "metrics": {k: v[0] for k, v in r["test_mean_std"].items()},
             "rows": rows[order],
             "y": y[order],
@@ -216,8 +219,8 @@ def collect(c, workdir: str, cells: List[Cell]) -> dict:
             "curve": curves[0] if curves else [],
             "steps_per_epoch": max(r["splits"][0]["best_step"], 1) / max(r["splits"][0]["best_epoch"], 1),
             "wall_seconds": rec["wall_seconds"],
-        }
-    return out
+        },
+    )
 
 
 def replicate_differences(a: List[tuple], b: List[tuple], seeds: List[int], fn):
@@ -276,16 +279,11 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
     each of ``out_dirs``); returns the record written to results.json."""
     data = collect(c, workdir, cells)
     s = summarise(c, data)
-    walls = {name: rec["wall_seconds"] for name, rec in data["cells"].items()}
     tasks = [t for t in c.tasks if t in s["table"]]
     arms = [a for a in c.arms if any(a in s["table"][t] for t in tasks)]
-    lines = [
-        f"# 3DMRL study, preset `{c.preset}`",
-        "",
-        f"{report.today()}, {report.machine()}; "
-        f"`python -m experiments.study --config=experiments/configs/study_mrl.py:{c.preset} "
-        f"--workdir={workdir}`; seeds {', '.join(map(str, c.seeds))}; cells finished "
-        f"{len(data['cells'])} of {len(cells)}; cell wall time in all {sum(walls.values()) / 3600:.2f} h.",
+    seeds = f"seeds {', '.join(map(str, c.seeds))}; "
+    lines = report.heading("3DMRL study", c, "study_mrl.py", workdir, data, len(cells), seeds)
+    lines += [
         "",
         f"3DMRL pretraining: mrl3d.py size `{c.pretrain_size or 'paper'}`, "
         f"{c.pretrain_steps or 'the config’s'} steps {' '.join(c.pretrain_overrides)}; fine-tuning: "
@@ -318,17 +316,8 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
     head = ["task", "arm", "pairs", "best epochs (all splits)", "wall per cell (s)"]
     lines += report.table(head, rows, align="|---|---|---:|---|---:|")
     lines += report.not_finished_lines(data["missing"])
-    record = {
-        "preset": c.preset,
-        "config": json.loads(c.to_json_best_effort()),
-        "date": report.today(),
-        "machine": report.machine(),
-        "tasks": {t: list(design.tasks[t]) for t in tasks},
-        "table": s["table"],
-        "pretrain": data["pretrain"],
-        "cells": data["cells"],
-        "missing": data["missing"],
-    }
+    tasks_ = {t: list(design.tasks[t]) for t in tasks}
+    record = report.record(c, data, tasks=tasks_, table=s["table"], pretrain=data["pretrain"])
     figures(data, s, workdir, tasks, arms)
     return report.write(workdir, lines, record, FIGURES, out_dirs)
 

@@ -24,6 +24,26 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores"
 
 
+def heading(title: str, c, config_file: str, workdir: str, data: dict, num_cells: int, more: str = ""):
+    """The report's title and its first paragraph: date, machine, the command, ``more``, how many
+    cells finished and their wall time."""
+    wall = sum(rec["wall_seconds"] for rec in data["cells"].values())
+    return [
+        f"# {title}, preset `{c.preset}`",
+        "",
+        f"{today()}, {machine()}; `python -m experiments.study "
+        f"--config=experiments/configs/{config_file}:{c.preset} --workdir={workdir}`; {more}cells "
+        f"finished {len(data['cells'])} of {num_cells}; cell wall time in all {wall / 3600:.2f} h.",
+    ]
+
+
+def record(c, data: dict, **fields) -> dict:
+    """What results.json holds: the preset, its config, date, machine, ``fields`` and the cells'
+    records (and the names of the unfinished)."""
+    head = {"preset": c.preset, "config": json.loads(c.to_json_best_effort()), "date": today()}
+    return head | {"machine": machine(), **fields, "cells": data["cells"], "missing": data["missing"]}
+
+
 def mean_std(values: Sequence[float]) -> dict:
     """{"mean", "std" (over seeds, ddof 1; nan for one value), "values"}."""
     v = np.asarray(values, dtype=np.float64)
