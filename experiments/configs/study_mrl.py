@@ -127,7 +127,7 @@ def get_config(preset="cpu"):
     c.max_folds = 0  # 0: every fold of the cell's seed
     c.ddi_repeats = 1  # DDI split seeds per cell (seed k: split seeds k, k + S, k + 2S, ...)
     c.interval = 0.95
-    # finished cells' small files are copied here as they finish ('' = off): experiments/study_common.py
+    # finished cells' small files are copied here as they finish ('' = off): georecon_jax/studies/cells.py
     c.records = ""
     for k, v in PRESETS[preset].items():
         c[k] = ml_collections.ConfigDict(v) if k == "group_overrides" else v

@@ -1,1 +1,2 @@
-"""What the studies share: statistics for paired comparisons over seeds (``stats``)."""
+"""The studies: the one cell runner (``cells``), statistics over seeds (``stats``), reports
+(``report``) and one spec per study (``geo``, ``mrl``, ``zvariants``)."""
