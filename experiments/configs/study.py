@@ -76,7 +76,7 @@ PRESETS = dict(
     ),
     # What 2 CPU cores can answer in about 6 hours: label-scarce fine-tuning (1,000 QM9 labels,
     # 200 aspirin frames) to early stopping, from pretrainings long enough for the quick model's
-    # loss to flatten (README: the curve and the criterion).
+    # loss to flatten (docs/results.md: the curve and the criterion).
     cpu=dict(
         size="quick",
         seeds=(0, 1, 2, 3, 4),
@@ -191,8 +191,8 @@ def get_config(preset="cpu"):
 RATES = dict(
     cpu=dict(
         machine="2 CPU cores",
-        source="quick-size runs alone on this 2-core machine, 2026-12-04 and 2026-12-06: README",
-        pretrain_georecon=3.1,  # 600 steps in 196 s (README quick start)
+        source="quick-size runs alone on this 2-core machine, 2026-12-04 and 2026-12-06: docs/results.md",
+        pretrain_georecon=3.1,  # 600 steps in 196 s (the quick start, docs/results.md)
         pretrain_coord=5.0,
         pretrain_coord_ladder=5.0,
         finetune_qm9=5.1,  # 1,500 HOMO steps in 292 s
