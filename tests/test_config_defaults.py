@@ -31,6 +31,13 @@ ALLOWED = {
     ("data/qm9.py", "skipped"): "the QM9 cache's meta (caches written before the count)",
     ("tasks/evaluation.py", "num_molecules"): "a pretraining run's summary.json, in a message",
     ("plots.py", "n_pairs_same_size"): "the z diagnostic's results (older summaries lack it)",
+    ("studies/zvariants.py", "n_pairs_same_size"): "the z diagnostic's results (older summaries lack it)",
+    ("studies/zvariants.py", "z_diagnostic"): "a pretraining cell's summary.json (objectives without one)",
+    ("studies/zvariants.py", "sampler"): "a pretraining cell's summary.json (written before the field)",
+    ("studies/geo.py", "overlays"): "an arm's spec in experiments/configs/study.py ARMS (a plain dict)",
+    ("studies/geo.py", "normaliser"): "an arm's spec: the study's normaliser unless the arm names one",
+    ("plots.py", "fmt"): "a plotted series' style (a dict of matplotlib arguments)",
+    ("plots.py", "ms"): "a plotted series' style (a dict of matplotlib arguments)",
 }
 
 CONFIGS = [

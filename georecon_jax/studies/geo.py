@@ -617,7 +617,7 @@ def expected_time(c, cells: List[Cell]) -> str:
         if not rate:
             unknown.add(rate_key(cell))
             continue
-        total += steps / rate + c.rates.get("cell_overhead_s", 0.0)
+        total += steps / rate + c.rates.cell_overhead_s
     out = (
         f"{len(cells)} cells to run: at most {total / 3600:.1f} h one at a time on {c.rates.machine} "
         f"({c.rates.source})"
