@@ -33,6 +33,13 @@ def test_clusters_average_first():
     assert flat.df == 3 and (flat.high - flat.low) < (e.high - e.low)
 
 
+def test_unequal_clusters_report_the_centre_of_their_interval():
+    # 5 seeds over 3 pretrainings (0, 3), (1, 4), (2): the mean is that of the 3 cluster means
+    e = stats.paired_interval([1.0, 2.0, 6.0, 3.0, 4.0], 0.95, clusters=[0, 1, 2, 0, 1])
+    assert e.mean == pytest.approx((2.0 + 3.0 + 6.0) / 3)
+    assert e.mean - e.low == pytest.approx(e.high - e.mean)
+
+
 def test_verdicts_follow_the_interval():
     better = stats.paired_interval([-3.0, -2.5, -3.5, -2.9, -3.1])
     none = stats.paired_interval([-3.0, 2.5, -3.5, 2.9, -3.1])

@@ -300,6 +300,56 @@ def test_a_pretraining_kept_only_as_a_record_is_rerun_when_a_fine_tuning_needs_i
     assert (tmp_path / "ran.txt").read_text().split() == [pre.name, todo.name]
 
 
+def test_an_interrupted_restore_is_resumed_not_taken_for_finished(tmp_path):
+    """The pretraining re-run for its checkpoint is stopped half-way (SIGTERM: a checkpoint, exit 0):
+    the next run of the study runs it again to its end before the fine-tuning that needs it, never
+    starting that fine-tuning from the half-trained checkpoint; a cell that finished in the workdir
+    before records were kept gets its record copied."""
+    from georecon_jax.studies.cells import keep_record, run_study
+
+    work, records = tmp_path / "study", str(tmp_path / "records")
+    log = tmp_path / "ran.txt"
+
+    def cell(name, kind, needs=None, stop_first=False):
+        out, flag = work / name, tmp_path / (name.replace("/", "_") + ".tried")
+        code = (
+            "import json, os, sys; "
+            f"half = {stop_first!r} and not os.path.exists({str(flag)!r}); "
+            f"open({str(flag)!r}, 'w').close(); "
+            "step = 2 if half else 4; "
+            f"os.makedirs(os.path.join({str(out)!r}, 'checkpoints', str(step)), exist_ok=True); "
+            f"json.dump({{'steps': step, 'num_steps': 4}}, open({str(out / 'summary.json')!r}, 'w')); "
+            f"open({str(log)!r}, 'a').write({name!r} + (' half' if half else '') + chr(10))"
+        )
+        return study_cells.Cell(name, kind, "georecon", 0, [sys.executable, "-c", code], needs=needs)
+
+    pre = cell("pretrain/georecon/seed0", "pretrain", stop_first=True)
+    todo = cell("finetune/gap/georecon/seed0", "finetune", needs=pre.name)
+    c = study_config.get_config("tiny")
+    (tmp_path / (pre.name.replace("/", "_") + ".tried")).touch()  # its first run went to the end
+    study_cells.run_cell(str(work), pre)
+    keep_record(str(work), pre, records)
+    (tmp_path / (pre.name.replace("/", "_") + ".tried")).unlink()
+    import shutil
+
+    shutil.rmtree(work)  # a fresh machine; the re-run for the checkpoint is then interrupted
+    with pytest.raises(SystemExit, match="stopped at step 2 of 4"):
+        run_study(c, str(work), [pre, todo], 1, records)
+    run_study(c, str(work), [pre, todo], 1, records)
+    assert log.read_text().split("\n")[1:4] == [f"{pre.name} half", pre.name, todo.name]
+    # a cell finished here before records were kept: its record is copied on the next run
+    other = tmp_path / "other"
+    out = other / "pretrain/coord/seed0"
+    code = (
+        f"import json, os; os.makedirs({str(out / 'checkpoints' / '4')!r}); "
+        f"json.dump({{'steps': 4, 'num_steps': 4}}, open({str(out / 'summary.json')!r}, 'w'))"
+    )
+    extra = study_cells.Cell("pretrain/coord/seed0", "pretrain", "coord", 0, [sys.executable, "-c", code])
+    study_cells.run_cell(str(other), extra)
+    run_study(c, str(other), [extra], 1, str(tmp_path / "records2"))
+    assert (tmp_path / "records2" / extra.name / study_cells.CELL_FILE).exists()
+
+
 def test_pretraining_flattening_criterion():
     """The fall of the validation loss over the last quarter of the steps, against FLAT."""
     curve = [(500, 1.0), (1000, 0.9), (1500, 0.85), (2000, 0.84)]

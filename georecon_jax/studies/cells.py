@@ -118,6 +118,11 @@ def keep_record(workdir: str, cell: Cell, records: str) -> None:
     shutil.copy2(os.path.join(src, CELL_FILE), os.path.join(dst, CELL_FILE))  # last: marks it complete
 
 
+def _finished_here(workdir: str, cell: Cell) -> bool:
+    """The cell's command finished in this workdir (not only as a kept record)."""
+    return os.path.exists(os.path.join(workdir, cell.name, CELL_FILE))
+
+
 def _has_checkpoint(work: str) -> bool:
     ckpt = os.path.join(work, "checkpoints")
     return os.path.isdir(ckpt) and any(p.isdigit() for p in os.listdir(ckpt))
@@ -215,13 +220,27 @@ def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1, records: str = 
 
     from tqdm.auto import tqdm
 
+    if records:  # a cell that finished here before its record was kept (or before records were on)
+        for cell in cells:
+            if _finished_here(workdir, cell) and not os.path.exists(
+                os.path.join(records, cell.name, CELL_FILE)
+            ):
+                keep_record(workdir, cell, records)
     todo = [cell for cell in cells if cell_record(workdir, cell, records) is None]
     needed = {cell.needs for cell in todo if cell.needs}
+    # a pretraining a remaining fine-tuning needs, finished only as a record (or finished here but
+    # without its checkpoints): run again, and resumed by run_cell if that run was interrupted
     restore = [
         cell
         for cell in cells
-        if cell.name in needed and cell not in todo and not _has_checkpoint(os.path.join(workdir, cell.name))
+        if cell.name in needed
+        and cell not in todo
+        and not (_finished_here(workdir, cell) and _has_checkpoint(os.path.join(workdir, cell.name)))
     ]
+    for cell in restore:  # its old record here would make an interrupted re-run look finished
+        stale = os.path.join(workdir, cell.name, CELL_FILE)
+        if os.path.exists(stale):
+            os.remove(stale)
     if restore:
         print(
             f"{len(restore)} finished pretraining(s) kept only as records are run again for the "
@@ -236,8 +255,11 @@ def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1, records: str = 
     bar = tqdm(total=len(cells) + len(restore), initial=len(cells) - len(todo), desc="study", unit="cell")
 
     def one(cell):
-        if cell.needs and not _has_checkpoint(os.path.join(workdir, cell.needs)):
-            raise SystemExit(f"cell {cell.name} needs {cell.needs}, which has not finished")
+        needs = Cell(cell.needs, "", "", 0, []) if cell.needs else None
+        if needs and not (
+            _finished_here(workdir, needs) and _has_checkpoint(os.path.join(workdir, needs.name))
+        ):
+            raise SystemExit(f"cell {cell.name} needs {cell.needs}, which has not finished here")
         r = run_cell(workdir, cell)
         if records:
             keep_record(workdir, cell, records)

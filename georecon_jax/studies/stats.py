@@ -29,7 +29,8 @@ class Interval:
     """Mean of the per-replicate differences and its ``level`` t-interval.
 
     Attributes:
-      mean: mean of the differences (the metric's unit).
+      mean: mean of the units the interval is over (the differences, or the cluster means), in the
+        metric's unit.
       low, high: the interval's ends (nan when fewer than 2 units of replication).
       per_replicate: the differences d_k, in replicate order.
       units: the numbers the interval is over (the replicates, or the cluster means).
@@ -104,7 +105,7 @@ def paired_interval(
     mean, low, high = t_interval(units, level)
     n = int(np.isfinite(units).sum())
     return Interval(
-        mean=float(np.nanmean(d)) if len(d) else float("nan"),
+        mean=mean,  # the centre of the interval: the mean of the units (cluster means if clustered)
         low=low,
         high=high,
         per_replicate=[float(x) for x in d],
