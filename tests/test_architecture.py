@@ -28,8 +28,9 @@ ALLOWED = {
     "plots": set(),
     # The studies: cells (commands of the entry points), their statistics, reports and figures.
     # They read what the jobs write with the jobs' own readers and metrics (tasks.finetune_pairs'
-    # split_finished, tasks.metrics' roc_auc) rather than repeat them.
-    "studies": {"plots", "tasks"},
+    # split_finished, tasks.metrics' roc_auc) rather than repeat them, and keep a pretraining's
+    # weights in its record through training's checkpoint and transfer readers.
+    "studies": {"plots", "tasks", "training"},
     # Models in other programs' terms: the ASE calculator (on top of tasks.inference) and torchmd-net
     # checkpoints imported as workdirs (interop/torchmd*.py: they build this library's models and
     # configs, check the parameters against them, and save checkpoints, target statistics and noise

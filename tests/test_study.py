@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -363,3 +364,64 @@ def test_pretraining_flattening_criterion():
         if line.startswith("| coord") or line.startswith("| georecon")
     }
     assert rows["| coord"].endswith("| flattened |") and rows["| georecon"].endswith("| still falling |")
+
+
+def test_a_pretraining_kept_with_its_weights_is_restored_not_rerun(tmp_path):
+    """A finished pretraining's record keeps the weights a fine-tuning reads (not the optimizer
+    state): on a fresh machine they are written back as a checkpoint, the pretraining is not run
+    again, and a fine-tuning reads exactly the variables the original checkpoint gave."""
+    import shutil
+
+    from georecon_jax.studies.cells import WEIGHTS_FILE, keep_record, run_study
+    from georecon_jax.training.checkpoint import Checkpointer
+    from georecon_jax.training.transfer import read_pretrained
+
+    work, records = tmp_path / "study", str(tmp_path / "records")
+    ran = tmp_path / "ran.txt"
+    rng = np.random.default_rng(0)
+    params = {
+        "encoder": {"w": rng.normal(size=(3, 4)).astype(np.float32)},
+        "head": {"b": np.ones(2, np.float32)},
+    }
+    ema = jax.tree_util.tree_map(lambda x: x * np.float32(0.5), params)
+
+    pre_dir = work / "pretrain/georecon/seed0"
+    code = f"open({str(ran)!r}, 'a').write('pretrain' + chr(10))"  # runs only if not restored
+    pre = study_cells.Cell("pretrain/georecon/seed0", "pretrain", "georecon", 0, [sys.executable, "-c", code])
+    ckpt = Checkpointer(str(pre_dir))
+    ckpt.save(
+        7, {"params": {"params": params}, "ema_params": {"params": ema}, "opt_state": {"mu": np.zeros(5)}}
+    )
+    ckpt.close()
+    (pre_dir / "summary.json").write_text(json.dumps({"steps": 7, "num_steps": 7}))
+    (pre_dir / "noise_normaliser.json").write_text("{}")
+    (pre_dir / study_cells.CELL_FILE).write_text(json.dumps({"name": pre.name, "wall_seconds": 1.0}))
+    original = read_pretrained(str(pre_dir))
+    keep_record(str(work), pre, records)
+    kept = np.load(os.path.join(records, pre.name, WEIGHTS_FILE))
+    assert "opt_state/mu" not in kept.files and int(kept["__step__"]) == 7
+
+    out, fin = tmp_path / "read.npy", work / "finetune/homo/georecon/seed0"
+    read = (
+        "import json, os, numpy as np; from georecon_jax.training.transfer import read_pretrained; "
+        f"v = read_pretrained({str(pre_dir)!r}).variables['params']; "
+        f"np.save({str(out)!r}, np.concatenate([v['encoder']['w'].ravel(), v['head']['b']])); "
+        f"os.makedirs({str(fin)!r}, exist_ok=True); "
+        f"json.dump({{'steps': 4, 'num_steps': 4}}, open({str(fin / 'summary.json')!r}, 'w'))"
+    )
+    todo = study_cells.Cell(
+        fin.relative_to(work).as_posix(),
+        "finetune",
+        "georecon",
+        0,
+        [sys.executable, "-c", read],
+        needs=pre.name,
+    )
+    shutil.rmtree(work)  # a fresh machine: only the records are left
+    run_study(study_config.get_config("tiny"), str(work), [pre, todo], 1, records)
+    assert not ran.exists()  # restored, not run again
+    want = original.variables["params"]
+    assert original.ema and np.array_equal(
+        np.load(out), np.concatenate([want["encoder"]["w"].ravel(), want["head"]["b"]])
+    )
+    assert (work / pre.name / "noise_normaliser.json").exists()

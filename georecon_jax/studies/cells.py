@@ -6,9 +6,12 @@ them on SIGTERM; `run_cell` runs one.
 With a records folder (the study config's ``records``, e.g. ``results/<study>/cells``), each
 finished cell's small files (`RECORD_FILES`: its record, results, per-molecule errors, summary,
 metrics; no checkpoints) are copied there as it finishes, so they can be committed while the study
-runs. A cell whose record is in that folder counts as finished, and its results are read from
-there: a study that spans sessions on fresh machines loses no finished cell. A pretraining whose
-checkpoint a remaining fine-tuning needs, but which exists only as a record, is run again (same
+runs; a pretraining's record also keeps its transferable weights (`WEIGHTS_FILE`: the parameters
+a fine-tuning reads, about 1 MB at the quick size, without the optimizer state). A cell whose
+record is in that folder counts as finished, and its results are read from there: a study that
+spans sessions on fresh machines loses no finished cell. A pretraining whose checkpoint a remaining
+fine-tuning needs, but which exists only as a record, is restored from its kept weights (a
+checkpoint of them is written into its workdir); a record without weights is run again (same
 command and seed).
 """
 
@@ -37,6 +40,9 @@ RECORD_FILES = (
     "predictions_test.npz",
     "noise_normaliser.json",
 )
+# a finished pretraining's weights, as read by a fine-tuning (the EMA copy when kept), float32
+WEIGHTS_FILE = "weights.npz"
+_STEP_KEY = "__step__"
 RUNNING: set = set()  # the cells' commands running now (Popen)
 
 
@@ -115,7 +121,56 @@ def keep_record(workdir: str, cell: Cell, records: str) -> None:
             if name in RECORD_FILES:
                 os.makedirs(os.path.join(dst, rel), exist_ok=True)
                 shutil.copy2(os.path.join(root, name), os.path.join(dst, rel, name))
+    if cell.kind == "pretrain" and _has_checkpoint(src):
+        try:
+            keep_weights(src, os.path.join(dst, WEIGHTS_FILE))
+        except Exception as e:  # the record is still kept: without weights, a later need re-runs it
+            print(
+                f"warning: {cell.name}: its weights were not kept ({type(e).__name__}: {str(e)[:200]}); "
+                "on a machine without its checkpoint it is run again when a fine-tuning needs it",
+                flush=True,
+            )
     shutil.copy2(os.path.join(src, CELL_FILE), os.path.join(dst, CELL_FILE))  # last: marks it complete
+
+
+def keep_weights(work: str, path: str) -> None:
+    """Writes the parameters a fine-tuning would read from the run in ``work`` to ``path`` (.npz)."""
+    import numpy as np
+    from flax import traverse_util
+
+    from georecon_jax.training.transfer import read_pretrained
+
+    pre = read_pretrained(work)
+    flat = traverse_util.flatten_dict(pre.variables, sep="/")
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, **{_STEP_KEY: np.int64(pre.step)}, **{k: np.asarray(v) for k, v in flat.items()})
+    os.replace(path + ".tmp", path)
+
+
+def restore_from_record(workdir: str, cell: Cell, records: str) -> bool:
+    """Makes a pretraining kept as a record with weights finished here again: its record files and a
+    checkpoint of its weights (all a fine-tuning reads) in its workdir. False when it has no weights."""
+    import numpy as np
+    from flax import traverse_util
+
+    from georecon_jax.training.checkpoint import Checkpointer
+
+    src, work = os.path.join(records, cell.name), os.path.join(workdir, cell.name)
+    if not os.path.exists(os.path.join(src, WEIGHTS_FILE)):
+        return False
+    with np.load(os.path.join(src, WEIGHTS_FILE)) as z:
+        step = int(z[_STEP_KEY])
+        variables = traverse_util.unflatten_dict({k: z[k] for k in z.files if k != _STEP_KEY}, sep="/")
+    for root, _, files in os.walk(src):
+        os.makedirs(os.path.join(work, os.path.relpath(root, src)), exist_ok=True)
+        for name in files:
+            if name not in (CELL_FILE, WEIGHTS_FILE):
+                shutil.copy2(os.path.join(root, name), os.path.join(work, os.path.relpath(root, src), name))
+    ckpt = Checkpointer(work)
+    ckpt.save(step, {"params": variables})  # read back by read_pretrained as these variables
+    ckpt.close()
+    shutil.copy2(os.path.join(src, CELL_FILE), os.path.join(work, CELL_FILE))  # last: marks it finished
+    return True
 
 
 def _finished_here(workdir: str, cell: Cell) -> bool:
@@ -220,10 +275,16 @@ def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1, records: str = 
 
     from tqdm.auto import tqdm
 
-    if records:  # a cell that finished here before its record was kept (or before records were on)
+    if records:  # a cell that finished here before its record (or its weights) was kept
         for cell in cells:
-            if _finished_here(workdir, cell) and not os.path.exists(
-                os.path.join(records, cell.name, CELL_FILE)
+            kept = os.path.join(records, cell.name)
+            if _finished_here(workdir, cell) and (
+                not os.path.exists(os.path.join(kept, CELL_FILE))
+                or (
+                    cell.kind == "pretrain"
+                    and _has_checkpoint(os.path.join(workdir, cell.name))
+                    and not os.path.exists(os.path.join(kept, WEIGHTS_FILE))
+                )
             ):
                 keep_record(workdir, cell, records)
     todo = [cell for cell in cells if cell_record(workdir, cell, records) is None]
@@ -241,10 +302,19 @@ def run_study(c, workdir: str, cells: List[Cell], jobs: int = 1, records: str = 
         stale = os.path.join(workdir, cell.name, CELL_FILE)
         if os.path.exists(stale):
             os.remove(stale)
+    restored = [cell for cell in restore if records and restore_from_record(workdir, cell, records)]
+    restore = [cell for cell in restore if cell not in restored]
+    if restored:
+        print(
+            f"{len(restored)} finished pretraining(s) restored from the weights in their records: "
+            f"{', '.join(x.name for x in restored)}",
+            flush=True,
+        )
     if restore:
         print(
-            f"{len(restore)} finished pretraining(s) kept only as records are run again for the "
-            f"checkpoints that remaining fine-tunings need: {', '.join(x.name for x in restore)}",
+            f"{len(restore)} finished pretraining(s) kept only as records (without weights) are run "
+            f"again for the checkpoints that remaining fine-tunings need: "
+            f"{', '.join(x.name for x in restore)}",
             flush=True,
         )
     print(
