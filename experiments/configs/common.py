@@ -5,7 +5,8 @@ A config file states only what is particular to it and composes the rest from he
     from experiments.configs import common
 
     SIZES = common.sizes(common.LOOP_SIZES, common.ENCODER_SIZES,
-                         quick=dict(num_steps=600, ...), tiny=dict(num_steps=8, ...))
+                         quick=common.schedule(600, 32, every=200, data=dict(...)),
+                         tiny=common.schedule(8, 8, every=4, ...))
 
     def get_config(size=None):
         c = common.training_loop(num_steps=200_000, batch_size=70, eval_every=2000)
@@ -65,6 +66,12 @@ def training_loop(*, num_steps: int, batch_size: int, eval_every: int) -> Config
             **accelerator(),
         )
     )
+
+
+def schedule(num_steps: int, batch_size: int, every: int, **more) -> dict:
+    """A size overlay's loop fields: ``num_steps``, ``batch_size``, and an evaluation and a
+    checkpoint every ``every`` steps, with ``more`` (other fields of the overlay)."""
+    return dict(num_steps=num_steps, batch_size=batch_size, eval_every=every, checkpoint_every=every, **more)
 
 
 def accelerator() -> dict:

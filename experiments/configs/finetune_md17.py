@@ -40,20 +40,18 @@ from experiments.configs import common, finetune_qm9
 SIZES = common.sizes(
     common.LOOP_SIZES,
     common.ENCODER_SIZES,
-    quick=dict(
-        num_steps=1500,
-        batch_size=8,
-        eval_every=250,
-        checkpoint_every=250,
+    quick=common.schedule(
+        1500,
+        8,
+        every=250,
         keep_checkpoints=10,
         early_stopping=dict(patience=0),
     ),
-    tiny=dict(
+    tiny=common.schedule(
+        6,
+        4,
+        every=3,
         molecule="ethanol",
-        num_steps=6,
-        batch_size=4,
-        eval_every=3,
-        checkpoint_every=3,
         early_stopping=dict(patience=0),
         data=dict(num_train=16, num_val=8, num_test_molecules=12),
     ),

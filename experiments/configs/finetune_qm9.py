@@ -30,21 +30,19 @@ from experiments.configs import common
 SIZES = common.sizes(
     common.LOOP_SIZES,
     common.ENCODER_SIZES,
-    quick=dict(
-        num_steps=3000,
-        batch_size=32,
-        eval_every=250,
-        checkpoint_every=250,
+    quick=common.schedule(
+        3000,
+        32,
+        every=250,
         keep_checkpoints=20,
         early_stopping=dict(patience=0),
         data=dict(num_train_labels=10_000, num_eval_molecules=1000, num_test_molecules=2000),
         optim=dict(warmup_steps=100),
     ),
-    tiny=dict(
-        num_steps=6,
-        batch_size=8,
-        eval_every=3,
-        checkpoint_every=3,
+    tiny=common.schedule(
+        6,
+        8,
+        every=3,
         early_stopping=dict(patience=0),
         data=dict(limit=400, num_eval_molecules=16, num_test_molecules=16),
     ),

@@ -18,22 +18,20 @@ from experiments.configs import common
 SIZES = common.sizes(
     common.LOOP_SIZES,
     common.ENCODER_SIZES,
-    quick=dict(
-        num_steps=600,
-        batch_size=32,
-        eval_every=200,
-        checkpoint_every=200,
+    quick=common.schedule(
+        600,
+        32,
+        every=200,
         data=dict(num_eval_molecules=256),
         model=dict(decoder=dict(code_dim=64, num_heads=4, num_rbf=16)),
         objective=dict(num_sampling_steps=30, num_recon_molecules=64),
     ),
     # The encoder of torchmd-net's ET-MD17.yaml, so that finetune_md17.py loads the checkpoint.
     md17=dict(model=dict(encoder=dict(common.ENCODER["md17"], vec_norm="none"))),
-    tiny=dict(
-        num_steps=8,
-        batch_size=8,
-        eval_every=4,
-        checkpoint_every=4,
+    tiny=common.schedule(
+        8,
+        8,
+        every=4,
         data=dict(limit=400, num_eval_molecules=16),
         model=dict(decoder=dict(code_dim=16, num_heads=2, num_rbf=8)),
         objective=dict(num_sampling_steps=4, num_recon_molecules=8),

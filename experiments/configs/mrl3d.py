@@ -16,13 +16,12 @@ from experiments.configs import common
 
 SIZES = common.sizes(
     common.LOOP_SIZES,
-    quick=dict(
+    quick=common.schedule(
+        200,
+        16,
+        every=100,
         num_epochs=None,
-        num_steps=200,
-        batch_size=16,
         log_every=10,
-        eval_every=100,
-        checkpoint_every=100,
         data=dict(pairs="observed", max_atoms=40, num_eval_pairs=128),
         # with explicit hydrogens: 92.8 % of the observed CombiSolv pairs have both molecules
         # within 40 atoms, and 94.8 % of those keep all 5 copies in 160 slots
@@ -30,12 +29,11 @@ SIZES = common.sizes(
         model=dict(encoder3d=dict(num_interactions=3)),
         optim=dict(learning_rate=5e-4, warmup_steps=20),
     ),
-    tiny=dict(
+    tiny=common.schedule(
+        6,
+        8,
+        every=3,
         num_epochs=None,
-        num_steps=6,
-        batch_size=8,
-        eval_every=3,
-        checkpoint_every=3,
         data=dict(presets=("freesolv",), pairs="observed", limit=60, num_workers=1, num_eval_pairs=8),
         environment=dict(num_copies=3, max_atoms=0),
         model=dict(

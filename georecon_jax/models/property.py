@@ -128,8 +128,9 @@ class EquivariantScalarReadout(nn.Module):
         return masked_sum(EquivariantHead(self.hidden, name="head")(emb.scalars, emb.vectors)[0], masks)
 
 
-class SpatialExtentReadout(nn.Module):
-    """Σ_i q_i |r_i - c|² in a0² (TorchMD-Net ``ElectronicSpatialExtent``): [n_graph]."""
+class _CentredReadout(nn.Module):
+    """A readout of the positions relative to the centre of mass, ``rel`` [n, 3] Å: its
+    ``reduce(emb, rel, masks)`` gives [n_graph]."""
 
     hidden: int
     max_z: int = 100
@@ -138,20 +139,21 @@ class SpatialExtentReadout(nn.Module):
     @nn.compact
     def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
         rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)  # [n, 3] Å
+        return self.reduce(emb, rel, masks)
+
+
+class SpatialExtentReadout(_CentredReadout):
+    """Σ_i q_i |r_i - c|² in a0² (TorchMD-Net ``ElectronicSpatialExtent``): [n_graph]."""
+
+    def reduce(self, emb: NodeEmbedding, rel, masks: GraphMasks):
         q = ScalarHead(self.hidden, 1, name="head")(emb.scalars)[:, 0]  # [n]
         return masked_sum(q * jnp.sum(rel**2, axis=-1) * ANGSTROM2_TO_BOHR2, masks)
 
 
-class DipoleReadout(nn.Module):
+class DipoleReadout(_CentredReadout):
     """|Σ_i q_i (r_i - c) + μ_i| in debye (TorchMD-Net ``EquivariantDipoleMoment``): [n_graph]."""
 
-    hidden: int
-    max_z: int = 100
-    standardized = False
-
-    @nn.compact
-    def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
-        rel = positions - centre_of_mass(positions, atomic_numbers, masks, self.max_z)  # [n, 3] Å
+    def reduce(self, emb: NodeEmbedding, rel, masks: GraphMasks):
         q, mu = EquivariantHead(self.hidden, name="head")(emb.scalars, emb.vectors)  # [n], [n, 3]
         total = masked_sum(q[:, None] * rel + mu, masks)  # [n_graph, 3] e·Å
         return jnp.sqrt(jnp.sum(total**2, axis=-1) + 1e-12) * E_ANGSTROM_TO_DEBYE

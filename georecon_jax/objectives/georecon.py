@@ -456,15 +456,11 @@ def split_molecules(graph, per_atom: np.ndarray):
 SAMPLERS = ("ddim", "renoise")
 
 
-def make_reconstruct_fn(
-    model,
-    sigma_min: float,
-    sigma_max: float,
-    num_steps: int,
-    denoiser: Denoiser = Denoiser(),
-    sampler: str = "ddim",
-):
+def make_reconstruct_fn(model, *sampling, **sampling_kw):
     """``reconstruct(params, graph, key) -> positions [n, 3]``: rebuild coordinates from z alone.
+
+    ``sampling``: `make_reconstruct_from_code_fn`'s (sigma_min, sigma_max, num_steps, denoiser,
+    sampler).
 
     Starts from pure noise σ_max·ε and walks the geometric σ ladder down to σ_min. Each step
     estimates x̂₀ = x - σ_k ε̂(x, σ_k, z), then moves to σ_{k+1} by
@@ -477,7 +473,7 @@ def make_reconstruct_fn(
           compounds that; fresh noise at each level is what the decoder was trained on.
     Returns the last x̂₀.
     """
-    from_code = make_reconstruct_from_code_fn(model, sigma_min, sigma_max, num_steps, denoiser, sampler)
+    from_code = make_reconstruct_from_code_fn(model, *sampling, **sampling_kw)
     code = make_code_fn(model)
 
     def reconstruct(params, graph, key):
