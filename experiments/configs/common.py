@@ -113,6 +113,13 @@ def optimizer(**overrides) -> ConfigDict:
     return c
 
 
+def batch_workers() -> ml_collections.FieldReference:
+    """``data.workers``: processes that prepare training batches (georecon_jax.training.prefetch):
+    0 = one background thread; N; or "auto" (the host's cores less two, at most 4 per local
+    device). docs/parallel.md says what to set on a GPU host and on a TPU VM."""
+    return ml_collections.FieldReference(0, field_type=object)
+
+
 def qm9_data(**extra) -> ConfigDict:
     """The QM9 data section (pretraining and QM9 fine-tuning); ``extra`` adds the job's fields."""
     c = ConfigDict()
@@ -122,6 +129,7 @@ def qm9_data(**extra) -> ConfigDict:
     c.limit = optional(int)  # first N molecules only
     c.split_seed = 0
     c.strict = False
+    c.workers = batch_workers()
     c.update(extra)
     return c
 
@@ -158,6 +166,7 @@ def pairs_data(*, max_atoms: int, **extra) -> ConfigDict:
     c.max_atoms = max_atoms  # molecules with more atoms (H included if explicit) are left out, counted
     c.explicit_h = optional(bool)  # hydrogens as graph nodes and 3D atoms (None: the reference's choice)
     c.conformer_seed = 0  # ETKDG seed
+    c.workers = batch_workers()
     c.mmff = False  # MMFF-optimise the ETKDG conformer
     c.num_workers = 2  # processes embedding conformers (once; then cached)
     return c

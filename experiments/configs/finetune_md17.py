@@ -68,6 +68,7 @@ def base_config():
 
     # Data.
     c.data = common.ConfigDict(dict(dataset="md17", split_seed=0, strict=False))
+    c.data.workers = common.batch_workers()
     c.data.data_dir = common.optional(str)
     c.data.train_file = common.optional(str)
     c.data.test_file = common.optional(str)

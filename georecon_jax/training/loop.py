@@ -165,6 +165,8 @@ ADDED_FIELDS = {
     # data loading before these options: corrupt records raised nothing, MD17's split as given,
     # its target std from the energies
     "data.strict": False,
+    # runs before batches could be prepared in worker processes
+    "data.workers": 0,
     "data.shrink_split": False,
     "data.std_from": "energies",
 }
@@ -283,6 +285,7 @@ def fit(
     log_every: int = 50,
     max_consecutive_nonfinite: int = 10,
     prefetch: int = 4,
+    workers: int = 0,
     progress: bool = True,
     desc: str = "train",
     stop_after: Optional[int] = None,
@@ -295,7 +298,8 @@ def fit(
     of ``num_steps``: the same command without it later resumes and finishes the run.
 
     Args:
-      make_batch: k -> host batch (numpy pytree with a leading device axis); runs in a thread.
+      make_batch: k -> host batch (numpy pytree with a leading device axis); runs in a thread,
+        or in ``workers`` processes (`Prefetcher`).
       place: host batch -> device batch (sharded over the mesh).
       eval_fn: (state, step) -> metrics dict, written under split "validation".
       on_eval: hooks ``(step, state, metrics) -> bool`` called after each evaluation (best
@@ -308,7 +312,7 @@ def fit(
     end = num_steps if stop_after is None else min(stop_after, num_steps)
     if start >= end:
         return state, False
-    fetcher = Prefetcher(make_batch, start, end, depth=prefetch)
+    fetcher = Prefetcher(make_batch, start, end, depth=prefetch, workers=workers)
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
     window, t_last, steps_last = [], time.time(), start
     watch = NonfiniteWatch(max_consecutive_nonfinite)

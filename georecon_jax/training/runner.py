@@ -33,6 +33,7 @@ import ml_collections
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.checkpoint import Checkpointer
 from georecon_jax.training.loop import MetricsWriter, first_and_last, fit, record_config, workdir_lock
+from georecon_jax.training.prefetch import resolve_workers
 from georecon_jax.training.optimizer import (
     create_optimizer,
     find_plateau,
@@ -349,6 +350,7 @@ def run_experiment(
                     checkpoint_every=_first(job.checkpoint_every, config.get("checkpoint_every")),
                     log_every=_first(job.log_every, config.get("log_every")),
                     max_consecutive_nonfinite=config.max_consecutive_nonfinite,
+                    workers=resolve_workers(config.data.workers, jax.local_device_count()),
                     desc=job.desc,
                     stop_after=stop_after,
                     on_eval=job.on_eval,
