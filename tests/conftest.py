@@ -1,11 +1,13 @@
 """Shared fixtures: a per-session QM9 cache of the first molecules, real data paths, helpers."""
 
 import os
+import string
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -119,3 +121,65 @@ def kill_after_first_checkpoint(cmd, checkpoints, env, timeout: float = 300.0):
     proc.wait()
     assert was_running, "the run finished before it could be killed: the test would prove nothing"
     return sorted(int(p) for p in os.listdir(checkpoints) if p.isdigit())
+
+
+# Helpers shared by several test modules.
+
+#: Printable text of up to 400 characters: the body of a malformed input file (hypothesis).
+csv_text = st.text(alphabet=string.printable, max_size=400)
+
+
+def toy_state(value=1.0):
+    """A train state of one parameter vector ``w`` (3 copies of ``value``) under SGD, no model."""
+    import jax.numpy as jnp
+    import optax
+
+    from georecon_jax.training.state import create_train_state
+
+    params = {"w": jnp.full((3,), value, jnp.float32)}
+    return create_train_state(lambda p, x: x, params, optax.sgd(0.1), use_ema=False)
+
+
+def nan_step(max_bad):
+    """A train step on a toy loss that is NaN whenever the batch says so: (mesh, step,
+    ``batch(bad)``), a one-device batch whose loss is NaN when ``bad`` > 0."""
+    import jax.numpy as jnp
+    import jraph
+
+    from georecon_jax.training import steps as steps_lib
+    from georecon_jax.training.state import make_mesh
+
+    mesh = make_mesh(1)
+
+    def loss_fn(params, graph, key):
+        bad = graph.globals[0]
+        per_graph = jnp.sum(params["w"] ** 2) * jnp.ones(graph.n_node.shape[0]) + jnp.where(
+            bad > 0, jnp.nan, 0.0
+        )
+        return per_graph, {}
+
+    step = steps_lib.make_train_step(loss_fn, mesh, jax.random.PRNGKey(0))
+
+    def batch(bad):
+        g = jraph.GraphsTuple(
+            nodes=np.zeros((1, 2, 1), np.float32),
+            edges=None,
+            senders=np.zeros((1, 1), np.int32),
+            receivers=np.zeros((1, 1), np.int32),
+            n_node=np.array([[1, 1]], np.int32),
+            n_edge=np.array([[1, 0]], np.int32),
+            globals=np.array([[bad, bad]], np.float32),
+        )
+        return g
+
+    return mesh, step, batch
+
+
+def md17_config(**data):
+    """experiments/configs/finetune_md17.py at paper scale (molecule 'aspirin', the default) with
+    ``data`` set in its data section."""
+    from experiments.configs import finetune_md17
+
+    c = finetune_md17.get_config()  # molecule="aspirin", the default
+    c.data.update(data)
+    return c

@@ -1,8 +1,10 @@
-"""The experiment configs compose from experiments/configs/common.py: every config at every size,
-the size overlays, the fields particular to each config, and command-line overrides."""
+"""experiments/configs/*.py and common.py: every preset passes its entry point's checks; presets compose."""
 
 import importlib
+import itertools
+import json
 from pathlib import Path
+from unittest import mock
 
 import ml_collections
 import pytest
@@ -19,17 +21,14 @@ NAMES = tuple(
     )
 )
 SIZES = ("", "quick", "tiny")
-ET_CONFIGS = (
-    "georecon",
-    "coord",
-    "finetune_qm9",
-    "finetune_md17",
-    "finetune_md17_frad",
-)  # ET encoder, training loop
+
+
+def module(name):
+    return importlib.import_module(f"experiments.configs.{name}")
 
 
 def get(name, size=""):
-    return importlib.import_module(f"experiments.configs.{name}").get_config(size)
+    return module(name).get_config(size)
 
 
 def leaves(c, prefix=""):
@@ -62,8 +61,128 @@ def load_from_command_line(name, size="", *args):
     return flag_values.config
 
 
-def test_every_config_file_is_tested():
-    assert set(NAMES) >= {"georecon", "coord", "finetune_qm9", "finetune_md17", "mrl3d", "mrl_finetune"}
+def overlay_values(overlay, prefix=""):
+    """{dotted path: value} of a size overlay or variant (nested dicts, as common.py writes them)."""
+    out = {}
+    for key, value in overlay.items():
+        if isinstance(value, dict):
+            out.update(overlay_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def applied(config_values, overlay):
+    """``config_values`` with ``overlay`` set, as `common.resize` sets it: every field it names, but
+    those in a section the config has set to None (Coord's decoder), which it skips."""
+    out = dict(config_values)
+    for path, value in overlay_values(overlay).items():
+        parts = path.split(".")
+        if any(
+            out.get(".".join(parts[:i])) is None and ".".join(parts[:i]) in out for i in range(1, len(parts))
+        ):
+            continue
+        assert path in out, f"{path}: not a field of the config"
+        out[path] = value
+    return out
+
+
+def size_overlays(name):
+    """{size: overlay} of a config (a config that reuses another's sizes has no SIZES of its own:
+    None for each shared size)."""
+    return getattr(module(name), "SIZES", dict.fromkeys(SIZES[1:]))
+
+
+def variants(name):
+    """The '+' variants a config's get_config takes (georecon.py: VARIANTS and ABLATIONS)."""
+    return {**getattr(module(name), "VARIANTS", {}), **getattr(module(name), "ABLATIONS", {})}
+
+
+def presets(name):
+    """Every spec of ``--config=<name>.py:<spec>``: paper scale and each size, each alone and with
+    each variant."""
+    sizes = ("",) + tuple(size_overlays(name))
+    return list(sizes) + [f"{size}+{v}" for size in sizes for v in variants(name)]
+
+
+def check_as_its_entry_point(config):
+    """What the config's entry point checks and builds before its first file or data set, done as
+    the entry point does it: pretraining (``objective``: experiments/pretrain.py runs
+    ``georecon_jax.tasks.<objective.task>.run``), pair fine-tuning (``init_from``:
+    experiments/finetune_pairs.py, each split a run of `PairSplitTask` on the recipe-resolved
+    config) or QM9/MD17 fine-tuning (experiments/finetune.py). The runner's `check_config` raises a
+    `ConfigError` naming each problem; the model (not its parameters), the optimizer and the matmul
+    precision are built from the checked config. Returns that config."""
+    from georecon_jax.training import runner
+    from georecon_jax.training.optimizer import create_optimizer
+    from georecon_jax.training.precision import jax_matmul_precision
+
+    checked = []
+
+    def run_experiment(task, config, workdir, **kwargs):  # the runner, up to its first file
+        runner.check_config(task, config)
+        checked.append(config)
+
+    with mock.patch.object(runner, "run_experiment", run_experiment):
+        if "objective" in config:
+            from georecon_jax.objectives.registry import get_objective
+
+            objective = get_objective(config)
+            task = importlib.import_module(f"georecon_jax.tasks.{objective.task}")
+            task.run(config, "unused", objective=objective)
+            objective.create_model()
+        elif "init_from" in config:
+            from georecon_jax.tasks import finetune_pairs
+
+            run_experiment(
+                finetune_pairs.PairSplitTask(None, None, None), finetune_pairs.resolve_recipe(config), ""
+            )
+        else:
+            from georecon_jax.models.property import create_property_model
+            from georecon_jax.tasks import finetune, property_data
+
+            finetune.run(config, "unused")
+            create_property_model(property_data.resolve_config(config).model)  # as its build does
+    [resolved] = checked
+    # epoch-based runs (3DMRL, pair fine-tuning) count their steps from the data
+    create_optimizer(resolved.optim, resolved.get("num_steps") or 1000)
+    jax_matmul_precision(resolved.matmul_precision)
+    return resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# Every preset runs: it loads, and its entry point accepts it.
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_preset_passes_its_entry_points_checks(name):
+    problems = {}
+    for spec in presets(name):
+        try:
+            check_as_its_entry_point(get(name, spec))
+        except Exception as e:  # every failing preset named at once
+            problems[spec] = f"{type(e).__name__}: {e}"
+    assert not problems, problems
+
+
+@pytest.mark.parametrize(
+    "name, override, field",
+    [
+        ("georecon", "--config.graph.neighbor_list=radius --config.graph.skin=0.1", "graph.skin"),
+        ("mrl3d", "--config.optim.learning_rate=-1", "optim.learning_rate"),
+        ("finetune_md17", "--config.loss.name=nope", "loss.name"),
+        ("mrl_finetune", "--config.num_epochs=0", "num_epochs"),
+    ],
+    ids=["georecon", "mrl3d", "finetune_md17", "mrl_finetune"],
+)
+def test_the_entry_point_check_refuses_a_broken_override(name, override, field):
+    """The check above is the one that stops a run: on each entry point's path it refuses an
+    override that cannot run, naming the field."""
+    from georecon_jax.training.runner import ConfigError
+
+    config = load_from_command_line(name, "tiny", *override.split())
+    with pytest.raises(ConfigError, match=field):
+        check_as_its_entry_point(config)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -92,96 +211,84 @@ def test_unknown_size_is_refused_naming_the_valid_ones(name):
         assert repr(size) in message
 
 
-@pytest.mark.parametrize("name", ET_CONFIGS)
-def test_sizes_shrink_the_encoder_and_the_run(name):
-    paper, quick, tiny = (get(name, s) for s in SIZES)
-    for field in ("num_layers", "features", "num_rbf"):  # MD17's paper RBF count is quick's (32)
-        assert tiny.model.encoder[field] < quick.model.encoder[field] <= paper.model.encoder[field], field
-    assert quick.model.encoder.features < paper.model.encoder.features
-    assert tiny.num_steps < quick.num_steps < paper.num_steps
-    assert tiny.batch_size < quick.batch_size <= paper.batch_size  # torchmd-net MD17: batch 8 at paper scale
-    assert tiny.log_every < quick.log_every < paper.log_every
-    assert (tiny.tensorboard, quick.tensorboard, paper.tensorboard) == (False, True, True)
-    assert tiny.graph.num_buckets == 1 < paper.graph.num_buckets
-    vec_norm = paper.model.encoder.vec_norm  # MD17: none (torchmd-net 3.x); the rest: whitened
-    vector_cutoff = paper.model.encoder.vector_cutoff  # MD17: True (ET-MD17.yaml); the rest: False
-    assert vector_cutoff == name.startswith("finetune_md17"), name
-    same = dict(vec_norm=vec_norm, vector_cutoff=vector_cutoff)
-    assert tiny.model.encoder.to_dict() == common.encoder("tiny", **same).to_dict()
-    assert quick.model.encoder.to_dict() == common.encoder("quick", **same).to_dict()
-    for c in (paper, quick, tiny):
-        assert c.checkpoint_every == c.eval_every
-        assert c.model.encoder.trainable_rbf is False and c.model.encoder.cutoff == 5.0
+# ---------------------------------------------------------------------------------------------
+# Presets compose: a size overlay, then '+' variants in order, then the command line.
 
 
-def test_sizes_shrink_the_pair_configs():
-    paper, quick, tiny = (get("mrl3d", s) for s in SIZES)
-    assert tiny.num_steps < quick.num_steps < paper.num_steps
-    assert (
-        tiny.model.encoder3d.num_interactions
-        < quick.model.encoder3d.num_interactions
-        < paper.model.encoder3d.num_interactions
-    )
-    assert tiny.model.relational.features < paper.model.relational.features
-    assert tiny.data.limit == 60 and paper.data.limit is None
-    paper, quick, tiny = (get("mrl_finetune", s) for s in SIZES)
-    assert tiny.num_epochs < quick.num_epochs < paper.num_epochs
-    assert tiny.model.features < paper.model.features
-    assert tiny.max_splits == quick.max_splits == 1 and paper.max_splits == 0
+@pytest.mark.parametrize("name", [n for n in NAMES if "SIZES" in vars(module(n))])
+def test_a_size_changes_only_the_fields_its_overlay_names(name):
+    """A size is the paper-scale config with its overlay (shared blocks, then the config's own)
+    applied: the fields it changes are fields the overlay names, set to the overlay's values, so a
+    config's own fields survive the shared overlays (a config may still fix a field after its
+    overlay, as coord.py its num_recon_molecules)."""
+    paper = values(get(name))
+    for size, overlay in size_overlays(name).items():
+        sized, target = values(get(name, size)), applied(paper, overlay)
+        assert set(sized) == set(paper), size
+        changed = {k: v for k, v in sized.items() if v != paper[k]}
+        assert changed and changed == {k: target[k] for k in changed}, size
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_each_config_keeps_its_own_fields_through_the_overlays(size):
-    coord = get("coord", size)
-    assert coord.model.decoder is None
-    assert (coord.objective.name, coord.objective.schedule) == ("coord", "fixed")
-    assert coord.objective.sigma_min == coord.objective.sigma_max == 0.04
+@pytest.mark.parametrize("name", [n for n in NAMES if variants(n)])
+def test_variants_apply_after_the_size_and_in_the_order_given(name):
+    """``size+a+b`` is the size's config with variant a, then b applied (b wins where both set a
+    field), at every size."""
+    named = variants(name)
+    for size in ("",) + tuple(size_overlays(name)):
+        base = values(get(name, size))
+        for v, overlay in named.items():
+            assert values(get(name, f"{size}+{v}")) == applied(base, overlay), (size, v)
+    for a, b in itertools.permutations(named, 2):
+        expected = applied(applied(values(get(name, "tiny")), named[a]), named[b])
+        assert values(get(name, f"tiny+{a}+{b}")) == expected, (a, b)
 
-    md17 = get("finetune_md17", size)
-    assert (md17.task, md17.loss.name) == ("md17", "mse")
-    assert (md17.loss.energy_weight, md17.loss.force_weight, md17.loss.denoise_weight) == (0.2, 0.8, 0.0)
-    assert md17.optim.learning_rate == 1e-3
-    assert md17.data.dataset == "md17" and "num_train_labels" not in md17.data
 
-    mrl3d = get("mrl3d", size)
-    assert mrl3d.optim.final_lr_fraction == 1.0 and mrl3d.objective.name == "3dmrl"
-    assert get("georecon", size).objective.schedule == "geometric"
+def test_an_unknown_variant_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match="'nope'") as excinfo:
+        get("mrl3d", "tiny+nope")
+    for v in variants("mrl3d"):
+        assert v in str(excinfo.value)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if variants(n)])
+def test_the_command_line_overrides_a_variants_field(name):
+    """``--config.<field>=x`` after ``:tiny+<variant>`` changes that field alone, whatever the
+    variant set it to, and the result still passes the entry point's checks."""
+    for v, overlay in variants(name).items():
+        numeric = {k: x for k, x in overlay_values(overlay).items() if type(x) in (int, float)}
+        if not numeric:
+            continue
+        field, value = next(iter(numeric.items()))
+        new = value * 2
+        config = load_from_command_line(name, f"tiny+{v}", f"--config.{field}={new}")
+        expected = values(get(name, f"tiny+{v}"))
+        expected[field] = new
+        assert values(config) == expected, (v, field)
+        check_as_its_entry_point(config)
 
 
 def test_a_configs_own_overlay_wins_over_the_shared_ones():
-    assert common.LOOP_SIZES["quick"]["optim"]["warmup_steps"] == 50
-    assert get("finetune_qm9", "quick").optim.warmup_steps == 100
-    assert get("finetune_md17", "quick").optim.warmup_steps == 50
-    assert get("mrl3d", "quick").log_every == 10 and get("mrl3d", "quick").optim.learning_rate == 5e-4
-    assert get("finetune_md17", "tiny").molecule == "ethanol"
-    assert get("finetune_md17", "").model.encoder.features == 128  # Frad's, not finetune_qm9's 256
-
-
-@pytest.mark.parametrize("size", SIZES)
-def test_coord_is_georecon_but_for_decoder_and_objective(size):
-    coord, georecon = (values(get(name, size)) for name in ("coord", "georecon"))
-    differ = {k for k in set(coord) | set(georecon) if coord.get(k) != georecon.get(k)}
-    assert differ and all(k.startswith(("model.decoder", "objective.")) for k in differ), differ
-
-
-def test_finetune_md17_inherits_finetune_qm9_beyond_its_own_fields():
-    md17, qm9 = get("finetune_md17"), get("finetune_qm9")
-    assert md17.model.head.hidden == qm9.model.head.hidden
-    assert md17.loss.denoise_sigma == qm9.loss.denoise_sigma
-    assert md17.optim.grad_clip == qm9.optim.grad_clip and md17.evaluate_at_end is True
+    """`common.sizes` merges nested overlays, later blocks winning field by field, without
+    changing the blocks; `common.resize` applies the merged one."""
+    shared = {"quick": dict(log_every=25, optim=dict(learning_rate=1e-3, warmup_steps=50))}
+    overlays = common.sizes(shared, quick=dict(optim=dict(warmup_steps=7)))
+    assert overlays["quick"] == dict(log_every=25, optim=dict(learning_rate=1e-3, warmup_steps=7))
+    assert shared["quick"]["optim"]["warmup_steps"] == 50
+    c = common.resize(get("finetune_qm9"), "quick", overlays)
+    assert (c.log_every, c.optim.learning_rate, c.optim.warmup_steps) == (25, 1e-3, 7)
+    assert c.num_steps == get("finetune_qm9").num_steps  # not named: the paper config's
 
 
 def test_the_optimizer_block_has_one_shape():
+    """Every config's ``optim`` has the fields `common.optimizer` makes, of its types; None where a
+    recipe fills the field in (pair fine-tuning: the rate by task, plateau by metric)."""
     shape = {k: type(v) for k, v in common.optimizer().items()}
     for name in NAMES:
         for size in SIZES:
             optim = get(name, size).optim
-            expected = dict(shape)
-            if name == "mrl_finetune":  # the rate by task, plateau by metric
-                expected.update(plateau_mode=type(None))
-                if size != "tiny":
-                    expected.update(learning_rate=type(None))
-            assert {k: type(v) for k, v in optim.items()} == expected, (name, size)
+            assert set(optim) == set(shape), (name, size)
+            wrong = {k: type(v) for k, v in optim.items() if type(v) not in (shape[k], type(None))}
+            assert not wrong, (name, size, wrong)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -231,6 +338,12 @@ def test_command_line_overrides_reach_unset_fields(name, size, args, expected):
     assert {k: got[k] for k in expected} == expected
 
 
+def test_data_name_is_settable_from_the_command_line():
+    c = load_from_command_line("finetune_md17", "tiny", "--config.data.name=3BPA 300K")
+    assert c.data.name == "3BPA 300K"
+    assert load_from_command_line("finetune_md17", "tiny").data.name is None
+
+
 def test_overlays_do_not_leak_between_calls():
     encoder = {size: dict(fields) for size, fields in common.ENCODER.items()}
     paper = {name: get(name).to_dict() for name in NAMES}
@@ -239,8 +352,9 @@ def test_overlays_do_not_leak_between_calls():
         assert get(name).to_dict() == paper[name], name
     assert common.ENCODER == encoder
     a, b = get("georecon", "tiny"), get("georecon", "tiny")
-    a.model.encoder.features = 3
-    assert b.model.encoder.features == 16
+    features = b.model.encoder.features
+    a.model.encoder.features = features + 1
+    assert b.model.encoder.features == features
 
 
 def test_an_overlay_naming_a_missing_field_is_an_error():
@@ -249,6 +363,17 @@ def test_an_overlay_naming_a_missing_field_is_an_error():
         common.resize(c, "quick", common.sizes(quick=dict(objective=dict(sigma_mni=0.1))))
     with pytest.raises(KeyError, match="learnin_rate"):
         common.optimizer(learnin_rate=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# What must agree between configs for the code that joins them.
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_coord_is_georecon_but_for_decoder_and_objective(size):
+    coord, georecon = (values(get(name, size)) for name in ("coord", "georecon"))
+    differ = {k for k in set(coord) | set(georecon) if coord.get(k) != georecon.get(k)}
+    assert differ and all(k.startswith(("model.decoder", "objective.")) for k in differ), differ
 
 
 @pytest.mark.parametrize(
@@ -264,15 +389,40 @@ def test_an_overlay_naming_a_missing_field_is_an_error():
 )
 def test_pretraining_and_finetuning_encoders_agree_at_the_default_sizes(pretraining, finetuning):
     """--config.pretrained loads with no edits: every encoder field is the same (issue 14), but
-    those a fine-tuning may set freely (training/transfer.py ENCODER_FREE: vector_cutoff, True in
-    the MD17 fine-tunings as torchmd-net's ET-MD17.yaml, False in pretraining as
-    pre-training-via-denoising)."""
+    those a fine-tuning may set freely (training/transfer.py ENCODER_FREE, e.g. vector_cutoff)."""
     from georecon_jax.training.transfer import ENCODER_FREE
 
     ours = get(*pretraining).model.encoder.to_dict()
     theirs = get(*finetuning).model.encoder.to_dict()
-    assert ours["vector_cutoff"] is False
-    assert theirs["vector_cutoff"] is finetuning[0].startswith("finetune_md17")
     for k in ENCODER_FREE:
         ours.pop(k), theirs.pop(k)
     assert ours == theirs, {k: (ours.get(k), theirs.get(k)) for k in set(ours) | set(theirs)}
+
+
+def pretrained_3dmrl(spec):
+    """A 3DMRL checkpoint as `finetune_pairs.load_pretrained` reads it, of a run of mrl3d.py:<spec>
+    (its config.json as the runner records it; no parameters needed)."""
+    from georecon_jax.training.transfer import PretrainedCheckpoint
+
+    recorded = json.loads(get("mrl3d", spec).to_json_best_effort())
+    return PretrainedCheckpoint("/runs/mrl3d", 6, {"params": {}}, False, recorded)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_each_3dmrl_pretraining_loads_into_its_fine_tuning_config(size):
+    """--config.init_from: each pretraining group of the 3DMRL study (mrl3d.py variant) loads into
+    the fine-tuning config variant the study pairs it with (study_mrl.py), at the same size: the
+    2D relational model's settings agree (`finetune_pairs.load_pretrained`'s check)."""
+    from experiments.configs import study_mrl
+    from georecon_jax.tasks import finetune_pairs
+    from georecon_jax.training.transfer import PretrainedMismatchError
+
+    for group, variant in study_mrl.GROUPS.items():
+        pretrained = pretrained_3dmrl(size + variant)
+        finetuning = get("mrl_finetune", size + study_mrl.FINETUNE_VARIANTS[group])
+        with mock.patch.object(finetune_pairs, "read_pretrained", lambda path: pretrained):
+            assert finetune_pairs.load_pretrained("/runs/mrl3d", finetuning) is pretrained, group
+    # the check compares: the tiny pretraining does not load into the paper-scale fine-tuning
+    with mock.patch.object(finetune_pairs, "read_pretrained", lambda path: pretrained_3dmrl("tiny")):
+        with pytest.raises(PretrainedMismatchError, match="model.relational"):
+            finetune_pairs.load_pretrained("/runs/mrl3d", get("mrl_finetune"))

@@ -283,3 +283,41 @@ def test_rmd17_finetune_and_evaluate(tmp_path):
     assert stats["test_file"].endswith("rmd17_ethanol_test_01.npz")
     again = evaluate.evaluate(workdir, make_plots=False, verbose=False)
     assert again["metrics"] == summary["test"]
+
+
+@pytest.mark.slow
+def test_finetune_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    """Fine-tuning on rMD17 ethanol: kill -9 after a checkpoint, rerun, same parameters as a straight run."""
+    import subprocess
+    import sys
+    from conftest import ROOT, kill_after_first_checkpoint, require_shared
+    from georecon_jax.training.checkpoint import restore_params
+
+    data_dir = require_shared("rmd17")
+
+    def cmd(workdir):
+        return [
+            sys.executable,
+            "-m",
+            "experiments.finetune",
+            "--config=experiments/configs/finetune_md17.py:tiny",
+            f"--config.data.data_dir={data_dir}",
+            "--config.molecule=ethanol",
+            "--config.num_steps=8",
+            "--config.checkpoint_every=2",
+            "--config.eval_every=100",
+            f"--workdir={workdir}",
+        ]
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    straight = tmp_path / "straight"
+    out = subprocess.run(cmd(straight), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    killed = tmp_path / "killed"
+    assert kill_after_first_checkpoint(cmd(killed), killed / "checkpoints", env)[-1] < 8
+    out = subprocess.run(cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (sa, a), (sb, b) = restore_params(str(straight)), restore_params(str(killed))
+    assert sa == sb == 8
+    for x, y in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,10 +1,13 @@
 """MD17-family loaders: the real files of every format, units, splits, and bad input."""
 
+import string
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+from conftest import csv_text
 from georecon_jax.data import md17
 from georecon_jax.data.records import DataError
 
@@ -163,3 +166,123 @@ def test_extxyz_nan_forces_names_frame(tmp_path):
 def test_too_few_frames_for_the_split():
     with pytest.raises(DataError, match="100 frames are too few for 950 training"):
         md17.load_md17(need(FORMATS / "rmd17_ethanol_reduced_100.extxyz"), verbose=False)
+
+
+# ------------------------------------------------- the readers on malformed input (property-based)
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+value = st.one_of(finite, st.just(float("nan")), st.just(float("inf")))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n_atoms=st.integers(0, 4),
+    n_frames=st.integers(0, 4),
+    extra_atoms=st.integers(-1, 1),
+    extra_frames=st.integers(-1, 1),
+    drop=st.sampled_from([None, "nuclear_charges", "coords", "energies", "forces"]),
+    fill=value,
+    force_fill=value,
+    z=st.integers(-2, 120),
+)
+@example(
+    n_atoms=3, n_frames=2, extra_atoms=0, extra_frames=0, drop=None, fill=1.0, force_fill=float("nan"), z=6
+)  # valid file, one non-finite force
+def test_rmd17_reader_never_crashes_on_random_arrays(
+    tmp_path_factory, n_atoms, n_frames, extra_atoms, extra_frames, drop, fill, force_fill, z
+):
+    d = tmp_path_factory.mktemp("npz")
+    rng = np.random.default_rng(0)
+    arrays = {
+        "nuclear_charges": np.full(n_atoms, z),
+        "coords": rng.normal(size=(n_frames, n_atoms, 3)),
+        "energies": np.full(max(n_frames + extra_frames, 0), fill),
+        "forces": rng.normal(size=(n_frames, max(n_atoms + extra_atoms, 0), 3)),
+    }
+    if arrays["forces"].size:
+        arrays["forces"][-1, -1, -1] = force_fill  # a non-finite force too, not only energies
+    arrays.pop(drop, None)
+    path = d / "rmd17_random.npz"
+    np.savez(path, **arrays)
+    try:
+        frames, report = md17.read_force_file(str(path))
+    except DataError as e:
+        assert "rmd17_random.npz" in str(e)
+        return
+    assert len(frames) + report.count == report.total
+    assert np.all(np.isfinite(frames.forces)) and np.all(np.isfinite(frames.energies))
+    for s in report.skipped:
+        assert s["record"].startswith("frame ")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(csv_text, st.binary(max_size=300)))
+def test_extxyz_reader_never_crashes_on_malformed_files(tmp_path_factory, body):
+    d = tmp_path_factory.mktemp("xyz")
+    path = d / "random.extxyz"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    try:
+        frames, report = md17.read_force_file(str(path))
+    except DataError as e:
+        assert "random.extxyz" in str(e)
+        return
+    assert len(frames) + report.count == report.total
+
+
+def _water_extxyz(species: bool) -> str:
+    """Two frames of water in extended XYZ, atoms named by symbol or by atomic number."""
+    col = "species:S:1" if species else "Z:I:1"
+    atoms = [
+        ("O", 8, "0.0 0.0 0.0", "0.1 0.0 0.0"),
+        ("H", 1, "0.96 0.0 0.0", "-0.1 0.0 0.0"),
+        ("H", 1, "-0.24 0.93 0.0", "0.0 0.0 0.0"),
+    ]
+    frames = []
+    for energy in ("-1.5", "-1.25"):
+        frames.append(
+            f"3\nenergy={energy} Properties={col}:pos:R:3:forces:R:3\n"
+            + "".join(f"{sym if species else z} {pos} {force}\n" for sym, z, pos, force in atoms)
+        )
+    return "".join(frames)
+
+
+# Damage that once crashed the reader with a ValueError / OverflowError instead of a DataError.
+_XYZ_SUBSTITUTIONS = [("pos:R:3", "pos:R:x"), ("\n8 ", "\n70000 ")]
+_xyz_damage = st.one_of(
+    st.tuples(
+        st.floats(0, 1),
+        st.integers(0, 3),  # where, how many characters go, what comes in
+        st.text(alphabet=string.ascii_letters + string.digits + ":=.- \n", max_size=4),
+    ),
+    st.sampled_from(_XYZ_SUBSTITUTIONS),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(species=st.booleans(), damage=_xyz_damage)
+@example(species=True, damage=(0.0, 0, ""))
+@example(species=True, damage=_XYZ_SUBSTITUTIONS[0])
+@example(species=False, damage=_XYZ_SUBSTITUTIONS[1])
+def test_extxyz_reader_reads_or_names_the_frame_of_a_damaged_file(tmp_path_factory, species, damage):
+    """A valid two-frame file with one small damage (a span of up to 3 characters replaced by up
+    to 4, or a known bad substitution): the reader either reads it with finite values or raises
+    DataError naming the file and the frame. Never another exception."""
+    body = _water_extxyz(species)
+    if len(damage) == 2:
+        body = body.replace(*damage, 1)
+    else:
+        at, cut, text = damage
+        k = int(at * len(body))
+        body = body[:k] + text + body[k + cut :]
+    path = tmp_path_factory.mktemp("xyzdamage") / "water.extxyz"
+    path.write_text(body)
+    try:
+        frames, report = md17.read_force_file(str(path))
+    except DataError as e:
+        assert "water.extxyz" in str(e) and ("frame" in str(e) or "no frames" in str(e)), str(e)
+        return
+    assert len(frames) + report.count == report.total
+    assert np.all(np.isfinite(frames.positions)) and np.all(np.isfinite(frames.forces))
+    assert np.all(np.isfinite(frames.energies))
+    if body == _water_extxyz(species):
+        assert len(frames) == 2 and frames.atomic_numbers.tolist() == [8, 1, 1]

@@ -94,7 +94,7 @@ def test_user_file_is_a_fine_tuning_task(user_csv, cache_root):
     )
 
     # the fine-tuning run itself, and its resume after SIGKILL, on a user file with these column
-    # names: tests/test_reliability.py::test_pair_finetune_sigkill_then_resume_equals_uninterrupted
+    # names: tests/test_finetune_pairs.py::test_pair_finetune_sigkill_then_resume_equals_uninterrupted
     from georecon_jax.tasks.finetune_pairs import resolve_recipe
 
     r = resolve_recipe(c)

@@ -4,9 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
+from conftest import csv_text
 from georecon_jax.chem.conformers import MoleculeCache, molecule_record
+from georecon_jax.data import pairs
 from georecon_jax.data.pairs import PairDataset, load_pairs
+from georecon_jax.data.records import DataError
 from georecon_jax.graphs.pairs import PairBatcher, PairBudget, pack_pairs
 from georecon_jax.tasks.metrics import average_precision, regression_metrics, roc_auc
 from georecon_jax.tasks.pair_data import cv_splits, held_out_split, molecule_split, sampled_negatives
@@ -423,3 +427,53 @@ def test_ddi_early_stopping_waits_for_roc_auc_and_accuracy(monkeypatch, tmp_path
     assert stop == 6 + es - 1  # ROC-AUC alone would have stopped at 3 + es - 1 = 7
     assert acc.best["step"] == 6 and roc.best["step"] == 3
     assert (tmp_path / "split" / "best_accuracy" / "best.json").exists()
+
+
+# ------------------------------------------------- the pair CSV reader on malformed input (property-based)
+
+smiles = st.sampled_from(["CCO", "O", "c1ccccc1", "C1CC", "not-a-smiles", "", "[Xe]", "CC(=O)O", "C#N"])
+label = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr), st.sampled_from(["", "abc", "-1"])
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.tuples(smiles, smiles, label), max_size=6),
+    junk=st.one_of(csv_text, st.binary(max_size=60)),
+)
+def test_pair_csv_reader_reports_and_skips_bad_rows(tmp_path_factory, rows, junk):
+    d = tmp_path_factory.mktemp("pairs")
+    body = "solute,solvent,Gsolv\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows)
+    path = d / "pairs.csv"
+    path.write_bytes(body.encode() + (junk if isinstance(junk, bytes) else junk.encode()))
+    cache = MoleculeCache(str(d / "cache"))
+    try:
+        ds = pairs.load_pairs(
+            files=[str(path)],
+            smiles_columns=("solute", "solvent"),
+            label_columns=("Gsolv",),
+            cache=cache,
+            num_workers=1,
+            verbose=False,
+        )
+    except DataError as e:
+        assert "pairs.csv" in str(e)
+        return
+    assert len(ds.index1) + ds.skip.count == ds.skip.total
+    assert np.all(np.isfinite(ds.labels))
+    for s in ds.skip.skipped:
+        assert s["record"].startswith("pairs.csv:")
+    with pytest.raises(DataError, match="strict"):
+        if ds.skip.count:
+            pairs.load_pairs(
+                files=[str(path)],
+                smiles_columns=("solute", "solvent"),
+                label_columns=("Gsolv",),
+                cache=cache,
+                num_workers=1,
+                verbose=False,
+                strict=True,
+            )
+        else:
+            raise DataError("strict: nothing to skip")

@@ -2,10 +2,14 @@
 
 import json
 import os
+import re
+import string
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+from conftest import csv_text
 from georecon_jax.data import qm9
 from georecon_jax.data.records import DataError
 
@@ -120,3 +124,112 @@ def test_cache_of_an_older_version_is_rebuilt(tmp_path, caplog):
     assert np.array_equal(again.positions, mols.positions)
     with np.load(path) as f:
         assert int(f["cache_version"]) == qm9.CACHE_VERSION
+
+
+# ------------------------------------------------- the readers on malformed input (property-based)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=csv_text, keep_header=st.booleans())
+def test_qm9_csv_reader_never_crashes_on_malformed_files(tmp_path_factory, body, keep_header):
+    d = tmp_path_factory.mktemp("qm9csv")
+    header = (
+        "XYZ_file,Index,SMILES,InChi,N_atoms,Stoichiometry,Elements,XYZ_Ang,Dipole_debye,"
+        "Polarizability_bohr3,HOMO_au,LUMO_au,HOMO_LUMO_gap_au,R2_bohr2,ZPVE_au,"
+        "InternalEnergy_0K_au,InternalEnergy_298K_au,Enthalphy_298K_au,GibbsFreeEnergy_298K_au,"
+        "Heatcapacity_Cv_cal_mol_K\n"
+    )
+    (d / "qm9_part1.csv").write_text((header if keep_header else "") + body)
+    try:
+        mols, report = qm9.read_qm9pack(str(d))
+    except DataError as e:
+        assert "qm9_part1.csv" in str(e) or str(d) in str(e)
+        return
+    assert len(mols) + report.count == report.total
+
+
+def _real_qm9_rows(n=4):
+    """The header and the first n rows of qm9pack's first CSV, as lists of fields."""
+    import csv
+    import itertools
+
+    with open(os.path.join(qm9.qm9pack_data_dir(), "qm9_part1.csv"), newline="") as f:
+        reader = csv.reader(f)
+        return next(reader), [row for row in itertools.islice(reader, n)]
+
+
+QM9_HEADER, QM9_ROWS = _real_qm9_rows()
+# Fields the reader uses, and damage to one of them: junk, empty, non-finite or truncated.
+_USED = ["Index", "Elements", "XYZ_Ang", "HOMO_au", "Dipole_debye", "Heatcapacity_Cv_cal_mol_K"]
+_qm9_damage = st.one_of(
+    st.text(alphabet=string.printable, max_size=12),
+    st.sampled_from(["", "nan", "inf", "-inf"]),
+    st.integers(0, 60).map(lambda k: ("truncate", k)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, len(QM9_ROWS) - 1),
+            st.one_of(st.none(), st.tuples(st.sampled_from(_USED), _qm9_damage)),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+@example(
+    rows=[
+        (0, None),
+        (1, ("XYZ_Ang", ("truncate", 30))),
+        (2, ("Index", "x")),
+        (3, ("HOMO_au", "nan")),
+        (0, ("Index", "1e30")),
+    ]
+)
+def test_qm9_csv_reader_keeps_real_rows_and_reports_damaged_ones(tmp_path_factory, rows):
+    """Real qm9pack rows, some with one field damaged: every row is either read with finite
+    values or reported with its file and line; undamaged rows are always read."""
+    import csv
+
+    d = tmp_path_factory.mktemp("qm9rows")
+    written = []
+    with open(d / "qm9_part1.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(QM9_HEADER)
+        for k, field in rows:
+            row = list(QM9_ROWS[k])
+            if field is not None:
+                col, bad = field
+                i = QM9_HEADER.index(col)
+                row[i] = row[i][: bad[1]] if isinstance(bad, tuple) else bad
+            written.append((row, row == QM9_ROWS[k]))
+            w.writerow(row)
+    mols, report = qm9.read_qm9pack(str(d))
+    assert report.total == len(rows) and len(mols) + report.count == len(rows)
+    assert np.all(np.isfinite(mols.positions)) and np.all(np.isfinite(mols.targets))
+    skipped_lines = {
+        int(re.search(r"qm9_part1\.csv line (\d+)", s["record"]).group(1)) for s in report.skipped
+    }
+    assert len(skipped_lines) == report.count
+    for line, (row, intact) in enumerate(written, start=2):
+        if intact:
+            assert line not in skipped_lines, (line, report.skipped)
+    kept = [row for line, (row, _) in enumerate(written, start=2) if line not in skipped_lines]
+    assert mols.ids.tolist() == [int(row[QM9_HEADER.index("Index")]) for row in kept]
+    n_atoms = QM9_HEADER.index("N_atoms")
+    for m, row in enumerate(kept):
+        assert len(mols.molecule(m)[0]) == int(row[n_atoms])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(csv_text, st.binary(max_size=300)))
+def test_qm9_xyz_reader_never_crashes_on_malformed_files(tmp_path_factory, body):
+    d = tmp_path_factory.mktemp("qm9xyz")
+    path = d / "dsgdb9nsd_000007.xyz"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    mols, report = qm9.read_qm9_xyz_dir(str(d))
+    assert len(mols) + report.count == 1
+    if report.count:
+        assert "dsgdb9nsd_000007.xyz" in report.skipped[0]["record"]

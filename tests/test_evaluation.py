@@ -1,6 +1,4 @@
-"""Rough edges at the boundaries of the commands: `evaluate` given a folder that is not a fine-tuning
-workdir, and the label of a run fine-tuned on a user's own files (the benchmark command's input
-check is in tests/test_benchmarks.py). None of these trains a model."""
+"""georecon_jax/tasks/evaluation.py: other workdirs refused in one line; reports carry the run's label."""
 
 import json
 import os
@@ -11,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import md17_config
 from georecon_jax.tasks import evaluation, property_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +40,7 @@ def pretraining_workdir(tmp_path: Path, name: str = "georecon") -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. evaluate refuses a workdir of another kind, in one line.
+# evaluate refuses a workdir of another kind, in one line.
 
 
 def refusal(workdir) -> ValueError:
@@ -125,36 +124,7 @@ def test_evaluate_command_on_a_pretraining_workdir_exits_with_one_line(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. A run's label comes from its data, never from an unrelated default.
-
-
-def md17_config(**data):
-    from experiments.configs import finetune_md17
-
-    c = finetune_md17.get_config()  # molecule="aspirin", the default
-    c.data.update(data)
-    return c
-
-
-def test_run_label_comes_from_the_file_or_the_name():
-    run_label = property_data.run_label
-    assert run_label(md17_config()) == "aspirin"
-    assert run_label(md17_config(train_file="/data/3BPA/train_300K.xyz")) == "3BPA/train_300K"
-    assert run_label(md17_config(train_file="train_300K.xyz")) == "train_300K"
-    assert run_label(md17_config(train_file="/data/3BPA/train_300K.xyz", name="3BPA 300 K")) == "3BPA 300 K"
-    from experiments.configs import finetune_qm9
-
-    qm9 = finetune_qm9.get_config("tiny")
-    qm9.target = "gap"
-    assert run_label(qm9) == "gap"
-
-
-def test_data_name_is_settable_from_the_command_line():
-    from tests.test_configs import load_from_command_line
-
-    c = load_from_command_line("finetune_md17", "tiny", "--config.data.name=3BPA 300K")
-    assert c.data.name == "3BPA 300K"
-    assert load_from_command_line("finetune_md17", "tiny").data.name is None
+# A run's label comes from its data, never from an unrelated default.
 
 
 def test_results_and_plots_of_a_file_run_carry_the_files_label(tmp_path, monkeypatch):
