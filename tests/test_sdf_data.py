@@ -1,5 +1,6 @@
 """Pretraining on the 3D structures of an SDF file (PCQM4Mv2's format): a small SDF written from
-real QM9 molecules, with a damaged record, read into the cache and pretrained on."""
+real QM9 molecules, with a damaged record, converted into the memory-mapped store and pretrained
+on. (tests/test_store.py tests the store itself: resuming, corruption, pickling.)"""
 
 import json
 import os
@@ -45,6 +46,7 @@ def test_sdf_records_become_the_cache_and_pretrain(tmp_path, qm9_small, monkeypa
     cache = tmp_path / "cache"
     got, splits = sdf_data.load_sdf(str(path), cache_dir=str(cache), validation_fraction=0.1, verbose=False)
     assert len(got) == N
+    assert isinstance(got.positions, np.memmap) and isinstance(got.atomic_numbers, np.memmap)
     # the record indices of the file: the 2D record is skipped, the others keep their place
     assert got.ids.tolist() == [k if k < BROKEN_AT else k + 1 for k in range(N)]
     for k in range(N):  # the same atoms and coordinates (SDF: 4 decimals of Å)
@@ -65,7 +67,7 @@ def test_sdf_records_become_the_cache_and_pretrain(tmp_path, qm9_small, monkeypa
     def no_read(*a, **k):
         raise AssertionError("read the SDF again")
 
-    monkeypatch.setattr(sdf_data, "read_sdf_molecules", no_read)
+    monkeypatch.setattr(sdf_data, "convert_sdf", no_read)
     again, splits2 = sdf_data.load_sdf(str(path), cache_dir=str(cache), validation_fraction=0.1)
     np.testing.assert_array_equal(again.positions, got.positions)
     np.testing.assert_array_equal(splits2["validation"], splits["validation"])

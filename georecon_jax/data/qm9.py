@@ -5,8 +5,9 @@ Sources, in order of preference:
   * a directory of the original ``dsgdb9nsd_*.xyz`` files (``source_dir``).
 
 Either is converted once into ``<cache_dir>/qm9.npz`` (atomic numbers, positions in Å, the 12
-standard targets, the standard split) with ``qm9_skipped.json`` beside it. Later runs load the
-cache; a missing, corrupt or outdated cache is rebuilt.
+standard targets, the standard split) with ``qm9_skipped.json`` beside it. Later runs map the
+cache's arrays read-only (`records.load_npz`: one copy per host, whatever the number of worker
+processes); a missing, corrupt or outdated cache is rebuilt.
 
 Units of the 12 targets (as TorchMD-Net / PyG report them), in column order:
 
@@ -42,7 +43,15 @@ from typing import Optional
 
 import numpy as np
 
-from georecon_jax.data.records import DataError, Molecules, SkipReport, SYMBOL_TO_Z, check_molecule
+from georecon_jax.data.records import (
+    DataError,
+    Molecules,
+    SkipReport,
+    SYMBOL_TO_Z,
+    check_molecule,
+    load_npz,
+    molecules_from_arrays,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,24 +262,19 @@ def _cache_path(cache_dir: str, limit: Optional[int]) -> str:
 
 
 def _load_cache(path: str, version: int = CACHE_VERSION):
-    """(molecules, splits, meta) of a cache file (QM9's, or an SDF's: data/sdf.py)."""
-    with np.load(path) as f:
-        if int(f["cache_version"]) != version:
-            raise DataError(f"{path}: cache version {int(f['cache_version'])}, expected {version}")
-        mols = Molecules(
-            atomic_numbers=f["atomic_numbers"],
-            positions=f["positions"],
-            offsets=f["offsets"],
-            targets=f["targets"],
-            target_names=tuple(f["target_names"].tolist()),
-            target_units=tuple(f["target_units"].tolist()),
-            ids=f["ids"],
-        )
-        splits = {k: f[f"split_{k}"] for k in ("train", "validation", "test")}
-        meta = json.loads(str(f["meta"]))
-    if mols.offsets[-1] != len(mols.atomic_numbers) or len(mols.targets) != len(mols):
-        raise DataError(f"{path}: inconsistent array sizes")
-    return mols, splits, meta
+    """(molecules, splits, meta) of a cache file. Its large arrays are read-only memory maps of
+    the file (`records.load_npz`): worker processes and runs on one host share one copy, and the
+    molecules pickle as the file's path."""
+    arrays = load_npz(path)
+    try:
+        found = int(arrays["cache_version"])
+        if found != version:
+            raise DataError(f"{path}: cache version {found}, expected {version}")
+        splits = {k: arrays[f"split_{k}"] for k in ("train", "validation", "test")}
+        meta = json.loads(str(arrays["meta"]))
+    except KeyError as e:
+        raise DataError(f"{path}: no {e.args[0]!r} array (not a QM9 cache)") from e
+    return molecules_from_arrays(arrays, path), splits, meta
 
 
 def load_qm9(
@@ -337,4 +341,5 @@ def load_qm9(
         meta=json.dumps(meta),
         **{f"split_{k}": v for k, v in splits.items()},
     )
+    mols, splits, _ = _load_cache(path)  # the file's memory maps, not this process's copy
     return mols, splits

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import struct
+import zipfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -133,12 +135,33 @@ class Molecules:
         if self.ids is None:
             self.ids = np.arange(len(self), dtype=np.int64)
 
+    # A `Molecules` read from files through memory maps (`data.store.open_store`, `load_npz`)
+    # carries ``_source = (kind, path, fingerprint)`` and pickles as that, not as its data: a
+    # worker process that receives it maps the same files (one copy in the host's page cache).
+    # Any other `Molecules` (made in RAM, a subset, a `dataclasses.replace`) pickles its arrays.
+    def __reduce_ex__(self, protocol):
+        source = self.__dict__.get("_source")
+        if source is not None:
+            return _reopen, tuple(source)
+        return super().__reduce_ex__(protocol)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     @property
     def n_atoms(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        """[n_molecules] atoms per molecule (read-only; computed once per ``offsets`` array: the
+        batchers ask for it every batch, and a store may hold millions of molecules)."""
+        cached = self.__dict__.get("_n_atoms")
+        if cached is None or cached[0] is not self.offsets:
+            n = np.diff(self.offsets)
+            n.flags.writeable = False
+            cached = (self.offsets, n)
+            self.__dict__["_n_atoms"] = cached
+        return cached[1]
 
     def molecule(self, m: int):
         """(atomic_numbers [n], positions [n, 3]) of molecule m."""
@@ -166,6 +189,7 @@ class Molecules:
         )
 
     def save_npz(self, path: str, **extra):
+        """Writes an uncompressed ``.npz`` (`load_npz` maps its arrays) atomically."""
         tmp = path + ".tmp.npz"
         np.savez(
             tmp,
@@ -199,6 +223,99 @@ class Molecules:
             target_units=tuple(target_units),
             ids=None if ids is None else np.asarray(ids, np.int64),
         )
+
+
+def file_fingerprint(path: str):
+    """[size, mtime_ns, inode] of a file: whether a memory-mapped source is still the same file."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _reopen(kind: str, path: str, fingerprint=None) -> Molecules:
+    """What an unpickled memory-mapped `Molecules` is: the same files, mapped again here."""
+    if kind == "store":
+        from georecon_jax.data.store import reopen_store_molecules
+
+        return reopen_store_molecules(path, fingerprint)
+    if kind == "npz":
+        if fingerprint is not None and file_fingerprint(path) != list(fingerprint):
+            raise DataError(f"{path}: the file changed since these molecules were sent (rebuilt?)")
+        return molecules_from_arrays(load_npz(path), path)
+    raise ValueError(f"unknown memory-mapped source {kind!r}")
+
+
+MMAP_MIN_BYTES = 1 << 16  # smaller members are read: mapping them saves nothing
+
+
+def load_npz(path: str, mmap: bool = True) -> dict:
+    """The arrays of an ``.npz`` file; with ``mmap``, each large member stored uncompressed (what
+    `np.savez` and `Molecules.save_npz` write) is a read-only memory map of its bytes inside the
+    file, the rest is read. Raises `DataError` on a file that is not a readable ``.npz``."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:
+            for info in zf.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                arr = None
+                if mmap and info.compress_type == zipfile.ZIP_STORED and info.file_size >= MMAP_MIN_BYTES:
+                    raw.seek(info.header_offset)
+                    local = raw.read(30)
+                    if local[:4] != b"PK\x03\x04":
+                        raise ValueError(f"member {info.filename}: bad local header")
+                    n_name, n_extra = struct.unpack("<HH", local[26:30])
+                    raw.seek(info.header_offset + 30 + n_name + n_extra)
+                    version = np.lib.format.read_magic(raw)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, fortran, dtype = read_header(raw)
+                    if not dtype.hasobject:
+                        arr = np.memmap(
+                            path,
+                            dtype,
+                            mode="r",
+                            offset=raw.tell(),
+                            shape=shape,
+                            order="F" if fortran else "C",
+                        )
+                if arr is None:
+                    with zf.open(info) as f:
+                        arr = np.lib.format.read_array(f, allow_pickle=False)
+                out[name] = arr
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as e:
+        raise DataError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from e
+    return out
+
+
+def molecules_from_arrays(arrays: dict, path: Optional[str] = None) -> Molecules:
+    """The `Molecules` of `load_npz`'s arrays (a file `Molecules.save_npz` wrote). With ``path``
+    (the arrays map that file) it pickles as the file."""
+    try:
+        mols = Molecules(
+            atomic_numbers=arrays["atomic_numbers"],
+            positions=arrays["positions"],
+            offsets=arrays["offsets"],
+            targets=arrays["targets"],
+            target_names=tuple(arrays["target_names"].tolist()),
+            target_units=tuple(arrays["target_units"].tolist()),
+            ids=arrays["ids"],
+        )
+    except KeyError as e:
+        raise DataError(f"{path or 'arrays'}: no {e.args[0]!r} array (not a molecule cache)") from e
+    n = len(mols)
+    if (
+        len(mols.offsets) < 1
+        or mols.positions.shape != (len(mols.atomic_numbers), 3)
+        or int(mols.offsets[-1]) != len(mols.atomic_numbers)
+        or len(mols.targets) != n
+        or len(mols.ids) != n
+    ):
+        raise DataError(f"{path or 'arrays'}: inconsistent array sizes")
+    if path is not None and isinstance(mols.positions, np.memmap):
+        mols._source = ("npz", os.path.abspath(path), file_fingerprint(path))
+    return mols
 
 
 def check_molecule(atomic_numbers, positions) -> Optional[str]:

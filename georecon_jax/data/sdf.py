@@ -1,13 +1,19 @@
 """Pretraining molecules from an SDF file: PCQM4Mv2's 3.4 million DFT structures
 (``data_prep/pcqm4mv2.py`` fetches and verifies them), or any file of 3D structures a user brings.
 
-The records are read once into the cache format of QM9 (`records.Molecules` in an ``.npz``, with a
-random train/validation split stored beside them): ``--config.data.dataset=sdf
---config.data.sdf_path=...`` then pretrains on them exactly as on QM9. Hydrogens are kept as
-written; a record RDKit cannot read, without 3D coordinates, with implicit hydrogens or with
-unusable atoms is skipped and reported by its index (``<cache>_skipped.json``), never lost
-silently. Coordinates in Å, as SDF files hold them. The cache is rebuilt when the file's size or
-modification time, the record limit or the split changes.
+The records are converted once into a molecule store (`data.store`: raw ``.npy`` arrays read
+through memory maps, with a random train/validation split stored beside them):
+``--config.data.dataset=sdf --config.data.sdf_path=...`` then pretrains on them exactly as on QM9.
+Hydrogens are kept as written; a record RDKit cannot read, without 3D coordinates, with implicit
+hydrogens or with unusable atoms is skipped and reported by its index (``<store>_skipped.json``),
+never lost silently. Coordinates in Å, as SDF files hold them. The store is rebuilt when the
+file's size or modification time, the record limit or the split changes.
+
+The conversion streams: records are read one at a time (`iter_sdf_records`, by byte offset) and
+written to the store in chunks, so a file larger than RAM converts in a fixed amount of memory.
+After each chunk the store's state records how many records were read and the byte offset where
+the next one starts: a conversion that was killed (``kill -9`` included) resumes there when
+`load_sdf` is called again, and ends with the same store as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,34 +22,111 @@ import hashlib
 import json
 import logging
 import os
-from typing import Optional
+import re
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
 from georecon_jax.data.records import DataError, Molecules, SkipReport, check_molecule
+from georecon_jax.data.store import (
+    DEFAULT_CHUNK,
+    IncompleteStore,
+    StoreWriter,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a memory-mapped molecule store (data.store) instead of one .npz
+_SEPARATOR = re.compile(rb"^\$\$\$\$[^\n]*(?:\n|\Z)", re.M)
+_BLOCK = 1 << 20
+
+
+def iter_sdf_records(path: str, offset: int = 0) -> Iterator[Tuple[int, bytes]]:
+    """(end byte offset, text) of each record of an SDF file from byte ``offset`` (a record's
+    start), in order; ``end`` is where the next record starts. A record is everything up to a
+    ``$$$$`` line; text after the last one counts as a record when it is not blank (a MOL file).
+    Reads 1 MiB at a time: memory does not grow with the file."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        buf, base, pos, eof = b"", offset, 0, False
+        while True:
+            m = _SEPARATOR.search(buf, pos)
+            if m is None or (m.end() == len(buf) and not eof and not buf.endswith(b"\n")):
+                if eof:
+                    if buf[pos:].strip():
+                        yield base + len(buf), buf[pos:]
+                    return
+                more = f.read(_BLOCK)
+                eof = not more
+                buf, base, pos = buf[pos:] + more, base + pos, 0
+                continue
+            yield base + m.end(), buf[pos : m.start()]
+            pos = m.end()
+
+
+def parse_record(i: int, text: bytes):
+    """(name, atomic_numbers, positions, reason or None) of SDF record ``i`` (its bytes), by the
+    rules of `chem.structures.read_sdf`: hydrogens kept as written; a record RDKit cannot read,
+    one without atoms or 3D coordinates, or one whose hydrogens are implicit gives its reason."""
+    from rdkit import Chem
+
+    from georecon_jax.chem.structures import _implicit_hydrogens
+
+    try:
+        mol = Chem.MolFromMolBlock(
+            text.decode("utf-8", errors="replace"), sanitize=False, removeHs=False, strictParsing=False
+        )
+    except Exception as e:  # noqa: BLE001 - RDKit raises assorted errors on broken records
+        return f"record {i}", None, None, f"RDKit cannot read it ({type(e).__name__}: {e})"
+    if mol is None:
+        return f"record {i}", None, None, "RDKit cannot read it (a broken molblock)"
+    name = (mol.GetProp("_Name").strip() if mol.HasProp("_Name") else "") or f"record {i}"
+    if mol.GetNumAtoms() == 0:
+        return name, None, None, "no atoms"
+    if mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D():
+        return name, None, None, "2D coordinates (the model needs a 3D structure)"
+    implicit = _implicit_hydrogens(mol)
+    if implicit:
+        return (
+            name,
+            None,
+            None,
+            f"{implicit} hydrogen(s) are implicit (not atoms of the record); the model was trained "
+            "with every atom: add them with coordinates, e.g. RDKit's Chem.AddHs(mol, addCoords=True)",
+        )
+    z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
+    return name, z, np.asarray(mol.GetConformer().GetPositions(), np.float64), None
+
+
+def _records(path: str, offset: int = 0, first: int = 0):
+    """(index, end offset, name, z, positions, reason) of the records from ``offset`` (record
+    ``first``), with `check_molecule`'s reasons added."""
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    for i, (end, text) in enumerate(iter_sdf_records(path, offset), start=first):
+        name, z, pos, reason = parse_record(i, text)
+        yield i, end, name, z, pos, reason or check_molecule(z, pos)
 
 
 def read_sdf_molecules(path: str, limit: Optional[int] = None, progress: bool = False):
-    """(Molecules, SkipReport) of the records of ``path`` (the first ``limit`` only if given).
-    ``ids`` are the records' 0-based indices in the file."""
-    from georecon_jax.chem.structures import read_sdf
-
+    """(Molecules, SkipReport) of the records of ``path`` (the first ``limit`` only if given), in
+    RAM (`convert_sdf` writes a whole file to a store). ``ids`` are the records' 0-based indices
+    in the file."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such SDF file")
     name = os.path.basename(path)
     report = SkipReport(source=os.path.abspath(path))
     z_list, pos_list, ids = [], [], []
-    records = read_sdf(path)
-    for i, label, z, pos, reason in tqdm(records, desc=f"reading {name}", disable=not progress, unit=" mol"):
+    records = _records(path)
+    for i, _, label, z, pos, reason in tqdm(
+        records, desc=f"reading {name}", disable=not progress, unit=" mol"
+    ):
         if limit is not None and i >= limit:
             break
         report.total += 1
-        reason = reason or check_molecule(z, pos)
         if reason:
             report.add(f"{name} record {i} ({label})", reason)
             continue
@@ -71,13 +154,91 @@ def random_split(n: int, seed: int, validation_fraction: float):
     }
 
 
-def _cache_path(cache_dir: str, path: str, limit, split_seed: int, validation_fraction: float) -> str:
+def _cache_key(path: str, limit, split_seed: int, validation_fraction: float) -> str:
     st = os.stat(path)
-    key = json.dumps(
+    return json.dumps(
         [os.path.abspath(path), st.st_size, int(st.st_mtime), limit, split_seed, validation_fraction]
     )
+
+
+def _cache_path(cache_dir: str, path: str, limit, split_seed: int, validation_fraction: float) -> str:
+    """The store folder of a file and its options (``sdf_<stem>_<hash>.store``)."""
+    key = _cache_key(path, limit, split_seed, validation_fraction)
     stem = os.path.splitext(os.path.basename(path))[0]
-    return os.path.join(cache_dir, f"sdf_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz")
+    return os.path.join(
+        cache_dir, f"sdf_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:12]}_v{CACHE_VERSION}.store"
+    )
+
+
+def _skipped_path(store: str) -> str:
+    return store[: -len(".store")] + "_skipped.json"
+
+
+def convert_sdf(
+    path: str,
+    store: str,
+    limit: Optional[int] = None,
+    split_seed: int = 0,
+    validation_fraction: float = 0.05,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+):
+    """Converts the records of ``path`` (the first ``limit`` if given) into the store folder
+    ``store``, streaming, ``chunk_size`` records per chunk; resumes a conversion of the same file
+    and options that was interrupted. Returns (molecules, splits, meta, SkipReport)."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such SDF file")
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    key = _cache_key(path, limit, split_seed, validation_fraction)
+    writer = StoreWriter(store, key=key, chunk_size=chunk_size)
+    cursor = writer.cursor or {"records": 0, "offset": 0}
+    if writer.resumed:
+        log.info(
+            "resuming the conversion of %s at record %d (byte %d of %d; %d molecules in %d chunks)",
+            name,
+            cursor["records"],
+            cursor["offset"],
+            size,
+            writer.n_molecules,
+            len(writer.chunks),
+        )
+    n_read, offset = cursor["records"], cursor["offset"]
+    with tqdm(
+        desc=f"converting {name}",
+        initial=n_read,
+        unit=" rec",
+        unit_scale=True,
+        mininterval=2.0,
+        disable=not progress,
+    ) as bar:
+        if limit is None or n_read < limit:
+            for i, end, label, z, pos, reason in _records(path, offset, n_read):
+                if reason:
+                    writer.skip(f"{name} record {i} ({label})", reason)
+                else:
+                    writer.add(z, pos, i)
+                n_read, offset = i + 1, end
+                if writer.full:
+                    writer.flush({"records": n_read, "offset": offset})
+                    bar.set_postfix_str(f"{100 * offset / max(size, 1):.0f}% of the file", refresh=False)
+                bar.update()
+                if limit is not None and n_read >= limit:
+                    break
+    writer.flush({"records": n_read, "offset": offset})
+    report = writer.skip_report(os.path.abspath(path), n_read)
+    if writer.n_molecules == 0:
+        writer.abort()
+        raise DataError(f"{path}: no usable record ({report.summary()})")
+    try:
+        splits = random_split(writer.n_molecules, split_seed, validation_fraction)
+    except DataError:
+        writer.abort()
+        raise
+    meta = {"source": os.path.abspath(path), "skipped": report.count, "records": n_read}
+    report.save(_skipped_path(store))
+    mols, splits, meta = writer.finish(splits, meta)
+    return mols, splits, meta, report
 
 
 def load_sdf(
@@ -88,10 +249,12 @@ def load_sdf(
     validation_fraction: float = 0.05,
     strict: bool = False,
     verbose: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
 ):
-    """(molecules, splits) of an SDF file, from the cache (built on first use; see the module doc).
-    ``strict``: raise `DataError` if any record had to be skipped."""
-    from georecon_jax.data.qm9 import _load_cache, default_cache_dir
+    """(molecules, splits) of an SDF file, from its store (built on first use, resumed if a
+    conversion was interrupted; see the module doc). The molecules' arrays are read-only memory
+    maps. ``strict``: raise `DataError` if any record had to be skipped."""
+    from georecon_jax.data.qm9 import default_cache_dir
 
     if not path:
         raise ValueError("data.dataset='sdf' needs data.sdf_path (a .sdf file of 3D structures)")
@@ -99,31 +262,25 @@ def load_sdf(
         raise DataError(f"{path}: no such SDF file")
     cache_dir = cache_dir or default_cache_dir()
     os.makedirs(cache_dir, exist_ok=True)
-    cache = _cache_path(cache_dir, path, limit, split_seed, validation_fraction)
-    skipped_path = cache.replace(".npz", "_skipped.json")
-    if os.path.exists(cache):
-        try:
-            mols, splits, meta = _load_cache(cache, CACHE_VERSION)
-        except Exception as e:  # noqa: BLE001 - a corrupt, partial or outdated cache is rebuilt
-            log.info("SDF cache %s is unreadable (%s: %s); rebuilding it", cache, type(e).__name__, e)
-        else:
-            if strict and meta["skipped"]:
-                raise DataError(f"{path}: {meta['skipped']} records were skipped (see {skipped_path})")
-            return mols, splits
+    store = _cache_path(cache_dir, path, limit, split_seed, validation_fraction)
+    skipped_path = _skipped_path(store)
+    try:
+        mols, splits, meta = open_store(store)
+    except IncompleteStore:
+        pass  # not built yet, or interrupted: convert_sdf resumes it
+    except DataError as e:  # a corrupt or outdated store is rebuilt
+        log.info("SDF store %s is unreadable (%s); rebuilding it", store, e)
+    else:
+        if strict and meta["skipped"]:
+            raise DataError(f"{path}: {meta['skipped']} records were skipped (see {skipped_path})")
+        return mols, splits
     if verbose:
-        log.info("Building the cache %s from %s (once) ...", cache, path)
-    mols, report = read_sdf_molecules(path, limit, progress=verbose)
+        log.info("Converting %s into the store %s (once) ...", path, store)
+    mols, splits, meta, report = convert_sdf(
+        path, store, limit, split_seed, validation_fraction, chunk_size=chunk_size, progress=verbose
+    )
     if verbose:
         log.info(report.summary())
     if strict and report.count:
         raise DataError(report.summary())
-    report.save(skipped_path)
-    splits = random_split(len(mols), split_seed, validation_fraction)
-    meta = {"source": os.path.abspath(path), "skipped": report.count, "n_molecules": len(mols)}
-    mols.save_npz(
-        cache,
-        cache_version=CACHE_VERSION,
-        meta=json.dumps(meta),
-        **{f"split_{k}": v for k, v in splits.items()},
-    )
     return mols, splits
