@@ -244,7 +244,7 @@ def _reopen(kind: str, path: str, fingerprint=None) -> Molecules:
     raise ValueError(f"unknown memory-mapped source {kind!r}")
 
 
-MMAP_MIN_BYTES = 1 << 16  # smaller members are read: mapping them saves nothing
+MMAP_MIN_BYTES = 4096  # smaller members (a page) are read: mapping them saves nothing
 
 
 def load_npz(path: str, mmap: bool = True) -> dict:

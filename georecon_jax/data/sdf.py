@@ -232,9 +232,9 @@ def convert_sdf(
         raise DataError(f"{path}: no usable record ({report.summary()})")
     try:
         splits = random_split(writer.n_molecules, split_seed, validation_fraction)
-    except DataError:
+    except DataError as e:
         writer.abort()
-        raise
+        raise DataError(f"{path}: {e}") from None
     meta = {"source": os.path.abspath(path), "skipped": report.count, "records": n_read}
     report.save(_skipped_path(store))
     mols, splits, meta = writer.finish(splits, meta)

@@ -363,13 +363,20 @@ class StoreWriter:
         return open_store(self.path)
 
 
-def write_store(path: str, molecules: Molecules, splits: Dict[str, np.ndarray], meta: dict, key=None):
+def write_store(
+    path: str,
+    molecules: Molecules,
+    splits: Dict[str, np.ndarray],
+    meta: dict,
+    key=None,
+    chunk_size: int = DEFAULT_CHUNK,
+):
     """A store of in-RAM ``molecules`` (chunked like a conversion); returns `open_store` of it."""
     n_targets = 0 if molecules.targets is None else molecules.targets.shape[1]
     writer = StoreWriter(
         path,
         key=key,
-        chunk_size=DEFAULT_CHUNK,
+        chunk_size=chunk_size,
         n_targets=n_targets,
         target_names=molecules.target_names,
         target_units=molecules.target_units,
