@@ -2,11 +2,13 @@
 
 Batch ``k`` is a pure function of ``k`` (`GraphBatcher.batch`), so the batches can be made
 anywhere: ``workers=0`` makes them in one background thread; ``workers=N`` in N processes of
-grain (``grain.MapDataset.range(start, stop).map(make_batch)`` with multiprocess prefetch: worker
-``i`` makes batches ``start + i, start + i + N, ...`` and they come back in order), bit-identical
-to the thread's. A worker that raises stops the run with its error; one that dies (killed, out of
-memory) with grain's error naming its exit code. Workers start with ``spawn``: ``make_batch`` is
-pickled to each (a `GraphBatcher` and its molecules; a memory-mapped store pickles as its path).
+grain (``grain.MapDataset.range(...).map(...)`` with multiprocess prefetch): the workers take
+groups of `GROUP` consecutive batches in turn, each group comes back packed in one buffer (one
+shared-memory transfer instead of one per array), and the batches arrive in order,
+bit-identical to the thread's. A worker that raises stops the run with its error, after the
+batches before it; one that dies (killed, out of memory) with grain's error naming its exit code.
+Workers start with ``spawn``: ``make_batch`` is pickled to each (a `GraphBatcher` and its
+molecules; a memory-mapped store pickles as its path). Measured: docs/benchmarks.md.
 No chemistry here.
 """
 
@@ -36,25 +38,91 @@ def resolve_workers(workers: Union[int, str], local_devices: int = 1, cores: int
     return workers
 
 
-class _Numbered:
-    """k -> (k, make_batch(k)): what a worker returns (picklable when ``make_batch`` is)."""
+class _Group:
+    """j -> (the ``per`` batches k of group j packed (`_pack`), None), or with the batches before
+    the one that raised and its error: what a worker returns (picklable when ``make_batch`` is). One buffer per group: one shared-memory transfer, not one per array
+    of every batch."""
 
-    def __init__(self, make_batch):
-        self.make_batch = make_batch
+    def __init__(self, make_batch, start: int, stop: int, per: int):
+        self.make_batch, self.start, self.stop, self.per = make_batch, start, stop, per
 
-    def __call__(self, k):
-        return int(k), self.make_batch(int(k))
+    def __call__(self, j):
+        first = self.start + int(j) * self.per
+        ks, batches = [], []
+        for k in range(first, min(first + self.per, self.stop)):
+            try:
+                batches.append(self.make_batch(k))
+            except Exception as e:  # the batches before it still arrive, then the error
+                return _pack(ks, batches), e
+            ks.append(k)
+        return _pack(ks, batches), None
 
 
-def _grain_batches(make_batch, start: int, stop: int, workers: int, depth: int) -> Iterator[Tuple]:
+def _pack(ks, batches):
+    """(one uint8 buffer holding every array of ``batches``, what `_unpack` needs to rebuild them)."""
+    import jax
+    import numpy as np
+
+    leaves, treedef = jax.tree_util.tree_flatten(batches)
+    leaves = [np.ascontiguousarray(x) for x in leaves]
+    buf = np.empty(sum(x.nbytes for x in leaves), np.uint8)
+    layout, at = [], 0
+    for x in leaves:
+        buf[at : at + x.nbytes] = x.reshape(-1).view(np.uint8)
+        layout.append((at, x.dtype.str, x.shape))
+        at += x.nbytes
+    return buf, (ks, treedef, layout)
+
+
+def _unpack(packed):
+    """The (k, batch) items of a `_pack`ed group; the arrays are copies (the buffer is released)."""
+    import jax
+    import numpy as np
+
+    buf, (ks, treedef, layout) = packed
+    buf = np.asarray(buf)
+    leaves = []
+    for at, dtype, shape in layout:
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        leaves.append(buf[at : at + n].view(dtype).reshape(shape).copy())
+    return list(zip(ks, jax.tree_util.tree_unflatten(treedef, leaves)))
+
+
+GROUP = 16  # batches per transfer from a worker
+
+
+def _grain_batches(make_batch, start: int, stop: int, workers: int) -> Iterator[Tuple]:
     import grain
 
     _absl_flags_parsed()
-    options = grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=max(1, depth // workers)
-    )
-    ds = grain.MapDataset.range(start, stop).map(_Numbered(make_batch)).to_iter_dataset()
-    return iter(ds.mp_prefetch(options))
+    groups = -(-(stop - start) // GROUP)
+    # two groups per worker: one made while the other waits (one alone serialises worker and reader)
+    options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+    ds = grain.MapDataset.range(0, groups).map(_Group(make_batch, start, stop, GROUP)).to_iter_dataset()
+    return _Flat(iter(ds.mp_prefetch(options)))
+
+
+class _Flat:
+    """The (k, batch) items of the groups, one at a time; ``close`` stops grain's workers."""
+
+    def __init__(self, groups):
+        self.groups, self.pending, self.error = groups, [], None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while not self.pending:
+            if self.error is not None:
+                raise self.error
+            packed, self.error = next(self.groups)
+            self.pending = _unpack(packed)
+        return self.pending.pop(0)
+
+    def close(self):
+        close = getattr(self.groups, "close", None)
+        if close is not None:
+            close()
 
 
 def _absl_flags_parsed():
@@ -74,7 +142,7 @@ class Prefetcher:
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         if workers:
-            self._source = _grain_batches(make_batch, start, stop, workers, depth)
+            self._source = _grain_batches(make_batch, start, stop, workers)
         else:
             self._source = ((k, make_batch(k)) for k in range(start, stop))
 
