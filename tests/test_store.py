@@ -359,6 +359,53 @@ def test_a_resumed_conversion_with_another_chunk_size_gives_the_same_store(tmp_p
     assert_same_store(out, clean)
 
 
+SLOW_LOADER = textwrap.dedent("""
+    import sys, time
+    from georecon_jax.data import sdf, store
+
+    save_state, convert = store.StoreWriter._save_state, sdf.convert_sdf
+
+    def slow_save_state(self):
+        save_state(self)
+        time.sleep(0.1)  # a conversion long enough for the second process to arrive during it
+
+    def counted_convert(*a, **k):
+        print("converting", flush=True)
+        return convert(*a, **k)
+
+    store.StoreWriter._save_state, sdf.convert_sdf = slow_save_state, counted_convert
+    mols, _ = sdf.load_sdf(sys.argv[1], cache_dir=sys.argv[2], validation_fraction=0.2, verbose=False,
+                           chunk_size=10)
+    print("molecules", len(mols))
+""")
+
+
+def test_two_processes_loading_one_file_convert_it_once(tmp_path, sdf_file):
+    """Two runs started together on a new file: the second waits for the first's store (a file
+    lock) instead of writing the same chunks at the same time."""
+    path, clean = sdf_file
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def start():
+        cmd = [sys.executable, "-c", SLOW_LOADER, str(path), str(cache)]
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    first = start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(cache.glob("*.store/_partial/chunk_*.npz")):
+        time.sleep(0.02)  # the first one is converting
+    second = start()
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], [e[-2000:] for _, e in outs]
+    assert [o.count("converting") for o, _ in outs] == [1, 0]
+    assert all("molecules 92" in o for o, _ in outs)
+    [store] = list(cache.glob("*.store"))
+    assert_same_store(store, clean)
+
+
 # ----------------------------------------------------------------- partial and corrupt stores
 
 

@@ -263,24 +263,38 @@ def load_sdf(
     cache_dir = cache_dir or default_cache_dir()
     os.makedirs(cache_dir, exist_ok=True)
     store = _cache_path(cache_dir, path, limit, split_seed, validation_fraction)
-    skipped_path = _skipped_path(store)
-    try:
-        mols, splits, meta = open_store(store)
-    except IncompleteStore:
-        pass  # not built yet, or interrupted: convert_sdf resumes it
-    except DataError as e:  # a corrupt or outdated store is rebuilt
-        log.info("SDF store %s is unreadable (%s); rebuilding it", store, e)
-    else:
-        if strict and meta["skipped"]:
-            raise DataError(f"{path}: {meta['skipped']} records were skipped (see {skipped_path})")
-        return mols, splits
-    if verbose:
-        log.info("Converting %s into the store %s (once) ...", path, store)
-    mols, splits, meta, report = convert_sdf(
-        path, store, limit, split_seed, validation_fraction, chunk_size=chunk_size, progress=verbose
-    )
+    found = _open_finished(path, store, strict)
+    if found is not None:
+        return found
+    import filelock
+
+    # One conversion at a time per store: runs started together wait for the first one's store
+    # (an OS lock, released if its holder is killed; the next holder then resumes the conversion).
+    with filelock.FileLock(store + ".lock"):
+        found = _open_finished(path, store, strict)
+        if found is not None:
+            return found
+        if verbose:
+            log.info("Converting %s into the store %s (once) ...", path, store)
+        mols, splits, meta, report = convert_sdf(
+            path, store, limit, split_seed, validation_fraction, chunk_size=chunk_size, progress=verbose
+        )
     if verbose:
         log.info(report.summary())
     if strict and report.count:
         raise DataError(report.summary())
+    return mols, splits
+
+
+def _open_finished(path: str, store: str, strict: bool):
+    """(molecules, splits) of a finished store, or None when it must be (re)built."""
+    try:
+        mols, splits, meta = open_store(store)
+    except IncompleteStore:
+        return None  # not built yet, or interrupted: convert_sdf resumes it
+    except DataError as e:  # a corrupt or outdated store is rebuilt
+        log.info("SDF store %s is unreadable (%s); rebuilding it", store, e)
+        return None
+    if strict and meta["skipped"]:
+        raise DataError(f"{path}: {meta['skipped']} records were skipped (see {_skipped_path(store)})")
     return mols, splits
