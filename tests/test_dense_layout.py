@@ -99,15 +99,16 @@ def test_dense_batches_masks_widths_and_layout_choice(qm9_small):
         assert sorted(batch.globals.graph_id.reshape(-1).tolist()) == sorted(idx.tolist())
     assert 0 < b.padding_fraction(4)[1] < 1
     # auto: dense only on TPUs and small molecules with all pairs; dense refuses a radius list
-    assert resolve_layout("auto", 29, platform="cpu") == "pairs"
-    assert resolve_layout("auto", 29, platform="gpu") == "pairs"
-    assert resolve_layout("auto", 29, platform="tpu") == "dense"
-    assert resolve_layout("auto", 60, platform="tpu") == "pairs"
-    assert resolve_layout("auto", 29, "radius", platform="tpu") == "pairs"
+    assert resolve_layout("auto", 29, "all_pairs", 32, "cpu") == "pairs"
+    assert resolve_layout("auto", 29, "all_pairs", 32, "gpu") == "pairs"
+    assert resolve_layout("auto", 29, "all_pairs", 32, "tpu") == "dense"
+    assert resolve_layout("auto", 60, "all_pairs", 32, "tpu") == "pairs"
+    assert resolve_layout("auto", 29, "all_pairs", 24, "tpu") == "pairs"  # graph.dense_max_atoms
+    assert resolve_layout("auto", 29, "radius", 32, "tpu") == "pairs"
     with pytest.raises(ValueError, match="neighbor_list='radius'"):
-        resolve_layout("dense", 29, "radius")
+        resolve_layout("dense", 29, "radius", 32, "cpu")
     with pytest.raises(ValueError, match="graph.layout='sparse'"):
-        resolve_layout("sparse", 29)
+        resolve_layout("sparse", 29, "all_pairs", 32, "cpu")
 
 
 @pytest.mark.parametrize("vec_norm", ["whitened"])
@@ -308,7 +309,7 @@ def test_dense_decoder_is_equivariant(qm9_small):
     logs = jnp.full((gd.nodes.positions.shape[0],), -1.0)
 
     def eps_hat(positions, code=code):
-        return model.apply(params, gd, positions, code, logs, method=decode)[0]
+        return model.apply(params, gd, positions, code, logs, objective.denoiser, method=decode)[0]
 
     assert_symmetric(eps_hat, [(gd.nodes.positions, "1o")], ["1o"], translate=[0])
     e = jax.jit(eps_hat)(gd.nodes.positions)

@@ -105,7 +105,7 @@ def test_decoder_is_equivariant_and_conditioned_on_code_and_sigma(encoder_and_gr
     logs = jnp.full((g.nodes.positions.shape[0],), -1.0)
 
     def eps_hat(positions, code=code, logs=logs):
-        return model.apply(params, g, positions, code, logs, method=decode)[0]
+        return model.apply(params, g, positions, code, logs, objective.denoiser, method=decode)[0]
 
     assert_symmetric(eps_hat, [(g.nodes.positions, "1o")], ["1o"], translate=[0])
     run = jax.jit(eps_hat)

@@ -10,7 +10,7 @@ from experiments.configs import coord as coord_config
 from experiments.configs import georecon as georecon_config
 from georecon_jax.graphs.batching import GraphBatcher
 from georecon_jax.models.graph import graph_masks
-from georecon_jax.objectives.georecon import kabsch_rmsd, make_reconstruct_fn
+from georecon_jax.objectives.georecon import Denoiser, kabsch_rmsd, make_reconstruct_fn
 from georecon_jax.objectives.noise import per_atom_normal
 from georecon_jax.training import steps as steps_lib
 from georecon_jax.training.optimizer import create_optimizer
@@ -127,8 +127,8 @@ def test_kabsch_rmsd():
 def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small):
     config = georecon_config.get_config("tiny")
     mols, batcher, model, params, _ = _setup(qm9_small, config)
-    ob = config.objective
-    recon = jax.jit(make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, num_steps=3))
+    ob, den = config.objective, Denoiser.of(config)
+    recon = jax.jit(make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, 3, den, "ddim"))
     graph = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), batcher.batch(0))
     a = np.asarray(recon(params, graph, jax.random.PRNGKey(0)))
     b = np.asarray(recon(params, graph, jax.random.PRNGKey(0)))
@@ -152,7 +152,7 @@ def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small
     assert float(np.abs(a - start).max()) > 1e-3  # the real decoder moves the atoms
     # The renoise sampler puts fresh noise back at each level instead: with ε̂ ≡ 0 it returns the
     # same start plus independent noise of variance Σ σ_k² over the levels after the first.
-    renoise = jax.jit(make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, num_steps=3, sampler="renoise"))
+    renoise = jax.jit(make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, 3, den, "renoise"))
     r = np.asarray(renoise(zeroed, graph, jax.random.PRNGKey(0)))
     assert np.array_equal(r, np.asarray(renoise(zeroed, graph, jax.random.PRNGKey(0))))
     node = np.asarray(m.node_mask)
@@ -163,7 +163,7 @@ def test_reconstruction_sampler_starts_from_noise_and_is_deterministic(qm9_small
     assert 0.85 < added.std() / expected < 1.15, (added.std(), expected, added.size)
     assert abs(added.mean()) < 0.2 * expected
     with pytest.raises(ValueError, match="sampler='ancestral'"):
-        make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, 3, sampler="ancestral")
+        make_reconstruct_fn(model, ob.sigma_min, ob.sigma_max, 3, den, "ancestral")
 
 
 def test_every_registered_objective_refuses_an_unknown_name():
@@ -250,7 +250,7 @@ def test_z_diagnostic_is_the_objectives_error_and_is_blind_to_an_ignored_code(qm
 
     config, model, params, graph = _diagnostic_setup(qm9_small)
     sigmas = (0.1, 1.0)
-    errors = jax.jit(make_decoder_errors_fn(model, sigmas))
+    errors = jax.jit(make_decoder_errors_fn(model, sigmas, Denoiser.of(config)))
     key = jax.random.PRNGKey(3)
     res = errors(params, graph, key)
     real = np.asarray(graph.globals.graph_id >= 0)

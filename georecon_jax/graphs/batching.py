@@ -255,17 +255,10 @@ def pack_graphs(
 
 
 LAYOUTS = ("auto", "dense", "pairs")
-# `auto` picks the dense layout only where every molecule has at most this many atoms (QM9: 29,
-# MD17: 21); larger molecules would make [B, N, N] pair tensors mostly padding.
-DENSE_MAX_ATOMS = 32
 
 
 def resolve_layout(
-    layout: str,
-    max_atoms: int,
-    neighbor_list: str = "all_pairs",
-    dense_max_atoms: int = DENSE_MAX_ATOMS,
-    platform: str = "cpu",
+    layout: str, max_atoms: int, neighbor_list: str, dense_max_atoms: int, platform: str
 ) -> str:
     """``graph.layout`` -> "dense" or "pairs". ``auto``: dense on a TPU when every molecule has at
     most ``dense_max_atoms`` atoms and the candidate list is all pairs; pairs otherwise. The pair

@@ -97,9 +97,9 @@ class Denoiser:
     """How the decoder's output becomes ε̂ and x̂₀ (``parametrization``, module docstring), and what
     it reads (``input``: the encoder's features of the perturbed structure, or atoms only)."""
 
-    parametrization: str = "eps"
-    sigma_data: float = 1.5  # Å
-    input: str = "encoder"
+    parametrization: str  # objective.parametrization
+    sigma_data: float  # Å, objective.sigma_data
+    input: str  # model.decoder.input
 
     @classmethod
     def of(cls, config):
@@ -145,9 +145,9 @@ class Denoiser:
         return eps, x0, noisy
 
 
-def decode(model, graph, positions, code, log_sigma_per_node, denoiser: Denoiser = Denoiser()):
+def decode(model, graph, positions, code, log_sigma_per_node, denoiser: Denoiser):
     """(ε̂ [n, 3], the encoder's features of ``positions``) at ``positions`` (the perturbed
-    structure), guided by z [n_graph, C]: the caption-faithful decoder unless ``denoiser`` says."""
+    structure), guided by z [n_graph, C], as ``denoiser`` (`Denoiser.of` a config) says."""
     eps, _, noisy = denoiser(model, graph, positions, code, jnp.exp(log_sigma_per_node))
     return eps, noisy
 
@@ -372,7 +372,7 @@ def make_code_fn(model):
     )
 
 
-def make_decoder_errors_fn(model, sigmas, denoiser: Denoiser = Denoiser()):
+def make_decoder_errors_fn(model, sigmas, denoiser: Denoiser):
     """``errors(params, graph, key)``: `graph_code_diagnostic.decoder_errors` of a GeoRecon model
     (jittable): the perturbed molecule is encoded once per σ and decoded with each code."""
 
@@ -487,8 +487,8 @@ def make_reconstruct_from_code_fn(
     sigma_min: float,
     sigma_max: float,
     num_steps: int,
-    denoiser: Denoiser = Denoiser(),
-    sampler: str = "ddim",
+    denoiser: Denoiser,
+    sampler: str,
 ):
     """``reconstruct(params, graph, code, key) -> positions [n, 3]``: `make_reconstruct_fn` with the
     graph code z [n_graph, C] given (the z diagnostic rebuilds a molecule from another's code)."""
