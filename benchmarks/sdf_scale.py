@@ -377,6 +377,12 @@ def extrapolate(small: dict, full: dict, target: int = PCQM4MV2_RECORDS) -> dict
         v1, v2 = small[key], full[key]
         slope = (v2 - v1) / (n2 - n1) if n2 != n1 else 0.0
         out[key] = {"per_record": slope, "at_target": v2 + slope * (target - n2)}
+    rss = out["peak_rss_mb"]
+    if rss["per_record"] <= 0:  # no growth measured: a falling line is noise, not a forecast
+        rss.update(per_record=0.0, at_target=max(small["peak_rss_mb"], full["peak_rss_mb"]))
+        out["peak_rss_note"] = (
+            f"Peak RSS did not grow from {n1:,} to {n2:,} records; the larger of the two is shown."
+        )
     if n1 < small["chunk_size"]:
         out["peak_rss_mb"] = None
         out["peak_rss_note"] = (
@@ -525,7 +531,7 @@ def main(argv=None):
     sdf = os.path.join(args.workdir, "synthetic.sdf")
     phases = os.path.join(args.workdir, "phases")
     os.makedirs(phases, exist_ok=True)
-    if not args.keep_sdf and os.path.exists(cache):  # the stores of an earlier file
+    if os.path.exists(cache):  # an earlier run's stores: every conversion here is measured
         import shutil
 
         shutil.rmtree(cache)
