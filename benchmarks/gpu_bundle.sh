@@ -6,6 +6,8 @@
 # environment active (it reads the QM9 cache, building it once if needed):
 #
 #   bash benchmarks/gpu_bundle.sh            # .whl/: QM9 cache + jraph, ml-collections, e3nn-jax
+#   bash benchmarks/gpu_bundle.sh --pipeline # also grain and its dependencies (for Python
+#                                            # $DEVICE_PY, default 3.12): benchmarks/gpu_pipeline.sh
 #   bash benchmarks/gpu_bundle.sh --torch    # also .whl_torch/: torchmd-net 3.1.0 (from
 #                                            # benchmarks/.torch_venv) and ase; and warp-lang
 #                                            # (149 MB, over one call's 64 MiB) in three parts,
@@ -31,6 +33,12 @@ PY
 for spec in $(grep -E '^(jraph|ml-collections|e3nn-jax)==' requirements.txt); do
   "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d .whl "$spec"
 done
+if [ "${1:-}" = "--pipeline" ]; then
+  for spec in $(grep -E '^grain==' requirements.txt) array-record cloudpickle etils portpicker; do
+    "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
+      --python-version "${DEVICE_PY:-3.12}" -d .whl "$spec"
+  done
+fi
 if [ "${1:-}" = "--torch" ]; then
   venv_site=$(ls -d benchmarks/.torch_venv/lib/python3*/site-packages)
   mkdir -p .whl_torch

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.throughput.settings import BATCH_SIZE, LAYOUTS, OBJECTIVES, ROOT
+from benchmarks.throughput.settings import LAYOUTS, OBJECTIVES, ROOT
 
 # issue target: 8 x an H200's measured per-device Coord step rate at 4 x 128 (5,172 molecules/s)
 H200_COORD_RATE = 5172.0
@@ -34,10 +34,12 @@ H200_COORD_RATE = 5172.0
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batches", type=int, default=200, help="batches timed per measurement")
+    p.add_argument("--batches", type=int, default=2000, help="batches timed per measurement")
     p.add_argument("--steps", type=int, default=30, help="training steps timed per config")
     p.add_argument("--size", default="cpu", choices=("cpu", "paper"), help="model size (step rate)")
     p.add_argument("--workers", default="0,1,2", help="comma-separated data.workers values")
+    p.add_argument("--batch-sizes", default="32", help="comma-separated batch sizes")
+    p.add_argument("--precision", default="highest", choices=("highest", "tf32", "bf16"), help="GPU matmuls")
     p.add_argument("--objectives", default=",".join(OBJECTIVES))
     p.add_argument("--layouts", default=",".join(LAYOUTS))
     p.add_argument("--target", type=float, default=8 * H200_COORD_RATE, help="molecules/s per host")
@@ -128,20 +130,43 @@ def preparation_rate(batcher, workers: int, num_batches: int) -> dict:
     }
 
 
-def step_rate(cfg, molecules, indices, layout: str, num_steps: int) -> float:
-    """Molecules/s of the training step alone (compiled for every shape first, batches made before)."""
-    from benchmarks.throughput.jax_side import JaxBench
+def make_batcher(cfg, molecules, indices, layout: str):
+    """The training batcher of ``cfg`` (devices x micro-batches as in tasks.pretrain)."""
+    from georecon_jax.graphs.batching import GraphBatcher
+    from georecon_jax.tasks.pretrain import micro_batches
 
-    bench = JaxBench(cfg, molecules, indices, layout)
-    n = min(num_steps, bench.batcher.steps_per_epoch)
-    bench.compile_all(n)
-    batches = [bench.place(bench.batcher.batch(k)) for k in range(n)]
-    bench.jax.block_until_ready(bench.step(batches[0])["loss"])
+    return GraphBatcher(
+        molecules,
+        indices,
+        cfg.batch_size,
+        num_devices=micro_batches(cfg, 1),
+        shuffle=True,
+        neighbor_list=cfg.graph.neighbor_list,
+        cutoff=cfg.model.encoder.cutoff,
+        num_buckets=cfg.graph.num_buckets,
+        layout=layout,
+    )
+
+
+def step_rate(cfg, batcher, num_steps: int) -> float:
+    """Molecules/s of the training step alone on one device (every shape compiled and every
+    batch made first)."""
+    import jax
+
+    from georecon_jax.tasks.pretrain import fresh_train_step
+    from georecon_jax.training.state import make_mesh, shard_batch
+
+    mesh = make_mesh(1)
+    _, state, step = fresh_train_step(cfg, batcher, mesh, jax.random.PRNGKey(cfg.seed))
+    batches = [shard_batch(batcher.batch(k), mesh) for k in range(num_steps)]
+    for b in batches:  # compiles each padded shape
+        state, metrics = step(state, b)
+    jax.block_until_ready(metrics["loss"])
     t = time.perf_counter()
     for b in batches:
-        loss = bench.step(b)["loss"]
-    bench.jax.block_until_ready(loss)
-    return n * BATCH_SIZE / (time.perf_counter() - t)
+        state, metrics = step(state, b)
+    jax.block_until_ready(metrics["loss"])
+    return num_steps * cfg.batch_size / (time.perf_counter() - t)
 
 
 def run(args) -> dict:
@@ -149,38 +174,33 @@ def run(args) -> dict:
     from absl import flags
 
     from benchmarks.throughput.cli import sample_molecules
-    from benchmarks.throughput.settings import make_config
-    from georecon_jax.graphs.batching import GraphBatcher
+    from benchmarks.throughput.settings import JAX_PRECISION, make_config
 
     flags.FLAGS.mark_as_parsed()
+    if jax.default_backend() != "cpu":  # XLA:CPU multiplies float32 in float32 whatever the setting
+        jax.config.update("jax_default_matmul_precision", JAX_PRECISION[args.precision])
     molecules, indices = sample_molecules()
     workers = [int(w) for w in args.workers.split(",")]
     rows = []
-    for objective in args.objectives.split(","):
-        for layout in args.layouts.split(","):
-            cfg = make_config(objective, args.size, micro_batches=1)
-            batcher = GraphBatcher(
-                molecules,
-                indices,
-                BATCH_SIZE,
-                shuffle=True,
-                neighbor_list=cfg.graph.neighbor_list,
-                cutoff=cfg.model.encoder.cutoff,
-                num_buckets=cfg.graph.num_buckets,
-                layout=layout,
-            )
-            steps = step_rate(cfg, molecules, indices, layout, args.steps)
-            for w in workers:
-                r = preparation_rate(batcher, w, args.batches)
-                r.update(objective=objective, layout=layout, step_molecules_per_s=steps)
-                r["ratio_to_step"] = r["molecules_per_s"] / steps
-                rows.append(r)
-                print(
-                    f"{objective:8s} {layout:5s} workers={w}: {r['molecules_per_s']:8.0f} molecules/s "
-                    f"({r['ratio_to_step']:.2f}x the step's {steps:.0f}); RSS {r['total_rss_mb']:.0f} MB, "
-                    f"PSS {r['total_pss_mb']:.0f} MB; start-up {r['startup_s']:.1f} s",
-                    flush=True,
-                )
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        for objective in args.objectives.split(","):
+            for layout in args.layouts.split(","):
+                cfg = make_config(objective, args.size, micro_batches=-1)
+                cfg.batch_size = batch_size
+                batcher = make_batcher(cfg, molecules, indices, layout)
+                steps = step_rate(cfg, batcher, args.steps)
+                for w in workers:
+                    r = preparation_rate(batcher, w, args.batches)
+                    r.update(objective=objective, layout=layout, batch_size=batch_size)
+                    r.update(step_molecules_per_s=steps, ratio_to_step=r["molecules_per_s"] / steps)
+                    rows.append(r)
+                    print(
+                        f"{objective:8s} {layout:5s} batch {batch_size} workers={w}: "
+                        f"{r['molecules_per_s']:8.0f} molecules/s ({r['ratio_to_step']:.2f}x the step's "
+                        f"{steps:.0f}); RSS {r['total_rss_mb']:.0f} MB, PSS {r['total_pss_mb']:.0f} MB; "
+                        f"start-up {r['startup_s']:.1f} s",
+                        flush=True,
+                    )
     return {
         "command": "python -m benchmarks.pipeline " + " ".join(f"--{k}={v}" for k, v in vars(args).items()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -192,7 +212,7 @@ def run(args) -> dict:
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "load_average_at_end": os.getloadavg(),
         },
-        "batch_size": BATCH_SIZE,
+        "precision": args.precision,
         "model_size": args.size,
         "peak_rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rows": rows,
@@ -206,7 +226,7 @@ def per_host(rows, target: float) -> dict:
     out = {"target_molecules_per_s": target}
     for r in rows:
         if r["workers"] == 1:
-            out[f"{r['objective']}/{r['layout']}"] = {
+            out[f"{r['objective']}/{r['layout']}/batch {r['batch_size']}"] = {
                 "per_worker_molecules_per_s": r["molecules_per_s"],
                 "workers_needed": int(np.ceil(target / r["molecules_per_s"])),
                 "cores_needed": int(np.ceil(target / r["molecules_per_s"])) + 2,
@@ -221,18 +241,18 @@ def markdown(res: dict) -> str:
         "",
         f"Machine: {m['cpu_cores']} CPU cores ({m['arch']}), {m['memory_gb']} GB, JAX backend "
         f"{m['backend']} ({', '.join(sorted(set(m['devices'])))}); load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in m['load_average_at_end'])}. Batch {res['batch_size']}, "
-        f"model size {res['model_size']}, real QM9 molecules.",
+        f"{', '.join(f'{x:.1f}' for x in m['load_average_at_end'])}. Model size {res['model_size']}, "
+        f"matmul precision {res['precision']}, real QM9 molecules (a random sample of 960).",
         "",
         f"Command: `{res['command']}`",
         "",
-        "| objective | layout | workers | batches (molecules/s) | step (molecules/s) | ratio | "
+        "| objective | layout | batch | workers | batches (molecules/s) | step (molecules/s) | ratio | "
         "RSS all processes (MB) | PSS all processes (MB) | worker start-up (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in res["rows"]:
         lines.append(
-            f"| {r['objective']} | {r['layout']} | {r['workers']} | {r['molecules_per_s']:.0f} | "
+            f"| {r['objective']} | {r['layout']} | {r['batch_size']} | {r['workers']} | {r['molecules_per_s']:.0f} | "
             f"{r['step_molecules_per_s']:.0f} | {r['ratio_to_step']:.2f} | {r['total_rss_mb']:.0f} | "
             f"{r['total_pss_mb']:.0f} | {r['startup_s']:.1f} |"
         )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark command: training throughput (molecules/s) of georecon_jax against torchmd-net 3.1.0,
-# measured side by side in one run, then the 3DMRL environment rate. Results: benchmarks/results/.
+# measured side by side in one run, then the input pipeline (batch preparation with 0, 1 and 2
+# worker processes against the step rate) and the 3DMRL environment rate. Results: benchmarks/results/.
 #
 #   bash benchmarks/run.sh [--data-root DIR] [throughput options, see benchmarks/throughput/]
 #
@@ -27,6 +28,7 @@ if [ "$mrl_status" != 0 ] && [ "$mrl_status" != 3 ]; then exit "$mrl_status"; fi
 python -m benchmarks.throughput --check-args ${args[@]+"${args[@]}"}
 bash benchmarks/setup_torch_env.sh
 python -m benchmarks.throughput ${args[@]+"${args[@]}"}
+python -m benchmarks.pipeline
 if [ "$mrl_status" = 0 ]; then
     python -m benchmarks.mrl3d_env "${mrl_args[@]}"
 else

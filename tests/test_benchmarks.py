@@ -258,3 +258,31 @@ def test_sdf_scale_writes_converts_and_pretrains_on_a_small_file(tmp_path, qm9_s
     p = report["pretrain"]
     assert p["steps"] == 2 and np.isfinite(p["final_train_loss"]) and p["peak_rss_mb"] > 0
     assert "--config.data.dataset=sdf" in p["command"] and "--config.num_steps=2" in p["command"]
+
+
+def test_pipeline_measures_each_worker_setting_and_tabulates_it(qm9_small):
+    """benchmarks/pipeline.py's parts on real molecules: the preparation rate with the thread and
+    with one worker (positive, start-up apart, memory of the process tree sampled), the cores a
+    host needs from the per-worker rate, and a table row per measurement."""
+    from benchmarks import pipeline
+    from georecon_jax.graphs.batching import GraphBatcher
+
+    mols, splits = qm9_small
+    batcher = GraphBatcher(mols, splits["train"], 16, seed=0)
+    rows = []
+    for w in (0, 1):
+        r = pipeline.preparation_rate(batcher, w, 40)
+        assert r["workers"] == w and r["molecules_per_s"] > 0 and r["startup_s"] >= 0
+        assert r["total_rss_mb"] >= r["total_pss_mb"] > 0
+        r.update(objective="coord", layout="pairs", batch_size=16, step_molecules_per_s=100.0)
+        r["ratio_to_step"] = r["molecules_per_s"] / 100.0
+        rows.append(r)
+    host = pipeline.per_host(rows, target=1000.0)
+    one = host["coord/pairs/batch 16"]
+    assert one["workers_needed"] == int(np.ceil(1000.0 / rows[1]["molecules_per_s"]))
+    assert one["cores_needed"] == one["workers_needed"] + 2
+    machine = dict(cpu_cores=2, arch="x86_64", memory_gb=1.0, backend="cpu", devices=["cpu"])
+    res = dict(date="d", command="c", precision="highest", model_size="cpu", rows=rows, host_target=host)
+    md = pipeline.markdown({**res, "machine": {**machine, "load_average_at_end": (1.0, 1.0, 1.0)}})
+    table = [line for line in md.splitlines() if line.startswith("| coord |")]
+    assert len(table) == 2 and all(line.count("|") == 11 for line in table)
