@@ -136,13 +136,13 @@ class Molecules:
             self.ids = np.arange(len(self), dtype=np.int64)
 
     # A `Molecules` read from files through memory maps (`data.store.open_store`, `load_npz`)
-    # carries ``_source = (kind, path, fingerprint)`` and pickles as that, not as its data: a
-    # worker process that receives it maps the same files (one copy in the host's page cache).
+    # carries ``_source = (reopen function, its arguments)`` and pickles as that, not as its data:
+    # a worker process that receives it maps the same files (one copy in the host's page cache).
     # Any other `Molecules` (made in RAM, a subset, a `dataclasses.replace`) pickles its arrays.
     def __reduce_ex__(self, protocol):
         source = self.__dict__.get("_source")
         if source is not None:
-            return _reopen, tuple(source)
+            return source
         return super().__reduce_ex__(protocol)
 
     def __getstate__(self):
@@ -231,17 +231,12 @@ def file_fingerprint(path: str):
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def _reopen(kind: str, path: str, fingerprint=None) -> Molecules:
-    """What an unpickled memory-mapped `Molecules` is: the same files, mapped again here."""
-    if kind == "store":
-        from georecon_jax.data.store import reopen_store_molecules
-
-        return reopen_store_molecules(path, fingerprint)
-    if kind == "npz":
-        if fingerprint is not None and file_fingerprint(path) != list(fingerprint):
-            raise DataError(f"{path}: the file changed since these molecules were sent (rebuilt?)")
-        return molecules_from_arrays(load_npz(path), path)
-    raise ValueError(f"unknown memory-mapped source {kind!r}")
+def reopen_npz_molecules(path: str, fingerprint=None) -> Molecules:
+    """What an unpickled `Molecules` of a memory-mapped ``.npz`` is: the same file, mapped again
+    here. ``fingerprint``: the file's when it was pickled; a file rebuilt since is refused."""
+    if fingerprint is not None and file_fingerprint(path) != list(fingerprint):
+        raise DataError(f"{path}: the file changed since these molecules were sent (rebuilt?)")
+    return molecules_from_arrays(load_npz(path), path)
 
 
 MMAP_MIN_BYTES = 4096  # smaller members (a page) are read: mapping them saves nothing
@@ -314,7 +309,7 @@ def molecules_from_arrays(arrays: dict, path: Optional[str] = None) -> Molecules
     ):
         raise DataError(f"{path or 'arrays'}: inconsistent array sizes")
     if path is not None and isinstance(mols.positions, np.memmap):
-        mols._source = ("npz", os.path.abspath(path), file_fingerprint(path))
+        mols._source = (reopen_npz_molecules, (os.path.abspath(path), file_fingerprint(path)))
     return mols
 
 

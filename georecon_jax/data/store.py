@@ -33,7 +33,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from georecon_jax.data.records import DataError, Molecules, SkipReport
+from georecon_jax.data.records import DataError, Molecules, SkipReport, file_fingerprint
 
 STORE_VERSION = 1
 STORE_FORMAT = "georecon_jax molecule store"
@@ -65,8 +65,8 @@ def _write_json_atomic(path: str, obj) -> None:
 
 
 def _fingerprint(path: str):
-    st = os.stat(os.path.join(path, META))
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    """The store's meta.json's fingerprint: a store rebuilt in place has another."""
+    return file_fingerprint(os.path.join(path, META))
 
 
 def _load(path: str):
@@ -129,7 +129,7 @@ def open_store(path: str):
         target_units=tuple(meta["target_units"]),
         ids=arrays["ids"],
     )
-    mols._source = ("store", os.path.abspath(path), _fingerprint(path))
+    mols._source = (reopen_store_molecules, (os.path.abspath(path), _fingerprint(path)))
     return mols, splits, meta
 
 
