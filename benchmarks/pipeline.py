@@ -202,7 +202,8 @@ def run(args) -> dict:
                         flush=True,
                     )
     return {
-        "command": "python -m benchmarks.pipeline " + " ".join(f"--{k}={v}" for k, v in vars(args).items()),
+        "command": "python -m benchmarks.pipeline "
+        + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {
             "cpu_cores": os.cpu_count(),
@@ -221,16 +222,22 @@ def run(args) -> dict:
 
 
 def per_host(rows, target: float) -> dict:
-    """From the 1-worker rates: the cores a host needs for ``target`` molecules/s (one per worker,
-    plus two for the training process), per objective and layout."""
+    """The cores a host needs for ``target`` molecules/s, per objective, layout and batch: from the
+    best measured rate per worker (rate / workers over the runs with workers), one core per worker
+    plus two for the training process."""
     out = {"target_molecules_per_s": target}
     for r in rows:
-        if r["workers"] == 1:
-            out[f"{r['objective']}/{r['layout']}/batch {r['batch_size']}"] = {
-                "per_worker_molecules_per_s": r["molecules_per_s"],
-                "workers_needed": int(np.ceil(target / r["molecules_per_s"])),
-                "cores_needed": int(np.ceil(target / r["molecules_per_s"])) + 2,
-            }
+        if r["workers"] >= 1:
+            key = f"{r['objective']}/{r['layout']}/batch {r['batch_size']}"
+            per = r["molecules_per_s"] / r["workers"]
+            if per > out.get(key, {}).get("per_worker_molecules_per_s", 0.0):
+                need = int(np.ceil(target / per))
+                out[key] = {
+                    "per_worker_molecules_per_s": per,
+                    "from_workers": r["workers"],
+                    "workers_needed": need,
+                    "cores_needed": need + 2,
+                }
     return out
 
 
@@ -259,13 +266,14 @@ def markdown(res: dict) -> str:
     t = res["host_target"]
     lines += [
         "",
-        f"Cores a host needs for {t['target_molecules_per_s']:.0f} molecules/s (1-worker rate):",
+        f"Cores a host needs for {t['target_molecules_per_s']:.0f} molecules/s (the best rate per worker):",
         "",
     ]
     for key, v in t.items():
         if isinstance(v, dict):
             lines.append(
-                f"- {key}: {v['per_worker_molecules_per_s']:.0f} molecules/s per worker: "
+                f"- {key}: {v['per_worker_molecules_per_s']:.0f} molecules/s per worker (with "
+                f"{v['from_workers']}): "
                 f"{v['workers_needed']} workers, {v['cores_needed']} cores"
             )
     return "\n".join(lines) + "\n"

@@ -279,6 +279,7 @@ def test_pipeline_measures_each_worker_setting_and_tabulates_it(qm9_small):
         rows.append(r)
     host = pipeline.per_host(rows, target=1000.0)
     one = host["coord/pairs/batch 16"]
+    assert one["from_workers"] == 1 and one["per_worker_molecules_per_s"] == rows[1]["molecules_per_s"]
     assert one["workers_needed"] == int(np.ceil(1000.0 / rows[1]["molecules_per_s"]))
     assert one["cores_needed"] == one["workers_needed"] + 2
     machine = dict(cpu_cores=2, arch="x86_64", memory_gb=1.0, backend="cpu", devices=["cpu"])
