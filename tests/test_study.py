@@ -228,6 +228,11 @@ def _fake_cell(work: Path, cell, value: float, rng):
         metrics = {"homo_mae": {"value": float(errors.mean()), "unit": "meV"}}
         (work / "results.json").write_text(json.dumps({"metrics": metrics, "num_molecules": 30}))
         rows = [{"split": "validation", "step": 2, "mae": 1.0}, {"split": "train", "step": 2, "mae": 2.0}]
+        early = cell.arm != "scratch"  # the pretrained arms stop early at step 6 with their best at 2
+        summary = dict(
+            steps=6 if early else 8, num_steps=8, best_step=2 if early else 8, stopped_by_hook=early
+        )
+        (work / "summary.json").write_text(json.dumps(summary))
         (work / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     record = {"name": cell.name, "wall_seconds": 1.0}
     (work / study_cells.CELL_FILE).write_text(json.dumps(record))
@@ -260,6 +265,9 @@ def test_results_from_records_alone_with_generated_verdicts(tmp_path):
     )
     assert line.endswith("no difference detected") == (not same["excludes_zero"])
     assert same["units"] == 5 and same["over"] == "pretrainings"
+    # how the runs ended: scratch at its budget with the best at the last evaluation, the others early
+    assert "| homo | scratch | 5 | 0 | 5 | 8 | 8 |" in md
+    assert "| homo | georecon | 5 | 5 | 0 | 2 | 8 |" in md
 
     import shutil
 

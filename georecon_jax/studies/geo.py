@@ -250,6 +250,8 @@ def _read_cell(c, cell: Cell, rec: dict, work: str):
         yield (cell.arm + ("_md17" if "_md17/" in cell.name else ""), cell.seed), value
         return
     r = read_json(os.path.join(work, "results.json"))
+    summary = read_json(os.path.join(work, "summary.json"))
+    ending = {k: summary.get(k) for k in ("steps", "num_steps", "best_step", "stopped_by_hook")}
     errors = np.load(os.path.join(work, "errors_test.npz"))
     order = np.argsort(errors["ids"])
     rows = read_jsonl(os.path.join(work, "metrics.jsonl"))
@@ -270,6 +272,7 @@ def _read_cell(c, cell: Cell, rec: dict, work: str):
                 "curve": curve,
                 "num_molecules": r["num_molecules"],
                 "wall_seconds": rec["wall_seconds"],
+                "ending": ending,
             },
         )
 
@@ -290,6 +293,40 @@ def last_quarter_drop(curve: List[tuple]) -> float:
     steps, loss = np.array(curve, dtype=float).T
     before = loss[steps <= steps[-1] * 0.75]
     return float((before[-1] - loss[-1]) / before[-1]) if len(before) else float("nan")
+
+
+def ending_lines(data: dict, cols: List[str], arms: List[str]) -> List[str]:
+    """How the fine-tunings ended, per task and arm: stopped early by the validation metric, or at
+    the step budget; and how many had their best validation at the last evaluation (then the
+    budget, not convergence, ended them, and the table compares arms at that budget)."""
+    rows = []
+    for col in cols:
+        for arm in arms:
+            runs = [
+                v["ending"] for v in data["finetune"].get(col, {}).get(arm, {}).values() if v.get("ending")
+            ]
+            if not runs or any(e.get("steps") is None for e in runs):
+                continue
+            early = sum(bool(e["stopped_by_hook"]) for e in runs)
+            at_end = sum(e["best_step"] is not None and e["best_step"] == e["steps"] for e in runs)
+            best = np.mean([e["best_step"] for e in runs if e["best_step"] is not None])
+            rows.append(
+                f"| {col} | {arm} | {len(runs)} | {early} | {at_end} | {best:.0f} | {runs[0]['num_steps']} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## How the fine-tunings ended",
+        "",
+        "Early stopped: the validation metric stopped improving (the preset's patience). Best at the "
+        "last evaluation: the run ended while still improving, so the step budget, not convergence, "
+        "ended it, and its row of the table is a comparison at that budget.",
+        "",
+        "| task | arm | seeds | early stopped | best at the last evaluation | mean best step | budget (steps) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def pretraining_lines(data: dict) -> List[str]:
@@ -486,6 +523,7 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
     lines += report.difference_lines(
         s["differences"], cols, units, c.interval, "test MAE on the same test molecules"
     )
+    lines += ending_lines(data, cols, arms)
     lines += pretraining_lines(data)
     lines += z_lines(s["z"])
     kinds = {}
