@@ -34,7 +34,8 @@ H200_COORD_RATE = 5172.0
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batches", type=int, default=2000, help="batches timed per measurement")
+    p.add_argument("--batches", type=int, default=3000, help="batches timed per measurement")
+    p.add_argument("--warm", type=int, default=500, help="batches made before the clock starts")
     p.add_argument("--steps", type=int, default=30, help="training steps timed per config")
     p.add_argument("--size", default="cpu", choices=("cpu", "paper"), help="model size (step rate)")
     p.add_argument("--workers", default="0,1,2", help="comma-separated data.workers values")
@@ -104,17 +105,21 @@ class MemorySampler:
         self._thread.join()
 
 
-def preparation_rate(batcher, workers: int, num_batches: int) -> dict:
-    """Molecules/s of ``num_batches`` batches pulled from a `Prefetcher` as fast as it makes them
-    (its start-up excluded: the clock starts at the first batch; at most 2 batches wait, so the
-    rate is the steady one within 2/num_batches), and the memory while it ran."""
+def preparation_rate(batcher, workers: int, num_batches: int, warm: int = 0) -> dict:
+    """Molecules/s of ``num_batches`` batches pulled from a `Prefetcher` as fast as it makes them,
+    after ``warm`` batches that are not timed (worker start-up: spawned workers reach their steady
+    rate a few seconds after their first batch); at most 2 batches wait in the prefetcher, so the
+    rate is the steady one. Also the memory of the process tree while it ran."""
     from georecon_jax.training.prefetch import Prefetcher
 
     t0 = time.perf_counter()
     with MemorySampler() as mem:
-        fetcher = Prefetcher(batcher.batch, 0, num_batches + 1, depth=2, workers=workers)
+        fetcher = Prefetcher(batcher.batch, 0, warm + num_batches + 1, depth=2, workers=workers)
         try:
             fetcher.get()
+            first = time.perf_counter()
+            for _ in range(warm):
+                fetcher.get()
             start = time.perf_counter()
             for _ in range(num_batches):
                 fetcher.get()
@@ -124,7 +129,9 @@ def preparation_rate(batcher, workers: int, num_batches: int) -> dict:
     return {
         "workers": workers,
         "molecules_per_s": num_batches * batcher.batch_size / seconds,
-        "startup_s": start - t0,
+        "startup_s": first - t0,
+        "warm_up_batches": warm,
+        "warm_up_s": start - first,
         "total_rss_mb": mem.rss,
         "total_pss_mb": mem.pss,
     }
@@ -190,7 +197,7 @@ def run(args) -> dict:
                 batcher = make_batcher(cfg, molecules, indices, layout)
                 steps = step_rate(cfg, batcher, args.steps)
                 for w in workers:
-                    r = preparation_rate(batcher, w, args.batches)
+                    r = preparation_rate(batcher, w, args.batches, args.warm)
                     r.update(objective=objective, layout=layout, batch_size=batch_size)
                     r.update(step_molecules_per_s=steps, ratio_to_step=r["molecules_per_s"] / steps)
                     rows.append(r)

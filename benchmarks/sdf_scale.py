@@ -1,7 +1,7 @@
-"""The SDF path at scale (issue 33): a synthetic SDF of N records, converted into the memory-mapped
+"""The SDF path at scale: a synthetic SDF of N records, converted into the memory-mapped
 molecule store, then pretrained on.
 
-  python -m benchmarks.sdf_scale                      # 1,000,000 records (the issue's run)
+  python -m benchmarks.sdf_scale                      # 1,000,000 records (the committed run)
   python -m benchmarks.sdf_scale --records 20000      # a check of the whole path in minutes
 
 Steps, each in its own process (so that each peak RSS is that step's alone):
@@ -398,7 +398,7 @@ def extrapolate(small: dict, full: dict, target: int = PCQM4MV2_RECORDS) -> dict
 def markdown(r: dict) -> str:
     m, w, c1, c2, x = r["machine"], r["write"], r["convert_small"], r["convert"], r["extrapolation"]
     lines = [
-        f"# SDF at scale: {c2['records']:,} records (issue 33)",
+        f"# SDF at scale: {c2['records']:,} records",
         "",
         f"{m['date']}; {m['cpu_model']}, {m['logical_cores']} logical cores ({m['machine']}), "
         f"{m['ram_gib']:.1f} GiB RAM; load average at start {m['load_average_at_start'][0]:.1f} "
@@ -434,7 +434,7 @@ def markdown(r: dict) -> str:
         "molecules scale it by their atom count. Peak RSS: ru_maxrss of the converting process; "
         f"chunks of {c2['chunk_size']:,} records. " + x.get("peak_rss_note", ""),
         "",
-        "Target (issue 33): a 1 M-record conversion within 4 GB of RSS: "
+        "Target: a 1 M-record conversion within 4 GB of RSS: "
         + (
             f"{'met' if c2['peak_rss_mb'] * MB < 4e9 else 'NOT met'} ({c2['peak_rss_mb']:,.0f} MiB at "
             f"{c2['records']:,} records)."

@@ -13,8 +13,9 @@ What it does:
 
 Then: ``python -m experiments.pretrain --config=experiments/configs/georecon.py
 --config.data.dataset=sdf --config.data.sdf_path=<out>/pcqm4m-v2-train.sdf --workdir=runs/pcqm``.
-The first run reads the whole file once into the cache (records that cannot be used are skipped
-and listed in ``<cache>_skipped.json``). Coord's published checkpoints were pretrained on this file.
+The first run converts the file once, streaming, into a memory-mapped molecule store
+(georecon_jax/data/store.py; resumable if interrupted; records that cannot be used are skipped
+and listed in ``..._skipped.json`` beside it). Coord's published checkpoints were pretrained on this file.
 No network is needed afterwards; the tests never download (they read a small SDF written from
 real QM9 molecules).
 """

@@ -98,7 +98,10 @@ def _grain_batches(make_batch, start: int, stop: int, workers: int) -> Iterator[
     groups = -(-(stop - start) // GROUP)
     # two groups per worker: one made while the other waits (one alone serialises worker and reader)
     options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
-    ds = grain.MapDataset.range(0, groups).map(_Group(make_batch, start, stop, GROUP)).to_iter_dataset()
+    # one thread and one group read ahead inside each worker: grain's defaults (16 threads, 500
+    # elements) would let every worker run thousands of batches ahead of training, in memory
+    inner = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)
+    ds = grain.MapDataset.range(0, groups).map(_Group(make_batch, start, stop, GROUP)).to_iter_dataset(inner)
     return _Flat(iter(ds.mp_prefetch(options)))
 
 
