@@ -185,6 +185,7 @@ def toy_config():
     config = common.training_loop(num_steps=len(SCRIPT), batch_size=8, eval_every=1)
     config.update(checkpoint_every=3, log_every=1, tensorboard=False, num_devices=1)
     config.optim = optim(learning_rate=0.1, min_learning_rate=0.02, grad_clip=0.0)
+    config.data = common.ConfigDict(dict(workers=common.batch_workers()))  # batches in a thread
     return config
 
 

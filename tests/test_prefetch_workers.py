@@ -113,8 +113,8 @@ def test_sigterm_with_workers_checkpoints_and_exits_cleanly(tmp_path, cache_dir)
     deadline, workers = time.time() + 240, []
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1.0)
-        if (work / "metrics.jsonl").exists():  # training steps are logged: the workers feed it
-            workers = _children(proc.pid)
+        workers = _children(proc.pid)
+        if len(workers) >= 2 and (work / "metrics.jsonl").exists():  # training runs, workers feed it
             break
     assert proc.poll() is None, proc.stdout.read()[-3000:]
     assert len(workers) >= 2, workers  # the two batch workers (and grain's resource tracker)
