@@ -183,3 +183,23 @@ def md17_config(**data):
     c = finetune_md17.get_config()  # molecule="aspirin", the default
     c.data.update(data)
     return c
+
+
+def qm9_mol(mols, k):
+    """An RDKit molecule of QM9 molecule k: its real coordinates (a 3D conformer) and bonds from
+    its geometry (for SDF files written from real molecules)."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDetermineBonds
+    from rdkit.Geometry import Point3D
+
+    z, pos = mols.molecule(k)
+    rw = Chem.RWMol()
+    for a in z:
+        rw.AddAtom(Chem.Atom(int(a)))
+    conf = Chem.Conformer(len(z))
+    for i, xyz in enumerate(pos):
+        conf.SetAtomPosition(i, Point3D(*map(float, xyz)))
+    conf.Set3D(True)
+    rw.AddConformer(conf, assignId=True)
+    rdDetermineBonds.DetermineConnectivity(rw)
+    return rw

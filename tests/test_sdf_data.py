@@ -8,9 +8,8 @@ import os
 import numpy as np
 import pytest
 from rdkit import Chem
-from rdkit.Chem import rdDetermineBonds
-from rdkit.Geometry import Point3D
 
+from conftest import qm9_mol
 from experiments.configs import coord as coord_config
 from georecon_jax.data import sdf as sdf_data
 from georecon_jax.data.records import DataError
@@ -24,16 +23,7 @@ def _write_sdf(path, mols):
     for k in range(N):
         if k == BROKEN_AT:
             writer.write(Chem.MolFromSmiles("CCN"))  # 2D coordinates: skipped and reported
-        z, pos = mols.molecule(k)
-        rw = Chem.RWMol()
-        for a in z:
-            rw.AddAtom(Chem.Atom(int(a)))
-        conf = Chem.Conformer(len(z))
-        for i, xyz in enumerate(pos):
-            conf.SetAtomPosition(i, Point3D(*map(float, xyz)))
-        conf.Set3D(True)
-        rw.AddConformer(conf, assignId=True)
-        rdDetermineBonds.DetermineConnectivity(rw)
+        rw = qm9_mol(mols, k)
         rw.SetProp("_Name", f"qm9_{int(mols.ids[k])}")
         writer.write(rw)
     writer.close()

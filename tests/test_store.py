@@ -16,10 +16,9 @@ import time
 import numpy as np
 import pytest
 from rdkit import Chem
-from rdkit.Chem import AllChem, rdDetermineBonds
-from rdkit.Geometry import Point3D
+from rdkit.Chem import AllChem
 
-from conftest import ROOT
+from conftest import ROOT, qm9_mol
 from georecon_jax.data import sdf as sdf_data
 from georecon_jax.data import store as store_lib
 from georecon_jax.data.records import DataError, Molecules
@@ -29,17 +28,7 @@ from georecon_jax.data.records import DataError, Molecules
 
 def qm9_record(mols, k, name=None, props=None):
     """A molblock of QM9 molecule k with its real coordinates and bonds from its geometry."""
-    z, pos = mols.molecule(k)
-    rw = Chem.RWMol()
-    for a in z:
-        rw.AddAtom(Chem.Atom(int(a)))
-    conf = Chem.Conformer(len(z))
-    for i, xyz in enumerate(pos):
-        conf.SetAtomPosition(i, Point3D(*map(float, xyz)))
-    conf.Set3D(True)
-    rw.AddConformer(conf, assignId=True)
-    rdDetermineBonds.DetermineConnectivity(rw)
-    block = Chem.MolToMolBlock(rw).split("\n", 1)[1]  # the name line is ours
+    block = Chem.MolToMolBlock(qm9_mol(mols, k)).split("\n", 1)[1]  # the name line is ours
     text = f"{name if name is not None else f'qm9_{int(mols.ids[k])}'}\n{block}"
     for key, value in (props or {}).items():
         text += f"> <{key}>\n{value}\n\n"
