@@ -28,10 +28,12 @@ def _take(fetcher, n):
 def test_worker_batches_are_bit_identical_to_the_thread_s(qm9_small, layout):
     mols, splits = qm9_small
     batcher = GraphBatcher(mols, splits["train"], 16, num_devices=2, seed=3, layout=layout)
-    start = batcher.steps_per_epoch - 2  # across an epoch boundary (a new permutation)
-    thread = _take(Prefetcher(batcher.batch, start, start + 6), 6)
-    workers = _take(Prefetcher(batcher.batch, start, start + 6, workers=2), 6)
-    assert [k for k, _ in workers] == list(range(start, start + 6))
+    # 40 batches from an epoch's last but one: groups of 16 made by both workers in turn, a new
+    # permutation at the epoch boundary, and a partial last group
+    start, n = batcher.steps_per_epoch - 2, 40
+    thread = _take(Prefetcher(batcher.batch, start, start + n), n)
+    workers = _take(Prefetcher(batcher.batch, start, start + n, workers=2), n)
+    assert [k for k, _ in workers] == list(range(start, start + n))
     for (_, a), (_, b) in zip(thread, workers):
         leaves_a, tree_a = jax.tree_util.tree_flatten(a)
         leaves_b, tree_b = jax.tree_util.tree_flatten(b)
@@ -57,8 +59,9 @@ def test_a_worker_that_raises_stops_the_consumer_with_its_error():
     fetcher = Prefetcher(Failing(5), 2, 20, workers=2)
     try:
         got = [fetcher.get()[0] for _ in range(3)]
-        with pytest.raises(ValueError, match="batch 5 is broken"):
+        with pytest.raises(ValueError, match="batch 5 is broken") as err:
             fetcher.get()
+        assert "in batch 5, made in a worker process" in "\n".join(err.value.__notes__)
     finally:
         fetcher.close()
     assert got == [2, 3, 4]
@@ -91,9 +94,9 @@ def _children(pid):
 
 
 def test_sigterm_with_workers_checkpoints_and_exits_cleanly(tmp_path, cache_dir):
-    """A tiny Coord pretraining with 2 batch workers, stopped by SIGTERM once training runs: exit
-    code 0, a checkpoint at the step it reached, no worker left; the same command resumes and
-    finishes."""
+    """A tiny Coord pretraining with 2 batch workers, stopped by SIGTERM to its whole process group
+    (as a scheduler or `timeout` sends it: the workers die with it) once training runs: exit code
+    0, a checkpoint at the step it reached, no worker left; the same command resumes and finishes."""
     work = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -107,18 +110,25 @@ def test_sigterm_with_workers_checkpoints_and_exits_cleanly(tmp_path, cache_dir)
         f"--workdir={work}",
     ]
     env = dict(os.environ, GEORECON_CACHE=cache_dir)
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    proc = subprocess.Popen(  # its own process group, as under a scheduler
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     deadline, workers = time.time() + 240, []
     while time.time() < deadline and proc.poll() is None:
         time.sleep(1.0)
         workers = _children(proc.pid)
-        if len(workers) >= 2 and (work / "metrics.jsonl").exists():  # training runs, workers feed it
+        logged = (work / "metrics.jsonl").exists() and '"train"' in (work / "metrics.jsonl").read_text()
+        if len(workers) >= 2 and logged:  # training steps are logged, the workers feed them
             break
     assert proc.poll() is None, proc.stdout.read()[-3000:]
     assert len(workers) >= 2, workers  # the two batch workers (and grain's resource tracker)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # to the whole group: the batch workers get it too
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     steps = [int(s) for s in os.listdir(work / "checkpoints") if s.isdigit()]
@@ -144,3 +154,34 @@ def _state(pid) -> str:
             return f.read().lower()
     except FileNotFoundError:
         return "zombie"
+
+
+def test_pack_keeps_every_dtype_bfloat16_included():
+    from georecon_jax.training.prefetch import _pack, _unpack
+
+    import ml_dtypes
+
+    batches = [
+        {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], ml_dtypes.bfloat16)},
+        {"a": np.zeros((0, 3), np.float32), "b": np.array([True, False])},
+    ]
+    out = _unpack(_pack([7, 8], batches))
+    assert [k for k, _ in out] == [7, 8]
+    for (_, got), want in zip(out, batches):
+        for key in want:
+            assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key])
+
+
+def test_a_run_resumes_with_another_number_of_workers(tmp_path):
+    """data.workers says who makes the batches, not which: a resume with another count is not a
+    configuration change (while another data field still is)."""
+    from experiments.configs import finetune_qm9
+    from georecon_jax.training.loop import ConfigMismatchError, record_config
+
+    config = finetune_qm9.get_config("tiny")
+    record_config(config, str(tmp_path), compare_sections=("data",))
+    config.data.workers = 4
+    record_config(config, str(tmp_path), compare_sections=("data",))
+    config.data.split_seed = 1
+    with pytest.raises(ConfigMismatchError, match="data.split_seed"):
+        record_config(config, str(tmp_path), compare_sections=("data",))

@@ -433,3 +433,7 @@ def test_a_pretraining_kept_with_its_weights_is_restored_not_rerun(tmp_path):
         np.load(out), np.concatenate([want["encoder"]["w"].ravel(), want["head"]["b"]])
     )
     assert (work / pre.name / "noise_normaliser.json").exists()
+    # a restore interrupted after its checkpoint was written is done again over it, not refused
+    os.remove(work / pre.name / study_cells.CELL_FILE)
+    assert study_cells.restore_from_record(str(work), pre, records)
+    assert read_pretrained(str(work / pre.name)).step == 7

@@ -133,8 +133,20 @@ def keep_record(workdir: str, cell: Cell, records: str) -> None:
     shutil.copy2(os.path.join(src, CELL_FILE), os.path.join(dst, CELL_FILE))  # last: marks it complete
 
 
+def _jax_on_cpu():
+    """The study process itself uses JAX only to read and write weights: on the CPU, so that it
+    never takes the accelerator its cells' commands need (they start their own processes)."""
+    import jax
+
+    try:
+        jax.config.update("jax_platforms", "cpu")
+    except RuntimeError:  # a backend is already up in this process (tests): it is the one used
+        pass
+
+
 def keep_weights(work: str, path: str) -> None:
     """Writes the parameters a fine-tuning would read from the run in ``work`` to ``path`` (.npz)."""
+    _jax_on_cpu()
     import numpy as np
     from flax import traverse_util
 
@@ -150,6 +162,7 @@ def keep_weights(work: str, path: str) -> None:
 def restore_from_record(workdir: str, cell: Cell, records: str) -> bool:
     """Makes a pretraining kept as a record with weights finished here again: its record files and a
     checkpoint of its weights (all a fine-tuning reads) in its workdir. False when it has no weights."""
+    _jax_on_cpu()
     import numpy as np
     from flax import traverse_util
 
@@ -166,6 +179,7 @@ def restore_from_record(workdir: str, cell: Cell, records: str) -> bool:
         for name in files:
             if name not in (CELL_FILE, WEIGHTS_FILE):
                 shutil.copy2(os.path.join(root, name), os.path.join(work, os.path.relpath(root, src), name))
+    shutil.rmtree(os.path.join(work, "checkpoints"), ignore_errors=True)  # an interrupted restore's
     ckpt = Checkpointer(work)
     ckpt.save(step, {"params": variables})  # read back by read_pretrained as these variables
     ckpt.close()

@@ -109,6 +109,7 @@ REPORT_ONLY = frozenset(
         "objective.num_recon_molecules",
         "objective.diagnostic_sigmas",
         "data.num_workers",
+        "data.workers",  # who makes the batches, not which
         "data.data_root",  # where the same files are (moved data, another machine)
         "data.cache_dir",
     }
@@ -320,7 +321,17 @@ def fit(
     try:
         with _Preemption() as preempt:
             while step < end:
-                k, host_batch = fetcher.get()
+                try:
+                    k, host_batch = fetcher.get()
+                except Exception:
+                    if not preempt.requested:
+                        raise
+                    # SIGTERM to the whole process group (a scheduler, `timeout`): the batch
+                    # workers died with it while this process waited; checkpoint as on any SIGTERM
+                    if step > start and step not in checkpointer.all_steps():
+                        checkpointer.save(step, state)
+                    bar.write(f"SIGTERM: the checkpoint at step {step} is the last; exiting")
+                    break
                 assert k == step, (k, step)
                 state, metrics = train_step(state, place(host_batch))
                 step += 1

@@ -53,9 +53,23 @@ class _Group:
             try:
                 batches.append(self.make_batch(k))
             except Exception as e:  # the batches before it still arrive, then the error
-                return _pack(ks, batches), e
+                return _pack(ks, batches), _portable(e, k)
             ks.append(k)
         return _pack(ks, batches), None
+
+
+def _portable(e: Exception, k: int) -> Exception:
+    """``e`` with the batch and the worker's traceback as a note, as it will cross to the training
+    process: an exception that does not survive pickling becomes a RuntimeError with its text."""
+    import pickle
+    import traceback
+
+    e.add_note(f"in batch {k}, made in a worker process:\n{traceback.format_exc()}")
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}\n" + "\n".join(getattr(e, "__notes__", [])))
 
 
 def _pack(ks, batches):
@@ -69,7 +83,7 @@ def _pack(ks, batches):
     layout, at = [], 0
     for x in leaves:
         buf[at : at + x.nbytes] = x.reshape(-1).view(np.uint8)
-        layout.append((at, x.dtype.str, x.shape))
+        layout.append((at, x.dtype, x.shape))  # the dtype itself: bfloat16's .str is only '<V2'
         at += x.nbytes
     return buf, (ks, treedef, layout)
 
@@ -83,7 +97,7 @@ def _unpack(packed):
     buf = np.asarray(buf)
     leaves = []
     for at, dtype, shape in layout:
-        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         leaves.append(buf[at : at + n].view(dtype).reshape(shape).copy())
     return list(zip(ks, jax.tree_util.tree_unflatten(treedef, leaves)))
 
@@ -102,7 +116,19 @@ def _grain_batches(make_batch, start: int, stop: int, workers: int) -> Iterator[
     # elements) would let every worker run thousands of batches ahead of training, in memory
     inner = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)
     ds = grain.MapDataset.range(0, groups).map(_Group(make_batch, start, stop, GROUP)).to_iter_dataset(inner)
-    return _Flat(iter(ds.mp_prefetch(options)))
+    return _Flat(iter(ds.mp_prefetch(options, worker_init_fn=_worker_init)))
+
+
+def _worker_init(index: int, count: int) -> None:
+    """In each worker as it starts: die with the training process (Linux), whatever kills it
+    (SIGKILL, the out-of-memory killer), instead of running on as an orphan."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 class _Flat:
@@ -179,5 +205,5 @@ class Prefetcher:
         self._stop.set()
         self._thread.join(timeout=5)
         close = getattr(self._source, "close", None)
-        if close is not None and not self._thread.is_alive():
-            close()  # stops grain's workers (a generator: nothing to stop)
+        if close is not None:  # stops grain's workers, even if the thread still waits on one
+            close()
