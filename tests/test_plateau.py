@@ -152,6 +152,7 @@ def test_bad_settings_are_refused():
     def problems(**overrides):
         config = common.training_loop(num_steps=10, batch_size=2, eval_every=5)
         config.optim = optim(**overrides)
+        config.data = common.ConfigDict(dict(workers=common.batch_workers()))
         return runner.loop_problems(config)
 
     assert problems() == []
@@ -161,6 +162,7 @@ def test_bad_settings_are_refused():
     assert any("optim.min_learning_rate=-1" in p for p in problems(min_learning_rate=-1.0))
     config = common.training_loop(num_steps=10, batch_size=2, eval_every=0)
     config.optim = optim()
+    config.data = common.ConfigDict(dict(workers=common.batch_workers()))
     assert any("eval_every=0" in p for p in runner.loop_problems(config))
 
 

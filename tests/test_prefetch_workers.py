@@ -185,3 +185,13 @@ def test_a_run_resumes_with_another_number_of_workers(tmp_path):
     config.data.split_seed = 1
     with pytest.raises(ConfigMismatchError, match="data.split_seed"):
         record_config(config, str(tmp_path), compare_sections=("data",))
+
+
+def test_a_bad_worker_count_is_refused_before_anything_runs():
+    from experiments.configs import coord
+    from georecon_jax.training.runner import loop_problems
+
+    config = coord.get_config("tiny")
+    assert not loop_problems(config)
+    config.data.workers = "many"
+    assert any("data.workers='many'" in p for p in loop_problems(config))

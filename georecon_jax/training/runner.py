@@ -111,6 +111,10 @@ def loop_problems(config: ml_collections.ConfigDict) -> List[str]:
             f"optim.schedule='plateau' with eval_every={config.eval_every}: the schedule lowers the rate "
             "from validation evaluations; evaluate (eval_every > 0) or use 'cosine'"
         )
+    try:  # before any data is read, not when training starts
+        resolve_workers(config.data.workers)
+    except ValueError as e:
+        problems.append(str(e))
     return problems + optimizer_problems(config.optim)
 
 
