@@ -36,6 +36,8 @@ ALLOWED = {
     ("studies/zvariants.py", "sampler"): "a pretraining cell's summary.json (written before the field)",
     ("studies/geo.py", "overlays"): "an arm's spec in experiments/configs/study.py ARMS (a plain dict)",
     ("studies/geo.py", "normaliser"): "an arm's spec: the study's normaliser unless the arm names one",
+    ("studies/geo.py", "finetune"): "an arm's spec: its fine-tuning flags, none unless it names some",
+    ("studies/geo.py", "extra_steps"): "an arm's spec: its steps beyond the preset's, none unless named",
     ("plots.py", "fmt"): "a plotted series' style (a dict of matplotlib arguments)",
     ("plots.py", "ms"): "a plotted series' style (a dict of matplotlib arguments)",
 }

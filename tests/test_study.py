@@ -91,7 +91,7 @@ def test_presets_load_by_path_and_an_unknown_one_is_refused():
         config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
         fv(argv)
         assert fv.config.preset == preset and fv.config.seeds == (3,)
-    with pytest.raises(ValueError, match="'huge'.*tiny, cpu, gpu, paper"):
+    with pytest.raises(ValueError, match="'huge'.*tiny, cpu, recipe, gpu, paper"):
         study_config.get_config("huge")
 
 
@@ -437,3 +437,49 @@ def test_a_pretraining_kept_with_its_weights_is_restored_not_rerun(tmp_path):
     os.remove(work / pre.name / study_cells.CELL_FILE)
     assert study_cells.restore_from_record(str(work), pre, records)
     assert read_pretrained(str(work / pre.name)).step == 7
+
+
+def test_recipe_arms_change_one_factor_each(tmp_path):
+    """recipe preset: every arm's command is the current recipe's (scratch's) of the same seed plus
+    its own flags, last (so they win), which change the fields they name in the loaded config; the
+    long arms only add steps; both long arms are compared with each other; the report's method
+    table names each arm's change."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    c = study_config.get_config("recipe")
+    cells = [x for x in study.build_cells(c, str(tmp_path)) if x.kind == "finetune"]
+    assert not [x for x in study.build_cells(c, str(tmp_path)) if x.kind == "pretrain"]
+    base = {x.seed: x.cmd for x in cells if x.arm == "scratch"}
+
+    def loaded(cmd):
+        argv = ["prog", *(a for a in cmd if a.startswith("--config"))]
+        argv[1] = argv[1].replace("experiments/", f"{ROOT}/experiments/", 1)
+        fv = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+        fv(argv)
+        return fv.config
+
+    scratch = loaded(base[0])
+    assert scratch.model.encoder.vec_norm == "whitened" and scratch.num_steps == 1500
+    for cell in cells:
+        spec = study_config.ARMS[cell.arm]
+        own = list(spec.get("finetune", ()))
+        body = [a for a in cell.cmd if not a.startswith(("--workdir=", "--config.num_steps="))]
+        want = [a for a in base[cell.seed] if not a.startswith(("--workdir=", "--config.num_steps="))]
+        assert body == want + own, cell.name
+        assert _flag(cell.cmd, "num_steps") == str(c.finetune_steps + spec.get("extra_steps", 0))
+        if cell.seed == 0 and own:
+            got = loaded(cell.cmd)
+            for flag in own:
+                field, value = flag.removeprefix("--config.").split("=", 1)
+                node_s, node_g = scratch, got
+                *parents, leaf = field.split(".")
+                for p in parents:
+                    node_s, node_g = node_s[p], node_g[p]
+                assert str(node_g[leaf]) == value and node_g[leaf] != node_s[leaf], flag
+    pairs = geo.comparisons(c, study.GEORECON)
+    assert ("recipe_long_vec_norm_none", "recipe_long") in pairs
+    assert all((a, "scratch") in pairs for a in c.arms if a != "scratch")
+    table = "\n".join(geo.method_lines(c, study.GEORECON))
+    assert "`model.encoder.vec_norm=none`" in table and "3000 more steps" in table

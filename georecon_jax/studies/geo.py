@@ -45,7 +45,9 @@ class Design:
 
     Attributes:
       arms: ARMS, name -> what the arm pretrains (config file, '+' overlays), whose pretraining
-        it reuses, and its fine-tuning changes.
+        it reuses, and its fine-tuning changes (``finetune``: flags after the study's own;
+        ``extra_steps``: fine-tuning steps beyond the preset's; ``compare``: an arm it is
+        compared with besides scratch).
       main_arms: MAIN_ARMS, fine-tuned on every task with every seed.
       every_task_arms: EVERY_TASK_ARMS, fine-tuned on every task.
       load_config: (config file, spec) -> the ConfigDict that ``--config=experiments/configs/
@@ -197,10 +199,13 @@ def build_cells(c, workdir: str, design: Design) -> List[Cell]:
             md17 = task == c.md17_molecule
             for seed in seeds_of(c, design, arm):
                 name = f"finetune/{task}/{arm}/seed{seed}"
-                extra = c.compute_matched_extra_steps if spec.get("compute_matched") else 0
+                extra = spec.get("extra_steps", 0)
+                if spec.get("compute_matched"):
+                    extra += c.compute_matched_extra_steps
                 cmd = [sys.executable, *_finetune_command(c, design, task, extra)]
                 cmd.append(f"--config.loss.denoise_normaliser={spec.get('normaliser', c.denoise_normaliser)}")
                 cmd += [f"--config.seed={seed}", *common, *_encoder_overrides(c)]
+                cmd += list(spec.get("finetune", ()))
                 enc = "md17" if md17 and not c.vec_norm else "qm9"
                 needs = pretrained.get((source, enc, pretrain_seed(c, seed)))
                 if spec.get("pretrain") and needs is None:
@@ -384,9 +389,11 @@ def comparisons(c, design: Design) -> List[tuple]:
     if "coord_ladder" in arms and "coord" in arms:
         out.append(("coord_ladder", "coord"))
     for a in arms:
-        base = design.arms[a].get("reuse") or ("georecon" if a.startswith("georecon_") else None)
-        if base and base in arms and (a, base) not in out:
-            out.append((a, base))
+        spec = design.arms[a]
+        base = spec.get("reuse") or ("georecon" if a.startswith("georecon_") else None)
+        for b in (base, spec.get("compare")):
+            if b and b in arms and (a, b) not in out:
+                out.append((a, b))
     return [p for p in out if p[0] in arms and p[1] in arms]
 
 
@@ -440,7 +447,15 @@ def z_summary(data: dict) -> dict:
     return z
 
 
-def method_lines(c) -> List[str]:
+def _arm_change(spec: dict) -> str:
+    """What an arm's fine-tuning changes, in words and flags."""
+    flags = [f"`{f.removeprefix('--config.')}`" for f in spec.get("finetune", ())]
+    if spec.get("extra_steps"):
+        flags.append(f"{spec['extra_steps']} more steps")
+    return ", ".join(flags) + (f"; compared with `{spec['compare']}`" if spec.get("compare") else "")
+
+
+def method_lines(c, design: Design) -> List[str]:
     """What every cell ran, as a short method table."""
     test = "all" if c.qm9_test_molecules == 0 else (c.qm9_test_molecules or "the config's")
     rows = [
@@ -485,6 +500,11 @@ def method_lines(c) -> List[str]:
             + "; the `*_pretraining_normaliser` arms use the reference's per-pretraining normaliser",
         ),
         ("compute-matched scratch", f"{c.compute_matched_extra_steps} more supervised steps"),
+        *(
+            (f"arm `{a}`", _arm_change(design.arms[a]))
+            for a in c.arms
+            if design.arms[a].get("finetune") or design.arms[a].get("extra_steps")
+        ),
         (
             "intervals",
             f"{int(round(100 * c.interval))} % Student-t over seeds of the per-seed paired "
@@ -503,8 +523,8 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
     cols = list(s["table"])
     units = {col: next(iter(s["table"][col].values()))["unit"] for col in cols}
     arms = [a for a in c.arms if any(a in s["table"][col] for col in cols)]
-    lines = report.heading("GeoRecon study", c, "study.py", workdir, data, len(cells))
-    lines += ["", *method_lines(c)]
+    lines = report.heading(c.title, c, "study.py", workdir, data, len(cells))
+    lines += ["", *method_lines(c, design)]
     if cols:
         lines += report.section("Test MAE, mean ± std over seeds")
         lines += report.table(
