@@ -88,6 +88,18 @@ def test_resolve_workers():
             resolve_workers(bad)
 
 
+def test_auto_workers_count_the_cores_this_process_may_use(monkeypatch):
+    """A container or ``taskset`` share of a big host: 'auto' sizes from the affinity mask."""
+    import os
+
+    from georecon_jax.training import prefetch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert prefetch.usable_cores() == 6
+    assert resolve_workers("auto", local_devices=8) == 4
+
+
 def _children(pid):
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]

@@ -79,3 +79,26 @@ def test_sdf_records_become_the_cache_and_pretrain(tmp_path, qm9_small, monkeypa
     c.update(num_steps=2, eval_every=2, checkpoint_every=2)
     summary = pretrain.run(c, str(tmp_path / "run"))
     assert summary["steps"] == 2 and np.isfinite(summary["final_train_loss"])
+
+
+def test_the_config_sets_the_stores_chunk_size(tmp_path, qm9_small, monkeypatch):
+    """data.store_chunk_size reaches the conversion: 12 records in chunks of 5 are flushed after
+    records 5, 10 and 12."""
+    from georecon_jax.data import store as store_lib
+    from georecon_jax.tasks.pretrain import load_dataset
+
+    mols, _ = qm9_small
+    path = tmp_path / "m.sdf"
+    with Chem.SDWriter(str(path)) as w:
+        for i in range(12):
+            w.write(qm9_mol(mols, i))
+    flushes = []
+    flush = store_lib.StoreWriter.flush
+    monkeypatch.setattr(
+        store_lib.StoreWriter, "flush", lambda self, c: flushes.append(c["records"]) or flush(self, c)
+    )
+    cfg = coord_config.get_config("tiny").data
+    cfg.dataset, cfg.sdf_path, cfg.cache_dir = "sdf", str(path), str(tmp_path / "cache")
+    cfg.store_chunk_size = 5
+    got, splits = load_dataset(cfg)
+    assert len(got) == 12 and flushes == [5, 10, 12]

@@ -330,7 +330,7 @@ def test_a_conversion_killed_with_sigkill_resumes_into_the_same_store(tmp_path, 
     assert not os.path.exists(out / store_lib.PARTIAL)
 
 
-def test_a_resumed_conversion_with_another_chunk_size_gives_the_same_store(tmp_path, sdf_file):
+def test_a_resumed_conversion_with_another_chunk_size_gives_the_same_store(tmp_path, sdf_file, monkeypatch):
     path, clean = sdf_file
     out = str(tmp_path / "s.store")
     key = sdf_data._cache_key(str(path), None, 0, 0.2)
@@ -341,11 +341,58 @@ def test_a_resumed_conversion_with_another_chunk_size_gives_the_same_store(tmp_p
         else:
             writer.add(z, pos, i)
         if writer.full:
-            writer.flush({"records": i + 1, "offset": end})
+            writer.flush({"records": i + 1, "offset": end, "tail": sdf_data._tail(str(path), end)})
         if i == 40:
             break  # stops without a flush: records 35..40 are read again
+    parsed = []
+    parse = sdf_data.parse_record
+    monkeypatch.setattr(sdf_data, "parse_record", lambda i, text: parsed.append(i) or parse(i, text))
     sdf_data.convert_sdf(str(path), out, chunk_size=25, validation_fraction=0.2, progress=False)
+    assert parsed[0] == 35  # resumed after the last flushed chunk
     assert_same_store(out, clean)
+
+
+def _partial_conversion(path: str, out: str, stop: int):
+    """A conversion of ``path`` into ``out`` interrupted after record ``stop`` (chunks of 7)."""
+    writer = store_lib.StoreWriter(out, key=sdf_data._cache_key(path, None, 0, 0.2), chunk_size=7)
+    for i, end, label, z, pos, reason in sdf_data._records(path):
+        if reason:
+            writer.skip(f"record {i} ({label})", reason)
+        else:
+            writer.add(z, pos, i)
+        if writer.full:
+            writer.flush({"records": i + 1, "offset": end, "tail": sdf_data._tail(path, end)})
+        if i == stop:
+            return writer.cursor
+
+
+def test_a_file_changed_under_an_interrupted_conversion_is_converted_again(
+    tmp_path, sdf_file, monkeypatch, caplog
+):
+    """Other bytes before the resume offset, the same size and modification time (the store's
+    key): the conversion starts again from record 0 and gives the new file's store."""
+    path, _ = sdf_file
+    copy = tmp_path / "copy.sdf"
+    copy.write_bytes(path.read_bytes())
+    out = str(tmp_path / "s.store")
+    cursor = _partial_conversion(str(copy), out, 40)
+    key = sdf_data._cache_key(str(copy), None, 0, 0.2)
+    st = os.stat(copy)
+    data = bytearray(copy.read_bytes())
+    pos = cursor["offset"] - 30  # inside the bytes kept with the cursor
+    data[pos] = ord("7") if data[pos] != ord("7") else ord("8")
+    copy.write_bytes(bytes(data))
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert sdf_data._cache_key(str(copy), None, 0, 0.2) == key  # the store's key cannot tell
+    parsed = []
+    parse = sdf_data.parse_record
+    monkeypatch.setattr(sdf_data, "parse_record", lambda i, text: parsed.append(i) or parse(i, text))
+    with caplog.at_level("WARNING"):
+        sdf_data.convert_sdf(str(copy), out, chunk_size=25, validation_fraction=0.2, progress=False)
+    assert parsed[0] == 0 and "converting it again from the start" in caplog.text
+    fresh = str(tmp_path / "fresh.store")
+    sdf_data.convert_sdf(str(copy), fresh, chunk_size=25, validation_fraction=0.2, progress=False)
+    assert_same_store(out, fresh)
 
 
 SLOW_LOADER = textwrap.dedent("""

@@ -111,6 +111,9 @@ def _config(size=None):
     # python -m data_prep.pcqm4mv2), with a random validation part of this fraction
     c.data.sdf_path = common.optional(str)
     c.data.validation_fraction = 0.05
+    # records per chunk of the streaming conversion into the store (its RAM: one chunk; a resume
+    # re-reads at most one): georecon_jax/data/store.py
+    c.data.store_chunk_size = 50_000
     c.graph = common.graph(num_buckets=5)
 
     # Model.

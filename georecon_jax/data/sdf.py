@@ -157,8 +157,18 @@ def random_split(n: int, seed: int, validation_fraction: float):
 def _cache_key(path: str, limit, split_seed: int, validation_fraction: float) -> str:
     st = os.stat(path)
     return json.dumps(
-        [os.path.abspath(path), st.st_size, int(st.st_mtime), limit, split_seed, validation_fraction]
+        [os.path.abspath(path), st.st_size, st.st_mtime_ns, limit, split_seed, validation_fraction]
     )
+
+
+TAIL = 64  # bytes before a resume offset kept with it, to check the file is the one converted
+
+
+def _tail(path: str, offset: int) -> str:
+    """The ``TAIL`` bytes of ``path`` before byte ``offset``, as hex."""
+    with open(path, "rb") as f:
+        f.seek(max(0, offset - TAIL))
+        return f.read(offset - max(0, offset - TAIL)).hex()
 
 
 def _cache_path(cache_dir: str, path: str, limit, split_seed: int, validation_fraction: float) -> str:
@@ -193,6 +203,17 @@ def convert_sdf(
     key = _cache_key(path, limit, split_seed, validation_fraction)
     writer = StoreWriter(store, key=key, chunk_size=chunk_size)
     cursor = writer.cursor or {"records": 0, "offset": 0}
+    if writer.resumed and cursor.get("tail") != _tail(path, cursor["offset"]):
+        # the same size and modification time, other bytes (or a cursor from before the check)
+        log.warning(
+            "%s: the bytes before byte %d are not those the interrupted conversion read: "
+            "converting it again from the start",
+            name,
+            cursor["offset"],
+        )
+        writer.abort()
+        writer = StoreWriter(store, key=key, chunk_size=chunk_size)
+        cursor = {"records": 0, "offset": 0}
     if writer.resumed:
         log.info(
             "resuming the conversion of %s at record %d (byte %d of %d; %d molecules in %d chunks)",
@@ -220,12 +241,12 @@ def convert_sdf(
                     writer.add(z, pos, i)
                 n_read, offset = i + 1, end
                 if writer.full:
-                    writer.flush({"records": n_read, "offset": offset})
+                    writer.flush({"records": n_read, "offset": offset, "tail": _tail(path, offset)})
                     bar.set_postfix_str(f"{100 * offset / max(size, 1):.0f}% of the file", refresh=False)
                 bar.update()
                 if limit is not None and n_read >= limit:
                     break
-    writer.flush({"records": n_read, "offset": offset})
+    writer.flush({"records": n_read, "offset": offset, "tail": _tail(path, offset)})
     report = writer.skip_report(os.path.abspath(path), n_read)
     if writer.n_molecules == 0:
         writer.abort()

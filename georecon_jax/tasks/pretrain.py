@@ -45,6 +45,7 @@ def load_dataset(cfg: ml_collections.ConfigDict):
             split_seed=cfg.split_seed,
             validation_fraction=cfg.validation_fraction,
             strict=cfg.strict,
+            chunk_size=cfg.store_chunk_size,
         )
     if cfg.dataset != "qm9":
         raise ValueError(f"unknown pretraining dataset {cfg.dataset!r}: use 'qm9' or 'sdf'")

@@ -110,6 +110,7 @@ REPORT_ONLY = frozenset(
         "objective.diagnostic_sigmas",
         "data.num_workers",
         "data.workers",  # who makes the batches, not which
+        "data.store_chunk_size",  # how the store is written, not what it holds
         "data.data_root",  # where the same files are (moved data, another machine)
         "data.cache_dir",
     }
@@ -168,6 +169,8 @@ ADDED_FIELDS = {
     "data.strict": False,
     # runs before batches could be prepared in worker processes
     "data.workers": 0,
+    # runs before the SDF store's chunk size was a config field (store.DEFAULT_CHUNK)
+    "data.store_chunk_size": 50_000,
     "data.shrink_split": False,
     "data.std_from": "energies",
 }

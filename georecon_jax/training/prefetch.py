@@ -20,13 +20,21 @@ import threading
 from typing import Iterator, Tuple, Union
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or ``taskset``'s share,
+    not the host's count), or ``os.cpu_count()`` where the platform has no affinity."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def resolve_workers(workers: Union[int, str], local_devices: int = 1, cores: int = 0) -> int:
-    """``data.workers`` as a number of worker processes. ``"auto"``: the host's cores less two
+    """``data.workers`` as a number of worker processes. ``"auto"``: the usable cores less two
     (the training process and its XLA threads), at most 4 per local device, 0 on a host of two
     cores or fewer (a thread is as fast there: docs/benchmarks.md)."""
     if isinstance(workers, str):
         if workers == "auto":
-            cores = cores or os.cpu_count() or 1
+            cores = cores or usable_cores()
             return max(0, min(cores - 2, 4 * max(1, local_devices)))
         if not workers.strip().isdigit():
             raise ValueError(
