@@ -65,8 +65,10 @@ def _tree_pids(pid: int):
 
 
 def _memory_mb(pids):
-    """(total RSS, total PSS) in MB of the processes (Linux /proc; 0 where unreadable)."""
-    rss = pss = 0.0
+    """(total RSS, total PSS, total anonymous) in MB of the processes (Linux /proc; 0 where
+    unreadable). RSS counts a shared library once per process that maps it; PSS divides it among
+    them; anonymous memory is each process's own (heap, arrays), what a worker really adds."""
+    rss = pss = anon = 0.0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -74,26 +76,29 @@ def _memory_mb(pids):
                     rss += float(line.split()[1]) / 1024
                 elif line.startswith("Pss:"):
                     pss += float(line.split()[1]) / 1024
+                elif line.startswith("Anonymous:"):
+                    anon += float(line.split()[1]) / 1024
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             pass
-    return rss, pss
+    return rss, pss, anon
 
 
 class MemorySampler:
-    """The largest total RSS and PSS of this process and its children, sampled every 0.2 s."""
+    """The largest total RSS, PSS and anonymous memory of this process and its children, sampled
+    every 0.2 s."""
 
     def __init__(self):
-        self.rss = self.pss = 0.0
+        self.rss = self.pss = self.anon = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
             try:
-                rss, pss = _memory_mb(_tree_pids(os.getpid()))
+                rss, pss, anon = _memory_mb(_tree_pids(os.getpid()))
             except (FileNotFoundError, ProcessLookupError):
-                rss = pss = 0.0
-            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+                rss = pss = anon = 0.0
+            self.rss, self.pss, self.anon = max(self.rss, rss), max(self.pss, pss), max(self.anon, anon)
             time.sleep(0.2)
 
     def __enter__(self):
@@ -134,6 +139,7 @@ def preparation_rate(batcher, workers: int, num_batches: int, warm: int = 0) -> 
         "warm_up_s": start - first,
         "total_rss_mb": mem.rss,
         "total_pss_mb": mem.pss,
+        "total_anonymous_mb": mem.anon,
     }
 
 
@@ -261,14 +267,15 @@ def markdown(res: dict) -> str:
         f"Command: `{res['command']}`",
         "",
         "| objective | layout | batch | workers | batches (molecules/s) | step (molecules/s) | ratio | "
-        "RSS all processes (MB) | PSS all processes (MB) | worker start-up (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "RSS all processes (MB) | PSS all processes (MB) | anonymous all processes (MB) | "
+        "worker start-up (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in res["rows"]:
         lines.append(
             f"| {r['objective']} | {r['layout']} | {r['batch_size']} | {r['workers']} | {r['molecules_per_s']:.0f} | "
             f"{r['step_molecules_per_s']:.0f} | {r['ratio_to_step']:.2f} | {r['total_rss_mb']:.0f} | "
-            f"{r['total_pss_mb']:.0f} | {r['startup_s']:.1f} |"
+            f"{r['total_pss_mb']:.0f} | {r['total_anonymous_mb']:.0f} | {r['startup_s']:.1f} |"
         )
     t = res["host_target"]
     lines += [

@@ -274,6 +274,7 @@ def test_pipeline_measures_each_worker_setting_and_tabulates_it(qm9_small):
         r = pipeline.preparation_rate(batcher, w, 40)
         assert r["workers"] == w and r["molecules_per_s"] > 0 and r["startup_s"] >= 0
         assert r["total_rss_mb"] >= r["total_pss_mb"] > 0
+        assert r["total_rss_mb"] >= r["total_anonymous_mb"] > 0
         r.update(objective="coord", layout="pairs", batch_size=16, step_molecules_per_s=100.0)
         r["ratio_to_step"] = r["molecules_per_s"] / 100.0
         rows.append(r)
@@ -286,4 +287,4 @@ def test_pipeline_measures_each_worker_setting_and_tabulates_it(qm9_small):
     res = dict(date="d", command="c", precision="highest", model_size="cpu", rows=rows, host_target=host)
     md = pipeline.markdown({**res, "machine": {**machine, "load_average_at_end": (1.0, 1.0, 1.0)}})
     table = [line for line in md.splitlines() if line.startswith("| coord |")]
-    assert len(table) == 2 and all(line.count("|") == 11 for line in table)
+    assert len(table) == 2 and all(line.count("|") == 12 for line in table)
