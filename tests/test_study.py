@@ -79,6 +79,12 @@ def test_cells_wire_pretrainings_to_fine_tunings(tmp_path):
     homo = next(x for x in gpu if x.task == "homo")
     assert _flag(homo.cmd, "data.num_train_labels") == "110000"
     assert _flag(homo.cmd, "data.num_test_molecules") == "0"
+    assert not [x for x in gpu if x.arm.startswith("recipe_")]  # the recipe preset's arms are its own
+    # each preset's --list time comes from its machine's rates: every cell kind has one
+    for preset in ("cpu", "gpu", "paper", "recipe"):
+        pc = study_config.get_config(preset)
+        line = geo.expected_time(pc, study.build_cells(pc, str(tmp_path)))
+        assert "no measured rate" not in line and pc.rates.machine in line, line
 
 
 def test_presets_load_by_path_and_an_unknown_one_is_refused():
@@ -483,3 +489,16 @@ def test_recipe_arms_change_one_factor_each(tmp_path):
     assert all((a, "scratch") in pairs for a in c.arms if a != "scratch")
     table = "\n".join(geo.method_lines(c, study.GEORECON))
     assert "`model.encoder.vec_norm=none`" in table and "3000 more steps" in table
+
+
+def test_busy_time_counts_cells_side_by_side_once():
+    """The report's elapsed time: the union of the cells' run intervals."""
+    from georecon_jax.studies import report
+
+    recs = [
+        {"finished": "2026-12-07 10:10:00 UTC", "wall_seconds": 600.0},  # 10:00-10:10
+        {"finished": "2026-12-07 10:12:00 UTC", "wall_seconds": 420.0},  # 10:05-10:12, overlaps
+        {"finished": "2026-12-07 12:00:00 UTC", "wall_seconds": 60.0},  # alone, hours later
+        {"wall_seconds": 99.0},  # an old record without a finishing time
+    ]
+    assert report.busy_seconds(recs) == 12 * 60 + 60

@@ -189,7 +189,7 @@ def get_config(preset="cpu"):
     c.seeds = (0, 1, 2)  # fine-tuning seeds of the main arms
     c.pretrain_seeds = (0, 1, 2)  # pretraining seeds (fine-tuning seed k uses pretrain_seeds[k % P])
     c.ablation_seeds = (0, 1, 2)  # fine-tuning seeds of the other arms
-    c.arms = tuple(ARMS)
+    c.arms = tuple(a for a in ARMS if not a.startswith("recipe_"))  # the recipe preset's are its own
     c.qm9_targets = ("homo", "lumo", "gap")
     c.md17_molecule = "aspirin"  # rMD17 energies and forces; '' skips
     c.md17_dir = "../shared/data/rmd17"
@@ -243,4 +243,42 @@ _CPU_RATES = dict(
     finetune_md17=6.0,  # 600 aspirin steps in ~100 s
     cell_overhead_s=60.0,
 )
-RATES = dict(cpu=_CPU_RATES, recipe=_CPU_RATES)
+
+# One NVIDIA H200 (benchmarks/results/throughput_gpu.md, 2026-12-04): molecules/s of a training
+# step (forward, backward, AdamW) at the benchmark's cpu size (4 x 128 ET, 32 RBF), batch 32, pair
+# layout. The gpu and paper presets' rates are derived from them, not measured: scaled to the
+# preset's encoder, batch and task as each line says; each scaling lengthens the estimate where it
+# is uncertain (a bigger model or batch uses a GPU better than this assumes).
+H200_MOLECULES_PER_S = dict(coord=5172.3, georecon=2424.6)
+# the CPU benchmark's paper-size (8 x 256, 64 RBF) over cpu-size rate, pair layout
+# (benchmarks/results/throughput_cpu.md): Coord 29.5 / 162.0, GeoRecon 13.8 / 61.1
+PAPER_OVER_CPU_SIZE = dict(coord=29.5 / 162.0, georecon=13.8 / 61.1)
+MD17_FORCE_COST = 3.0  # a force-trained step over an energy-only one (double backward): assumed
+
+
+def _h200_rates(size_factor: dict, pretrain_batch: int, qm9_batch: int) -> dict:
+    coord = H200_MOLECULES_PER_S["coord"] * size_factor["coord"]
+    georecon = H200_MOLECULES_PER_S["georecon"] * size_factor["georecon"]
+    return dict(
+        machine="one NVIDIA H200",
+        source="derived from benchmarks/results/throughput_gpu.md (2026-12-04) in "
+        "experiments/configs/study.py, not measured at this size",
+        pretrain_georecon=georecon / pretrain_batch,
+        pretrain_coord=coord / pretrain_batch,
+        pretrain_coord_ladder=coord / pretrain_batch,
+        finetune_qm9=coord / qm9_batch,  # the encoder's step plus a head and the regulariser
+        # MD17 batches of 8 take at least a batch-32 step (a GPU is latency-bound there), times
+        # the force cost
+        finetune_md17=coord / 32 / MD17_FORCE_COST,
+        cell_overhead_s=120.0,  # start, compilation (13-34 s per function on the H200), tests
+    )
+
+
+RATES = dict(
+    cpu=_CPU_RATES,
+    recipe=_CPU_RATES,
+    # gpu: 6 x 128 (4/6 of the benchmark's layers), pretraining batch 64, QM9 fine-tuning batch 32
+    gpu=_h200_rates(dict(coord=4 / 6, georecon=4 / 6), 64, 32),
+    # paper: 8 x 256, pretraining batch 70, QM9 fine-tuning batch 256
+    paper=_h200_rates(PAPER_OVER_CPU_SIZE, 70, 256),
+)

@@ -4,6 +4,7 @@ results.md, results.json and the figures (copied to ``--out``)."""
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import platform
@@ -24,16 +25,35 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores"
 
 
+def busy_seconds(records: Iterable[dict]) -> float:
+    """Seconds during which at least one of the cells ran: the union of their intervals
+    [finished − wall, finished] (cells run side by side with ``--jobs`` count once; the time
+    between sessions, when none ran, not at all). Records without a finishing time are left out."""
+    spans = []
+    for rec in records:
+        if rec.get("finished"):  # records written before 2026-12-06 have none
+            end = calendar.timegm(time.strptime(rec["finished"], "%Y-%m-%d %H:%M:%S UTC"))
+            spans.append((end - rec["wall_seconds"], end))
+    total, reach = 0.0, -np.inf
+    for a, b in sorted(spans):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
+
+
 def heading(title: str, c, config_file: str, workdir: str, data: dict, num_cells: int, more: str = ""):
     """The report's title and its first paragraph: date, machine, the command, ``more``, how many
-    cells finished and their wall time."""
+    cells finished, their wall time and the time during which any of them ran."""
     wall = sum(rec["wall_seconds"] for rec in data["cells"].values())
+    busy = busy_seconds(data["cells"].values())
     return [
         f"# {title}, preset `{c.preset}`",
         "",
         f"{today()}, {machine()}; `python -m experiments.study "
         f"--config=experiments/configs/{config_file}:{c.preset} --workdir={workdir}`; {more}cells "
-        f"finished {len(data['cells'])} of {num_cells}; cell wall time in all {wall / 3600:.2f} h.",
+        f"finished {len(data['cells'])} of {num_cells}; cell wall time in all {wall / 3600:.2f} h, "
+        f"{busy / 3600:.2f} h while any cell ran (cells side by side count once).",
     ]
 
 
