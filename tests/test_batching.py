@@ -78,3 +78,23 @@ def test_radius_neighbor_list_matches_brute_force(qm9_small):
     assert np.all(d[r, s] < 3.0)
     s_all, r_all = molecule_edges(pos, "all_pairs")
     assert len(s_all) == len(pos) * (len(pos) - 1) // 2 and np.all(r_all < s_all)
+
+
+def test_edge_counts_are_the_lengths_of_the_edge_lists(qm9_small, monkeypatch):
+    """edge_counts (by atom count, in chunks) equals len(molecule_edges) molecule by molecule, with
+    chunks smaller than one atom-count group and one molecule of a single atom."""
+    from georecon_jax.data.records import Molecules
+    from georecon_jax.graphs import batching
+
+    mols, _ = qm9_small
+    monkeypatch.setattr(batching, "RADIUS_CHUNK", 500)
+    one = Molecules(  # a lone atom has no pair
+        np.concatenate([mols.atomic_numbers[:1], mols.atomic_numbers]),
+        np.concatenate([mols.positions[:1], mols.positions]),
+        np.concatenate([[0], mols.offsets + 1]),
+    )
+    for cutoff, skin in ((3.0, 0.0), (2.0, 0.5), (5.0, 0.0)):
+        got = batching.edge_counts(one, "radius", cutoff, skin)
+        want = [len(molecule_edges(one.molecule(m)[1], "radius", cutoff, skin)[0]) for m in range(len(one))]
+        assert got.tolist() == want and got[0] == 0
+    assert (batching.edge_counts(one, "all_pairs", 5.0, 0.0) == one.n_atoms * (one.n_atoms - 1) // 2).all()
