@@ -1,6 +1,7 @@
 """The GeoRecon study (experiments/study.py): its cells are the single commands wired together, its
 intervals are right, and it survives a real SIGKILL without redoing a finished cell."""
 
+import calendar
 import json
 import os
 import signal
@@ -492,13 +493,21 @@ def test_recipe_arms_change_one_factor_each(tmp_path):
 
 
 def test_busy_time_counts_cells_side_by_side_once():
-    """The report's elapsed time: the union of the cells' run intervals."""
+    """The report's elapsed time: the union of the cells' run intervals, each attempt of a resumed
+    cell where it ran."""
     from georecon_jax.studies import report
 
+    t10 = calendar.timegm(time.strptime("2026-12-07 10:00:00 UTC", "%Y-%m-%d %H:%M:%S UTC"))
     recs = [
         {"finished": "2026-12-07 10:10:00 UTC", "wall_seconds": 600.0},  # 10:00-10:10
         {"finished": "2026-12-07 10:12:00 UTC", "wall_seconds": 420.0},  # 10:05-10:12, overlaps
         {"finished": "2026-12-07 12:00:00 UTC", "wall_seconds": 60.0},  # alone, hours later
-        {"wall_seconds": 99.0},  # an old record without a finishing time
+        {"wall_seconds": 99.0},  # an old record without a finishing time: left out, counted
+        # resumed: 5 min in an earlier session, then 10:12-10:17 (after the first two, not over them)
+        {
+            "spans": [[t10 - 86400, t10 - 86100], [t10 + 720, t10 + 1020]],
+            "finished": "2026-12-07 10:17:00 UTC",
+            "wall_seconds": 600.0,
+        },
     ]
-    assert report.busy_seconds(recs) == 12 * 60 + 60
+    assert report.busy_seconds(recs) == (12 * 60 + 60 + 300 + 300, 1)

@@ -234,6 +234,7 @@ def get_config(preset="cpu"):
 # Measured step rates (steps/s) behind `--list`'s expected times, and a per-cell overhead (start,
 # compilation, test-set evaluation) in seconds.
 _CPU_RATES = dict(
+    kind="measured",  # whole runs, evaluations included: --list gives an upper bound
     machine="2 CPU cores",
     source="quick-size runs alone on this 2-core machine, 2026-12-04 and 2026-12-06: docs/results.md",
     pretrain_georecon=3.1,  # 600 steps in 196 s (the quick start, docs/results.md)
@@ -256,10 +257,14 @@ PAPER_OVER_CPU_SIZE = dict(coord=29.5 / 162.0, georecon=13.8 / 61.1)
 MD17_FORCE_COST = 3.0  # a force-trained step over an energy-only one (double backward): assumed
 
 
-def _h200_rates(size_factor: dict, pretrain_batch: int, qm9_batch: int) -> dict:
+def _h200_rates(size_factor: dict, pretrain_batch: int, qm9_batch: int, evaluated: int) -> dict:
+    """Steps/s on one H200 at a preset's size and batches; ``evaluated``: molecules a QM9
+    fine-tuning cell evaluates (validation every eval_every steps, and the test split), at a
+    forward pass's rate (a third of a training step's work)."""
     coord = H200_MOLECULES_PER_S["coord"] * size_factor["coord"]
     georecon = H200_MOLECULES_PER_S["georecon"] * size_factor["georecon"]
     return dict(
+        kind="derived",
         machine="one NVIDIA H200",
         source="derived from benchmarks/results/throughput_gpu.md (2026-12-04) in "
         "experiments/configs/study.py, not measured at this size",
@@ -270,15 +275,18 @@ def _h200_rates(size_factor: dict, pretrain_batch: int, qm9_batch: int) -> dict:
         # MD17 batches of 8 take at least a batch-32 step (a GPU is latency-bound there), times
         # the force cost
         finetune_md17=coord / 32 / MD17_FORCE_COST,
-        cell_overhead_s=120.0,  # start, compilation (13-34 s per function on the H200), tests
+        # start and compilation (13-34 s per function on the H200), then the evaluations
+        cell_overhead_s=120.0 + evaluated / (3 * coord),
     )
 
 
 RATES = dict(
     cpu=_CPU_RATES,
     recipe=_CPU_RATES,
-    # gpu: 6 x 128 (4/6 of the benchmark's layers), pretraining batch 64, QM9 fine-tuning batch 32
-    gpu=_h200_rates(dict(coord=4 / 6, georecon=4 / 6), 64, 32),
-    # paper: 8 x 256, pretraining batch 70, QM9 fine-tuning batch 256
-    paper=_h200_rates(PAPER_OVER_CPU_SIZE, 70, 256),
+    # gpu: 6 x 128 (4/6 of the benchmark's layers), pretraining batch 64, QM9 fine-tuning batch
+    # 32; 40 evaluations of 10,000 molecules and the 10,831 test molecules
+    gpu=_h200_rates(dict(coord=4 / 6, georecon=4 / 6), 64, 32, 40 * 10_000 + 10_831),
+    # paper: 8 x 256, pretraining batch 70, QM9 fine-tuning batch 256; 300 evaluations of the
+    # 10,000 validation molecules and the test split
+    paper=_h200_rates(PAPER_OVER_CPU_SIZE, 70, 256, 300 * 10_000 + 10_831),
 )

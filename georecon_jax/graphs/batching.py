@@ -101,7 +101,7 @@ def molecule_edges(
     return senders.astype(np.int32), receivers.astype(np.int32)
 
 
-RADIUS_CHUNK = 2_000_000  # pair distances held at once by `edge_counts` (16 MB of float32 x 2)
+RADIUS_CHUNK = 2_000_000  # pair distances computed at once by `edge_counts` (~100 MB at the peak)
 
 
 def edge_counts(molecules: Molecules, neighbor_list: str, cutoff: float, skin: float) -> np.ndarray:

@@ -206,17 +206,18 @@ def _die_with_parent():  # Linux: the cell's command is killed when the study di
 
 def run_cell(workdir: str, cell: Cell) -> dict:
     """Runs the cell's command (resuming its checkpoint if an earlier attempt was interrupted);
-    its output goes to <cell>.log. Wall time counts every attempt: a heartbeat file holds how long
-    the current attempt has run, so an attempt killed with the study is counted up to its last beat."""
+    its output goes to <cell>.log. Wall time counts every attempt: a heartbeat file holds when each
+    attempt started and how long it has run, so an attempt killed with the study is counted up to
+    its last beat."""
     work = os.path.join(workdir, cell.name)
     os.makedirs(os.path.dirname(work), exist_ok=True)
     beat_path = work + ".attempts.json"
-    try:
-        attempts = json.load(open(beat_path))
+    try:  # [[start (unix s), seconds], ...]; a bare number: an attempt from before 2026-12-07
+        attempts = [a if isinstance(a, list) else [None, a] for a in json.load(open(beat_path))]
     except (FileNotFoundError, json.JSONDecodeError):
         attempts = []
-    attempts.append(0.0)
     t0 = time.time()
+    attempts.append([t0, 0.0])
     with open(work + ".log", "a") as log:
         log.write(f"\n$ {' '.join(cell.cmd)}\n")
         log.flush()
@@ -225,7 +226,7 @@ def run_cell(workdir: str, cell: Cell) -> dict:
         try:
             while proc.poll() is None:
                 time.sleep(1.0)
-                attempts[-1] = time.time() - t0
+                attempts[-1][1] = time.time() - t0
                 with open(beat_path + ".tmp", "w") as f:
                     json.dump(attempts, f)
                 os.replace(beat_path + ".tmp", beat_path)
@@ -238,7 +239,7 @@ def run_cell(workdir: str, cell: Cell) -> dict:
             raise
         finally:
             RUNNING.discard(proc)
-    attempts[-1] = time.time() - t0
+    attempts[-1][1] = time.time() - t0
     with open(beat_path, "w") as f:
         json.dump(attempts, f)
     if proc.returncode:
@@ -262,8 +263,10 @@ def run_cell(workdir: str, cell: Cell) -> dict:
         "task": cell.task,
         "seed": cell.seed,
         "command": " ".join(cell.cmd),
-        "wall_seconds": float(sum(attempts)),
+        "wall_seconds": float(sum(secs for _, secs in attempts)),
         "attempts": len(attempts),
+        # when each attempt ran (unix s; those from before 2026-12-07 are not known)
+        "spans": [[start, start + secs] for start, secs in attempts if start is not None],
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     with open(os.path.join(work, CELL_FILE + ".tmp"), "w") as f:

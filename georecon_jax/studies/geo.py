@@ -666,8 +666,9 @@ def rate_key(cell: Cell) -> str:
 
 
 def expected_time(c, cells: List[Cell]) -> str:
-    """The cells' expected wall time from the preset's measured step rates (an upper bound for
-    fine-tunings, which early stopping may end sooner), one cell at a time."""
+    """The cells' expected wall time from the preset's step rates, one cell at a time: an upper
+    bound from measured rates (early stopping may end fine-tunings sooner), an estimate from
+    derived ones."""
     total, unknown = 0.0, set()
     for cell in cells:
         steps = int(next(a for a in reversed(cell.cmd) if a.startswith("--config.num_steps=")).split("=")[1])
@@ -676,8 +677,9 @@ def expected_time(c, cells: List[Cell]) -> str:
             unknown.add(rate_key(cell))
             continue
         total += steps / rate + c.rates.cell_overhead_s
+    bound = "at most" if c.rates.kind == "measured" else "about"  # derived rates: an estimate
     out = (
-        f"{len(cells)} cells to run: at most {total / 3600:.1f} h one at a time on {c.rates.machine} "
+        f"{len(cells)} cells to run: {bound} {total / 3600:.1f} h one at a time on {c.rates.machine} "
         f"({c.rates.source})"
     )
     if unknown:

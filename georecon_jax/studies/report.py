@@ -10,7 +10,7 @@ import os
 import platform
 import shutil
 import time
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,35 +25,42 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores"
 
 
-def busy_seconds(records: Iterable[dict]) -> float:
-    """Seconds during which at least one of the cells ran: the union of their intervals
-    [finished − wall, finished] (cells run side by side with ``--jobs`` count once; the time
-    between sessions, when none ran, not at all). Records without a finishing time are left out."""
-    spans = []
+def busy_seconds(records: Iterable[dict]) -> Tuple[float, int]:
+    """(seconds during which at least one cell ran, cells left out): the union of the cells' run
+    intervals, so that cells run side by side with ``--jobs`` count once and the time between
+    sessions, when none ran, not at all. A record's ``spans`` (one per attempt) are used; a record
+    from before they were kept gives [finished − wall, finished], exact for one attempt; one with
+    no finishing time (before 2026-12-06) is left out and counted."""
+    spans, left_out = [], 0
     for rec in records:
-        if rec.get("finished"):  # records written before 2026-12-06 have none
+        if rec.get("spans"):  # written from 2026-12-07
+            spans += [tuple(x) for x in rec["spans"]]
+        elif rec.get("finished"):
             end = calendar.timegm(time.strptime(rec["finished"], "%Y-%m-%d %H:%M:%S UTC"))
             spans.append((end - rec["wall_seconds"], end))
+        else:
+            left_out += 1
     total, reach = 0.0, -np.inf
     for a, b in sorted(spans):
         if b > reach:
             total += b - max(a, reach)
             reach = b
-    return total
+    return total, left_out
 
 
 def heading(title: str, c, config_file: str, workdir: str, data: dict, num_cells: int, more: str = ""):
     """The report's title and its first paragraph: date, machine, the command, ``more``, how many
     cells finished, their wall time and the time during which any of them ran."""
     wall = sum(rec["wall_seconds"] for rec in data["cells"].values())
-    busy = busy_seconds(data["cells"].values())
+    busy, left_out = busy_seconds(data["cells"].values())
+    without = f", {left_out} cells without times left out" if left_out else ""
     return [
         f"# {title}, preset `{c.preset}`",
         "",
         f"{today()}, {machine()}; `python -m experiments.study "
         f"--config=experiments/configs/{config_file}:{c.preset} --workdir={workdir}`; {more}cells "
         f"finished {len(data['cells'])} of {num_cells}; cell wall time in all {wall / 3600:.2f} h, "
-        f"{busy / 3600:.2f} h while any cell ran (cells side by side count once).",
+        f"{busy / 3600:.2f} h while any cell ran (cells side by side count once{without}).",
     ]
 
 
