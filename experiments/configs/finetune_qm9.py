@@ -77,8 +77,11 @@ def get_config(size=None):
     c.model = common.ConfigDict()
     c.model.encoder = common.encoder()
     # kind 'auto' (module docstring) or equivariant_scalar | mlp | dipole | spatial_extent;
-    # hidden 0: torchmd-net's widths (output_modules.py: F for gated blocks, F // 2 for MLPs)
-    c.model.head = common.ConfigDict(dict(kind="auto", hidden=0))
+    # hidden 0: torchmd-net's widths (output_modules.py: F for gated blocks, F // 2 for MLPs);
+    # zero_init False: torchmd-net's Xavier init of the head's last layer; True: zeros (predicts
+    # the target mean at init: with the whitened vector norm the Xavier head's first HOMO loss
+    # is ~600x the target's variance, docs/results.md)
+    c.model.head = common.ConfigDict(dict(kind="auto", hidden=0, zero_init=False))
     c.model.reference = "auto"  # 'auto' | 'least_squares' | 'none'
     c.model.denoise_head = True
 

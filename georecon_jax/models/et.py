@@ -33,9 +33,11 @@ import jax.numpy as jnp
 dense_init = nn.initializers.xavier_uniform()
 
 
-def Dense(features: int, use_bias: bool = True, name=None) -> nn.Dense:
-    """Linear layer initialised as torchmd-net's (Xavier-uniform weights, zero bias)."""
-    return nn.Dense(features, use_bias=use_bias, kernel_init=dense_init, name=name)
+def Dense(features: int, use_bias: bool = True, name=None, zero: bool = False) -> nn.Dense:
+    """Linear layer initialised as torchmd-net's (Xavier-uniform weights, zero bias); ``zero``:
+    zero weights (a head's last layer with ``model.head.zero_init``)."""
+    init = nn.initializers.zeros if zero else dense_init
+    return nn.Dense(features, use_bias=use_bias, kernel_init=init, name=name)
 
 
 EMBEDDING_INITS = ("normal", "scaled")

@@ -23,13 +23,14 @@ class GatedEquivariantBlock(nn.Module):
     hidden: int
     out: int
     scalar_activation: bool = False
+    zero_update: bool = False  # zero weights in the last layer: x' = 0 and gates 0 at init
 
     @nn.compact
     def __call__(self, x, vec):
         vec1 = safe_norm(Dense(self.hidden, use_bias=False, name="vec1_proj")(vec))  # [n, hidden]
         vec2 = Dense(self.out, use_bias=False, name="vec2_proj")(vec)  # [n, 3, out]
         h = silu(Dense(self.hidden, name="update_0")(jnp.concatenate([x, vec1], axis=-1)))
-        x_out, gate = jnp.split(Dense(2 * self.out, name="update_1")(h), 2, axis=-1)
+        x_out, gate = jnp.split(Dense(2 * self.out, name="update_1", zero=self.zero_update)(h), 2, axis=-1)
         vec_out = gate[..., None, :] * vec2
         if self.scalar_activation:
             x_out = silu(x_out)
@@ -47,10 +48,11 @@ class EquivariantHead(nn.Module):
     """
 
     hidden: int
+    zero_output: bool = False  # block_1's last layer starts at zero: outputs 0 at init
 
     @nn.compact
     def __call__(self, x, vec):
-        return _two_gated_blocks(self.hidden, x, vec)
+        return _two_gated_blocks(self.hidden, x, vec, self.zero_output)
 
 
 class VectorHead(nn.Module):
@@ -64,12 +66,12 @@ class VectorHead(nn.Module):
         return _two_gated_blocks(self.hidden, x, vec)[1]
 
 
-def _two_gated_blocks(hidden: int, x, vec):
+def _two_gated_blocks(hidden: int, x, vec, zero_output: bool = False):
     """block_0 (F -> hidden // 2, scalar activation) then block_1 (-> 1), created in the calling
-    module's scope: (scalar [n], vector [n, 3])."""
+    module's scope: (scalar [n], vector [n, 3]); ``zero_output``: block_1's last layer starts at 0."""
     half = max(hidden // 2, 1)
     x, vec = GatedEquivariantBlock(hidden, half, scalar_activation=True, name="block_0")(x, vec)
-    x, vec = GatedEquivariantBlock(half, 1, name="block_1")(x, vec)
+    x, vec = GatedEquivariantBlock(half, 1, zero_update=zero_output, name="block_1")(x, vec)
     return x[..., 0], vec[..., 0]
 
 
@@ -78,7 +80,8 @@ class ScalarHead(nn.Module):
 
     hidden: int
     out: int = 1
+    zero_output: bool = False  # the last layer starts at zero: outputs 0 at init
 
     @nn.compact
     def __call__(self, x):
-        return Dense(self.out, name="out")(silu(Dense(self.hidden, name="hidden")(x)))
+        return Dense(self.out, name="out", zero=self.zero_output)(silu(Dense(self.hidden, name="hidden")(x)))

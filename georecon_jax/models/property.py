@@ -110,22 +110,26 @@ class ScalarReadout(nn.Module):
     """Σ_i h(x_i) over real atoms (TorchMD-Net ``Scalar``): [n_graph]."""
 
     hidden: int
+    zero_output: bool = False  # ``model.head.zero_init``: the head's last layer starts at zero
     standardized = True  # the output is scaled by the target's std and shifted by its mean
 
     @nn.compact
     def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
-        return masked_sum(ScalarHead(self.hidden, 1, name="head")(emb.scalars)[:, 0], masks)
+        head = ScalarHead(self.hidden, 1, zero_output=self.zero_output, name="head")
+        return masked_sum(head(emb.scalars)[:, 0], masks)
 
 
 class EquivariantScalarReadout(nn.Module):
     """Σ_i h(x_i, vec_i) over real atoms (TorchMD-Net ``EquivariantScalar``): [n_graph]."""
 
     hidden: int
+    zero_output: bool = False
     standardized = True
 
     @nn.compact
     def __call__(self, emb: NodeEmbedding, atomic_numbers, positions, masks: GraphMasks):
-        return masked_sum(EquivariantHead(self.hidden, name="head")(emb.scalars, emb.vectors)[0], masks)
+        head = EquivariantHead(self.hidden, zero_output=self.zero_output, name="head")
+        return masked_sum(head(emb.scalars, emb.vectors)[0], masks)
 
 
 class _CentredReadout(nn.Module):
@@ -134,6 +138,7 @@ class _CentredReadout(nn.Module):
 
     hidden: int
     max_z: int = 100
+    zero_output: bool = False
     standardized = False
 
     @nn.compact
@@ -146,7 +151,7 @@ class SpatialExtentReadout(_CentredReadout):
     """Σ_i q_i |r_i - c|² in a0² (TorchMD-Net ``ElectronicSpatialExtent``): [n_graph]."""
 
     def reduce(self, emb: NodeEmbedding, rel, masks: GraphMasks):
-        q = ScalarHead(self.hidden, 1, name="head")(emb.scalars)[:, 0]  # [n]
+        q = ScalarHead(self.hidden, 1, zero_output=self.zero_output, name="head")(emb.scalars)[:, 0]  # [n]
         return masked_sum(q * jnp.sum(rel**2, axis=-1) * ANGSTROM2_TO_BOHR2, masks)
 
 
@@ -154,7 +159,8 @@ class DipoleReadout(_CentredReadout):
     """|Σ_i q_i (r_i - c) + μ_i| in debye (TorchMD-Net ``EquivariantDipoleMoment``): [n_graph]."""
 
     def reduce(self, emb: NodeEmbedding, rel, masks: GraphMasks):
-        q, mu = EquivariantHead(self.hidden, name="head")(emb.scalars, emb.vectors)  # [n], [n, 3]
+        head = EquivariantHead(self.hidden, zero_output=self.zero_output, name="head")
+        q, mu = head(emb.scalars, emb.vectors)  # [n], [n, 3]
         total = masked_sum(q[:, None] * rel + mu, masks)  # [n_graph, 3] e·Å
         return jnp.sqrt(jnp.sum(total**2, axis=-1) + 1e-12) * E_ANGSTROM_TO_DEBYE
 
@@ -196,15 +202,22 @@ class PropertyModel(nn.Module):
 def create_property_model(model_cfg) -> PropertyModel:
     """A `PropertyModel` from a fine-tuning config's ``model`` section: ``encoder`` (as in
     pretraining), ``head.kind`` (see `HEAD_KINDS`), ``head.hidden`` (0: torchmd-net's width, F for
-    the gated heads and F // 2 for the MLPs) and ``denoise_head``."""
+    the gated heads and F // 2 for the MLPs), ``head.zero_init`` (False: torchmd-net's Xavier
+    init of the head's last layer; True: zeros, so that the model predicts the target mean at
+    init) and ``denoise_head``."""
     F = model_cfg.encoder.features
     kind = HEAD_ALIASES.get(model_cfg.head.kind, model_cfg.head.kind)
     if kind not in READOUTS:
         raise ValueError(f"unknown head kind {kind!r}: use one of {HEAD_KINDS}")
+    if model_cfg.head.zero_init and kind == "dipole":
+        raise ValueError(
+            "model.head.zero_init=True does not apply to the dipole head: its output |Σ q r + μ| "
+            "would start at 0, where it has no gradient"
+        )
     hidden = model_cfg.head.hidden or (F if kind in _GATED else max(F // 2, 1))
     kwargs = {"max_z": model_cfg.encoder.max_z} if kind in ("dipole", "spatial_extent") else {}
     return PropertyModel(
         encoder=make_encoder(model_cfg.encoder),
-        readout=READOUTS[kind](hidden, **kwargs),
+        readout=READOUTS[kind](hidden, zero_output=model_cfg.head.zero_init, **kwargs),
         node_noise=VectorHead(F) if model_cfg.denoise_head else None,
     )

@@ -156,6 +156,7 @@ ADDED_FIELDS = {
     # fine-tunings before the denoising regulariser, the head's width option and the loss options
     "model.denoise_head": False,
     "model.head.hidden": 0,
+    "model.head.zero_init": False,  # torchmd-net's Xavier init of the head's last layer
     "loss.denoise_weight": 0.0,
     "loss.denoise_normaliser": "pretraining",
     "loss.divide_by_std": False,
