@@ -263,3 +263,30 @@ def test_init_scale_example_measures_every_setting():
         ("none", "zeros"),
     ]
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 and r["grad_norm"] > 0 for r in rows)
+
+
+def test_planarity_example_bins_paired_errors_by_thickness(qm9_small, tmp_path):
+    """examples/planarity.py: arm a's error exceeds arm b's by 10 meV on planar molecules (every
+    3-atom molecule is planar) and by 0 elsewhere, in both seeds; the table finds +10 in the
+    planar bin, 0 in the others, and only the molecules and seeds both arms have."""
+    import runpy
+
+    mols, splits = qm9_small
+    rows = np.asarray(splits["train"])[:120]
+    example = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "examples", "planarity.py"))
+    th = example["thickness"](mols, rows)
+    planar = th < 0.01
+    assert planar.any() and (~planar).any()
+    assert th[mols.n_atoms[rows] == 3].max() < 1e-3
+    for arm, extra in (("a", 10.0), ("b", 0.0)):
+        for seed in ("seed0", "seed1") + (("seed2",) if arm == "a" else ()):
+            d = tmp_path / "homo" / arm / seed
+            d.mkdir(parents=True)
+            keep = rows if arm == "a" else rows[:-5]  # b lacks 5 molecules
+            err = 50.0 + extra * (th[: len(keep)] < 0.01)
+            np.savez(d / "errors_test.npz", ids=keep.astype(np.int32), abs_error=err)
+    (r,) = example["main"]([f"--cells={tmp_path / 'homo'}", "--pairs=a:b", "--limit=400"])
+    assert r["seeds"] == ["seed0", "seed1"] and r["molecules"] == len(rows) - 5
+    for b in r["bins"]:
+        assert b["diff"] == pytest.approx(10.0 if b["hi"] <= 0.01 else 0.0), b
+    assert sum(b["n"] for b in r["bins"]) == len(rows) - 5
