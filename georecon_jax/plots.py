@@ -10,6 +10,16 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 
+# the first 10: matplotlib's default cycle; beyond it the dark half of tab20b, so that an 11th arm
+# does not repeat the 1st (a study with 11 arms drew scratch and the 11th in one blue)
+_MORE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#5254a3", "#8ca252", "#bd9e39")
+
+
+def color(i: int) -> str:
+    """The i-th arm's colour, distinct for the first 18."""
+    return f"C{i}" if i < 10 else _MORE[(i - 10) % len(_MORE)]
+
+
 def _pyplot():
     import matplotlib
 
@@ -92,7 +102,7 @@ def seed_bars(
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + 1, height), squeeze=False)
     for ax, (panel, bars, bottom) in zip(axes[0], panels):
         for i, e in enumerate(bars.values()):
-            ax.bar(i, e["mean"], yerr=e["std"] if np.isfinite(e["std"]) else 0, color=f"C{i}", capsize=3)
+            ax.bar(i, e["mean"], yerr=e["std"] if np.isfinite(e["std"]) else 0, color=color(i), capsize=3)
             ax.plot([i] * len(e["values"]), e["values"], "k.", ms=3)
         ax.set_xticks(range(len(bars)))
         ax.set_xticklabels(list(bars), rotation=rotation, ha="right", fontsize=7)

@@ -511,3 +511,17 @@ def test_busy_time_counts_cells_side_by_side_once():
         },
     ]
     assert report.busy_seconds(recs) == (12 * 60 + 60 + 300 + 300, 1)
+
+
+def test_the_report_links_only_figures_it_drew(tmp_path):
+    """A study without pretraining draws no pretraining curve: results.md must not link one."""
+    from georecon_jax.studies import report
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "drawn.png").write_bytes(b"\x89PNG")
+    report.write(str(work), ["# t"], {"a": 1}, ["drawn.png", "not_drawn.png"], [str(out)])
+    md = (out / "results.md").read_text()
+    assert "![drawn.png](drawn.png)" in md and "not_drawn.png" not in md
+    assert (out / "drawn.png").exists() and not (out / "not_drawn.png").exists()
+    assert json.loads((out / "results.json").read_text()) == {"a": 1}

@@ -617,7 +617,7 @@ def figures(data: dict, s: dict, workdir: str, cols: List[str], arms: List[str])
                     )
                     if len(x):
                         label = arm if split == "train" else None
-                        series.append(dict(x=x, y=y, fmt=fmt, color=f"C{i}", label=label, ms=5))
+                        series.append(dict(x=x, y=y, fmt=fmt, color=plots.color(i), label=label, ms=5))
             panels.append((col, series))
         plots.line_panels(
             path[1],
@@ -629,7 +629,9 @@ def figures(data: dict, s: dict, workdir: str, cols: List[str], arms: List[str])
     z_series = []
     for i, (arm, z) in enumerate(s["z"].items()):
         m, sd = np.array(z["own_over_other_mean"]), np.array(z["own_over_other_std"])
-        z_series.append(dict(x=z["sigmas"], y=m, fmt="o-", color=f"C{i}", label=arm, band=(m - sd, m + sd)))
+        z_series.append(
+            dict(x=z["sigmas"], y=m, fmt="o-", color=plots.color(i), label=arm, band=(m - sd, m + sd))
+        )
     pre_series = []
     curves = {
         arm: [v["curve"] for v in seeds.values() if v.get("curve")] for arm, seeds in data["pretrain"].items()
@@ -638,7 +640,7 @@ def figures(data: dict, s: dict, workdir: str, cols: List[str], arms: List[str])
         for k, cv in enumerate(cs):
             steps, loss = np.array(cv, dtype=float).T
             label = arm if k == 0 else None
-            pre_series.append(dict(x=steps, y=loss, fmt="o-", color=f"C{i}", ms=2, lw=1, label=label))
+            pre_series.append(dict(x=steps, y=loss, fmt="o-", color=plots.color(i), ms=2, lw=1, label=label))
     for where, title, series, xlabel, ylabel, scales in (
         (
             path[2], "What z adds (below 1: the own code helps)", z_series, "σ (Å)",

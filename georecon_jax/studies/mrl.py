@@ -401,7 +401,7 @@ def figures(data: Dict, s: Dict, workdir: str, tasks: List[str], arms: List[str]
             x, y = report.mean_curve(v["curve"] for v in seeds.values())
             if len(x):
                 spe = next(iter(seeds.values()))["steps_per_epoch"]
-                series.append(dict(x=x / spe, y=y, color=f"C{i}", label=a))
+                series.append(dict(x=x / spe, y=y, color=plots.color(i), label=a))
         curves.append((t, series))
     plots.seed_bars(os.path.join(workdir, FIGURES[0]), bars, size=(2.6, 3.4), rotation=45)
     plots.line_panels(

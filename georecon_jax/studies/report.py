@@ -167,7 +167,10 @@ def write(
     workdir: str, md_lines: List[str], record: dict, figures: Sequence[str], out_dirs: Sequence[str]
 ) -> dict:
     """Writes WORKDIR/results.md (ending with links to ``figures``) and results.json, copies them and
-    the figures that exist to each of ``out_dirs``, prints the Markdown and returns ``record``."""
+    the figures that exist to each of ``out_dirs``, prints the Markdown and returns ``record``. Only
+    figures that exist in ``workdir`` are linked (a study without pretraining draws no pretraining
+    curve)."""
+    figures = [f for f in figures if os.path.exists(os.path.join(workdir, f))]
     md = "\n".join([*md_lines, "", "Figures: " + ", ".join(f"![{f}]({f})" for f in figures), ""])
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "results.md"), "w") as f:
