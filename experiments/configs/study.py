@@ -82,6 +82,10 @@ ARMS["recipe_long_vec_norm_none"] = dict(
 ARMS["recipe_head_zero_init"] = dict(
     finetune=("--config.model.head.zero_init=True",), compare="recipe_vec_norm_none"
 )
+# ... and at 4,500 steps: does the zero head keep up with the norm-free model there too?
+ARMS["recipe_long_head_zero_init"] = dict(
+    extra_steps=3000, finetune=("--config.model.head.zero_init=True",), compare="recipe_long_vec_norm_none"
+)
 # fine-tuned on every task with every seed
 MAIN_ARMS = ("scratch", "coord", "coord_ladder", "georecon")
 # fine-tuned on every task with the ablation seeds (the compute-matched control)
@@ -139,14 +143,16 @@ PRESETS = dict(
     # Issue 32 item 6: why the reference recipe made HOMO worse at 1,500 steps (docs/results.md):
     # the README's single run (finetune_qm9.py:quick, 10,000 labels, 1,500 steps, the first 2,000
     # test molecules) from scratch, one factor changed per arm, 3 seeds each; both vector norms at
-    # 4,500 steps; the current recipe with a zero-initialised head. At most 4.2 hours on 2 CPU cores.
+    # 4,500 steps; the current recipe with a zero-initialised head, at 1,500 and 4,500 steps. At most
+    # 5 hours on 2 CPU cores.
     recipe=dict(
         title="QM9 HOMO fine-tuning recipe, one factor at a time",
         size="quick",
         seeds=(0, 1, 2),
         ablation_seeds=(0, 1, 2),
         arms=("scratch", *(f"recipe_{k}" for k in RECIPE_FACTORS), "recipe_old")
-        + ("recipe_long", "recipe_long_vec_norm_none", "recipe_head_zero_init"),
+        + ("recipe_long", "recipe_long_vec_norm_none", "recipe_head_zero_init")
+        + ("recipe_long_head_zero_init",),
         qm9_targets=("homo",),
         ablation_tasks=("homo",),
         md17_molecule="",
