@@ -11,7 +11,9 @@ Each cell is its own workdir under WORKDIR and one single command of this codeba
 cells, metrics and reports are georecon_jax/studies/geo.py and mrl.py. A cell is finished when it
 holds ``study_cell.json`` (written after its command succeeded): a finished cell is never run
 again; an interrupted one is resumed by its own command (every command resumes from its last
-complete checkpoint). So the study may be stopped at any moment (Ctrl-C, SIGTERM, SIGKILL: the
+complete checkpoint). A finished cell whose record another command made (the config changed since:
+`cells.command_drift`, paths aside) stops the study with a clear error unless
+--keep_changed_records, is marked "changed" by --list, and is named in the report. So the study may be stopped at any moment (Ctrl-C, SIGTERM, SIGKILL: the
 running command dies with it) and the same command finishes it (georecon_jax/studies/cells.py).
 
 At the end (and with --rebuild_only) WORKDIR/results.md, results.json and the figures are written
@@ -39,6 +41,11 @@ flags.DEFINE_integer(
     "jobs", 1, "Cells run at once (pretrainings first, then fine-tunings); 2 gains ~1.2x on 2 cores."
 )
 flags.DEFINE_string("out", "", "Also copy results.md, results.json and the figures here.")
+flags.DEFINE_bool(
+    "keep_changed_records",
+    False,
+    "Run although finished cells were made by a command other than this config's (they stay finished).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -83,16 +90,27 @@ def main(argv):
     signal.signal(signal.SIGTERM, stop)
     try:
         cells = build_cells(c, workdir)
-    except ValueError as e:  # an unknown arm or task
-        raise app.UsageError(str(e)) from e
+    except ValueError as e:  # an unknown arm or task: one line, no usage text
+        sys.exit(f"error: {e}")
+    drifted = dict(cells_.drifted_cells(workdir, cells, c.records))
     if FLAGS.list:
         for cell in cells:
             state = "finished" if cells_.cell_record(workdir, cell, c.records) else "to run"
+            state = "changed" if cell.name in drifted else state
             print(f"{state:9s} {cell.name}: {' '.join(cell.cmd[2:])}")
+            if cell.name in drifted:
+                print(f"          made by another command: {'; '.join(drifted[cell.name])}")
         if c.get("rates"):
             todo = [x for x in cells if not cells_.cell_record(workdir, x, c.records)]
             print(geo.expected_time(c, todo))
         return
+    if drifted and not FLAGS.rebuild_only and not FLAGS.keep_changed_records:
+        name, drift = next(iter(drifted.items()))
+        sys.exit(
+            f"error: {len(drifted)} finished cells were made by a command other than this config's "
+            f"(e.g. {name}: {'; '.join(drift)}): move their records ({c.records or workdir}/<cell>) "
+            "and workdirs aside to run them again, or pass --keep_changed_records to keep them"
+        )
     if not FLAGS.rebuild_only:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "study_config.json"), "w") as f:

@@ -526,3 +526,86 @@ def test_the_report_links_only_figures_it_drew(tmp_path):
     assert "![drawn.png](drawn.png)" in md and "not_drawn.png" not in md
     assert (out / "drawn.png").exists() and not (out / "not_drawn.png").exists()
     assert json.loads((out / "results.json").read_text()) == {"a": 1}
+
+
+def test_command_drift_ignores_paths_and_names_changed_flags():
+    cell = study_cells.Cell(
+        name="finetune/homo/scratch/seed0",
+        kind="finetune",
+        arm="scratch",
+        seed=0,
+        cmd=[
+            "python",
+            "-m",
+            "experiments.finetune",
+            "--config=x.py:quick",
+            "--config.num_steps=500",
+            "--config.seed=0",
+            "--workdir=/a/w",
+            "--config.compilation_cache_dir=/a/c",
+        ],
+    )
+    same = (
+        "/venv/python -m experiments.finetune --config=x.py:quick --config.num_steps=500 "
+        "--config.seed=0 --workdir=/elsewhere --config.compilation_cache_dir=/b/c"
+    )
+    assert study_cells.command_drift(cell, {"command": same}) == []
+    assert study_cells.command_drift(cell, {}) == []  # an old record without its command
+    changed = same.replace("num_steps=500", "num_steps=150") + " --config.loss.name=l1"
+    assert study_cells.command_drift(cell, {"command": changed}) == [
+        "config.loss.name: l1 -> (absent)",
+        "config.num_steps: 150 -> 500",
+    ]
+    # a repeated flag: the last value wins, as absl's
+    assert (
+        study_cells.command_drift(cell, {"command": same + " --config.num_steps=9 --config.num_steps=500"})
+        == []
+    )
+    other = same.replace("experiments.finetune", "experiments.pretrain")
+    assert study_cells.command_drift(cell, {"command": other}) == [
+        "module: experiments.pretrain -> experiments.finetune"
+    ]
+
+
+def test_records_made_by_another_command_stop_the_study_and_are_reported(tmp_path):
+    """A config changed after its cells ran: running refuses with one line naming a cell and the
+    flag, --list marks the cell, --keep_changed_records runs on, and the report warns."""
+    from georecon_jax.studies.cells import keep_record
+
+    c = study_config.get_config("tiny")
+    c.records = str(tmp_path / "records")
+    work = tmp_path / "study"
+    cells = study.build_cells(c, str(work))
+    rng = np.random.default_rng(0)
+    for cell in cells:
+        _fake_cell(work / cell.name, cell, 10.0, rng)
+        rec = json.loads((work / cell.name / study_cells.CELL_FILE).read_text())
+        cmd = list(cell.cmd)
+        if cell.name == "finetune/homo/scratch/seed0":
+            cmd = [a.replace("--config.num_steps=4", "--config.num_steps=3") for a in cmd]
+        rec["command"] = " ".join(cmd)
+        (work / cell.name / study_cells.CELL_FILE).write_text(json.dumps(rec))
+        keep_record(str(work), cell, c.records)
+    drifted = study_cells.drifted_cells(str(work), cells, c.records)
+    assert drifted == [("finetune/homo/scratch/seed0", ["config.num_steps: 3 -> 4"])]
+    base = [
+        sys.executable,
+        "-m",
+        "experiments.study",
+        "--config=experiments/configs/study.py:tiny",
+        f"--config.records={c.records}",
+        f"--workdir={work}",
+    ]
+    r = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "finetune/homo/scratch/seed0: config.num_steps: 3 -> 4" in err[0]
+    r = subprocess.run(base + ["--list"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "changed   finetune/homo/scratch/seed0" in r.stdout
+    r = subprocess.run(
+        base + ["--keep_changed_records"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (work / "results.md").read_text()
+    assert "Warning: 1 finished cells were made by a different command" in md
+    assert "- finetune/homo/scratch/seed0: config.num_steps: 3 -> 4" in md

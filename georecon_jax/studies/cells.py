@@ -78,6 +78,53 @@ def cell_record(workdir: str, cell: Cell, records: str = "") -> Optional[dict]:
         return None
 
 
+# flags whose values are paths of this machine or this workdir: they differ between machines and
+# clones without changing what a cell computes
+_PATH_FLAGS = ("--workdir", "--config.compilation_cache_dir", "--config.pretrained", "--config.init_from")
+
+
+def _flags(cmd: List[str]) -> dict:
+    """{flag: value} of a command's ``--name=value`` arguments, the path flags left out (the last
+    value of a repeated flag wins, as absl's does)."""
+    out = {}
+    for a in cmd:
+        if a.startswith("--"):
+            k, _, v = a.partition("=")
+            if k not in _PATH_FLAGS:
+                out[k] = v
+    return out
+
+
+def command_drift(cell: Cell, record: dict) -> List[str]:
+    """How the command that made a finished cell's record differs from the cell's command now
+    (``flag: then -> now``; paths left out): a record counts as finished by its name, so a study
+    config changed after it ran would otherwise compare cells made by different commands silently.
+    Empty when they agree or the record has no command."""
+    then = record.get("command")
+    if not then:
+        return []
+    a, b = _flags(then.split()), _flags(cell.cmd)
+    module = lambda cmd: next((cmd[i + 1] for i, x in enumerate(cmd[:-1]) if x == "-m"), None)  # noqa: E731
+    out = []
+    if module(then.split()) != module(cell.cmd):
+        out.append(f"module: {module(then.split())} -> {module(cell.cmd)}")
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            out.append(f"{k.removeprefix('--')}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}")
+    return out
+
+
+def drifted_cells(workdir: str, cells: List[Cell], records: str = "") -> List[Tuple[str, List[str]]]:
+    """[(cell name, its `command_drift`), ...] of the finished cells whose record another command made."""
+    out = []
+    for cell in cells:
+        rec = cell_record(workdir, cell, records)
+        drift = command_drift(cell, rec) if rec else []
+        if drift:
+            out.append((cell.name, drift))
+    return out
+
+
 def finished_cells(workdir: str, cells: List[Cell], records: str = "") -> Tuple[list, List[str]]:
     """([(cell, its record, the folder of its files), ...] of the finished cells, [names of the
     others])."""
@@ -93,15 +140,19 @@ def finished_cells(workdir: str, cells: List[Cell], records: str = "") -> Tuple[
 
 def gather(workdir: str, cells: List[Cell], records: str, read: Callable) -> dict:
     """What the finished cells left, as {"pretrain": {...}, "finetune": {...}, "cells": {name:
-    record}, "missing": [names of the unfinished]}.
+    record}, "missing": [names of the unfinished], "drifted": [(name, `command_drift`), ...] of the
+    finished cells another command made}.
 
     ``read(cell, record, folder of its files)`` yields (keys, value) pairs; each value is stored
     at out[cell.kind][keys[0]]...[keys[-1]].
     """
     done, missing = finished_cells(workdir, cells, records)
-    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": missing}
+    out = {"finetune": {}, "pretrain": {}, "cells": {}, "missing": missing, "drifted": []}
     for cell, rec, work in done:
         out["cells"][cell.name] = rec
+        drift = command_drift(cell, rec)
+        if drift:
+            out["drifted"].append((cell.name, drift))
         for keys, value in read(cell, rec, work):
             node = out[cell.kind]
             for k in keys[:-1]:

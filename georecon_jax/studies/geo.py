@@ -554,6 +554,7 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
         ["cells", "seeds", "wall (s)"], ([k, len(ws), f"{np.mean(ws):.0f}"] for k, ws in kinds.items())
     )
     lines += report.not_finished_lines(data["missing"])
+    lines += report.drift_lines(data["drifted"])
     record = report.record(
         c,
         data,

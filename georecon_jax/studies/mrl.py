@@ -316,6 +316,7 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
     head = ["task", "arm", "pairs", "best epochs (all splits)", "wall per cell (s)"]
     lines += report.table(head, rows, align="|---|---|---:|---|---:|")
     lines += report.not_finished_lines(data["missing"])
+    lines += report.drift_lines(data["drifted"])
     tasks_ = {t: list(design.tasks[t]) for t in tasks}
     record = report.record(c, data, tasks=tasks_, table=s["table"], pretrain=data["pretrain"])
     figures(data, s, workdir, tasks, arms)

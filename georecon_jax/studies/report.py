@@ -68,7 +68,14 @@ def record(c, data: dict, **fields) -> dict:
     """What results.json holds: the preset, its config, date, machine, ``fields`` and the cells'
     records (and the names of the unfinished)."""
     head = {"preset": c.preset, "config": json.loads(c.to_json_best_effort()), "date": today()}
-    return head | {"machine": machine(), **fields, "cells": data["cells"], "missing": data["missing"]}
+    drifted = dict(data.get("drifted", ()))
+    return head | {
+        "machine": machine(),
+        **fields,
+        "cells": data["cells"],
+        "missing": data["missing"],
+        "drifted": drifted,
+    }
 
 
 def mean_std(values: Sequence[float]) -> dict:
@@ -154,6 +161,24 @@ def mean_curve(curves: Iterable[list]):
     if not n:
         return np.zeros(0), np.zeros(0)
     return curves[0][:n, 0], np.mean([x[:n, 1] for x in curves], axis=0)
+
+
+def drift_lines(drifted: List[tuple]) -> List[str]:
+    """A warning section naming the finished cells whose record a command other than this
+    config's made (`cells.command_drift`), empty when there are none."""
+    if not drifted:
+        return []
+    lines = [
+        "",
+        f"**Warning: {len(drifted)} finished cells were made by a different command** than this "
+        "config gives (their rows mix settings; move their records aside to run them again):",
+        "",
+    ]
+    for name, drift in drifted[:12]:
+        lines.append(f"- {name}: {'; '.join(drift)}")
+    if len(drifted) > 12:
+        lines.append(f"- ... and {len(drifted) - 12} more")
+    return lines
 
 
 def not_finished_lines(missing: List[str]) -> List[str]:
