@@ -556,6 +556,9 @@ def test_command_drift_ignores_paths_and_names_changed_flags():
         "config.loss.name: l1 -> (absent)",
         "config.num_steps: 150 -> 500",
     ]
+    # a value with a space in it (the record keeps the command joined by spaces)
+    spaced = study_cells.Cell(**{**cell.__dict__, "cmd": cell.cmd + ["--config.arms=('a', 'b')"]})
+    assert study_cells.command_drift(spaced, {"command": " ".join(spaced.cmd)}) == []
     # a repeated flag: the last value wins, as absl's
     assert (
         study_cells.command_drift(cell, {"command": same + " --config.num_steps=9 --config.num_steps=500"})

@@ -103,11 +103,14 @@ def command_drift(cell: Cell, record: dict) -> List[str]:
     then = record.get("command")
     if not then:
         return []
-    a, b = _flags(then.split()), _flags(cell.cmd)
+    # the record keeps the command joined by spaces: split both the same way (a value with a space
+    # in it then differs in neither)
+    then, now = then.split(), " ".join(cell.cmd).split()
+    a, b = _flags(then), _flags(now)
     module = lambda cmd: next((cmd[i + 1] for i, x in enumerate(cmd[:-1]) if x == "-m"), None)  # noqa: E731
     out = []
-    if module(then.split()) != module(cell.cmd):
-        out.append(f"module: {module(then.split())} -> {module(cell.cmd)}")
+    if module(then) != module(now):
+        out.append(f"module: {module(then)} -> {module(now)}")
     for k in sorted(set(a) | set(b)):
         if a.get(k) != b.get(k):
             out.append(f"{k.removeprefix('--')}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}")
