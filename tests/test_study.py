@@ -521,6 +521,8 @@ def test_the_report_links_only_figures_it_drew(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
     (work / "drawn.png").write_bytes(b"\x89PNG")
+    out.mkdir()
+    (out / "not_drawn.png").write_bytes(b"\x89PNG")  # an earlier report's
     report.write(str(work), ["# t"], {"a": 1}, ["drawn.png", "not_drawn.png"], [str(out)])
     md = (out / "results.md").read_text()
     assert "![drawn.png](drawn.png)" in md and "not_drawn.png" not in md
@@ -560,14 +562,44 @@ def test_command_drift_ignores_paths_and_names_changed_flags():
     spaced = study_cells.Cell(**{**cell.__dict__, "cmd": cell.cmd + ["--config.arms=('a', 'b')"]})
     assert study_cells.command_drift(spaced, {"command": " ".join(spaced.cmd)}) == []
     # a repeated flag: the last value wins, as absl's
-    assert (
-        study_cells.command_drift(cell, {"command": same + " --config.num_steps=9 --config.num_steps=500"})
-        == []
-    )
+    first9 = same.replace("num_steps=500", "num_steps=9") + " --config.num_steps=500"
+    assert study_cells.command_drift(cell, {"command": first9}) == []
+    assert study_cells.command_drift(cell, {"command": same + " --config.num_steps=9"}) == [
+        "config.num_steps: 9 -> 500"
+    ]
+    # "--flag value" as well as "--flag=value"
+    assert study_cells.command_drift(cell, {"command": same.replace("num_steps=500", "num_steps 7")}) == [
+        "config.num_steps: 7 -> 500"
+    ]
     other = same.replace("experiments.finetune", "experiments.pretrain")
     assert study_cells.command_drift(cell, {"command": other}) == [
         "module: experiments.pretrain -> experiments.finetune"
     ]
+    # the pretraining a fine-tuning starts from is compared relative to the study's workdir: another
+    # machine's study root is no change, another pretraining seed is
+    name = "finetune/homo/georecon/seed0"
+    ft = study_cells.Cell(
+        name=name,
+        kind="finetune",
+        arm="georecon",
+        seed=0,
+        cmd=[
+            "python",
+            "-m",
+            "experiments.finetune",
+            "--config.seed=0",
+            "--config.pretrained=/a/study/pretrain/georecon/seed0",
+            f"--workdir=/a/study/{name}",
+        ],
+    )
+    moved = (
+        "python -m experiments.finetune --config.seed=0 "
+        f"--config.pretrained=/b/s/pretrain/georecon/seed0 --workdir=/b/s/{name}"
+    )
+    assert study_cells.command_drift(ft, {"command": moved}) == []
+    assert study_cells.command_drift(
+        ft, {"command": moved.replace("georecon/seed0 ", "georecon/seed2 ")}
+    ) == ["config.pretrained: <study>/pretrain/georecon/seed2 -> <study>/pretrain/georecon/seed0"]
 
 
 def test_records_made_by_another_command_stop_the_study_and_are_reported(tmp_path):
@@ -612,3 +644,12 @@ def test_records_made_by_another_command_stop_the_study_and_are_reported(tmp_pat
     md = (work / "results.md").read_text()
     assert "Warning: 1 finished cells were made by a different command" in md
     assert "- finetune/homo/scratch/seed0: config.num_steps: 3 -> 4" in md
+    # an interrupted cell whose checkpoint another command left would resume it: named too
+    cell = next(x for x in cells if x.name == "finetune/homo/georecon/seed0")
+    for where in (work / cell.name, Path(c.records) / cell.name):
+        (where / study_cells.CELL_FILE).unlink()
+    log = "\n$ " + " ".join(cell.cmd).replace("num_steps=4", "num_steps=2") + "\n"
+    (work / (cell.name + ".log")).write_text(log)
+    assert ("finetune/homo/georecon/seed0", ["(interrupted)", "config.num_steps: 2 -> 4"]) in (
+        study_cells.drifted_cells(str(work), cells, c.records)
+    )

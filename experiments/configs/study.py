@@ -77,7 +77,7 @@ ARMS["recipe_long_vec_norm_none"] = dict(
 )
 # not a factor of the old recipe: the current recipe with the head's last layer at zero
 # (`model.head.zero_init`): does the whitened norm cost HOMO through the Xavier head's initial
-# output, a loss ~400x the target variance at step 0 (docs/results.md)? Compared with the arm
+# output, a loss ~600x the target variance at step 0 (docs/results.md)? Compared with the arm
 # without the norm too: if the start is the whole cost, no difference between the two.
 ARMS["recipe_head_zero_init"] = dict(
     finetune=("--config.model.head.zero_init=True",), compare="recipe_vec_norm_none"
@@ -178,6 +178,7 @@ PRESETS = dict(
         ablation_tasks=("homo", "lumo", "gap"),
         # as the cpu preset: the recipe preset found the whitened norm with the Xavier head costs
         # 68.5 meV [36, 101] of HOMO even at 4,500 steps; the paper preset keeps the reference's
+        # whitened norm (trained there for 3,000 epochs)
         vec_norm="none",
     ),
     paper=dict(

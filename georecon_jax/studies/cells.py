@@ -80,18 +80,33 @@ def cell_record(workdir: str, cell: Cell, records: str = "") -> Optional[dict]:
 
 # flags whose values are paths of this machine or this workdir: they differ between machines and
 # clones without changing what a cell computes
-_PATH_FLAGS = ("--workdir", "--config.compilation_cache_dir", "--config.pretrained", "--config.init_from")
+_MACHINE_FLAGS = ("--workdir", "--config.compilation_cache_dir")
+# paths that name another cell (the pretraining a fine-tuning starts from): compared relative to the
+# study's workdir, so that a change of pretraining is a change
+_CELL_PATH_FLAGS = ("--config.pretrained", "--config.init_from")
 
 
-def _flags(cmd: List[str]) -> dict:
-    """{flag: value} of a command's ``--name=value`` arguments, the path flags left out (the last
-    value of a repeated flag wins, as absl's does)."""
+def _flags(cmd: List[str], name: str) -> dict:
+    """{flag: value} of a command's ``--name=value`` (or ``--name value``) arguments, the machine's
+    paths left out and paths under the study's workdir (``--workdir`` less the cell's ``name``)
+    written relative to it; the last value of a repeated flag wins, as absl's does."""
+    raw, i = {}, 0
+    while i < len(cmd):
+        if cmd[i].startswith("--"):
+            k, eq, v = cmd[i].partition("=")
+            if not eq and i + 1 < len(cmd) and not cmd[i + 1].startswith("-"):
+                i, v = i + 1, cmd[i + 1]
+            raw[k] = v
+        i += 1
+    work = raw.get("--workdir", "").rstrip("/")
+    root = work[: -len(name)].rstrip("/") if name and work.endswith("/" + name) else ""
     out = {}
-    for a in cmd:
-        if a.startswith("--"):
-            k, _, v = a.partition("=")
-            if k not in _PATH_FLAGS:
-                out[k] = v
+    for k, v in raw.items():
+        if k in _MACHINE_FLAGS:
+            continue
+        if k in _CELL_PATH_FLAGS and root and v.startswith(root + "/"):
+            v = "<study>/" + v[len(root) + 1 :]
+        out[k] = v
     return out
 
 
@@ -106,7 +121,7 @@ def command_drift(cell: Cell, record: dict) -> List[str]:
     # the record keeps the command joined by spaces: split both the same way (a value with a space
     # in it then differs in neither)
     then, now = then.split(), " ".join(cell.cmd).split()
-    a, b = _flags(then), _flags(now)
+    a, b = _flags(then, cell.name), _flags(now, cell.name)
     module = lambda cmd: next((cmd[i + 1] for i, x in enumerate(cmd[:-1]) if x == "-m"), None)  # noqa: E731
     out = []
     if module(then) != module(now):
@@ -117,14 +132,32 @@ def command_drift(cell: Cell, record: dict) -> List[str]:
     return out
 
 
+def _last_command(workdir: str, cell: Cell) -> Optional[str]:
+    """The command an interrupted cell last ran here (its log's last ``$ ...`` line), else None."""
+    try:
+        with open(os.path.join(workdir, cell.name) + ".log") as f:
+            runs = [line[2:].strip() for line in f if line.startswith("$ ")]
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return runs[-1] if runs else None
+
+
 def drifted_cells(workdir: str, cells: List[Cell], records: str = "") -> List[Tuple[str, List[str]]]:
-    """[(cell name, its `command_drift`), ...] of the finished cells whose record another command made."""
+    """[(cell name, its `command_drift`), ...] of the finished cells whose record another command
+    made, and of the interrupted ones whose checkpoint another command left (they would resume it;
+    named "(interrupted) ...")."""
     out = []
     for cell in cells:
         rec = cell_record(workdir, cell, records)
-        drift = command_drift(cell, rec) if rec else []
-        if drift:
-            out.append((cell.name, drift))
+        if rec:
+            drift = command_drift(cell, rec)
+            if drift:
+                out.append((cell.name, drift))
+            continue
+        last = _last_command(workdir, cell)
+        drift = command_drift(cell, {"command": last}) if last else []
+        if drift and os.path.isdir(os.path.join(workdir, cell.name)):
+            out.append((cell.name, ["(interrupted)", *drift]))
     return out
 
 

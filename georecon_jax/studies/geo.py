@@ -563,6 +563,7 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
         differences={k: {col: e.to_json() for col, e in v.items()} for k, v in s["differences"].items()},
         z_diagnostic=s["z"],
     )
+    report.clear_figures(workdir, FIGURES)
     figures(data, s, workdir, cols, arms)
     return report.write(workdir, lines, record, FIGURES, out_dirs)
 

@@ -319,6 +319,7 @@ def write_results(c, design: Design, workdir: str, cells: List[Cell], out_dirs: 
     lines += report.drift_lines(data["drifted"])
     tasks_ = {t: list(design.tasks[t]) for t in tasks}
     record = report.record(c, data, tasks=tasks_, table=s["table"], pretrain=data["pretrain"])
+    report.clear_figures(workdir, FIGURES)
     figures(data, s, workdir, tasks, arms)
     return report.write(workdir, lines, record, FIGURES, out_dirs)
 

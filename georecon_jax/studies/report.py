@@ -163,6 +163,14 @@ def mean_curve(curves: Iterable[list]):
     return curves[0][:n, 0], np.mean([x[:n, 1] for x in curves], axis=0)
 
 
+def clear_figures(workdir: str, figures: Sequence[str]) -> None:
+    """Removes ``figures`` from ``workdir`` before a report draws them, so that `write` links only
+    what this report drew (not an earlier run's)."""
+    for f in figures:
+        if os.path.exists(os.path.join(workdir, f)):
+            os.remove(os.path.join(workdir, f))
+
+
 def drift_lines(drifted: List[tuple]) -> List[str]:
     """A warning section naming the finished cells whose record a command other than this
     config's made (`cells.command_drift`), empty when there are none."""
@@ -194,8 +202,14 @@ def write(
     """Writes WORKDIR/results.md (ending with links to ``figures``) and results.json, copies them and
     the figures that exist to each of ``out_dirs``, prints the Markdown and returns ``record``. Only
     figures that exist in ``workdir`` are linked (a study without pretraining draws no pretraining
-    curve)."""
-    figures = [f for f in figures if os.path.exists(os.path.join(workdir, f))]
+    curve; the studies clear them before drawing) and those that do not are removed from
+    ``out_dirs``."""
+    drawn = [f for f in figures if os.path.exists(os.path.join(workdir, f))]
+    for d in out_dirs:  # an earlier report's figure that this one did not draw
+        for f in set(figures) - set(drawn):
+            if os.path.exists(os.path.join(d, f)):
+                os.remove(os.path.join(d, f))
+    figures = drawn
     md = "\n".join([*md_lines, "", "Figures: " + ", ".join(f"![{f}]({f})" for f in figures), ""])
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "results.md"), "w") as f:
