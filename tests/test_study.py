@@ -488,6 +488,7 @@ def test_recipe_arms_change_one_factor_each(tmp_path):
     pairs = geo.comparisons(c, study.GEORECON)
     assert ("recipe_long_vec_norm_none", "recipe_long") in pairs
     assert ("recipe_long_head_zero_init", "recipe_long_vec_norm_none") in pairs
+    assert ("recipe_long_head_zero_init", "recipe_long") in pairs
     assert all((a, "scratch") in pairs for a in c.arms if a != "scratch")
     table = "\n".join(geo.method_lines(c, study.GEORECON))
     assert "`model.encoder.vec_norm=none`" in table and "3000 more steps" in table

@@ -84,7 +84,9 @@ ARMS["recipe_head_zero_init"] = dict(
 )
 # ... and at 4,500 steps: does the zero head keep up with the norm-free model there too?
 ARMS["recipe_long_head_zero_init"] = dict(
-    extra_steps=3000, finetune=("--config.model.head.zero_init=True",), compare="recipe_long_vec_norm_none"
+    extra_steps=3000,
+    finetune=("--config.model.head.zero_init=True",),
+    compare=("recipe_long", "recipe_long_vec_norm_none"),
 )
 # fine-tuned on every task with every seed
 MAIN_ARMS = ("scratch", "coord", "coord_ladder", "georecon")

@@ -46,8 +46,8 @@ class Design:
     Attributes:
       arms: ARMS, name -> what the arm pretrains (config file, '+' overlays), whose pretraining
         it reuses, and its fine-tuning changes (``finetune``: flags after the study's own;
-        ``extra_steps``: fine-tuning steps beyond the preset's; ``compare``: an arm it is
-        compared with besides scratch).
+        ``extra_steps``: fine-tuning steps beyond the preset's; ``compare``: an arm, or a tuple of
+        arms, it is compared with besides scratch).
       main_arms: MAIN_ARMS, fine-tuned on every task with every seed.
       every_task_arms: EVERY_TASK_ARMS, fine-tuned on every task.
       load_config: (config file, spec) -> the ConfigDict that ``--config=experiments/configs/
@@ -391,7 +391,7 @@ def comparisons(c, design: Design) -> List[tuple]:
     for a in arms:
         spec = design.arms[a]
         base = spec.get("reuse") or ("georecon" if a.startswith("georecon_") else None)
-        for b in (base, spec.get("compare")):
+        for b in (base, *_compared(spec)):
             if b and b in arms and (a, b) not in out:
                 out.append((a, b))
     return [p for p in out if p[0] in arms and p[1] in arms]
@@ -452,7 +452,14 @@ def _arm_change(spec: dict) -> str:
     flags = [f"`{f.removeprefix('--config.')}`" for f in spec.get("finetune", ())]
     if spec.get("extra_steps"):
         flags.append(f"{spec['extra_steps']} more steps")
-    return ", ".join(flags) + (f"; compared with `{spec['compare']}`" if spec.get("compare") else "")
+    compared = " and ".join(f"`{b}`" for b in _compared(spec))
+    return ", ".join(flags) + (f"; compared with {compared}" if compared else "")
+
+
+def _compared(spec: dict) -> tuple:
+    """The arms an arm's ``compare`` names (one name or a tuple of them)."""
+    b = spec.get("compare") or ()
+    return (b,) if isinstance(b, str) else tuple(b)
 
 
 def method_lines(c, design: Design) -> List[str]:
