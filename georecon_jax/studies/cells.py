@@ -98,7 +98,7 @@ def _flags(cmd: List[str], name: str) -> dict:
                 i, v = i + 1, cmd[i + 1]
             raw[k] = v
         i += 1
-    work = raw.get("--workdir", "").rstrip("/")
+    work = (raw.get("--workdir") or "").rstrip("/")
     root = work[: -len(name)].rstrip("/") if name and work.endswith("/" + name) else ""
     out = {}
     for k, v in raw.items():

@@ -68,7 +68,7 @@ def record(c, data: dict, **fields) -> dict:
     """What results.json holds: the preset, its config, date, machine, ``fields`` and the cells'
     records (and the names of the unfinished)."""
     head = {"preset": c.preset, "config": json.loads(c.to_json_best_effort()), "date": today()}
-    drifted = dict(data.get("drifted", ()))
+    drifted = dict(data["drifted"])
     return head | {
         "machine": machine(),
         **fields,
