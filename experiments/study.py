@@ -11,10 +11,11 @@ Each cell is its own workdir under WORKDIR and one single command of this codeba
 cells, metrics and reports are georecon_jax/studies/geo.py and mrl.py. A cell is finished when it
 holds ``study_cell.json`` (written after its command succeeded): a finished cell is never run
 again; an interrupted one is resumed by its own command (every command resumes from its last
-complete checkpoint). A finished cell whose record another command made (the config changed since:
-`cells.command_drift`, paths aside) stops the study with a clear error unless
---keep_changed_records, is marked "changed" by --list, and is named in the report. So the study may be stopped at any moment (Ctrl-C, SIGTERM, SIGKILL: the
+complete checkpoint). So the study may be stopped at any moment (Ctrl-C, SIGTERM, SIGKILL: the
 running command dies with it) and the same command finishes it (georecon_jax/studies/cells.py).
+A finished cell whose record another command made (the config changed since:
+`cells.command_drift`, paths aside) stops the study with a one-line error unless
+--keep_changed_records; --list marks it "changed" and the report names it.
 
 At the end (and with --rebuild_only) WORKDIR/results.md, results.json and the figures are written
 from the cells' own files: mean ± std over seeds, paired differences with t-intervals over seeds
