@@ -654,3 +654,12 @@ def test_records_made_by_another_command_stop_the_study_and_are_reported(tmp_pat
     assert ("finetune/homo/georecon/seed0", ["(interrupted)", "config.num_steps: 2 -> 4"]) in (
         study_cells.drifted_cells(str(work), cells, c.records)
     )
+
+
+def test_arm_colours_are_distinct_past_the_default_cycle():
+    """An 11-arm study drew scratch and its 11th arm in one blue: the first 18 arms get 18 colours."""
+    from matplotlib.colors import to_hex
+
+    from georecon_jax import plots
+
+    assert len({to_hex(plots.color(i)) for i in range(18)}) == 18
