@@ -2,6 +2,7 @@
 intervals are right, and it survives a real SIGKILL without redoing a finished cell."""
 
 import calendar
+import dataclasses
 import json
 import os
 import signal
@@ -601,6 +602,19 @@ def test_command_drift_ignores_paths_and_names_changed_flags():
     assert study_cells.command_drift(
         ft, {"command": moved.replace("georecon/seed0 ", "georecon/seed2 ")}
     ) == ["config.pretrained: <study>/pretrain/georecon/seed2 -> <study>/pretrain/georecon/seed0"]
+    # the README's relative --workdir: the runner made the pretraining path absolute in its folder
+    rel = dataclasses.replace(
+        ft,
+        cmd=[
+            *ft.cmd[:4],
+            "--config.pretrained=/clone/runs/s/pretrain/georecon/seed0",
+            f"--workdir=runs/s/{name}",
+        ],
+    )
+    assert study_cells.command_drift(rel, {"command": moved}) == []
+    assert study_cells.command_drift(
+        rel, {"command": moved.replace("georecon/seed0 ", "georecon/seed1 ")}
+    ) == ["config.pretrained: <study>/pretrain/georecon/seed1 -> <study>/pretrain/georecon/seed0"]
 
 
 def test_records_made_by_another_command_stop_the_study_and_are_reported(tmp_path):

@@ -98,16 +98,27 @@ def _flags(cmd: List[str], name: str) -> dict:
                 i, v = i + 1, cmd[i + 1]
             raw[k] = v
         i += 1
-    work = (raw.get("--workdir") or "").rstrip("/")
+    work = os.path.normpath(raw.get("--workdir") or ".")
     root = work[: -len(name)].rstrip("/") if name and work.endswith("/" + name) else ""
     out = {}
     for k, v in raw.items():
         if k in _MACHINE_FLAGS:
             continue
-        if k in _CELL_PATH_FLAGS and root and v.startswith(root + "/"):
-            v = "<study>/" + v[len(root) + 1 :]
+        if k in _CELL_PATH_FLAGS and root:
+            v = _under_root(os.path.normpath(v), root)
         out[k] = v
     return out
+
+
+def _under_root(path: str, root: str) -> str:
+    """``<study>/rest`` for a path under the study root, else the path. A relative root (the
+    README's ``--workdir=runs/x``) also matches the absolute path the runner made of it in
+    whatever folder it ran (``/clone/runs/x/...``)."""
+    if path.startswith(root + "/"):
+        return "<study>/" + path[len(root) + 1 :]
+    if not os.path.isabs(root) and "/" + root + "/" in path:
+        return "<study>/" + path.rsplit("/" + root + "/", 1)[1]
+    return path
 
 
 def command_drift(cell: Cell, record: dict) -> List[str]:
